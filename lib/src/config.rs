@@ -1,0 +1,135 @@
+//! Service configuration: flags beat `LAYERLINE_*` environment variables, which beat the
+//! optional TOML file, which beats the defaults here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://layerline.db";
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// One layer of settings, every field optional: what the flags and environment gave, or what
+/// the TOML file says. Unknown keys in the file are an error, so a typo is not ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub max_connections: Option<u32>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format `{other}` (text or json)")),
+        }
+    }
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub database_url: String,
+    pub max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+}
+
+impl Layer {
+    /// Reads a TOML file whose keys are the flag names with `_` for `-`.
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source,
+        })
+    }
+
+    /// `self` where set, else `lower`.
+    pub fn over(self, lower: Layer) -> Layer {
+        Layer {
+            listen: self.listen.or(lower.listen),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            database_url: self.database_url.or(lower.database_url),
+            max_connections: self.max_connections.or(lower.max_connections),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+
+    /// Fills what is still unset with the defaults.
+    pub fn resolve(self) -> Settings {
+        Settings {
+            listen: self
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            metrics_listen: self
+                .metrics_listen
+                .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.parse().expect("valid default")),
+            database_url: self
+                .database_url
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            log_format: self.log_format.unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: Layer =
+            toml::from_str("listen = \"0.0.0.0:1\"\ndatabase_url = \"postgres://x/y\"").unwrap();
+        let flags = Layer {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Layer::default()
+        };
+        let s = flags.over(file).resolve();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.database_url, "postgres://x/y");
+        assert_eq!(s.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        assert!(toml::from_str::<Layer>("listn = \"0.0.0.0:1\"").is_err());
+    }
+}

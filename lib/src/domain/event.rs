@@ -1,0 +1,338 @@
+//! The domain's events: their stable type names, current schema versions, payload shapes and
+//! the upcast steps that read older schema versions.
+//!
+//! Every name in this module is persisted. Renaming an event type or changing a payload in a
+//! way old readers cannot parse is a migration: add a new schema version and an upcast step.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable event type names (persisted in `events.event_type`).
+pub mod types {
+    pub const NAMESPACE_CREATED: &str = "namespace.created";
+    pub const NAMESPACE_UPDATED: &str = "namespace.updated";
+    pub const NAMESPACE_DELETED: &str = "namespace.deleted";
+    pub const IMAGE_CREATED: &str = "image.created";
+    pub const IMAGE_UPDATED: &str = "image.updated";
+    pub const IMAGE_DELETED: &str = "image.deleted";
+    pub const MANIFEST_RECORDED: &str = "manifest.recorded";
+    pub const MANIFEST_DELETED: &str = "manifest.deleted";
+    pub const TAG_PUSHED: &str = "tag.pushed";
+    pub const TAG_DELETED: &str = "tag.deleted";
+}
+
+/// A content-addressed blob (layer or config) as a manifest references it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    pub digest: String,
+    pub size: i64,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceCreated {
+    pub namespace_id: String,
+    pub name: String,
+    pub region: String,
+    pub description: String,
+    pub is_public: bool,
+    pub organization_id: String,
+    pub project_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceUpdated {
+    pub description: Option<String>,
+    pub is_public: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCreated {
+    pub image_id: String,
+    pub namespace_id: String,
+    pub name: String,
+    pub visibility: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageUpdated {
+    pub visibility: String,
+}
+
+/// A manifest stored under an image. An index has no blobs of its own and lists the digests
+/// of its child manifests, which are recorded in the same image before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRecorded {
+    pub digest: String,
+    pub media_type: String,
+    /// `os/arch[/variant]` when the manifest was reached through an index.
+    pub platform: Option<String>,
+    pub config: Option<Blob>,
+    pub layers: Vec<Blob>,
+    pub children: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDeleted {
+    pub digest: String,
+}
+
+/// A tag pointed at a digest: a new tag, or an existing one moved (same `tag_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagPushed {
+    pub tag_id: String,
+    pub name: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagDeleted {
+    pub tag_id: String,
+    pub name: String,
+}
+
+/// Every event the domain records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainEvent {
+    NamespaceCreated(NamespaceCreated),
+    NamespaceUpdated(NamespaceUpdated),
+    NamespaceDeleted,
+    ImageCreated(ImageCreated),
+    ImageUpdated(ImageUpdated),
+    ImageDeleted,
+    ManifestRecorded(ManifestRecorded),
+    ManifestDeleted(ManifestDeleted),
+    TagPushed(TagPushed),
+    TagDeleted(TagDeleted),
+}
+
+/// Why a stored event could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type `{0}`")]
+    UnknownType(String),
+    #[error("event `{event_type}` has schema version {version}, newer than this build knows")]
+    FutureSchema { event_type: String, version: i32 },
+    #[error("event `{event_type}` v{version}: {source}")]
+    Payload {
+        event_type: String,
+        version: i32,
+        source: serde_json::Error,
+    },
+}
+
+impl DomainEvent {
+    /// The stable type name stored with the event.
+    pub fn event_type(&self) -> &'static str {
+        use types::*;
+        match self {
+            DomainEvent::NamespaceCreated(_) => NAMESPACE_CREATED,
+            DomainEvent::NamespaceUpdated(_) => NAMESPACE_UPDATED,
+            DomainEvent::NamespaceDeleted => NAMESPACE_DELETED,
+            DomainEvent::ImageCreated(_) => IMAGE_CREATED,
+            DomainEvent::ImageUpdated(_) => IMAGE_UPDATED,
+            DomainEvent::ImageDeleted => IMAGE_DELETED,
+            DomainEvent::ManifestRecorded(_) => MANIFEST_RECORDED,
+            DomainEvent::ManifestDeleted(_) => MANIFEST_DELETED,
+            DomainEvent::TagPushed(_) => TAG_PUSHED,
+            DomainEvent::TagDeleted(_) => TAG_DELETED,
+        }
+    }
+
+    /// The schema version new events of this type are written with.
+    pub fn schema_version(&self) -> i32 {
+        current_schema_version(self.event_type())
+    }
+
+    /// The JSON payload, in the current schema version.
+    pub fn payload(&self) -> String {
+        let value = match self {
+            DomainEvent::NamespaceCreated(p) => serde_json::to_string(p),
+            DomainEvent::NamespaceUpdated(p) => serde_json::to_string(p),
+            DomainEvent::ImageCreated(p) => serde_json::to_string(p),
+            DomainEvent::ImageUpdated(p) => serde_json::to_string(p),
+            DomainEvent::ManifestRecorded(p) => serde_json::to_string(p),
+            DomainEvent::ManifestDeleted(p) => serde_json::to_string(p),
+            DomainEvent::TagPushed(p) => serde_json::to_string(p),
+            DomainEvent::TagDeleted(p) => serde_json::to_string(p),
+            DomainEvent::NamespaceDeleted | DomainEvent::ImageDeleted => Ok("{}".to_owned()),
+        };
+        // Serialising plain structs of strings, numbers and options cannot fail.
+        value.expect("event payloads always serialise")
+    }
+
+    /// Reads a stored event, upcasting older schema versions first. `stream_id` is needed by
+    /// upcasts that derive identifiers older versions did not store.
+    pub fn decode(
+        event_type: &str,
+        schema_version: i32,
+        payload: &str,
+        stream_id: &str,
+    ) -> Result<DomainEvent, DecodeError> {
+        use types::*;
+        let current = current_schema_version(event_type);
+        if current == 0 {
+            return Err(DecodeError::UnknownType(event_type.to_owned()));
+        }
+        if schema_version > current {
+            return Err(DecodeError::FutureSchema {
+                event_type: event_type.to_owned(),
+                version: schema_version,
+            });
+        }
+        let err = |source| DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            version: schema_version,
+            source,
+        };
+        let event = match event_type {
+            NAMESPACE_CREATED => DomainEvent::NamespaceCreated(parse(payload).map_err(err)?),
+            NAMESPACE_UPDATED => DomainEvent::NamespaceUpdated(parse(payload).map_err(err)?),
+            NAMESPACE_DELETED => DomainEvent::NamespaceDeleted,
+            IMAGE_CREATED => DomainEvent::ImageCreated(parse(payload).map_err(err)?),
+            IMAGE_UPDATED => DomainEvent::ImageUpdated(parse(payload).map_err(err)?),
+            IMAGE_DELETED => DomainEvent::ImageDeleted,
+            MANIFEST_RECORDED => DomainEvent::ManifestRecorded(parse(payload).map_err(err)?),
+            MANIFEST_DELETED => DomainEvent::ManifestDeleted(parse(payload).map_err(err)?),
+            TAG_PUSHED if schema_version == 1 => {
+                let v1: TagPushedV1 = parse(payload).map_err(err)?;
+                DomainEvent::TagPushed(v1.upcast(stream_id))
+            }
+            TAG_PUSHED => DomainEvent::TagPushed(parse(payload).map_err(err)?),
+            TAG_DELETED if schema_version == 1 => {
+                let v1: TagDeletedV1 = parse(payload).map_err(err)?;
+                DomainEvent::TagDeleted(v1.upcast(stream_id))
+            }
+            TAG_DELETED => DomainEvent::TagDeleted(parse(payload).map_err(err)?),
+            _ => unreachable!("current_schema_version knows every type"),
+        };
+        Ok(event)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(payload)
+}
+
+/// The schema version written today for `event_type`; 0 for an unknown type.
+pub fn current_schema_version(event_type: &str) -> i32 {
+    use types::*;
+    match event_type {
+        NAMESPACE_CREATED | NAMESPACE_UPDATED | NAMESPACE_DELETED | IMAGE_CREATED
+        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED => 1,
+        // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
+        TAG_PUSHED | TAG_DELETED => 2,
+        _ => 0,
+    }
+}
+
+/// The identifier a tag gets when its events predate `tag_id`: stable for an image and a tag
+/// name, so every replay derives the same one.
+pub fn legacy_tag_id(stream_id: &str, tag_name: &str) -> String {
+    let name = format!("{stream_id}/{tag_name}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
+}
+
+/// `tag.pushed` v1: `{"tag": name, "digest": d}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagPushedV1 {
+    tag: String,
+    digest: String,
+}
+
+impl TagPushedV1 {
+    fn upcast(self, stream_id: &str) -> TagPushed {
+        TagPushed {
+            tag_id: legacy_tag_id(stream_id, &self.tag),
+            name: self.tag,
+            digest: self.digest,
+        }
+    }
+}
+
+/// `tag.deleted` v1: `{"tag": name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagDeletedV1 {
+    tag: String,
+}
+
+impl TagDeletedV1 {
+    fn upcast(self, stream_id: &str) -> TagDeleted {
+        TagDeleted {
+            tag_id: legacy_tag_id(stream_id, &self.tag),
+            name: self.tag,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_round_trips_through_its_stored_form() {
+        let events = vec![
+            DomainEvent::NamespaceDeleted,
+            DomainEvent::TagPushed(TagPushed {
+                tag_id: "t".into(),
+                name: "v1".into(),
+                digest: "sha256:00".into(),
+            }),
+            DomainEvent::ManifestRecorded(ManifestRecorded {
+                digest: "sha256:aa".into(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                platform: Some("linux/amd64".into()),
+                config: None,
+                layers: vec![Blob {
+                    digest: "sha256:bb".into(),
+                    size: 3,
+                    media_type: "x".into(),
+                }],
+                children: vec![],
+            }),
+        ];
+        for e in events {
+            let back =
+                DomainEvent::decode(e.event_type(), e.schema_version(), &e.payload(), "image-x")
+                    .unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn tag_pushed_v1_upcasts_with_a_stable_derived_id() {
+        let payload = r#"{"tag":"latest","digest":"sha256:01"}"#;
+        let a = DomainEvent::decode(types::TAG_PUSHED, 1, payload, "image-1").unwrap();
+        let b = DomainEvent::decode(types::TAG_PUSHED, 1, payload, "image-1").unwrap();
+        assert_eq!(a, b);
+        match a {
+            DomainEvent::TagPushed(t) => {
+                assert_eq!(t.name, "latest");
+                assert_eq!(t.tag_id, legacy_tag_id("image-1", "latest"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_future_versions_are_errors() {
+        assert!(matches!(
+            DomainEvent::decode("tag.renamed", 1, "{}", "s"),
+            Err(DecodeError::UnknownType(_))
+        ));
+        assert!(matches!(
+            DomainEvent::decode(types::TAG_PUSHED, 3, "{}", "s"),
+            Err(DecodeError::FutureSchema { .. })
+        ));
+    }
+}

@@ -1,0 +1,647 @@
+//! The image aggregate: one repository of a namespace, with its manifests and tags.
+//!
+//! Size rules (design §4) are kept here as blob reference counts: `size` is the sum of the
+//! sizes of the distinct blobs (configs and layers) of all manifests stored under the image.
+//! An index has no blobs of its own; its children are manifests of the same image, so their
+//! blobs count through them.
+
+use std::collections::BTreeMap;
+
+use super::event::{
+    Blob, DomainEvent, ImageCreated, ImageUpdated, ManifestDeleted, ManifestRecorded, TagDeleted,
+    TagPushed,
+};
+use super::{DomainError, validate};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub id: String,
+    pub digest: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Stream version of the event that last pointed this tag (pushed or moved it).
+    pub pushed_version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub recorded: ManifestRecorded,
+    pub created_at: String,
+}
+
+/// A blob of the image with the number of the image's manifests that reference it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub size: i64,
+    pub refs: i64,
+}
+
+/// The state of one image stream, folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
+    /// `None` until `image.created`; `visibility` is kept current.
+    pub created: Option<ImageCreated>,
+    pub deleted: bool,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub tags: BTreeMap<String, Tag>,
+    pub manifests: BTreeMap<String, Manifest>,
+    pub blobs: BTreeMap<String, BlobRef>,
+    /// Sum of the sizes of `blobs` (each distinct blob once).
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageCommand {
+    Create {
+        namespace_id: String,
+        name: String,
+        visibility: Option<String>,
+    },
+    SetVisibility(String),
+    RecordManifest(ManifestRecorded),
+    /// Points `name` at `digest`; `new_tag_id` is used only when the tag does not exist yet.
+    PushTag {
+        name: String,
+        digest: String,
+        new_tag_id: String,
+    },
+    /// Deletes a tag by name. When other tags share its digest this is refused unless `force`,
+    /// which deletes them and the manifest too.
+    DeleteTag {
+        name: String,
+        force: bool,
+    },
+    DeleteManifest {
+        digest: String,
+    },
+    Delete,
+}
+
+/// The distinct blobs (config and layers) a manifest references, ordered by digest.
+pub fn distinct_blobs(m: &ManifestRecorded) -> Vec<&Blob> {
+    let mut blobs: Vec<&Blob> = m.config.iter().chain(m.layers.iter()).collect();
+    blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    blobs.dedup_by(|a, b| a.digest == b.digest);
+    blobs
+}
+
+impl Image {
+    /// Folds one event recorded at `at` (RFC 3339) into the state.
+    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+        self.version += 1;
+        self.updated_at = at.to_owned();
+        match event {
+            DomainEvent::ImageCreated(c) => {
+                self.created = Some(c.clone());
+                self.created_at = at.to_owned();
+            }
+            DomainEvent::ImageUpdated(u) => {
+                if let Some(c) = self.created.as_mut() {
+                    c.visibility = u.visibility.clone();
+                }
+            }
+            DomainEvent::ImageDeleted => self.deleted = true,
+            DomainEvent::ManifestRecorded(m) => {
+                for blob in distinct_blobs(m) {
+                    let entry = self.blobs.entry(blob.digest.clone()).or_insert(BlobRef {
+                        size: blob.size,
+                        refs: 0,
+                    });
+                    if entry.refs == 0 {
+                        self.size += blob.size;
+                    }
+                    entry.refs += 1;
+                }
+                self.manifests.insert(
+                    m.digest.clone(),
+                    Manifest {
+                        recorded: m.clone(),
+                        created_at: at.to_owned(),
+                    },
+                );
+            }
+            DomainEvent::ManifestDeleted(d) => {
+                if let Some(m) = self.manifests.remove(&d.digest) {
+                    for blob in distinct_blobs(&m.recorded) {
+                        if let Some(entry) = self.blobs.get_mut(&blob.digest) {
+                            entry.refs -= 1;
+                            if entry.refs == 0 {
+                                self.size -= entry.size;
+                                self.blobs.remove(&blob.digest);
+                            }
+                        }
+                    }
+                }
+            }
+            DomainEvent::TagPushed(t) => {
+                let version = self.version;
+                self.tags
+                    .entry(t.name.clone())
+                    .and_modify(|tag| {
+                        tag.digest = t.digest.clone();
+                        tag.updated_at = at.to_owned();
+                        tag.pushed_version = version;
+                    })
+                    .or_insert_with(|| Tag {
+                        id: t.tag_id.clone(),
+                        digest: t.digest.clone(),
+                        created_at: at.to_owned(),
+                        updated_at: at.to_owned(),
+                        pushed_version: version,
+                    });
+            }
+            DomainEvent::TagDeleted(t) => {
+                self.tags.remove(&t.name);
+            }
+            _ => {}
+        }
+    }
+
+    fn live(&self, id: &str) -> Result<&ImageCreated, DomainError> {
+        match &self.created {
+            Some(c) if !self.deleted => Ok(c),
+            _ => Err(DomainError::not_found("image", id)),
+        }
+    }
+
+    /// Whether any manifest of the image lists `digest` as a child.
+    pub fn is_child(&self, digest: &str) -> bool {
+        self.manifests
+            .values()
+            .any(|m| m.recorded.children.iter().any(|c| c == digest))
+    }
+
+    /// Whether any tag points at `digest`.
+    pub fn is_tagged(&self, digest: &str) -> bool {
+        self.tags.values().any(|t| t.digest == digest)
+    }
+
+    /// Decides the events for `cmd` on image `id`. Returns no events when the command would
+    /// change nothing (re-recording a manifest, re-pushing a tag to the same digest).
+    pub fn decide(&self, id: &str, cmd: ImageCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        if let ImageCommand::Create {
+            namespace_id,
+            name,
+            visibility,
+        } = cmd
+        {
+            if self.created.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    resource: "image",
+                    id: id.to_owned(),
+                });
+            }
+            validate::image_name(&name)?;
+            let visibility = visibility.unwrap_or_else(|| "inherit".to_owned());
+            validate::visibility(&visibility)?;
+            return Ok(vec![DomainEvent::ImageCreated(ImageCreated {
+                image_id: id.to_owned(),
+                namespace_id,
+                name,
+                visibility,
+            })]);
+        }
+        let current = self.live(id)?;
+        let mut plan = Plan::new(self);
+        match cmd {
+            ImageCommand::Create { .. } => unreachable!("handled above"),
+            ImageCommand::SetVisibility(v) => {
+                validate::visibility(&v)?;
+                if v != current.visibility {
+                    plan.emit(DomainEvent::ImageUpdated(ImageUpdated { visibility: v }));
+                }
+            }
+            ImageCommand::RecordManifest(m) => {
+                self.check_manifest(&m)?;
+                if !self.manifests.contains_key(&m.digest) {
+                    plan.emit(DomainEvent::ManifestRecorded(m));
+                }
+            }
+            ImageCommand::PushTag {
+                name,
+                digest,
+                new_tag_id,
+            } => {
+                validate::tag_name(&name)?;
+                if !self.manifests.contains_key(&digest) {
+                    return Err(DomainError::not_found("manifest", digest));
+                }
+                let tag_id = match self.tags.get(&name) {
+                    Some(t) if t.digest == digest => return Ok(vec![]),
+                    Some(t) => t.id.clone(),
+                    None => new_tag_id,
+                };
+                plan.emit(DomainEvent::TagPushed(TagPushed {
+                    tag_id,
+                    name,
+                    digest,
+                }));
+            }
+            ImageCommand::DeleteTag { name, force } => {
+                let tag = self
+                    .tags
+                    .get(&name)
+                    .ok_or_else(|| DomainError::not_found("tag", &name))?;
+                let sharing: Vec<&String> = self
+                    .tags
+                    .iter()
+                    .filter(|(n, t)| **n != name && t.digest == tag.digest)
+                    .map(|(n, _)| n)
+                    .collect();
+                if !sharing.is_empty() && !force {
+                    let names: Vec<&str> = sharing.iter().map(|s| s.as_str()).collect();
+                    return Err(DomainError::Conflict {
+                        resource: "tag",
+                        message: format!(
+                            "tag {name} shares its manifest with {}; delete with force=true to delete them all",
+                            names.join(", ")
+                        ),
+                    });
+                }
+                let digest = tag.digest.clone();
+                plan.untag(&digest);
+                // A manifest an index still lists stays: it is part of that index.
+                if !self.is_child(&digest) {
+                    plan.delete_manifest(&digest);
+                }
+            }
+            ImageCommand::DeleteManifest { digest } => {
+                if !self.manifests.contains_key(&digest) {
+                    return Err(DomainError::not_found("manifest", digest));
+                }
+                if self.is_child(&digest) {
+                    return Err(DomainError::Conflict {
+                        resource: "manifest",
+                        message: format!("{digest} is a child of an index; delete the index"),
+                    });
+                }
+                plan.untag(&digest);
+                plan.delete_manifest(&digest);
+            }
+            ImageCommand::Delete => {
+                let digests: Vec<String> = self.tags.values().map(|t| t.digest.clone()).collect();
+                for d in digests {
+                    plan.untag(&d);
+                }
+                while let Some(root) = plan.state.manifests.keys().find(|d| !plan.state.is_child(d)) {
+                    let root = root.clone();
+                    plan.delete_manifest(&root);
+                }
+                plan.emit(DomainEvent::ImageDeleted);
+            }
+        }
+        Ok(plan.events)
+    }
+
+    fn check_manifest(&self, m: &ManifestRecorded) -> Result<(), DomainError> {
+        validate::digest("digest", &m.digest)?;
+        if m.media_type.is_empty() || m.media_type.len() > 255 {
+            return Err(DomainError::invalid("media_type", "1 to 255 characters"));
+        }
+        if m.platform.as_ref().is_some_and(|p| p.len() > 64) {
+            return Err(DomainError::invalid("platform", "at most 64 characters"));
+        }
+        let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+        for blob in m.config.iter().chain(m.layers.iter()) {
+            validate::digest("blob", &blob.digest)?;
+            if blob.size < 0 {
+                return Err(DomainError::invalid("blob", "size must not be negative"));
+            }
+            let known = seen.insert(&blob.digest, blob.size).or_else(|| {
+                self.blobs.get(&blob.digest).map(|b| b.size)
+            });
+            if known.is_some_and(|size| size != blob.size) {
+                return Err(DomainError::invalid(
+                    "blob",
+                    format!("{} is listed with two different sizes", blob.digest),
+                ));
+            }
+        }
+        for child in &m.children {
+            if !self.manifests.contains_key(child) {
+                return Err(DomainError::invalid(
+                    "children",
+                    format!("child manifest {child} must be recorded before its index"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Events being decided, applied to a scratch copy of the state so later steps see earlier
+/// ones (which manifests are still referenced, which tags are left).
+struct Plan {
+    state: Image,
+    events: Vec<DomainEvent>,
+}
+
+impl Plan {
+    fn new(state: &Image) -> Self {
+        Plan {
+            state: state.clone(),
+            events: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, event: DomainEvent) {
+        self.state.apply(&event, "");
+        self.events.push(event);
+    }
+
+    /// Deletes every tag pointing at `digest`.
+    fn untag(&mut self, digest: &str) {
+        let tags: Vec<(String, String)> = self
+            .state
+            .tags
+            .iter()
+            .filter(|(_, t)| t.digest == digest)
+            .map(|(n, t)| (n.clone(), t.id.clone()))
+            .collect();
+        for (name, tag_id) in tags {
+            self.emit(DomainEvent::TagDeleted(TagDeleted { tag_id, name }));
+        }
+    }
+
+    /// Deletes `digest` and then each of its children that nothing else keeps (no tag, no
+    /// other index).
+    fn delete_manifest(&mut self, digest: &str) {
+        let Some(m) = self.state.manifests.get(digest) else {
+            return;
+        };
+        let children = m.recorded.children.clone();
+        self.emit(DomainEvent::ManifestDeleted(ManifestDeleted {
+            digest: digest.to_owned(),
+        }));
+        for child in children {
+            if self.state.manifests.contains_key(&child)
+                && !self.state.is_child(&child)
+                && !self.state.is_tagged(&child)
+            {
+                self.delete_manifest(&child);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given events → when a command → then events or an error. No database.
+    use super::*;
+
+    const IMG: &str = "i1";
+
+    fn digest(n: u32) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    fn blob(n: u32, size: i64) -> Blob {
+        Blob {
+            digest: digest(n),
+            size,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        }
+    }
+
+    fn manifest(n: u32, layers: &[(u32, i64)]) -> ManifestRecorded {
+        ManifestRecorded {
+            digest: digest(n),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platform: None,
+            config: Some(blob(n + 10_000, 10)),
+            layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
+            children: vec![],
+        }
+    }
+
+    fn index(n: u32, children: &[u32]) -> ManifestRecorded {
+        ManifestRecorded {
+            digest: digest(n),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            platform: None,
+            config: None,
+            layers: vec![],
+            children: children.iter().map(|c| digest(*c)).collect(),
+        }
+    }
+
+    struct Given(Image);
+
+    fn given() -> Given {
+        let mut img = Image::default();
+        let events = img
+            .decide(
+                IMG,
+                ImageCommand::Create {
+                    namespace_id: "n".into(),
+                    name: "app".into(),
+                    visibility: None,
+                },
+            )
+            .unwrap();
+        events.iter().for_each(|e| img.apply(e, "t0"));
+        Given(img)
+    }
+
+    impl Given {
+        fn when(&mut self, cmd: ImageCommand) -> Result<Vec<DomainEvent>, DomainError> {
+            let events = self.0.decide(IMG, cmd)?;
+            events.iter().for_each(|e| self.0.apply(e, "t"));
+            Ok(events)
+        }
+
+        fn record(mut self, m: ManifestRecorded) -> Self {
+            self.when(ImageCommand::RecordManifest(m)).unwrap();
+            self
+        }
+
+        fn tag(mut self, name: &str, n: u32) -> Self {
+            self.when(push(name, n)).unwrap();
+            self
+        }
+    }
+
+    fn push(name: &str, n: u32) -> ImageCommand {
+        ImageCommand::PushTag {
+            name: name.into(),
+            digest: digest(n),
+            new_tag_id: format!("tag-{name}"),
+        }
+    }
+
+    fn delete_tag(name: &str, force: bool) -> ImageCommand {
+        ImageCommand::DeleteTag {
+            name: name.into(),
+            force,
+        }
+    }
+
+    #[test]
+    fn a_layer_shared_by_two_manifests_counts_once() {
+        let g = given()
+            .record(manifest(1, &[(100, 1000), (101, 50)]))
+            .record(manifest(2, &[(100, 1000), (102, 7)]));
+        // 1000 + 50 + 7 + two configs of 10
+        assert_eq!(g.0.size, 1077);
+        assert_eq!(g.0.blobs[&digest(100)].refs, 2);
+    }
+
+    #[test]
+    fn a_blob_listed_twice_in_one_manifest_counts_once() {
+        let g = given().record(manifest(1, &[(100, 1000), (100, 1000)]));
+        assert_eq!(g.0.size, 1010);
+    }
+
+    #[test]
+    fn recording_a_manifest_again_changes_nothing() {
+        let mut g = given().record(manifest(1, &[(100, 1)]));
+        assert_eq!(g.when(ImageCommand::RecordManifest(manifest(1, &[(100, 1)]))), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_blob_with_two_sizes_is_refused() {
+        let mut g = given().record(manifest(1, &[(100, 1)]));
+        let err = g
+            .when(ImageCommand::RecordManifest(manifest(2, &[(100, 2)])))
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { field: "blob", .. }));
+    }
+
+    #[test]
+    fn an_index_needs_its_children_first() {
+        let mut g = given();
+        let err = g
+            .when(ImageCommand::RecordManifest(index(9, &[1])))
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Invalid { field: "children", .. }));
+    }
+
+    #[test]
+    fn an_index_counts_its_childrens_blobs() {
+        let g = given()
+            .record(manifest(1, &[(100, 1000)]))
+            .record(manifest(2, &[(101, 500)]))
+            .record(index(9, &[1, 2]))
+            .tag("latest", 9);
+        assert_eq!(g.0.size, 1520);
+    }
+
+    #[test]
+    fn pushing_a_tag_needs_the_manifest() {
+        let mut g = given();
+        assert!(matches!(
+            g.when(push("v1", 1)),
+            Err(DomainError::NotFound { resource: "manifest", .. })
+        ));
+    }
+
+    #[test]
+    fn a_moved_tag_keeps_its_id_and_leaves_the_old_manifest_untagged() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(manifest(2, &[(101, 2)]))
+            .tag("v1", 1);
+        let events = g.when(push("v1", 2)).unwrap();
+        assert_eq!(
+            events,
+            vec![DomainEvent::TagPushed(TagPushed {
+                tag_id: "tag-v1".into(),
+                name: "v1".into(),
+                digest: digest(2),
+            })]
+        );
+        assert!(g.0.manifests.contains_key(&digest(1)));
+        assert!(!g.0.is_tagged(&digest(1)));
+        assert_eq!(g.0.size, 1 + 2 + 20);
+        assert_eq!(g.when(push("v1", 2)), Ok(vec![]));
+    }
+
+    #[test]
+    fn deleting_the_only_tag_deletes_its_manifest_and_frees_its_unique_blobs() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1000), (101, 5)]))
+            .record(manifest(2, &[(100, 1000)]))
+            .tag("a", 1)
+            .tag("b", 2);
+        let events = g.when(delete_tag("a", false)).unwrap();
+        assert_eq!(events.len(), 2);
+        assert!(matches!(events[1], DomainEvent::ManifestDeleted(_)));
+        // layer 100 still used by manifest 2; 101 and manifest 1's config are freed
+        assert_eq!(g.0.size, 1010);
+    }
+
+    #[test]
+    fn a_shared_digest_needs_force_and_force_deletes_every_tag() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .tag("a", 1)
+            .tag("b", 1)
+            .tag("c", 1);
+        let err = g.when(delete_tag("a", false)).unwrap_err();
+        assert!(matches!(err, DomainError::Conflict { resource: "tag", .. }));
+        assert_eq!(g.0.tags.len(), 3);
+        let events = g.when(delete_tag("a", true)).unwrap();
+        assert_eq!(events.len(), 4);
+        assert!(g.0.tags.is_empty());
+        assert!(g.0.manifests.is_empty());
+        assert_eq!(g.0.size, 0);
+    }
+
+    #[test]
+    fn deleting_an_index_deletes_children_nothing_else_keeps() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(manifest(2, &[(101, 1)]))
+            .record(manifest(3, &[(102, 1)]))
+            .record(index(8, &[1, 2]))
+            .record(index(9, &[2, 3]))
+            .tag("all", 8)
+            .tag("one", 1);
+        g.when(delete_tag("all", false)).unwrap();
+        // 1 is tagged, 2 is a child of index 9: both stay
+        assert!(g.0.manifests.contains_key(&digest(1)));
+        assert!(g.0.manifests.contains_key(&digest(2)));
+        assert!(!g.0.manifests.contains_key(&digest(8)));
+    }
+
+    #[test]
+    fn a_child_of_an_index_cannot_be_deleted_alone() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(index(9, &[1]));
+        let err = g
+            .when(ImageCommand::DeleteManifest { digest: digest(1) })
+            .unwrap_err();
+        assert!(matches!(err, DomainError::Conflict { resource: "manifest", .. }));
+    }
+
+    #[test]
+    fn deleting_an_image_deletes_everything_under_it_first() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(index(9, &[1]))
+            .tag("v", 9)
+            .tag("w", 1);
+        let events = g.when(ImageCommand::Delete).unwrap();
+        assert_eq!(events.len(), 5);
+        assert_eq!(events.last(), Some(&DomainEvent::ImageDeleted));
+        assert!(g.0.deleted && g.0.manifests.is_empty() && g.0.size == 0);
+        assert!(matches!(
+            g.when(ImageCommand::SetVisibility("public".into())),
+            Err(DomainError::NotFound { resource: "image", .. })
+        ));
+    }
+
+    #[test]
+    fn visibility_is_validated_and_only_changes_are_recorded() {
+        let mut g = given();
+        assert!(matches!(
+            g.when(ImageCommand::SetVisibility("secret".into())),
+            Err(DomainError::Invalid { field: "visibility", .. })
+        ));
+        assert_eq!(g.when(ImageCommand::SetVisibility("inherit".into())), Ok(vec![]));
+        assert_eq!(g.when(ImageCommand::SetVisibility("public".into())).unwrap().len(), 1);
+    }
+}

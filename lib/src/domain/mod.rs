@@ -1,0 +1,65 @@
+//! The pure domain: commands are decided against aggregate state into events, and events are
+//! folded into state. Nothing here does I/O or reads the clock; time arrives as an argument.
+
+pub mod event;
+pub mod image;
+pub mod namespace;
+pub mod validate;
+
+pub use event::{Blob, DomainEvent};
+
+/// Stream id prefixes (persisted: renaming one is a migration).
+pub mod streams {
+    pub const NAMESPACE: &str = "namespace-";
+    pub const IMAGE: &str = "image-";
+
+    pub fn namespace(id: &str) -> String {
+        format!("{NAMESPACE}{id}")
+    }
+
+    pub fn image(id: &str) -> String {
+        format!("{IMAGE}{id}")
+    }
+}
+
+/// Why a command was refused. Each variant says how the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Bad input (400): `field` names the argument, `reason` says what is wrong with it.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    /// The resource does not exist or was deleted (404).
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    /// The resource already exists (409); creating it again is refused.
+    #[error("{resource} {id} already exists")]
+    AlreadyExists { resource: &'static str, id: String },
+    /// The command is valid but conflicts with the current state (409).
+    #[error("{resource}: {message}")]
+    Conflict {
+        resource: &'static str,
+        message: String,
+    },
+}
+
+impl DomainError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        DomainError::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        DomainError::NotFound {
+            resource,
+            id: id.into(),
+        }
+    }
+}
+
+/// Renders a time the way every timestamp is stored and served: RFC 3339, UTC, microseconds.
+/// Fixed width, so stored timestamps sort as text on both backends.
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}

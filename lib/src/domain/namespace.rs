@@ -1,0 +1,167 @@
+//! The namespace aggregate: its identity, description and visibility.
+//!
+//! Cross-aggregate rules (a name is unique per region, a namespace with images cannot be
+//! deleted) are enforced by the read model's constraints inside the append transaction.
+
+use super::event::{DomainEvent, NamespaceCreated, NamespaceUpdated};
+use super::{DomainError, validate};
+
+/// The state of one namespace stream, folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespace {
+    /// `None` until `namespace.created`.
+    pub created: Option<NamespaceCreated>,
+    pub deleted: bool,
+    /// Number of events folded so far (the stream version).
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceCommand {
+    Create(NamespaceCreated),
+    Update(NamespaceUpdated),
+    Delete,
+}
+
+impl Namespace {
+    /// Folds one event recorded at `at` (RFC 3339) into the state.
+    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+        self.version += 1;
+        self.updated_at = at.to_owned();
+        match event {
+            DomainEvent::NamespaceCreated(c) => {
+                self.created = Some(c.clone());
+                self.created_at = at.to_owned();
+            }
+            DomainEvent::NamespaceUpdated(u) => {
+                if let Some(c) = self.created.as_mut() {
+                    if let Some(d) = &u.description {
+                        c.description = d.clone();
+                    }
+                    if let Some(p) = u.is_public {
+                        c.is_public = p;
+                    }
+                }
+            }
+            DomainEvent::NamespaceDeleted => self.deleted = true,
+            _ => {}
+        }
+    }
+
+    fn live(&self, id: &str) -> Result<&NamespaceCreated, DomainError> {
+        match &self.created {
+            Some(c) if !self.deleted => Ok(c),
+            _ => Err(DomainError::not_found("namespace", id)),
+        }
+    }
+
+    /// Decides the events for `cmd` on namespace `id`. Returns no events when the command
+    /// would change nothing.
+    pub fn decide(&self, id: &str, cmd: NamespaceCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        match cmd {
+            NamespaceCommand::Create(c) => {
+                if self.created.is_some() {
+                    return Err(DomainError::AlreadyExists {
+                        resource: "namespace",
+                        id: id.to_owned(),
+                    });
+                }
+                validate::namespace_name(&c.name)?;
+                if c.description.len() > 1024 {
+                    return Err(DomainError::invalid("description", "at most 1024 bytes"));
+                }
+                Ok(vec![DomainEvent::NamespaceCreated(c)])
+            }
+            NamespaceCommand::Update(u) => {
+                let current = self.live(id)?;
+                if u.description.as_ref().is_some_and(|d| d.len() > 1024) {
+                    return Err(DomainError::invalid("description", "at most 1024 bytes"));
+                }
+                let changes = NamespaceUpdated {
+                    description: u.description.filter(|d| *d != current.description),
+                    is_public: u.is_public.filter(|p| *p != current.is_public),
+                };
+                if changes.description.is_none() && changes.is_public.is_none() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![DomainEvent::NamespaceUpdated(changes)])
+            }
+            NamespaceCommand::Delete => {
+                self.live(id)?;
+                Ok(vec![DomainEvent::NamespaceDeleted])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(name: &str) -> NamespaceCreated {
+        NamespaceCreated {
+            namespace_id: "n1".into(),
+            name: name.into(),
+            region: "fr-par".into(),
+            description: String::new(),
+            is_public: false,
+            organization_id: "o".into(),
+            project_id: "p".into(),
+        }
+    }
+
+    fn given(events: &[DomainEvent]) -> Namespace {
+        let mut ns = Namespace::default();
+        events.iter().for_each(|e| ns.apply(e, "t"));
+        ns
+    }
+
+    #[test]
+    fn create_validates_the_name_and_happens_once() {
+        let ns = Namespace::default();
+        assert!(matches!(
+            ns.decide("n1", NamespaceCommand::Create(created("Bad_Name"))),
+            Err(DomainError::Invalid { field: "name", .. })
+        ));
+        let events = ns
+            .decide("n1", NamespaceCommand::Create(created("team")))
+            .unwrap();
+        let ns = given(&events);
+        assert!(matches!(
+            ns.decide("n1", NamespaceCommand::Create(created("team"))),
+            Err(DomainError::AlreadyExists { .. })
+        ));
+    }
+
+    #[test]
+    fn update_records_only_what_changes() {
+        let ns = given(&[DomainEvent::NamespaceCreated(created("team"))]);
+        let same = NamespaceUpdated {
+            description: Some(String::new()),
+            is_public: Some(false),
+        };
+        assert_eq!(ns.decide("n1", NamespaceCommand::Update(same)), Ok(vec![]));
+        let public = NamespaceUpdated {
+            description: None,
+            is_public: Some(true),
+        };
+        assert_eq!(
+            ns.decide("n1", NamespaceCommand::Update(public.clone())),
+            Ok(vec![DomainEvent::NamespaceUpdated(public)])
+        );
+    }
+
+    #[test]
+    fn a_deleted_namespace_is_gone() {
+        let ns = given(&[
+            DomainEvent::NamespaceCreated(created("team")),
+            DomainEvent::NamespaceDeleted,
+        ]);
+        assert!(matches!(
+            ns.decide("n1", NamespaceCommand::Delete),
+            Err(DomainError::NotFound { .. })
+        ));
+    }
+}

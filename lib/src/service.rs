@@ -1,0 +1,184 @@
+//! Commands against the registry: load an aggregate from its stream, decide, append with the
+//! version it was loaded at, and retry on a concurrent change.
+
+use crate::domain::event::NamespaceCreated;
+use crate::domain::image::{Image, ImageCommand};
+use crate::domain::namespace::{Namespace, NamespaceCommand};
+use crate::domain::{DomainError, DomainEvent, streams};
+use crate::store::{EventStore, Expected, Metadata, ReadModels, StoreError};
+
+/// How often a command is decided again after losing a race on its stream.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Why a command did not happen. Each variant says how callers handle it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Refused by the domain or by a read model rule: the caller's input or timing (4xx).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The stream kept changing under us for every attempt: retry later (503).
+    #[error("{stream_id} changed concurrently {MAX_ATTEMPTS} times; try again")]
+    Contention { stream_id: String },
+    /// The store failed (5xx; logged, never shown).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// The registry's write side over any store.
+#[derive(Clone, Debug)]
+pub struct Registry<S> {
+    store: S,
+}
+
+impl<S: EventStore + ReadModels> Registry<S> {
+    pub fn new(store: S) -> Self {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub async fn load_namespace(&self, id: &str) -> Result<Namespace, ServiceError> {
+        let mut ns = Namespace::default();
+        for e in self
+            .store
+            .read_stream(&streams::namespace(id))
+            .await
+            .map_err(ServiceError::Store)?
+        {
+            ns.apply(&e.event, &e.recorded_at);
+        }
+        Ok(ns)
+    }
+
+    pub async fn load_image(&self, id: &str) -> Result<Image, ServiceError> {
+        let mut img = Image::default();
+        for e in self
+            .store
+            .read_stream(&streams::image(id))
+            .await
+            .map_err(ServiceError::Store)?
+        {
+            img.apply(&e.event, &e.recorded_at);
+        }
+        Ok(img)
+    }
+
+    /// Runs a namespace command; returns the events it appended (none when nothing changed).
+    pub async fn namespace(
+        &self,
+        id: &str,
+        cmd: NamespaceCommand,
+        meta: &Metadata,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
+        let stream_id = streams::namespace(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.load_namespace(id).await?;
+            let events = state.decide(id, cmd.clone())?;
+            match self
+                .store
+                .append(&stream_id, Expected::Version(state.version), &events, meta)
+                .await
+            {
+                Ok(_) => return Ok(events),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(refusal(e, &events)),
+            }
+        }
+        Err(ServiceError::Contention { stream_id })
+    }
+
+    /// Runs an image command; returns the events it appended (none when nothing changed).
+    pub async fn image(
+        &self,
+        id: &str,
+        cmd: ImageCommand,
+        meta: &Metadata,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
+        let stream_id = streams::image(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.load_image(id).await?;
+            let events = state.decide(id, cmd.clone())?;
+            match self
+                .store
+                .append(&stream_id, Expected::Version(state.version), &events, meta)
+                .await
+            {
+                Ok(_) => return Ok(events),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(refusal(e, &events)),
+            }
+        }
+        Err(ServiceError::Contention { stream_id })
+    }
+
+    pub async fn create_namespace(
+        &self,
+        created: NamespaceCreated,
+        meta: &Metadata,
+    ) -> Result<(), ServiceError> {
+        let id = created.namespace_id.clone();
+        self.namespace(&id, NamespaceCommand::Create(created), meta)
+            .await
+            .map(drop)
+    }
+
+    /// Deletes every image of the namespace, then the namespace. Each image is its own
+    /// append; a failure part-way leaves the namespace with fewer images, and running the
+    /// delete again finishes it.
+    pub async fn delete_namespace(&self, id: &str, meta: &Metadata) -> Result<(), ServiceError> {
+        self.load_namespace(id)
+            .await?
+            .decide(id, NamespaceCommand::Delete)?;
+        let images = self
+            .store
+            .image_ids(id)
+            .await
+            .map_err(ServiceError::Store)?;
+        for image_id in images {
+            match self.image(&image_id, ImageCommand::Delete, meta).await {
+                Ok(_) | Err(ServiceError::Domain(DomainError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.namespace(id, NamespaceCommand::Delete, meta)
+            .await
+            .map(drop)
+    }
+}
+
+/// Turns a read model rule that refused an append into the domain error it stands for.
+fn refusal(err: StoreError, events: &[DomainEvent]) -> ServiceError {
+    let first = events.first();
+    let domain = match (&err, first) {
+        (StoreError::Unique { .. }, Some(DomainEvent::NamespaceCreated(c))) => {
+            DomainError::Conflict {
+                resource: "namespace",
+                message: format!("a namespace named {} already exists in {}", c.name, c.region),
+            }
+        }
+        (StoreError::Unique { .. }, Some(DomainEvent::ImageCreated(c))) => DomainError::Conflict {
+            resource: "image",
+            message: format!("an image named {} already exists in this namespace", c.name),
+        },
+        (StoreError::Reference { .. }, Some(DomainEvent::ImageCreated(c))) => {
+            DomainError::NotFound {
+                resource: "namespace",
+                id: c.namespace_id.clone(),
+            }
+        }
+        (StoreError::Reference { .. }, Some(DomainEvent::NamespaceDeleted)) => {
+            DomainError::Conflict {
+                resource: "namespace",
+                message: "the namespace still has images".to_owned(),
+            }
+        }
+        (StoreError::BlobSize { .. }, _) => DomainError::Invalid {
+            field: "blob",
+            reason: err.to_string(),
+        },
+        _ => return ServiceError::Store(err),
+    };
+    ServiceError::Domain(domain)
+}

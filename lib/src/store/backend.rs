@@ -1,0 +1,37 @@
+//! The two backends. The SQL in `sql/` is written once, in the dialect SQLite and
+//! PostgreSQL share (`$N` parameters, `ON CONFLICT`, `RETURNING`), and compiled here against
+//! each driver; the few statements that differ are the constants at the top of each module.
+
+pub mod sqlite {
+    use sqlx::Sqlite as Db;
+
+    use super::super::migrate::{Migration, SQLITE};
+
+    const MIGRATIONS: &[Migration] = SQLITE;
+    /// Takes SQLite's write lock at once, so a transaction never has to upgrade a read lock
+    /// (which would fail with SQLITE_BUSY instead of waiting).
+    const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+    /// The write lock taken by `BEGIN IMMEDIATE` already serialises migrations.
+    const LOCK_MIGRATIONS: Option<&str> = None;
+
+    include!("sql/event_log.rs");
+    include!("sql/projection.rs");
+    include!("sql/read_model.rs");
+    include!("sql/rebuild.rs");
+}
+
+pub mod postgres {
+    use sqlx::Postgres as Db;
+
+    use super::super::migrate::{Migration, POSTGRES};
+
+    const MIGRATIONS: &[Migration] = POSTGRES;
+    const BEGIN_WRITE: &str = "BEGIN";
+    /// Several processes may start at once; one migrates while the others wait.
+    const LOCK_MIGRATIONS: Option<&str> = Some("SELECT pg_advisory_xact_lock(7215081342)");
+
+    include!("sql/event_log.rs");
+    include!("sql/projection.rs");
+    include!("sql/read_model.rs");
+    include!("sql/rebuild.rs");
+}

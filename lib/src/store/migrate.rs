@@ -1,0 +1,59 @@
+//! Embedded schema migrations, one list per backend, kept at the same versions and names.
+//!
+//! Applied versions are recorded in `layerline_migrations` (not sqlx's `_sqlx_migrations`,
+//! which apalis' migrator uses for its own tables). An applied migration is never edited.
+
+/// One migration: version, name (the file name without version and extension) and SQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+macro_rules! migrations {
+    ($dir:literal: $(($version:literal, $name:literal)),* $(,)?) => {
+        &[$(Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../../migrations/", $dir, "/", stringify!($version), "_", $name, ".sql")),
+        }),*]
+    };
+}
+
+// Versions are written with their leading zeros in the file names; `stringify!` keeps them.
+pub const SQLITE: &[Migration] = migrations!("sqlite": (0001, "event_log"), (0002, "read_models"));
+pub const POSTGRES: &[Migration] =
+    migrations!("postgres": (0001, "event_log"), (0002, "read_models"));
+
+pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS layerline_migrations (\
+    version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn files(dir: &str) -> BTreeSet<String> {
+        let path = format!("{}/../migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    fn listed(list: &[Migration]) -> BTreeSet<String> {
+        list.iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect()
+    }
+
+    #[test]
+    fn both_backends_have_the_same_versions_and_names_and_embed_every_file() {
+        assert_eq!(listed(SQLITE), listed(POSTGRES));
+        assert_eq!(files("sqlite"), listed(SQLITE));
+        assert_eq!(files("postgres"), listed(POSTGRES));
+        let versions: Vec<i64> = SQLITE.iter().map(|m| m.version).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions ascend");
+    }
+}

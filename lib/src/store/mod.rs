@@ -1,0 +1,369 @@
+//! The event log and its read models on SQLite or PostgreSQL, behind the [`EventStore`] and
+//! [`ReadModels`] ports.
+//!
+//! Both backends run the same SQL (see `sql/`): the text is written once and compiled against
+//! each driver in [`backend`]. The backend is chosen by the database URL's scheme.
+//!
+//! # Ordering and the global feed
+//! An append takes the log head row's lock first and holds it until commit, so appends commit
+//! one after another in position order: positions are dense and a reader tailing
+//! `position > after` never sees a later position before an earlier one becomes visible.
+//! Throughput comes from batching events into one append, not from parallel writers.
+
+mod backend;
+pub mod migrate;
+pub mod rows;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::domain::DomainEvent;
+use crate::domain::event::DecodeError;
+pub use rows::ReadModelRows;
+
+/// The stream version an append expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// Exactly this many events in the stream (0: the stream must not exist).
+    Version(i64),
+    /// Whatever is there (for streams with a single writer by construction).
+    Any,
+}
+
+/// Who and what caused an append; stored as JSON beside each event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causation: Option<String>,
+}
+
+/// An event as stored, decoded (and upcast) to the current schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    /// The schema version the event was stored with (before upcasting).
+    pub stored_schema_version: i32,
+    pub event: DomainEvent,
+    pub metadata: String,
+    pub recorded_at: String,
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the first event appended (0 when nothing was appended).
+    pub first_position: i64,
+    pub last_position: i64,
+    /// The stream's version after the append.
+    pub stream_version: i64,
+}
+
+/// Failures of the store. Each variant says how callers handle it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at the expected version: reload the aggregate and decide again.
+    #[error("stream {stream_id} is at version {actual}, expected {expected}")]
+    Conflict {
+        stream_id: String,
+        expected: i64,
+        actual: i64,
+    },
+    /// A read model's uniqueness rule refused the change (e.g. a namespace name is taken).
+    /// Nothing was written. `constraint` names the rule.
+    #[error("unique constraint {constraint} refused the change")]
+    Unique { constraint: String },
+    /// A read model's reference rule refused the change (e.g. an image in a namespace that
+    /// does not exist, or a namespace deleted while it has images). Nothing was written.
+    #[error("reference constraint refused the change: {message}")]
+    Reference { message: String },
+    /// A blob digest arrived with a size other than the one already stored for it.
+    #[error("blob {digest} has size {stored} here, not {given}")]
+    BlobSize {
+        digest: String,
+        stored: i64,
+        given: i64,
+    },
+    /// A stored event could not be decoded: the log holds something this build cannot read.
+    #[error("event at position {position}: {source}")]
+    Decode { position: i64, source: DecodeError },
+    /// The URL names no backend we support.
+    #[error("unsupported database URL (expected sqlite:… or postgres://…): {0}")]
+    Url(String),
+    /// The database failed or is unreachable; transient from the caller's point of view.
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &err {
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    return StoreError::Unique {
+                        constraint: db
+                            .constraint()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| db.message().to_owned()),
+                    };
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return StoreError::Reference {
+                        message: db.message().to_owned(),
+                    };
+                }
+                _ => {}
+            }
+        }
+        StoreError::Database(err)
+    }
+}
+
+/// The append-only event log.
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream_id` atomically, running the inline projections in the same
+    /// transaction. Fails with [`StoreError::Conflict`] when the stream is not at `expected`;
+    /// then nothing is written. An empty batch writes nothing and checks nothing.
+    fn append(
+        &self,
+        stream_id: &str,
+        expected: Expected,
+        events: &[DomainEvent],
+        metadata: &Metadata,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Every event of one stream, in version order.
+    fn read_stream(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Up to `limit` events with `position > after`, in position order: the global feed.
+    fn read_all(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The position of the last committed event (0 for an empty log).
+    fn head(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+}
+
+/// Reads of the read models.
+pub trait ReadModels: Send + Sync {
+    /// Every row of every read model table, ordered by key: what `rebuild` must reproduce.
+    fn read_model_rows(&self) -> impl Future<Output = Result<ReadModelRows, StoreError>> + Send;
+
+    fn namespace(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<rows::NamespaceRow>, StoreError>> + Send;
+
+    fn image(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<rows::ImageRow>, StoreError>> + Send;
+
+    /// Ids of a namespace's images, by name.
+    fn image_ids(
+        &self,
+        namespace_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The tag with this id (tags are addressed by id in the Scaleway API).
+    fn tag(&self, id: &str)
+    -> impl Future<Output = Result<Option<rows::TagRow>, StoreError>> + Send;
+}
+
+/// Progress of a rebuild: events folded so far out of the log head.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// A connected store on one of the supported backends.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(backend::sqlite::SqlStore),
+    Postgres(backend::postgres::SqlStore),
+}
+
+/// Which backend a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::Url(url.to_owned()))
+        }
+    }
+}
+
+/// How long a statement waits for a lock held by another writer before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Connects to `url` (`sqlite:path` — created if missing — or `postgres://…`). Runs no
+    /// migrations; see [`Store::migrate`]. SQLite connections each get WAL, `synchronous =
+    /// NORMAL`, a busy timeout and foreign keys, set in the connect options so every pooled
+    /// connection has them.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        match Backend::of_url(url)? {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(BUSY_TIMEOUT)
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .connect_with(options)
+                    .await?;
+                Ok(Store::Sqlite(backend::sqlite::SqlStore::new(pool)))
+            }
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(BUSY_TIMEOUT)
+                    .connect(url)
+                    .await?;
+                Ok(Store::Postgres(backend::postgres::SqlStore::new(pool)))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the embedded migrations not applied yet; safe to run from several processes at
+    /// once. Returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.migrate().await,
+            Store::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// Whether the database answers and every embedded migration has been applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ready().await,
+            Store::Postgres(s) => s.ready().await,
+        }
+    }
+
+    /// Drops every read model row and replays the whole log into them, in one transaction
+    /// that also holds the log head lock (appends wait). Returns the number of events replayed.
+    pub async fn rebuild(&self, progress: Progress<'_>) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.rebuild(progress).await,
+            Store::Postgres(s) => s.rebuild(progress).await,
+        }
+    }
+
+    /// Stores a raw event row as an older build would have written it. Only for tests and
+    /// tools that check upcasting; it bypasses the domain and the projections.
+    #[doc(hidden)]
+    pub async fn insert_raw_event(
+        &self,
+        stream_id: &str,
+        event_type: &str,
+        schema_version: i32,
+        payload: &str,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.insert_raw_event(stream_id, event_type, schema_version, payload)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.insert_raw_event(stream_id, event_type, schema_version, payload)
+                    .await
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.pool.close().await,
+            Store::Postgres(s) => s.pool.close().await,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $inner:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($inner) => $call,
+            Store::Postgres($inner) => $call,
+        }
+    };
+}
+
+impl EventStore for Store {
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: Expected,
+        events: &[DomainEvent],
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        dispatch!(self, s => s.append(stream_id, expected, events, metadata).await)
+    }
+
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.read_stream(stream_id).await)
+    }
+
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        dispatch!(self, s => s.read_all(after, limit).await)
+    }
+
+    async fn head(&self) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.head().await)
+    }
+}
+
+impl ReadModels for Store {
+    async fn read_model_rows(&self) -> Result<ReadModelRows, StoreError> {
+        dispatch!(self, s => s.read_model_rows().await)
+    }
+
+    async fn namespace(&self, id: &str) -> Result<Option<rows::NamespaceRow>, StoreError> {
+        dispatch!(self, s => s.namespace(id).await)
+    }
+
+    async fn image(&self, id: &str) -> Result<Option<rows::ImageRow>, StoreError> {
+        dispatch!(self, s => s.image(id).await)
+    }
+
+    async fn image_ids(&self, namespace_id: &str) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.image_ids(namespace_id).await)
+    }
+
+    async fn tag(&self, id: &str) -> Result<Option<rows::TagRow>, StoreError> {
+        dispatch!(self, s => s.tag(id).await)
+    }
+}

@@ -1,0 +1,277 @@
+//! The read model rows, and how they follow from folded aggregate state.
+//!
+//! The inline projections (`sql/projection.rs`) maintain these rows one event at a time with
+//! reference counts; [`materialize`] derives the same rows from whole aggregates, which is how
+//! `rebuild` writes them. The rebuild tests hold the two to the same result, row for row.
+
+use std::collections::BTreeMap;
+
+use crate::domain::image::{Image, distinct_blobs};
+use crate::domain::namespace::Namespace;
+
+/// Status of a live namespace or image (Scaleway's enum).
+pub const STATUS_READY: &str = "ready";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRow {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub description: String,
+    pub organization_id: String,
+    pub project_id: String,
+    pub is_public: bool,
+    pub status: String,
+    /// Sum of the sizes of the namespace's images.
+    pub size: i64,
+    /// Bytes of the distinct blobs of all its images (each blob once).
+    pub stored_size: i64,
+    pub image_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRow {
+    pub id: String,
+    pub namespace_id: String,
+    pub name: String,
+    pub visibility: String,
+    pub status: String,
+    pub size: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRow {
+    pub id: String,
+    pub image_id: String,
+    pub name: String,
+    pub digest: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub pushed_version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub image_id: String,
+    pub digest: String,
+    pub media_type: String,
+    pub platform: Option<String>,
+    pub config_digest: Option<String>,
+    pub config_size: Option<i64>,
+    pub config_media_type: Option<String>,
+    /// Sum of the sizes of this manifest's own distinct blobs.
+    pub blobs_size: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestLayerRow {
+    pub image_id: String,
+    pub manifest_digest: String,
+    pub idx: i64,
+    pub digest: String,
+    pub size: i64,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestChildRow {
+    pub image_id: String,
+    pub parent_digest: String,
+    pub idx: i64,
+    pub child_digest: String,
+}
+
+/// A blob of an image and how many of its manifests reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBlobRow {
+    pub image_id: String,
+    pub digest: String,
+    pub size: i64,
+    pub refs: i64,
+}
+
+/// A blob of a namespace and how many of its images reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceBlobRow {
+    pub namespace_id: String,
+    pub digest: String,
+    pub size: i64,
+    pub refs: i64,
+}
+
+/// Every read model row, each table sorted by its primary key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadModelRows {
+    pub namespaces: Vec<NamespaceRow>,
+    pub images: Vec<ImageRow>,
+    pub tags: Vec<TagRow>,
+    pub manifests: Vec<ManifestRow>,
+    pub manifest_layers: Vec<ManifestLayerRow>,
+    pub manifest_children: Vec<ManifestChildRow>,
+    pub image_blobs: Vec<ImageBlobRow>,
+    pub namespace_blobs: Vec<NamespaceBlobRow>,
+}
+
+impl ReadModelRows {
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.images.len()
+            + self.tags.len()
+            + self.manifests.len()
+            + self.manifest_layers.len()
+            + self.manifest_children.len()
+            + self.image_blobs.len()
+            + self.namespace_blobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sorts every table by its primary key, as the database reads them back.
+    pub fn sort(&mut self) {
+        self.namespaces.sort_by(|a, b| a.id.cmp(&b.id));
+        self.images.sort_by(|a, b| a.id.cmp(&b.id));
+        self.tags.sort_by(|a, b| a.id.cmp(&b.id));
+        self.manifests
+            .sort_by(|a, b| (&a.image_id, &a.digest).cmp(&(&b.image_id, &b.digest)));
+        self.manifest_layers.sort_by(|a, b| {
+            (&a.image_id, &a.manifest_digest, a.idx).cmp(&(&b.image_id, &b.manifest_digest, b.idx))
+        });
+        self.manifest_children.sort_by(|a, b| {
+            (&a.image_id, &a.parent_digest, a.idx).cmp(&(&b.image_id, &b.parent_digest, b.idx))
+        });
+        self.image_blobs
+            .sort_by(|a, b| (&a.image_id, &a.digest).cmp(&(&b.image_id, &b.digest)));
+        self.namespace_blobs
+            .sort_by(|a, b| (&a.namespace_id, &a.digest).cmp(&(&b.namespace_id, &b.digest)));
+    }
+}
+
+/// The read model rows that follow from folded aggregates (deleted ones contribute nothing).
+pub fn materialize<'a>(
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+    images: impl IntoIterator<Item = &'a Image>,
+) -> ReadModelRows {
+    let mut rows = ReadModelRows::default();
+    let mut ns_index: BTreeMap<String, usize> = BTreeMap::new();
+    for ns in namespaces {
+        let Some(c) = ns.created.as_ref().filter(|_| !ns.deleted) else {
+            continue;
+        };
+        ns_index.insert(c.namespace_id.clone(), rows.namespaces.len());
+        rows.namespaces.push(NamespaceRow {
+            id: c.namespace_id.clone(),
+            name: c.name.clone(),
+            region: c.region.clone(),
+            description: c.description.clone(),
+            organization_id: c.organization_id.clone(),
+            project_id: c.project_id.clone(),
+            is_public: c.is_public,
+            status: STATUS_READY.to_owned(),
+            size: 0,
+            stored_size: 0,
+            image_count: 0,
+            created_at: ns.created_at.clone(),
+            updated_at: ns.updated_at.clone(),
+            version: ns.version,
+        });
+    }
+    let mut ns_blobs: BTreeMap<(String, String), NamespaceBlobRow> = BTreeMap::new();
+    for img in images {
+        let Some(c) = img.created.as_ref().filter(|_| !img.deleted) else {
+            continue;
+        };
+        let image_id = c.image_id.clone();
+        if let Some(&i) = ns_index.get(&c.namespace_id) {
+            rows.namespaces[i].size += img.size;
+            rows.namespaces[i].image_count += 1;
+        }
+        rows.images.push(ImageRow {
+            id: image_id.clone(),
+            namespace_id: c.namespace_id.clone(),
+            name: c.name.clone(),
+            visibility: c.visibility.clone(),
+            status: STATUS_READY.to_owned(),
+            size: img.size,
+            created_at: img.created_at.clone(),
+            updated_at: img.updated_at.clone(),
+            version: img.version,
+        });
+        for (name, tag) in &img.tags {
+            rows.tags.push(TagRow {
+                id: tag.id.clone(),
+                image_id: image_id.clone(),
+                name: name.clone(),
+                digest: tag.digest.clone(),
+                created_at: tag.created_at.clone(),
+                updated_at: tag.updated_at.clone(),
+                pushed_version: tag.pushed_version,
+            });
+        }
+        for (digest, m) in &img.manifests {
+            let r = &m.recorded;
+            rows.manifests.push(ManifestRow {
+                image_id: image_id.clone(),
+                digest: digest.clone(),
+                media_type: r.media_type.clone(),
+                platform: r.platform.clone(),
+                config_digest: r.config.as_ref().map(|b| b.digest.clone()),
+                config_size: r.config.as_ref().map(|b| b.size),
+                config_media_type: r.config.as_ref().map(|b| b.media_type.clone()),
+                blobs_size: distinct_blobs(r).iter().map(|b| b.size).sum(),
+                created_at: m.created_at.clone(),
+            });
+            for (idx, layer) in r.layers.iter().enumerate() {
+                rows.manifest_layers.push(ManifestLayerRow {
+                    image_id: image_id.clone(),
+                    manifest_digest: digest.clone(),
+                    idx: idx as i64,
+                    digest: layer.digest.clone(),
+                    size: layer.size,
+                    media_type: layer.media_type.clone(),
+                });
+            }
+            for (idx, child) in r.children.iter().enumerate() {
+                rows.manifest_children.push(ManifestChildRow {
+                    image_id: image_id.clone(),
+                    parent_digest: digest.clone(),
+                    idx: idx as i64,
+                    child_digest: child.clone(),
+                });
+            }
+        }
+        for (digest, blob) in &img.blobs {
+            rows.image_blobs.push(ImageBlobRow {
+                image_id: image_id.clone(),
+                digest: digest.clone(),
+                size: blob.size,
+                refs: blob.refs,
+            });
+            let entry = ns_blobs
+                .entry((c.namespace_id.clone(), digest.clone()))
+                .or_insert_with(|| NamespaceBlobRow {
+                    namespace_id: c.namespace_id.clone(),
+                    digest: digest.clone(),
+                    size: blob.size,
+                    refs: 0,
+                });
+            entry.refs += 1;
+        }
+    }
+    for blob in ns_blobs.values() {
+        if let Some(&i) = ns_index.get(&blob.namespace_id) {
+            rows.namespaces[i].stored_size += blob.size;
+        }
+    }
+    rows.namespace_blobs = ns_blobs.into_values().collect();
+    rows.sort();
+    rows
+}

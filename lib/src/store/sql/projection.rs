@@ -1,0 +1,358 @@
+// Inline projections: each event updates the read models inside the append transaction.
+// Sizes move by reference counts: a blob adds its size when its first reference appears and
+// removes it when its last one goes; nothing is ever summed by scanning.
+// Included by `backend.rs` once per backend.
+
+use crate::domain::event::{ManifestDeleted, ManifestRecorded};
+use crate::domain::image::distinct_blobs;
+use crate::domain::streams;
+use crate::store::rows::STATUS_READY;
+
+/// Applies one event of `stream_id`, which has become version `version`, recorded at `at`.
+async fn project(
+    conn: &mut Conn,
+    stream_id: &str,
+    version: i64,
+    event: &DomainEvent,
+    at: &str,
+) -> Result<(), StoreError> {
+    let namespace_id = stream_id.strip_prefix(streams::NAMESPACE).unwrap_or_default();
+    let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
+    match event {
+        DomainEvent::NamespaceCreated(c) => {
+            sqlx::query(
+                "INSERT INTO namespaces (id, name, region, description, organization_id, \
+                 project_id, is_public, status, size, stored_size, image_count, created_at, \
+                 updated_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 0, $9, $10, $11)",
+            )
+            .bind(&c.namespace_id)
+            .bind(&c.name)
+            .bind(&c.region)
+            .bind(&c.description)
+            .bind(&c.organization_id)
+            .bind(&c.project_id)
+            .bind(c.is_public)
+            .bind(STATUS_READY)
+            .bind(at)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::NamespaceUpdated(u) => {
+            sqlx::query(
+                "UPDATE namespaces SET description = COALESCE($1, description), \
+                 is_public = COALESCE($2, is_public), updated_at = $3, version = $4 WHERE id = $5",
+            )
+            .bind(&u.description)
+            .bind(u.is_public)
+            .bind(at)
+            .bind(version)
+            .bind(namespace_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::NamespaceDeleted => {
+            // Images reference their namespace: deleting one that still has images fails.
+            sqlx::query("DELETE FROM namespaces WHERE id = $1")
+                .bind(namespace_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        DomainEvent::ImageCreated(c) => {
+            sqlx::query(
+                "INSERT INTO images (id, namespace_id, name, visibility, status, size, \
+                 created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
+            )
+            .bind(&c.image_id)
+            .bind(&c.namespace_id)
+            .bind(&c.name)
+            .bind(&c.visibility)
+            .bind(STATUS_READY)
+            .bind(at)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("UPDATE namespaces SET image_count = image_count + 1 WHERE id = $1")
+                .bind(&c.namespace_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        DomainEvent::ImageUpdated(u) => {
+            sqlx::query(
+                "UPDATE images SET visibility = $1, updated_at = $2, version = $3 WHERE id = $4",
+            )
+            .bind(&u.visibility)
+            .bind(at)
+            .bind(version)
+            .bind(image_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::ImageDeleted => {
+            // Its tags and manifests were deleted by the events before this one, so its size
+            // is already zero.
+            let namespace: Option<String> =
+                sqlx::query_scalar("DELETE FROM images WHERE id = $1 RETURNING namespace_id")
+                    .bind(image_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            sqlx::query("UPDATE namespaces SET image_count = image_count - 1 WHERE id = $1")
+                .bind(namespace)
+                .execute(&mut *conn)
+                .await?;
+        }
+        DomainEvent::ManifestRecorded(m) => {
+            record_manifest(conn, image_id, m, version, at).await?;
+        }
+        DomainEvent::ManifestDeleted(d) => {
+            delete_manifest(conn, image_id, d, version, at).await?;
+        }
+        DomainEvent::TagPushed(t) => {
+            sqlx::query(
+                "INSERT INTO tags (id, image_id, name, digest, created_at, updated_at, \
+                 pushed_version) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, \
+                 updated_at = excluded.updated_at, pushed_version = excluded.pushed_version",
+            )
+            .bind(&t.tag_id)
+            .bind(image_id)
+            .bind(&t.name)
+            .bind(&t.digest)
+            .bind(at)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            touch_image(conn, image_id, 0, version, at).await?;
+        }
+        DomainEvent::TagDeleted(t) => {
+            sqlx::query("DELETE FROM tags WHERE id = $1")
+                .bind(&t.tag_id)
+                .execute(&mut *conn)
+                .await?;
+            touch_image(conn, image_id, 0, version, at).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds `size_delta` to the image's size and marks it changed at `version`.
+async fn touch_image(
+    conn: &mut Conn,
+    image_id: &str,
+    size_delta: i64,
+    version: i64,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE images SET size = size + $1, updated_at = $2, version = $3 WHERE id = $4")
+        .bind(size_delta)
+        .bind(at)
+        .bind(version)
+        .bind(image_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn namespace_of(conn: &mut Conn, image_id: &str) -> Result<String, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT namespace_id FROM images WHERE id = $1")
+            .bind(image_id)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+async fn add_to_namespace(
+    conn: &mut Conn,
+    namespace_id: &str,
+    size_delta: i64,
+    stored_delta: i64,
+) -> Result<(), StoreError> {
+    if size_delta == 0 && stored_delta == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE namespaces SET size = size + $1, stored_size = stored_size + $2 WHERE id = $3",
+    )
+    .bind(size_delta)
+    .bind(stored_delta)
+    .bind(namespace_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn record_manifest(
+    conn: &mut Conn,
+    image_id: &str,
+    m: &ManifestRecorded,
+    version: i64,
+    at: &str,
+) -> Result<(), StoreError> {
+    let blobs = distinct_blobs(m);
+    sqlx::query(
+        "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
+         config_size, config_media_type, blobs_size, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(image_id)
+    .bind(&m.digest)
+    .bind(&m.media_type)
+    .bind(&m.platform)
+    .bind(m.config.as_ref().map(|b| &b.digest))
+    .bind(m.config.as_ref().map(|b| b.size))
+    .bind(m.config.as_ref().map(|b| &b.media_type))
+    .bind(blobs.iter().map(|b| b.size).sum::<i64>())
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    if !m.layers.is_empty() {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO manifest_layers (image_id, manifest_digest, idx, digest, size, media_type) ",
+        );
+        insert.push_values(m.layers.iter().enumerate(), |mut row, (idx, layer)| {
+            row.push_bind(image_id.to_owned())
+                .push_bind(m.digest.clone())
+                .push_bind(idx as i64)
+                .push_bind(layer.digest.clone())
+                .push_bind(layer.size)
+                .push_bind(layer.media_type.clone());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    if !m.children.is_empty() {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO manifest_children (image_id, parent_digest, idx, child_digest) ",
+        );
+        insert.push_values(m.children.iter().enumerate(), |mut row, (idx, child)| {
+            row.push_bind(image_id.to_owned())
+                .push_bind(m.digest.clone())
+                .push_bind(idx as i64)
+                .push_bind(child.clone());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+
+    let namespace_id = namespace_of(conn, image_id).await?;
+    let (mut added, mut stored_added) = (0, 0);
+    for blob in blobs {
+        let refs: i64 = sqlx::query_scalar(
+            "INSERT INTO image_blobs (image_id, digest, size, refs) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (image_id, digest) DO UPDATE SET refs = image_blobs.refs + 1 \
+             RETURNING refs",
+        )
+        .bind(image_id)
+        .bind(&blob.digest)
+        .bind(blob.size)
+        .fetch_one(&mut *conn)
+        .await?;
+        if refs != 1 {
+            continue;
+        }
+        added += blob.size;
+        let row = sqlx::query(
+            "INSERT INTO namespace_blobs (namespace_id, digest, size, refs) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (namespace_id, digest) DO UPDATE SET refs = namespace_blobs.refs + 1 \
+             RETURNING refs, size",
+        )
+        .bind(&namespace_id)
+        .bind(&blob.digest)
+        .bind(blob.size)
+        .fetch_one(&mut *conn)
+        .await?;
+        let (refs, stored): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        if stored != blob.size {
+            // A digest names one content, so one size; a disagreement is bad input.
+            return Err(StoreError::BlobSize {
+                digest: blob.digest.clone(),
+                stored,
+                given: blob.size,
+            });
+        }
+        if refs == 1 {
+            stored_added += blob.size;
+        }
+    }
+    touch_image(conn, image_id, added, version, at).await?;
+    add_to_namespace(conn, &namespace_id, added, stored_added).await
+}
+
+async fn delete_manifest(
+    conn: &mut Conn,
+    image_id: &str,
+    d: &ManifestDeleted,
+    version: i64,
+    at: &str,
+) -> Result<(), StoreError> {
+    let mut blobs: Vec<(String, i64)> = sqlx::query(
+        "SELECT digest, size FROM manifest_layers WHERE image_id = $1 AND manifest_digest = $2 \
+         UNION SELECT config_digest, config_size FROM manifests \
+         WHERE image_id = $1 AND digest = $2 AND config_digest IS NOT NULL",
+    )
+    .bind(image_id)
+    .bind(&d.digest)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    blobs.sort();
+    blobs.dedup_by(|a, b| a.0 == b.0);
+
+    for table_sql in [
+        "DELETE FROM manifest_layers WHERE image_id = $1 AND manifest_digest = $2",
+        "DELETE FROM manifest_children WHERE image_id = $1 AND parent_digest = $2",
+        "DELETE FROM manifests WHERE image_id = $1 AND digest = $2",
+    ] {
+        sqlx::query(table_sql)
+            .bind(image_id)
+            .bind(&d.digest)
+            .execute(&mut *conn)
+            .await?;
+    }
+
+    let namespace_id = namespace_of(conn, image_id).await?;
+    let (mut removed, mut stored_removed) = (0, 0);
+    for (digest, size) in blobs {
+        if release(conn, "image_blobs", "image_id", image_id, &digest).await? {
+            removed += size;
+            if release(conn, "namespace_blobs", "namespace_id", &namespace_id, &digest).await? {
+                stored_removed += size;
+            }
+        }
+    }
+    touch_image(conn, image_id, -removed, version, at).await?;
+    add_to_namespace(conn, &namespace_id, -removed, -stored_removed).await
+}
+
+/// Drops one reference to `digest` in a blob table; returns whether it was the last (the row
+/// is then deleted).
+async fn release(
+    conn: &mut Conn,
+    table: &'static str,
+    owner_column: &'static str,
+    owner: &str,
+    digest: &str,
+) -> Result<bool, StoreError> {
+    let update = format!(
+        "UPDATE {table} SET refs = refs - 1 WHERE {owner_column} = $1 AND digest = $2 RETURNING refs"
+    );
+    let refs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(update))
+        .bind(owner)
+        .bind(digest)
+        .fetch_one(&mut *conn)
+        .await?;
+    if refs > 0 {
+        return Ok(false);
+    }
+    let delete = format!("DELETE FROM {table} WHERE {owner_column} = $1 AND digest = $2");
+    sqlx::query(sqlx::AssertSqlSafe(delete))
+        .bind(owner)
+        .bind(digest)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
