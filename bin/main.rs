@@ -1,1 +1,209 @@
-fn main(){}
+//! `layerline`: the command line. Parses flags, resolves configuration and hands over to the
+//! library; everything with behaviour lives in `layerline-core` or in `bin/` modules below.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use layerline_core::config::{Layer, LogFormat, Settings};
+use layerline_core::http::{self, AppState};
+use layerline_core::store::Store;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "layerline",
+    version,
+    about = "Event-sourced control plane for container registries",
+    long_about = "Layerline records every change to namespaces, images, tags, manifests and \
+                  layers in an append-only event log and serves listings and sizes from read \
+                  models built from it. It runs on SQLite by default and on PostgreSQL to scale \
+                  out.\n\nConfiguration comes from flags, then LAYERLINE_* environment variables, \
+                  then an optional TOML file (--config), then defaults."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// TOML file with settings (keys as the flag names with `_`, e.g. `database_url`).
+    #[arg(long, global = true, env = "LAYERLINE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    /// [default: sqlite://layerline.db]
+    #[arg(long, global = true, env = "LAYERLINE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Connections in the database pool. [default: 10]
+    #[arg(long, global = true, env = "LAYERLINE_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    /// Log format: `text` or `json`. [default: text]
+    #[arg(long, global = true, env = "LAYERLINE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the HTTP API (migrating the database first). Stops cleanly on SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Drop the read models and replay the whole event log into them.
+    Rebuild,
+    /// Measure throughput against a plain-SQL baseline on the configured database.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address of the HTTP API. [default: 127.0.0.1:8080]
+    #[arg(long, env = "LAYERLINE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Address of the Prometheus metrics listener. [default: 127.0.0.1:9464]
+    #[arg(long, env = "LAYERLINE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let (listen, metrics_listen) = match &cli.command {
+        Command::Serve(a) => (a.listen, a.metrics_listen),
+        _ => (None, None),
+    };
+    let flags = Layer {
+        listen,
+        metrics_listen,
+        database_url: cli.global.database_url.clone(),
+        max_connections: cli.global.max_connections,
+        log_format: cli.global.log_format,
+    };
+    let file = match &cli.global.config {
+        Some(path) => Layer::from_file(path)?,
+        None => Layer::default(),
+    };
+    Ok(flags.over(file).resolve())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAYERLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = settings(&cli)?;
+    init_logging(settings.log_format);
+    match cli.command {
+        Command::Serve(_) => serve(settings).await,
+        Command::Migrate => {
+            let store = connect(&settings).await?;
+            let applied = store.migrate().await?;
+            println!("applied {} migration(s): {applied:?}", applied.len());
+            Ok(())
+        }
+        Command::Rebuild => rebuild(settings).await,
+        Command::Bench(cmd) => bench::run(cmd, &settings).await,
+    }
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(&settings.database_url, settings.max_connections)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&settings.database_url)))
+}
+
+/// The URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = connect(&settings).await?;
+    let applied = store.migrate().await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied migrations");
+    }
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        database = %redact(&settings.database_url),
+        "serving"
+    );
+    http::serve(listener, AppState { store: store.clone() }, shutdown_signal()).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+async fn rebuild(settings: Settings) -> anyhow::Result<()> {
+    let store = connect(&settings).await?;
+    store.migrate().await?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let replayed = store
+        .rebuild(&|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt read models from {replayed} events in {secs:.2}s ({:.0} events/s)",
+        replayed as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,799 @@
+//! One conformance suite for the event store and the read models, run on SQLite and on
+//! PostgreSQL; every test gets a database of its own.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use common::{TestDb, digest};
+use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated, NamespaceUpdated};
+use layerline_core::domain::image::ImageCommand;
+use layerline_core::domain::namespace::NamespaceCommand;
+use layerline_core::domain::{DomainError, DomainEvent, streams};
+use layerline_core::service::{Registry, ServiceError};
+use layerline_core::store::rows::materialize;
+use layerline_core::store::{
+    Backend, EventStore, Expected, Metadata, ReadModels, Store, StoreError,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+                    super::$name(db.store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    append_assigns_stream_versions_and_dense_positions,
+    a_stale_expected_version_is_a_typed_conflict_and_writes_nothing,
+    a_write_is_visible_in_the_read_models_when_append_returns,
+    migrations_are_idempotent,
+    two_tags_of_one_image_sharing_a_layer_count_it_once,
+    two_images_sharing_a_layer_count_it_in_each_and_namespace_size_is_the_sum,
+    a_moved_tag_leaves_the_old_manifest_counted_and_deleting_it_frees_its_unique_blobs,
+    an_index_counts_its_childrens_blobs,
+    a_shared_digest_needs_force_and_force_deletes_both_tags,
+    namespace_names_are_unique_per_region,
+    an_image_needs_an_existing_namespace,
+    deleting_a_namespace_deletes_its_images,
+    a_blob_size_disagreeing_within_a_namespace_is_refused,
+    concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order,
+    concurrent_appends_to_one_stream_let_exactly_one_win_per_version,
+    rebuild_reproduces_random_workloads_row_for_row,
+    an_event_stored_with_an_older_schema_version_still_replays,
+);
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+struct Fixture {
+    registry: Registry<Store>,
+    meta: Metadata,
+}
+
+impl Fixture {
+    fn new(store: Store) -> Self {
+        Fixture {
+            registry: Registry::new(store),
+            meta: Metadata {
+                actor: Some("test".into()),
+                ..Metadata::default()
+            },
+        }
+    }
+
+    fn store(&self) -> &Store {
+        self.registry.store()
+    }
+
+    async fn namespace(&self, name: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.registry
+            .create_namespace(namespace_created(&id, name), &self.meta)
+            .await
+            .expect("create namespace");
+        id
+    }
+
+    async fn image(&self, namespace_id: &str, name: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.image_cmd(
+            &id,
+            ImageCommand::Create {
+                namespace_id: namespace_id.into(),
+                name: name.into(),
+                visibility: None,
+            },
+        )
+        .await
+        .expect("create image");
+        id
+    }
+
+    async fn image_cmd(&self, id: &str, cmd: ImageCommand) -> Result<Vec<DomainEvent>, ServiceError> {
+        self.registry.image(id, cmd, &self.meta).await
+    }
+
+    /// Records manifest `n` with a config of 10 bytes (digest 10_000 + n) and `layers`.
+    async fn manifest(&self, image_id: &str, n: u64, layers: &[(u64, i64)]) {
+        self.image_cmd(image_id, ImageCommand::RecordManifest(manifest(n, layers)))
+            .await
+            .expect("record manifest");
+    }
+
+    async fn tag(&self, image_id: &str, name: &str, n: u64) {
+        self.image_cmd(image_id, push(name, n)).await.expect("push tag");
+    }
+
+    async fn image_size(&self, id: &str) -> i64 {
+        self.store().image(id).await.unwrap().expect("image row").size
+    }
+
+    async fn namespace_row(&self, id: &str) -> layerline_core::store::rows::NamespaceRow {
+        self.store().namespace(id).await.unwrap().expect("namespace row")
+    }
+
+    async fn tag_names(&self, image_id: &str) -> Vec<String> {
+        let rows = self.store().read_model_rows().await.unwrap();
+        let mut names: Vec<String> = rows
+            .tags
+            .into_iter()
+            .filter(|t| t.image_id == image_id)
+            .map(|t| t.name)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn namespace_created(id: &str, name: &str) -> NamespaceCreated {
+    NamespaceCreated {
+        namespace_id: id.into(),
+        name: name.into(),
+        region: "fr-par".into(),
+        description: String::new(),
+        is_public: false,
+        organization_id: "org".into(),
+        project_id: "proj".into(),
+    }
+}
+
+fn blob(n: u64, size: i64) -> Blob {
+    Blob {
+        digest: digest(n),
+        size,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+    }
+}
+
+fn manifest(n: u64, layers: &[(u64, i64)]) -> ManifestRecorded {
+    ManifestRecorded {
+        digest: digest(n),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: None,
+        config: Some(Blob {
+            digest: digest(10_000 + n),
+            size: 10,
+            media_type: "application/vnd.oci.image.config.v1+json".into(),
+        }),
+        layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
+        children: vec![],
+    }
+}
+
+fn index(n: u64, children: &[u64]) -> ManifestRecorded {
+    ManifestRecorded {
+        digest: digest(n),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        platform: None,
+        config: None,
+        layers: vec![],
+        children: children.iter().map(|c| digest(*c)).collect(),
+    }
+}
+
+fn push(name: &str, n: u64) -> ImageCommand {
+    ImageCommand::PushTag {
+        name: name.into(),
+        digest: digest(n),
+        new_tag_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+fn update(description: &str) -> DomainEvent {
+    DomainEvent::NamespaceUpdated(NamespaceUpdated {
+        description: Some(description.into()),
+        is_public: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The event log
+
+async fn append_assigns_stream_versions_and_dense_positions(store: Store) {
+    let meta = Metadata::default();
+    let a = streams::namespace("a");
+    let b = streams::namespace("b");
+    let first = store
+        .append(
+            &a,
+            Expected::Version(0),
+            &[DomainEvent::NamespaceCreated(namespace_created("a", "team-a")), update("x")],
+            &meta,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.first_position, first.last_position, first.stream_version), (1, 2, 2));
+    let second = store
+        .append(
+            &b,
+            Expected::Version(0),
+            &[DomainEvent::NamespaceCreated(namespace_created("b", "team-b"))],
+            &meta,
+        )
+        .await
+        .unwrap();
+    assert_eq!((second.first_position, second.stream_version), (3, 1));
+    let third = store.append(&a, Expected::Version(2), &[update("y")], &meta).await.unwrap();
+    assert_eq!((third.first_position, third.stream_version), (4, 3));
+
+    let stream = store.read_stream(&a).await.unwrap();
+    let versions: Vec<i64> = stream.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(stream[2].event, update("y"));
+    assert!(store.read_stream("namespace-none").await.unwrap().is_empty());
+
+    let feed = store.read_all(1, 2).await.unwrap();
+    let positions: Vec<i64> = feed.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![2, 3]);
+    assert_eq!(store.head().await.unwrap(), 4);
+    assert!(store.read_all(4, 10).await.unwrap().is_empty());
+}
+
+async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing(store: Store) {
+    let meta = Metadata::default();
+    let s = streams::namespace("a");
+    store
+        .append(&s, Expected::Version(0), &[DomainEvent::NamespaceCreated(namespace_created("a", "team-a"))], &meta)
+        .await
+        .unwrap();
+    let err = store
+        .append(&s, Expected::Version(0), &[update("again")], &meta)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { expected: 0, actual: 1, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .append(&s, Expected::Version(5), &[update("later")], &meta)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { expected: 5, actual: 1, .. }));
+    assert_eq!(store.read_stream(&s).await.unwrap().len(), 1);
+    assert_eq!(store.head().await.unwrap(), 1);
+    let row = store.namespace("a").await.unwrap().unwrap();
+    assert_eq!(row.description, "", "a refused append changes no read model");
+}
+
+async fn a_write_is_visible_in_the_read_models_when_append_returns(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("visible").await;
+    let row = f.namespace_row(&ns).await;
+    assert_eq!((row.name.as_str(), row.image_count, row.size, row.version), ("visible", 0, 0, 1));
+    f.registry
+        .namespace(
+            &ns,
+            NamespaceCommand::Update(NamespaceUpdated {
+                description: Some("docs".into()),
+                is_public: Some(true),
+            }),
+            &f.meta,
+        )
+        .await
+        .unwrap();
+    let row = f.namespace_row(&ns).await;
+    assert_eq!((row.description.as_str(), row.is_public, row.version), ("docs", true, 2));
+    let img = f.image(&ns, "app").await;
+    assert_eq!(f.namespace_row(&ns).await.image_count, 1);
+    f.image_cmd(&img, ImageCommand::SetVisibility("public".into())).await.unwrap();
+    let row = f.store().image(&img).await.unwrap().unwrap();
+    assert_eq!((row.visibility.as_str(), row.version), ("public", 2));
+    // The events carry the metadata they were appended with.
+    let events = f.store().read_stream(&streams::image(&img)).await.unwrap();
+    assert!(events[0].metadata.contains("\"actor\":\"test\""));
+}
+
+async fn migrations_are_idempotent(store: Store) {
+    assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new());
+    assert!(store.ready().await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Worked size examples (design §4)
+
+async fn two_tags_of_one_image_sharing_a_layer_count_it_once(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let img = f.image(&ns, "app").await;
+    f.manifest(&img, 1, &[(100, 1000), (101, 200)]).await;
+    f.manifest(&img, 2, &[(100, 1000), (102, 30)]).await;
+    f.tag(&img, "v1", 1).await;
+    f.tag(&img, "v2", 2).await;
+    // layers 1000 + 200 + 30, configs 10 + 10: layer 100 once
+    assert_eq!(f.image_size(&img).await, 1250);
+    assert_eq!(f.namespace_row(&ns).await.size, 1250);
+}
+
+async fn two_images_sharing_a_layer_count_it_in_each_and_namespace_size_is_the_sum(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let a = f.image(&ns, "a").await;
+    let b = f.image(&ns, "b").await;
+    f.manifest(&a, 1, &[(100, 1000), (101, 5)]).await;
+    f.manifest(&b, 2, &[(100, 1000), (102, 7)]).await;
+    assert_eq!(f.image_size(&a).await, 1015);
+    assert_eq!(f.image_size(&b).await, 1017);
+    let row = f.namespace_row(&ns).await;
+    assert_eq!(row.size, 1015 + 1017);
+    assert_eq!(row.image_count, 2);
+    // Stored bytes count layer 100 once across the namespace.
+    assert_eq!(row.stored_size, 1000 + 5 + 7 + 10 + 10);
+}
+
+async fn a_moved_tag_leaves_the_old_manifest_counted_and_deleting_it_frees_its_unique_blobs(
+    store: Store,
+) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let img = f.image(&ns, "app").await;
+    f.manifest(&img, 1, &[(100, 1000), (101, 200)]).await;
+    f.manifest(&img, 2, &[(100, 1000), (102, 30)]).await;
+    f.tag(&img, "latest", 1).await;
+    let before = f.store().read_model_rows().await.unwrap();
+    let tag_id = before.tags[0].id.clone();
+    f.tag(&img, "latest", 2).await;
+    // Moved: same tag id, new digest; manifest 1 is untagged but still stored and counted.
+    let tag = f.store().tag(&tag_id).await.unwrap().unwrap();
+    assert_eq!(tag.digest, digest(2));
+    assert_eq!(f.image_size(&img).await, 1000 + 200 + 30 + 20);
+    let rows = f.store().read_model_rows().await.unwrap();
+    assert_eq!(rows.manifests.len(), 2);
+    // Deleting the untagged manifest frees layer 101 and its config; layer 100 stays.
+    f.image_cmd(&img, ImageCommand::DeleteManifest { digest: digest(1) })
+        .await
+        .unwrap();
+    assert_eq!(f.image_size(&img).await, 1000 + 30 + 10);
+    let ns_row = f.namespace_row(&ns).await;
+    assert_eq!((ns_row.size, ns_row.stored_size), (1040, 1040));
+}
+
+async fn an_index_counts_its_childrens_blobs(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let img = f.image(&ns, "multi").await;
+    f.manifest(&img, 1, &[(100, 1000)]).await; // linux/amd64
+    f.manifest(&img, 2, &[(101, 500)]).await; // linux/arm64
+    f.image_cmd(&img, ImageCommand::RecordManifest(index(9, &[1, 2])))
+        .await
+        .unwrap();
+    f.tag(&img, "latest", 9).await;
+    assert_eq!(f.image_size(&img).await, 1520);
+    let rows = f.store().read_model_rows().await.unwrap();
+    let children: Vec<&str> = rows.manifest_children.iter().map(|c| c.child_digest.as_str()).collect();
+    assert_eq!(children, vec![digest(1), digest(2)]);
+    // Deleting the index's only tag deletes the index and its children with it.
+    f.image_cmd(&img, ImageCommand::DeleteTag { name: "latest".into(), force: false })
+        .await
+        .unwrap();
+    assert_eq!(f.image_size(&img).await, 0);
+    assert!(f.store().read_model_rows().await.unwrap().manifests.is_empty());
+}
+
+async fn a_shared_digest_needs_force_and_force_deletes_both_tags(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let img = f.image(&ns, "app").await;
+    f.manifest(&img, 1, &[(100, 1000)]).await;
+    f.manifest(&img, 2, &[(101, 7)]).await;
+    f.tag(&img, "v1", 1).await;
+    f.tag(&img, "latest", 1).await;
+    f.tag(&img, "other", 2).await;
+    let err = f
+        .image_cmd(&img, ImageCommand::DeleteTag { name: "v1".into(), force: false })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::Domain(DomainError::Conflict { resource: "tag", .. })),
+        "{err:?}"
+    );
+    assert_eq!(f.tag_names(&img).await, vec!["latest", "other", "v1"]);
+    f.image_cmd(&img, ImageCommand::DeleteTag { name: "v1".into(), force: true })
+        .await
+        .unwrap();
+    assert_eq!(f.tag_names(&img).await, vec!["other"]);
+    assert_eq!(f.image_size(&img).await, 17);
+}
+
+// ---------------------------------------------------------------------------------------
+// Rules the read models enforce across aggregates
+
+async fn namespace_names_are_unique_per_region(store: Store) {
+    let f = Fixture::new(store);
+    f.namespace("taken").await;
+    let err = f
+        .registry
+        .create_namespace(namespace_created("other-id", "taken"), &f.meta)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::Domain(DomainError::Conflict { resource: "namespace", .. })),
+        "{err:?}"
+    );
+    assert!(f.store().read_stream(&streams::namespace("other-id")).await.unwrap().is_empty());
+    let mut elsewhere = namespace_created("third-id", "taken");
+    elsewhere.region = "nl-ams".into();
+    f.registry.create_namespace(elsewhere, &f.meta).await.unwrap();
+}
+
+async fn an_image_needs_an_existing_namespace(store: Store) {
+    let f = Fixture::new(store);
+    let err = f
+        .image_cmd(
+            "img",
+            ImageCommand::Create {
+                namespace_id: "missing".into(),
+                name: "app".into(),
+                visibility: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ServiceError::Domain(DomainError::NotFound { resource: "namespace", .. })),
+        "{err:?}"
+    );
+    assert_eq!(f.store().head().await.unwrap(), 0);
+}
+
+async fn deleting_a_namespace_deletes_its_images(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("doomed").await;
+    let keep = f.namespace("kept").await;
+    for name in ["a", "b"] {
+        let img = f.image(&ns, name).await;
+        f.manifest(&img, 1, &[(100, 5)]).await;
+        f.tag(&img, "v", 1).await;
+    }
+    let other = f.image(&keep, "a").await;
+    f.manifest(&other, 1, &[(100, 5)]).await;
+    // The namespace row cannot go while images reference it.
+    let err = f
+        .registry
+        .namespace(&ns, NamespaceCommand::Delete, &f.meta)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::Domain(DomainError::Conflict { .. })), "{err:?}");
+    f.registry.delete_namespace(&ns, &f.meta).await.unwrap();
+    let rows = f.store().read_model_rows().await.unwrap();
+    assert_eq!(rows.namespaces.len(), 1);
+    assert_eq!(rows.images.len(), 1);
+    assert_eq!(rows.tags.len(), 0);
+    assert!(rows.namespace_blobs.iter().all(|b| b.namespace_id == keep));
+    assert_eq!(f.namespace_row(&keep).await.size, 15);
+}
+
+async fn a_blob_size_disagreeing_within_a_namespace_is_refused(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let a = f.image(&ns, "a").await;
+    let b = f.image(&ns, "b").await;
+    f.manifest(&a, 1, &[(100, 1000)]).await;
+    let head = f.store().head().await.unwrap();
+    let err = f
+        .image_cmd(&b, ImageCommand::RecordManifest(manifest(2, &[(100, 999)])))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServiceError::Domain(DomainError::Invalid { field: "blob", .. })), "{err:?}");
+    assert_eq!(f.store().head().await.unwrap(), head);
+    assert_eq!(f.image_size(&b).await, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Concurrency
+
+async fn concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order(store: Store) {
+    const WRITERS: usize = 8;
+    const APPENDS: usize = 25;
+    let meta = Metadata::default();
+    let mut expected_events = 0;
+    for w in 0..WRITERS {
+        let id = format!("w{w}");
+        store
+            .append(
+                &streams::namespace(&id),
+                Expected::Version(0),
+                &[DomainEvent::NamespaceCreated(namespace_created(&id, &format!("writer-{w}")))],
+                &meta,
+            )
+            .await
+            .unwrap();
+        expected_events += 1;
+    }
+    let start = store.head().await.unwrap();
+    let total = start + (WRITERS * APPENDS * 3) as i64;
+    let _ = expected_events;
+
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(i64, String, i64)> = Vec::new();
+            let mut after = start;
+            while after < total {
+                let page = store.read_all(after, 37).await.unwrap();
+                for e in &page {
+                    assert_eq!(e.position, after + 1, "the feed skipped or repeated a position");
+                    after = e.position;
+                    seen.push((e.position, e.stream_id.clone(), e.stream_version));
+                }
+                if page.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+            }
+            seen
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = streams::namespace(&format!("w{w}"));
+                let mut version = 1;
+                for i in 0..APPENDS {
+                    let batch: Vec<DomainEvent> =
+                        (0..3).map(|j| update(&format!("{w}-{i}-{j}"))).collect();
+                    let done = store
+                        .append(&stream, Expected::Version(version), &batch, &Metadata::default())
+                        .await
+                        .unwrap();
+                    version = done.stream_version;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), reader)
+        .await
+        .expect("reader caught up")
+        .unwrap();
+    assert_eq!(seen.len(), WRITERS * APPENDS * 3);
+    let unique: HashSet<(String, i64)> = seen.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
+    assert_eq!(unique.len(), seen.len(), "an event was delivered twice");
+    for w in 0..WRITERS {
+        let stream = streams::namespace(&format!("w{w}"));
+        for v in 2..=(1 + APPENDS as i64 * 3) {
+            assert!(unique.contains(&(stream.clone(), v)), "missing {stream} v{v}");
+        }
+    }
+}
+
+async fn concurrent_appends_to_one_stream_let_exactly_one_win_per_version(store: Store) {
+    const CONTENDERS: usize = 8;
+    const ROUNDS: i64 = 15;
+    let store = Arc::new(store);
+    let stream = streams::namespace("race");
+    for version in 0..ROUNDS {
+        let tasks: Vec<_> = (0..CONTENDERS)
+            .map(|c| {
+                let store = store.clone();
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    let event = if version == 0 {
+                        DomainEvent::NamespaceCreated(namespace_created("race", "race-ns"))
+                    } else {
+                        update(&format!("{version}-{c}"))
+                    };
+                    store
+                        .append(&stream, Expected::Version(version), &[event], &Metadata::default())
+                        .await
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(a) => {
+                    assert_eq!(a.stream_version, version + 1);
+                    wins += 1;
+                }
+                Err(StoreError::Conflict { .. }) => {}
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {version}");
+    }
+    let events = store.read_stream(&stream).await.unwrap();
+    assert_eq!(events.len() as i64, ROUNDS);
+    assert_eq!(store.head().await.unwrap(), ROUNDS);
+}
+
+// ---------------------------------------------------------------------------------------
+// Rebuild
+
+/// Runs `commands` random commands over a small universe of names and digests, so that
+/// collisions (shared layers, moved tags, shared digests, indexes) are frequent.
+async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ns_names = ["alpha", "bravo", "charlie", "delta", "echo"];
+    let image_names = ["app", "api", "web", "db"];
+    let tag_names = ["latest", "v1", "v2", "stable", "dev"];
+    // Live namespaces, and live images with their namespace.
+    let mut namespaces: Vec<String> = Vec::new();
+    let mut images: Vec<(String, String)> = Vec::new();
+    // Blob n has size 100 + n everywhere, so sizes always agree.
+    let layer = |n: u64| (n, 100 + n as i64);
+    let mut refused = 0;
+    for _ in 0..commands {
+        let image = (!images.is_empty()).then(|| images[rng.random_range(0..images.len())].0.clone());
+        let namespace =
+            (!namespaces.is_empty()).then(|| namespaces[rng.random_range(0..namespaces.len())].clone());
+        let result = match (rng.random_range(0..100), namespace, image) {
+            (0..4, _, _) => {
+                let id = uuid::Uuid::from_u128(rng.random()).to_string();
+                let name = ns_names[rng.random_range(0..ns_names.len())];
+                let r = f.registry.create_namespace(namespace_created(&id, name), &f.meta).await;
+                if r.is_ok() {
+                    namespaces.push(id);
+                }
+                r
+            }
+            (4..7, Some(ns), _) => {
+                let cmd = NamespaceCommand::Update(NamespaceUpdated {
+                    description: Some(format!("d{}", rng.random_range(0..3))),
+                    is_public: Some(rng.random()),
+                });
+                f.registry.namespace(&ns, cmd, &f.meta).await.map(drop)
+            }
+            (7..8, Some(ns), _) => {
+                let r = f.registry.delete_namespace(&ns, &f.meta).await;
+                if r.is_ok() {
+                    namespaces.retain(|n| *n != ns);
+                    images.retain(|(_, n)| *n != ns);
+                }
+                r
+            }
+            (8..18, Some(ns), _) => {
+                let id = uuid::Uuid::from_u128(rng.random()).to_string();
+                let cmd = ImageCommand::Create {
+                    namespace_id: ns.clone(),
+                    name: image_names[rng.random_range(0..image_names.len())].into(),
+                    visibility: None,
+                };
+                let r = f.image_cmd(&id, cmd).await.map(drop);
+                if r.is_ok() {
+                    images.push((id, ns));
+                }
+                r
+            }
+            (18..21, _, Some(id)) => {
+                let v = ["inherit", "public", "private"][rng.random_range(0..3)];
+                f.image_cmd(&id, ImageCommand::SetVisibility(v.into())).await.map(drop)
+            }
+            (21..46, _, Some(id)) => {
+                let n = rng.random_range(1..11);
+                let m = if n > 8 {
+                    // An index with two platform manifests, recorded first.
+                    let children = [rng.random_range(1..4), rng.random_range(4..6)];
+                    for c in children {
+                        let child = manifest(c, &[layer(rng.random_range(0..15))]);
+                        let recorded = f.image_cmd(&id, ImageCommand::RecordManifest(child)).await;
+                        assert!(!matches!(recorded, Err(ServiceError::Store(_))), "{recorded:?}");
+                    }
+                    index(n, &children)
+                } else {
+                    let layers: Vec<(u64, i64)> =
+                        (0..rng.random_range(0..4)).map(|_| layer(rng.random_range(0..15))).collect();
+                    manifest(n, &layers)
+                };
+                f.image_cmd(&id, ImageCommand::RecordManifest(m)).await.map(drop)
+            }
+            (46..80 | 94.., _, Some(id)) => {
+                let name = tag_names[rng.random_range(0..tag_names.len())];
+                f.image_cmd(&id, push(name, rng.random_range(1..11))).await.map(drop)
+            }
+            (80..86, _, Some(id)) => {
+                let name = tag_names[rng.random_range(0..tag_names.len())];
+                let cmd = ImageCommand::DeleteTag { name: name.into(), force: rng.random() };
+                f.image_cmd(&id, cmd).await.map(drop)
+            }
+            (86..92, _, Some(id)) => {
+                let cmd = ImageCommand::DeleteManifest { digest: digest(rng.random_range(1..11)) };
+                f.image_cmd(&id, cmd).await.map(drop)
+            }
+            (92..94, _, Some(id)) => {
+                let r = f.image_cmd(&id, ImageCommand::Delete).await.map(drop);
+                if r.is_ok() {
+                    images.retain(|(i, _)| *i != id);
+                }
+                r
+            }
+            _ => continue,
+        };
+        match result {
+            Ok(()) => {}
+            Err(ServiceError::Domain(_)) => refused += 1,
+            Err(other) => panic!("store failure in random workload: {other:?}"),
+        }
+    }
+    // Keep the workload honest: most commands must have done something.
+    assert!(refused < commands / 2, "{refused} of {commands} refused");
+}
+
+async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
+    for seed in [1_u64, 7, 42] {
+        let f = Fixture::new(store.clone());
+        random_workload(&f, seed, 250).await;
+    }
+    let incremental = store.read_model_rows().await.unwrap();
+    let counts = (
+        incremental.images.len(),
+        incremental.tags.len(),
+        incremental.manifests.len(),
+        incremental.manifest_children.len(),
+    );
+    assert!(
+        counts.0 >= 3 && counts.1 >= 5 && counts.2 >= 5 && counts.3 >= 1,
+        "workload too thin to test anything: (images, tags, manifests, children) = {counts:?}"
+    );
+
+    // Sizes agree with the blobs the rows say each image has.
+    let mut by_image: BTreeMap<&str, i64> = BTreeMap::new();
+    for b in &incremental.image_blobs {
+        *by_image.entry(&b.image_id).or_default() += b.size;
+    }
+    for img in &incremental.images {
+        assert_eq!(img.size, by_image.get(img.id.as_str()).copied().unwrap_or(0), "{}", img.id);
+    }
+
+    let head = store.head().await.unwrap();
+    let replayed = store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(replayed as i64, head);
+    let rebuilt = store.read_model_rows().await.unwrap();
+    assert_eq!(rebuilt, incremental);
+}
+
+async fn an_event_stored_with_an_older_schema_version_still_replays(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("legacy").await;
+    let img = f.image(&ns, "app").await;
+    f.manifest(&img, 1, &[(100, 5)]).await;
+    // A tag pushed by a build that wrote `tag.pushed` v1 (no tag id).
+    let stream = streams::image(&img);
+    let payload = format!(r#"{{"tag":"old","digest":"{}"}}"#, digest(1));
+    f.store()
+        .insert_raw_event(&stream, "tag.pushed", 1, &payload)
+        .await
+        .unwrap();
+    let events = f.store().read_stream(&stream).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.stored_schema_version, 1);
+    let expected_id = layerline_core::domain::event::legacy_tag_id(&stream, "old");
+    assert!(matches!(&last.event, DomainEvent::TagPushed(t) if t.tag_id == expected_id));
+
+    f.store().rebuild(&|_, _| {}).await.unwrap();
+    let tag = f.store().tag(&expected_id).await.unwrap().expect("tag replayed");
+    assert_eq!(tag.name, "old");
+    // And the aggregate folds it: deleting the tag by name works.
+    f.image_cmd(&img, ImageCommand::DeleteTag { name: "old".into(), force: false })
+        .await
+        .unwrap();
+    assert!(f.store().tag(&expected_id).await.unwrap().is_none());
+    // The folded state and the rows agree.
+    let image = f.registry.load_image(&img).await.unwrap();
+    let namespace = f.registry.load_namespace(&ns).await.unwrap();
+    let rows = f.store().read_model_rows().await.unwrap();
+    assert_eq!(materialize([&namespace], [&image]), rows);
+}

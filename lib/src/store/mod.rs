@@ -219,6 +219,17 @@ impl Backend {
 /// How long a statement waits for a lock held by another writer before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The options every SQLite connection of ours gets (also used by the benchmarks' baseline,
+/// so both sides run with the same durability settings).
+pub fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true))
+}
+
 impl Store {
     /// Connects to `url` (`sqlite:path` — created if missing — or `postgres://…`). Runs no
     /// migrations; see [`Store::migrate`]. SQLite connections each get WAL, `synchronous =
@@ -227,15 +238,9 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         match Backend::of_url(url)? {
             Backend::Sqlite => {
-                let options = SqliteConnectOptions::from_str(url)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(BUSY_TIMEOUT)
-                    .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections)
-                    .connect_with(options)
+                    .connect_with(sqlite_options(url)?)
                     .await?;
                 Ok(Store::Sqlite(backend::sqlite::SqlStore::new(pool)))
             }

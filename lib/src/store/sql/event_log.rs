@@ -94,8 +94,15 @@ impl SqlStore {
         let base = claim_versions(&mut tx, stream_id, expected, count).await?;
 
         let at = format_time(chrono::Utc::now());
+        let mut image_change: Option<i64> = None;
         for (i, event) in events.iter().enumerate() {
-            project(&mut tx, stream_id, base + i as i64 + 1, event, &at).await?;
+            if let Some(delta) = project(&mut tx, stream_id, base + i as i64 + 1, event, &at).await? {
+                *image_change.get_or_insert(0) += delta;
+            }
+        }
+        if let Some(delta) = image_change {
+            let image_id = stream_id.strip_prefix(crate::domain::streams::IMAGE).unwrap_or_default();
+            touch_image(&mut tx, image_id, delta, base + count, &at).await?;
         }
 
         let metadata = serde_json::to_string(metadata).expect("metadata serialises");

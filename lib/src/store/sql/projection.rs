@@ -9,13 +9,16 @@ use crate::domain::streams;
 use crate::store::rows::STATUS_READY;
 
 /// Applies one event of `stream_id`, which has become version `version`, recorded at `at`.
+/// Returns how much the event changed its image's size, when it changed the image: the
+/// caller applies the sum of those, with the last version and time, once per append (see
+/// [`touch_image`]), so a batch of tag pushes costs one image update, not one per tag.
 async fn project(
     conn: &mut Conn,
     stream_id: &str,
     version: i64,
     event: &DomainEvent,
     at: &str,
-) -> Result<(), StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let namespace_id = stream_id.strip_prefix(streams::NAMESPACE).unwrap_or_default();
     let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
     match event {
@@ -80,15 +83,12 @@ async fn project(
                 .await?;
         }
         DomainEvent::ImageUpdated(u) => {
-            sqlx::query(
-                "UPDATE images SET visibility = $1, updated_at = $2, version = $3 WHERE id = $4",
-            )
-            .bind(&u.visibility)
-            .bind(at)
-            .bind(version)
-            .bind(image_id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("UPDATE images SET visibility = $1 WHERE id = $2")
+                .bind(&u.visibility)
+                .bind(image_id)
+                .execute(&mut *conn)
+                .await?;
+            return Ok(Some(0));
         }
         DomainEvent::ImageDeleted => {
             // Its tags and manifests were deleted by the events before this one, so its size
@@ -104,10 +104,10 @@ async fn project(
                 .await?;
         }
         DomainEvent::ManifestRecorded(m) => {
-            record_manifest(conn, image_id, m, version, at).await?;
+            return record_manifest(conn, image_id, m, at).await.map(Some);
         }
         DomainEvent::ManifestDeleted(d) => {
-            delete_manifest(conn, image_id, d, version, at).await?;
+            return delete_manifest(conn, image_id, d).await.map(Some);
         }
         DomainEvent::TagPushed(t) => {
             sqlx::query(
@@ -125,20 +125,21 @@ async fn project(
             .bind(version)
             .execute(&mut *conn)
             .await?;
-            touch_image(conn, image_id, 0, version, at).await?;
+            return Ok(Some(0));
         }
         DomainEvent::TagDeleted(t) => {
             sqlx::query("DELETE FROM tags WHERE id = $1")
                 .bind(&t.tag_id)
                 .execute(&mut *conn)
                 .await?;
-            touch_image(conn, image_id, 0, version, at).await?;
+            return Ok(Some(0));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
-/// Adds `size_delta` to the image's size and marks it changed at `version`.
+/// Adds `size_delta` to the image's size and marks it changed at `version` (a no-op when the
+/// image row is gone).
 async fn touch_image(
     conn: &mut Conn,
     image_id: &str,
@@ -189,9 +190,8 @@ async fn record_manifest(
     conn: &mut Conn,
     image_id: &str,
     m: &ManifestRecorded,
-    version: i64,
     at: &str,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let blobs = distinct_blobs(m);
     sqlx::query(
         "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
@@ -276,17 +276,15 @@ async fn record_manifest(
             stored_added += blob.size;
         }
     }
-    touch_image(conn, image_id, added, version, at).await?;
-    add_to_namespace(conn, &namespace_id, added, stored_added).await
+    add_to_namespace(conn, &namespace_id, added, stored_added).await?;
+    Ok(added)
 }
 
 async fn delete_manifest(
     conn: &mut Conn,
     image_id: &str,
     d: &ManifestDeleted,
-    version: i64,
-    at: &str,
-) -> Result<(), StoreError> {
+) -> Result<i64, StoreError> {
     let mut blobs: Vec<(String, i64)> = sqlx::query(
         "SELECT digest, size FROM manifest_layers WHERE image_id = $1 AND manifest_digest = $2 \
          UNION SELECT config_digest, config_size FROM manifests \
@@ -324,8 +322,8 @@ async fn delete_manifest(
             }
         }
     }
-    touch_image(conn, image_id, -removed, version, at).await?;
-    add_to_namespace(conn, &namespace_id, -removed, -stored_removed).await
+    add_to_namespace(conn, &namespace_id, -removed, -stored_removed).await?;
+    Ok(-removed)
 }
 
 /// Drops one reference to `digest` in a blob table; returns whether it was the last (the row

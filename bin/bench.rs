@@ -1,0 +1,348 @@
+//! `layerline bench …`: throughput of our code against a plain-SQL baseline measured in the
+//! same run, on the same database server, with the same pool settings.
+//!
+//! Every benchmark works in a scratch database of its own (a temporary SQLite file, or a
+//! `layerline_bench_*` database created next to the configured PostgreSQL one and dropped
+//! afterwards), so it never touches real data.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use layerline_core::config::Settings;
+use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated, TagPushed};
+use layerline_core::domain::image::ImageCommand;
+use layerline_core::domain::{DomainEvent, format_time, streams};
+use layerline_core::service::Registry;
+use layerline_core::store::{Backend, EventStore, Expected, Metadata, Store};
+use sqlx::Connection;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Event appends (batches of 100 and single events) vs plain INSERTs of the same rows
+    /// into a bare table; then `rebuild` throughput over the log written.
+    Append(AppendArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    /// Number of 100-event batches to append (and of 100-row raw transactions).
+    #[arg(long, default_value_t = 500)]
+    batches: usize,
+    /// Number of single-event appends (and of one-row raw transactions).
+    #[arg(long, default_value_t = 2000)]
+    singles: usize,
+    /// Extra events appended before the rebuild measurement (in batches of 100), so the
+    /// rebuild replays a log of a meaningful size.
+    #[arg(long, default_value_t = 200_000)]
+    rebuild_events: usize,
+}
+
+const BATCH: usize = 100;
+
+pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Append(args) => {
+            let scratch = Scratch::create(&settings.database_url).await?;
+            let result = append(&args, &scratch.url, settings.max_connections).await;
+            scratch.drop_database().await;
+            result
+        }
+    }
+}
+
+/// A database that exists for one benchmark.
+struct Scratch {
+    url: String,
+    admin_url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile_dir::Dir>,
+}
+
+impl Scratch {
+    async fn create(configured: &str) -> anyhow::Result<Scratch> {
+        let backend = Backend::of_url(configured)?;
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile_dir::Dir::new()?;
+                let url = format!("sqlite://{}", dir.path.join("bench.db").display());
+                Ok(Scratch {
+                    url,
+
+                    admin_url: String::new(),
+                    pg_name: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(configured)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let name = format!("layerline_bench_{}", uuid::Uuid::new_v4().simple());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .context("creating the scratch database")?;
+                let base = configured
+                    .split('?')
+                    .next()
+                    .and_then(|u| u.rsplit_once('/'))
+                    .map(|(b, _)| b)
+                    .context("PostgreSQL URL without a database")?;
+                Ok(Scratch {
+                    url: format!("{base}/{name}"),
+
+                    admin_url: configured.to_owned(),
+                    pg_name: Some(name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    async fn drop_database(&self) {
+        if let Some(name) = &self.pg_name
+            && let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+        }
+    }
+}
+
+/// A temporary directory removed on drop (kept tiny to avoid a dependency in the binary).
+mod tempfile_dir {
+    use std::path::PathBuf;
+
+    pub struct Dir {
+        pub path: PathBuf,
+    }
+
+    impl Dir {
+        pub fn new() -> std::io::Result<Dir> {
+            let path = std::env::temp_dir().join(format!("layerline-bench-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&path)?;
+            Ok(Dir { path })
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::Result<()> {
+    let store = Store::connect(url, max_connections).await?;
+    store.migrate().await?;
+    let registry = Registry::new(store.clone());
+    let meta = Metadata::default();
+
+    // One namespace and image with one manifest; the events are tag pushes onto it, each
+    // projected into the tags read model inside the append.
+    let ns_id = uuid::Uuid::new_v4().to_string();
+    registry
+        .create_namespace(
+            NamespaceCreated {
+                namespace_id: ns_id.clone(),
+                name: "bench".into(),
+                region: "fr-par".into(),
+                description: String::new(),
+                is_public: false,
+                organization_id: "bench".into(),
+                project_id: "bench".into(),
+            },
+            &meta,
+        )
+        .await?;
+    let image_id = uuid::Uuid::new_v4().to_string();
+    let digest = format!("sha256:{:064x}", 1);
+    registry
+        .image(
+            &image_id,
+            ImageCommand::Create {
+                namespace_id: ns_id,
+                name: "app".into(),
+                visibility: None,
+            },
+            &meta,
+        )
+        .await?;
+    registry
+        .image(
+            &image_id,
+            ImageCommand::RecordManifest(ManifestRecorded {
+                digest: digest.clone(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                platform: None,
+                config: Some(Blob {
+                    digest: format!("sha256:{:064x}", 2),
+                    size: 10,
+                    media_type: "application/vnd.oci.image.config.v1+json".into(),
+                }),
+                layers: vec![],
+                children: vec![],
+            }),
+            &meta,
+        )
+        .await?;
+    let stream = streams::image(&image_id);
+    let mut version = 3;
+    let push = |n: usize| {
+        DomainEvent::TagPushed(TagPushed {
+            tag_id: uuid::Uuid::new_v4().to_string(),
+            name: format!("t{n}"),
+            digest: digest.clone(),
+        })
+    };
+
+    let mut next_tag = 0;
+    let started = Instant::now();
+    for _ in 0..args.batches {
+        let events: Vec<DomainEvent> = (0..BATCH).map(|i| push(next_tag + i)).collect();
+        next_tag += BATCH;
+        version = store
+            .append(&stream, Expected::Version(version), &events, &meta)
+            .await?
+            .stream_version;
+    }
+    let batched = started.elapsed();
+
+    let started = Instant::now();
+    for _ in 0..args.singles {
+        let events = [push(next_tag)];
+        next_tag += 1;
+        version = store
+            .append(&stream, Expected::Version(version), &events, &meta)
+            .await?
+            .stream_version;
+    }
+    let singles = started.elapsed();
+
+    // The baseline: the same rows, plain INSERTs into a bare table, same transaction sizes.
+    let sample = push(0);
+    let row = RawRow {
+        stream_id: stream.clone(),
+        event_type: sample.event_type(),
+        schema_version: sample.schema_version(),
+        payload: sample.payload(),
+        metadata: serde_json::to_string(&meta)?,
+    };
+    let (raw_batched, raw_singles) = match &store {
+        Store::Sqlite(_) => {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(layerline_core::store::sqlite_options(url)?)
+                .await?;
+            raw::sqlite(&pool, &row, args.batches, args.singles).await?
+        }
+        Store::Postgres(_) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect(url)
+                .await?;
+            raw::postgres(&pool, &row, args.batches, args.singles).await?
+        }
+    };
+
+    // Grow the log, then time a rebuild of everything.
+    let mut remaining = args.rebuild_events;
+    while remaining > 0 {
+        let n = remaining.min(BATCH);
+        let events: Vec<DomainEvent> = (0..n).map(|i| push(next_tag + i)).collect();
+        next_tag += n;
+        remaining -= n;
+        version = store
+            .append(&stream, Expected::Version(version), &events, &meta)
+            .await?
+            .stream_version;
+    }
+    let started = Instant::now();
+    let replayed = store.rebuild(&|_, _| {}).await?;
+    let rebuild = started.elapsed();
+
+    let batched_events = args.batches * BATCH;
+    let ours_b = rate(batched_events, batched);
+    let raw_b = rate(batched_events, raw_batched);
+    let ours_s = rate(args.singles, singles);
+    let raw_s = rate(args.singles, raw_singles);
+    println!("bench append on {:?} ({} events batched, {} single)", store.backend(), batched_events, args.singles);
+    println!("{:<34} {:>12} {:>12} {:>8}", "case", "ours ev/s", "raw rows/s", "ratio");
+    println!("{:<34} {:>12.0} {:>12.0} {:>8.2}", "batches of 100 (1 tx per batch)", ours_b, raw_b, ours_b / raw_b);
+    println!("{:<34} {:>12.0} {:>12.0} {:>8.2}", "one event per transaction", ours_s, raw_s, ours_s / raw_s);
+    println!(
+        "rebuild: {replayed} events in {:.2}s = {:.0} events/s",
+        rebuild.as_secs_f64(),
+        rate(replayed as usize, rebuild)
+    );
+    store.close().await;
+    Ok(())
+}
+
+struct RawRow {
+    stream_id: String,
+    event_type: &'static str,
+    schema_version: i32,
+    payload: String,
+    metadata: String,
+}
+
+/// The baseline writer, once per driver: one plain INSERT per row.
+mod raw {
+    use super::*;
+
+    const CREATE: &str = "CREATE TABLE bench_raw_events (position BIGINT PRIMARY KEY, \
+        stream_id TEXT NOT NULL, stream_version BIGINT NOT NULL, event_type TEXT NOT NULL, \
+        schema_version INTEGER NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL, \
+        recorded_at TEXT NOT NULL)";
+    const INSERT: &str = "INSERT INTO bench_raw_events (position, stream_id, stream_version, \
+        event_type, schema_version, payload, metadata, recorded_at) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+    macro_rules! raw_writer {
+        ($name:ident, $pool:ty) => {
+            pub async fn $name(
+                pool: &$pool,
+                row: &RawRow,
+                batches: usize,
+                singles: usize,
+            ) -> anyhow::Result<(Duration, Duration)> {
+                sqlx::query(CREATE).execute(pool).await?;
+                let mut position = 0_i64;
+                let mut timed = Vec::new();
+                for (transactions, per_tx) in [(batches, BATCH), (singles, 1)] {
+                    let started = Instant::now();
+                    for _ in 0..transactions {
+                        let mut tx = pool.begin().await?;
+                        let at = format_time(chrono::Utc::now());
+                        for _ in 0..per_tx {
+                            position += 1;
+                            sqlx::query(INSERT)
+                                .bind(position)
+                                .bind(&row.stream_id)
+                                .bind(position)
+                                .bind(row.event_type)
+                                .bind(row.schema_version)
+                                .bind(&row.payload)
+                                .bind(&row.metadata)
+                                .bind(&at)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await?;
+                    }
+                    timed.push(started.elapsed());
+                }
+                Ok((timed[0], timed[1]))
+            }
+        };
+    }
+
+    raw_writer!(sqlite, sqlx::SqlitePool);
+    raw_writer!(postgres, sqlx::PgPool);
+}

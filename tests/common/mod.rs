@@ -1,0 +1,105 @@
+//! Test support: a fresh database per test on either backend.
+//!
+//! PostgreSQL tests connect to `LAYERLINE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), create a database of their own and drop it
+//! when done. When PostgreSQL is unreachable they are skipped with a message, except under
+//! `CI=true` or `LAYERLINE_REQUIRE_POSTGRES=1`, where that is a failure.
+#![allow(dead_code)]
+
+use layerline_core::store::{Backend, Store};
+use sqlx::Connection;
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_url() -> String {
+    std::env::var("LAYERLINE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+fn postgres_required() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| v == "true" || v == "1");
+    set("CI") || set("LAYERLINE_REQUIRE_POSTGRES")
+}
+
+/// A database that exists for one test. Dropping it removes it.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    /// A new empty database, or `None` when PostgreSQL is not available and not required.
+    pub async fn new(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                Some(TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin = admin_url();
+                let mut conn = match sqlx::PgConnection::connect(&admin).await {
+                    Ok(c) => c,
+                    Err(e) if !postgres_required() => {
+                        eprintln!("SKIPPED: PostgreSQL unavailable at {admin}: {e}");
+                        return None;
+                    }
+                    Err(e) => panic!("PostgreSQL is required (CI) but unavailable at {admin}: {e}"),
+                };
+                let name = format!("layerline_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').expect("URL with a database").0;
+                Some(TestDb {
+                    url: format!("{base}/{name}"),
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.url, 16).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop may run inside a runtime (or while panicking): use a thread with its own.
+        let admin = admin_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `sha256:` digest number `n`, for fixtures.
+pub fn digest(n: u64) -> String {
+    format!("sha256:{n:064x}")
+}
