@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use layerline_core::config::{Layer, LogFormat, Settings};
 use layerline_core::http::{self, AppState};
-use layerline_core::store::Store;
+use layerline_core::store::{EventStore, Store};
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
@@ -147,15 +147,43 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    layerline_core::metric::describe();
+    metrics::gauge!(layerline_core::metric::EVENT_LOG_HEAD).set(store.head().await? as f64);
+
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        database = %redact(&settings.database_url),
-        "serving"
-    );
-    http::serve(listener, AppState { store: store.clone() }, shutdown_signal()).await?;
+    let metrics_listener = TcpListener::bind(settings.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", settings.metrics_listen))?;
+    let local = listener.local_addr()?;
+    let metrics_local = metrics_listener.local_addr()?;
+    tracing::info!(listen = %local, metrics = %metrics_local, database = %redact(&settings.database_url), "serving");
+    // Plain lines on stdout say where we listen (useful with `--listen 127.0.0.1:0`).
+    println!("listening on http://{local}");
+    println!("metrics on http://{metrics_local}/metrics");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let metrics_task = tokio::spawn(http::serve_metrics(
+        metrics_listener,
+        move || prometheus.render(),
+        stopped(),
+    ));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    http::serve(listener, AppState { store: store.clone() }, stopped()).await?;
+    metrics_task.await??;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,1 +1,227 @@
-fn main() {}
+//! The real `layerline` binary, started as a process and spoken to over HTTP.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TestDb;
+use layerline_core::store::Backend;
+
+const BIN: &str = env!("CARGO_BIN_EXE_layerline");
+
+/// A running `layerline serve` and the address it announced.
+struct Server {
+    child: Child,
+    base: String,
+    metrics: String,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("LAYERLINE_DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start layerline");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                for prefix in ["listening on ", "metrics on "] {
+                    if let Some(url) = line.strip_prefix(prefix) {
+                        let _ = tx.send(url.to_owned());
+                    }
+                }
+            }
+        });
+        let mut announced = || {
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("the server announced its addresses")
+        };
+        let base = announced();
+        let metrics = announced();
+        Server {
+            child,
+            base,
+            metrics,
+        }
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully within 10 s.
+    fn terminate(mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn serve_creates_its_sqlite_database_in_a_fresh_directory_and_becomes_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    assert!(dir.path().join("layerline.db").exists(), "default database created");
+    let (status, body) = get(&format!("{}/readyz", server.base)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    let (status, _) = get(&format!("{}/healthz", server.base)).await;
+    assert_eq!(status, 200);
+    // Metrics are served on their own listener, not on the API's.
+    let scrape = reqwest::get(&server.metrics).await.unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
+    let text = scrape.text().await.unwrap();
+    assert!(text.contains("layerline_event_log_head_position 0"), "{text}");
+    let on_api = reqwest::get(format!("{}/metrics", server.base)).await.unwrap();
+    assert_eq!(on_api.status().as_u16(), 404);
+    assert!(server.terminate(), "clean exit on SIGTERM");
+}
+
+#[tokio::test]
+async fn serve_on_postgres_becomes_ready() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--database-url", &db.url]);
+    let (status, body) = get(&format!("{}/readyz", server.base)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    assert!(!dir.path().join("layerline.db").exists(), "no SQLite file when on PostgreSQL");
+    assert!(server.terminate());
+}
+
+#[tokio::test]
+async fn flags_beat_the_environment_which_beats_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("layerline.toml"),
+        "database_url = \"sqlite://from-file.db\"\nmax_connections = 4\n",
+    )
+    .unwrap();
+    // The file alone decides the database.
+    let server = Server::start(dir.path(), &["--config", "layerline.toml"]);
+    assert!(dir.path().join("from-file.db").exists());
+    assert!(server.terminate());
+    // A flag beats the file.
+    let server = Server::start(
+        dir.path(),
+        &["--config", "layerline.toml", "--database-url", "sqlite://from-flag.db"],
+    );
+    assert!(dir.path().join("from-flag.db").exists());
+    assert!(server.terminate());
+    // The environment beats the file but not the flag.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", "layerline.toml", "migrate"])
+        .env("LAYERLINE_DATABASE_URL", "sqlite://from-env.db")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("from-env.db").exists());
+}
+
+#[test]
+fn a_bad_config_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), "databse_url = \"x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", "bad.toml", "migrate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml") && stderr.contains("databse_url"), "{stderr}");
+}
+
+#[test]
+fn every_command_explains_itself_with_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["rebuild", "--help"],
+        vec!["bench", "append", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:"), "{args:?}: {text}");
+        assert!(text.contains("--database-url"), "{args:?} documents the database flag");
+    }
+    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--listen", "--metrics-listen", "LAYERLINE_LISTEN", "127.0.0.1:8080"] {
+        assert!(text.contains(flag), "serve --help mentions {flag}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_then_rebuild_on_a_populated_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("r.db").display());
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &url])
+            .output()
+            .unwrap()
+    };
+    let out = run(&["migrate"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied 2 migration(s)"));
+    let out = run(&["migrate"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied 0 migration(s)"));
+
+    // Populate through the library, rebuild through the binary, compare.
+    let store = layerline_core::store::Store::connect(&url, 2).await.unwrap();
+    let registry = layerline_core::service::Registry::new(store.clone());
+    registry
+        .create_namespace(
+            layerline_core::domain::event::NamespaceCreated {
+                namespace_id: "n1".into(),
+                name: "team".into(),
+                region: "fr-par".into(),
+                description: "d".into(),
+                is_public: false,
+                organization_id: "o".into(),
+                project_id: "p".into(),
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    use layerline_core::store::ReadModels;
+    let before = store.read_model_rows().await.unwrap();
+    store.close().await;
+    let out = run(&["rebuild"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt read models from 1 events"));
+    let store = layerline_core::store::Store::connect(&url, 2).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
+}

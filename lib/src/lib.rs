@@ -7,5 +7,6 @@
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metric;
 pub mod service;
 pub mod store;

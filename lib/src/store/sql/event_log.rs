@@ -126,6 +126,7 @@ impl SqlStore {
             insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        crate::metric::appended(events.iter().map(DomainEvent::event_type), last);
         Ok(Appended {
             first_position: first,
             last_position: last,
