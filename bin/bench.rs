@@ -32,10 +32,11 @@ pub struct AppendArgs {
     /// Number of single-event appends (and of one-row raw transactions).
     #[arg(long, default_value_t = 2000)]
     singles: usize,
-    /// Extra events appended before the rebuild measurement (in batches of 100), so the
-    /// rebuild replays a log of a meaningful size.
-    #[arg(long, default_value_t = 200_000)]
-    rebuild_events: usize,
+    /// Images in the registry history replayed by the rebuild measurement (250 events each:
+    /// 50 CI pushes, each recording a manifest, pushing a build tag and moving `latest`,
+    /// with a retention of 10 builds deleting older tags and manifests).
+    #[arg(long, default_value_t = 1000)]
+    history_images: usize,
 }
 
 const BATCH: usize = 100;
@@ -105,7 +106,9 @@ impl Scratch {
             && let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await
         {
             let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
         }
     }
 }
@@ -120,7 +123,8 @@ mod tempfile_dir {
 
     impl Dir {
         pub fn new() -> std::io::Result<Dir> {
-            let path = std::env::temp_dir().join(format!("layerline-bench-{}", uuid::Uuid::new_v4()));
+            let path =
+                std::env::temp_dir().join(format!("layerline-bench-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&path)?;
             Ok(Dir { path })
         }
@@ -160,7 +164,7 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
             &meta,
         )
         .await?;
-    let image_id = uuid::Uuid::new_v4().to_string();
+    let image_id = uuid::Uuid::now_v7().to_string();
     let digest = format!("sha256:{:064x}", 1);
     registry
         .image(
@@ -192,10 +196,10 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
         )
         .await?;
     let stream = streams::image(&image_id);
-    let mut version = 3;
+    let mut version = registry.load_image(&image_id).await?.version;
     let push = |n: usize| {
         DomainEvent::TagPushed(TagPushed {
-            tag_id: uuid::Uuid::new_v4().to_string(),
+            tag_id: uuid::Uuid::now_v7().to_string(),
             name: format!("t{n}"),
             digest: digest.clone(),
         })
@@ -233,7 +237,7 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
         payload: sample.payload(),
         metadata: serde_json::to_string(&meta)?,
     };
-    let (raw_batched, raw_singles) = match &store {
+    let raw = match &store {
         Store::Sqlite(_) => {
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(max_connections)
@@ -250,37 +254,167 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
         }
     };
 
-    // Grow the log, then time a rebuild of everything.
-    let mut remaining = args.rebuild_events;
-    while remaining > 0 {
-        let n = remaining.min(BATCH);
-        let events: Vec<DomainEvent> = (0..n).map(|i| push(next_tag + i)).collect();
-        next_tag += n;
-        remaining -= n;
-        version = store
-            .append(&stream, Expected::Version(version), &events, &meta)
-            .await?
-            .stream_version;
-    }
+    // Rebuild, worst case: this log, where every event created a tag row of its own.
     let started = Instant::now();
-    let replayed = store.rebuild(&|_, _| {}).await?;
+    let worst_replayed = store.rebuild(&|_, _| {}).await?;
+    let worst = started.elapsed();
+    store.close().await;
+
+    // Rebuild, a registry's history: retention keeps the state much smaller than the log.
+    let history = Scratch::create(url).await?;
+    let history_store = Store::connect(&history.url, max_connections).await?;
+    history_store.migrate().await?;
+    write_history(&history_store, args.history_images).await?;
+    let started = Instant::now();
+    let replayed = history_store.rebuild(&|_, _| {}).await?;
     let rebuild = started.elapsed();
+    history_store.close().await;
+    history.drop_database().await;
 
     let batched_events = args.batches * BATCH;
     let ours_b = rate(batched_events, batched);
-    let raw_b = rate(batched_events, raw_batched);
+    let raw_b = rate(batched_events, raw.batched);
+    let raw_m = rate(batched_events, raw.batched_multi_row);
     let ours_s = rate(args.singles, singles);
-    let raw_s = rate(args.singles, raw_singles);
-    println!("bench append on {:?} ({} events batched, {} single)", store.backend(), batched_events, args.singles);
-    println!("{:<34} {:>12} {:>12} {:>8}", "case", "ours ev/s", "raw rows/s", "ratio");
-    println!("{:<34} {:>12.0} {:>12.0} {:>8.2}", "batches of 100 (1 tx per batch)", ours_b, raw_b, ours_b / raw_b);
-    println!("{:<34} {:>12.0} {:>12.0} {:>8.2}", "one event per transaction", ours_s, raw_s, ours_s / raw_s);
+    let raw_s = rate(args.singles, raw.singles);
     println!(
-        "rebuild: {replayed} events in {:.2}s = {:.0} events/s",
+        "bench append on {:?} ({} events batched, {} single)",
+        store.backend(),
+        batched_events,
+        args.singles
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "case", "ours ev/s", "raw rows/s", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.2}",
+        "batches of 100 (1 tx per batch)",
+        ours_b,
+        raw_b,
+        ours_b / raw_b
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.2}",
+        "batches of 100, raw multi-row",
+        ours_b,
+        raw_m,
+        ours_b / raw_m
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.2}",
+        "one event per transaction",
+        ours_s,
+        raw_s,
+        ours_s / raw_s
+    );
+    println!(
+        "rebuild, registry history:         {replayed} events in {:.2}s = {:.0} events/s",
         rebuild.as_secs_f64(),
         rate(replayed as usize, rebuild)
     );
-    store.close().await;
+    println!(
+        "rebuild, every event a new tag:    {worst_replayed} events in {:.2}s = {:.0} events/s",
+        worst.as_secs_f64(),
+        rate(worst_replayed as usize, worst)
+    );
+    Ok(())
+}
+
+/// Writes the history of `images` images of one namespace, each with 50 CI pushes: a
+/// manifest (a base layer shared by every image, a layer shared within the image and a
+/// layer and config of its own), a `build-N` tag, `latest` moved to it, and from the 11th
+/// push on the tag and manifest of build N-10 deleted. The events are built directly (they
+/// are what the domain decides for those commands) and appended 10 pushes per append.
+async fn write_history(store: &Store, images: usize) -> anyhow::Result<()> {
+    use layerline_core::domain::event::{ImageCreated, ManifestDeleted, TagDeleted};
+    const PUSHES: u64 = 50;
+    const KEEP: u64 = 10;
+    let meta = Metadata::default();
+    let ns_id = uuid::Uuid::now_v7().to_string();
+    store
+        .append(
+            &streams::namespace(&ns_id),
+            Expected::Version(0),
+            &[DomainEvent::NamespaceCreated(NamespaceCreated {
+                namespace_id: ns_id.clone(),
+                name: "history".into(),
+                region: "fr-par".into(),
+                description: String::new(),
+                is_public: false,
+                organization_id: "bench".into(),
+                project_id: "bench".into(),
+            })],
+            &meta,
+        )
+        .await?;
+    let sha = |kind: u64, image: u64, n: u64| format!("sha256:{kind:016x}{image:024x}{n:024x}");
+    let layer = |digest: String, size: i64| Blob {
+        digest,
+        size,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+    };
+    for img in 0..images as u64 {
+        let image_id = uuid::Uuid::now_v7().to_string();
+        let stream = streams::image(&image_id);
+        let mut events = vec![DomainEvent::ImageCreated(ImageCreated {
+            image_id: image_id.clone(),
+            namespace_id: ns_id.clone(),
+            name: format!("app-{img}"),
+            visibility: "inherit".into(),
+        })];
+        let latest_id = uuid::Uuid::now_v7().to_string();
+        let mut build_ids = Vec::new();
+        let mut version = 0;
+        for n in 0..PUSHES {
+            let manifest = sha(1, img, n);
+            events.push(DomainEvent::ManifestRecorded(ManifestRecorded {
+                digest: manifest.clone(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                platform: None,
+                config: Some(Blob {
+                    digest: sha(2, img, n),
+                    size: 1_500,
+                    media_type: "application/vnd.oci.image.config.v1+json".into(),
+                }),
+                layers: vec![
+                    layer(sha(3, 0, 0), 30_000_000),
+                    layer(sha(4, img, 0), 5_000_000),
+                    layer(sha(5, img, n), 200_000 + n as i64),
+                ],
+                children: vec![],
+            }));
+            let build_id = uuid::Uuid::now_v7().to_string();
+            build_ids.push(build_id.clone());
+            events.push(DomainEvent::TagPushed(TagPushed {
+                tag_id: build_id,
+                name: format!("build-{n}"),
+                digest: manifest.clone(),
+            }));
+            events.push(DomainEvent::TagPushed(TagPushed {
+                tag_id: latest_id.clone(),
+                name: "latest".into(),
+                digest: manifest,
+            }));
+            if n >= KEEP {
+                let old = n - KEEP;
+                events.push(DomainEvent::TagDeleted(TagDeleted {
+                    tag_id: build_ids[old as usize].clone(),
+                    name: format!("build-{old}"),
+                }));
+                events.push(DomainEvent::ManifestDeleted(ManifestDeleted {
+                    digest: sha(1, img, old),
+                }));
+            }
+            if n % 10 == 9 {
+                let done = store
+                    .append(&stream, Expected::Version(version), &events, &meta)
+                    .await?;
+                version = done.stream_version;
+                events.clear();
+            }
+        }
+    }
     Ok(())
 }
 
@@ -303,6 +437,14 @@ mod raw {
     const INSERT: &str = "INSERT INTO bench_raw_events (position, stream_id, stream_version, \
         event_type, schema_version, payload, metadata, recorded_at) \
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    const MULTI_ROW_INSERT: &str = "INSERT INTO bench_raw_events (position, stream_id, \
+        stream_version, event_type, schema_version, payload, metadata, recorded_at) ";
+
+    pub struct RawTimes {
+        pub batched: Duration,
+        pub singles: Duration,
+        pub batched_multi_row: Duration,
+    }
 
     macro_rules! raw_writer {
         ($name:ident, $pool:ty) => {
@@ -311,7 +453,7 @@ mod raw {
                 row: &RawRow,
                 batches: usize,
                 singles: usize,
-            ) -> anyhow::Result<(Duration, Duration)> {
+            ) -> anyhow::Result<RawTimes> {
                 sqlx::query(CREATE).execute(pool).await?;
                 let mut position = 0_i64;
                 let mut timed = Vec::new();
@@ -338,7 +480,31 @@ mod raw {
                     }
                     timed.push(started.elapsed());
                 }
-                Ok((timed[0], timed[1]))
+                // The fastest plain form: one multi-row INSERT per 100-row transaction.
+                let started = Instant::now();
+                for _ in 0..batches {
+                    let mut tx = pool.begin().await?;
+                    let at = format_time(chrono::Utc::now());
+                    let mut insert = sqlx::QueryBuilder::new(MULTI_ROW_INSERT);
+                    insert.push_values(0..BATCH, |mut b, _| {
+                        position += 1;
+                        b.push_bind(position)
+                            .push_bind(row.stream_id.clone())
+                            .push_bind(position)
+                            .push_bind(row.event_type)
+                            .push_bind(row.schema_version)
+                            .push_bind(row.payload.clone())
+                            .push_bind(row.metadata.clone())
+                            .push_bind(at.clone());
+                    });
+                    insert.build().execute(&mut *tx).await?;
+                    tx.commit().await?;
+                }
+                Ok(RawTimes {
+                    batched: timed[0],
+                    singles: timed[1],
+                    batched_multi_row: started.elapsed(),
+                })
             }
         };
     }

@@ -182,7 +182,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    http::serve(listener, AppState { store: store.clone() }, stopped()).await?;
+    http::serve(
+        listener,
+        AppState {
+            store: store.clone(),
+        },
+        stopped(),
+    )
+    .await?;
     metrics_task.await??;
     store.close().await;
     tracing::info!("stopped");
@@ -216,9 +223,11 @@ async fn rebuild(settings: Settings) -> anyhow::Result<()> {
     let store = connect(&settings).await?;
     store.migrate().await?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {pos}/{len} events ({per_sec})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let started = Instant::now();
     let replayed = store

@@ -42,7 +42,7 @@ impl Server {
                 }
             }
         });
-        let mut announced = || {
+        let announced = || {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("the server announced its addresses")
         };
@@ -89,7 +89,10 @@ async fn get(url: &str) -> (u16, serde_json::Value) {
 async fn serve_creates_its_sqlite_database_in_a_fresh_directory_and_becomes_ready() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    assert!(dir.path().join("layerline.db").exists(), "default database created");
+    assert!(
+        dir.path().join("layerline.db").exists(),
+        "default database created"
+    );
     let (status, body) = get(&format!("{}/readyz", server.base)).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
     let (status, _) = get(&format!("{}/healthz", server.base)).await;
@@ -98,20 +101,30 @@ async fn serve_creates_its_sqlite_database_in_a_fresh_directory_and_becomes_read
     let scrape = reqwest::get(&server.metrics).await.unwrap();
     assert_eq!(scrape.status().as_u16(), 200);
     let text = scrape.text().await.unwrap();
-    assert!(text.contains("layerline_event_log_head_position 0"), "{text}");
-    let on_api = reqwest::get(format!("{}/metrics", server.base)).await.unwrap();
+    assert!(
+        text.contains("layerline_event_log_head_position 0"),
+        "{text}"
+    );
+    let on_api = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap();
     assert_eq!(on_api.status().as_u16(), 404);
     assert!(server.terminate(), "clean exit on SIGTERM");
 }
 
 #[tokio::test]
 async fn serve_on_postgres_becomes_ready() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--database-url", &db.url]);
     let (status, body) = get(&format!("{}/readyz", server.base)).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
-    assert!(!dir.path().join("layerline.db").exists(), "no SQLite file when on PostgreSQL");
+    assert!(
+        !dir.path().join("layerline.db").exists(),
+        "no SQLite file when on PostgreSQL"
+    );
     assert!(server.terminate());
 }
 
@@ -130,7 +143,12 @@ async fn flags_beat_the_environment_which_beats_the_config_file() {
     // A flag beats the file.
     let server = Server::start(
         dir.path(),
-        &["--config", "layerline.toml", "--database-url", "sqlite://from-flag.db"],
+        &[
+            "--config",
+            "layerline.toml",
+            "--database-url",
+            "sqlite://from-flag.db",
+        ],
     );
     assert!(dir.path().join("from-flag.db").exists());
     assert!(server.terminate());
@@ -141,7 +159,11 @@ async fn flags_beat_the_environment_which_beats_the_config_file() {
         .env("LAYERLINE_DATABASE_URL", "sqlite://from-env.db")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("from-env.db").exists());
 }
 
@@ -156,7 +178,10 @@ fn a_bad_config_file_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.toml") && stderr.contains("databse_url"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("databse_url"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -172,11 +197,22 @@ fn every_command_explains_itself_with_help() {
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage:"), "{args:?}: {text}");
-        assert!(text.contains("--database-url"), "{args:?} documents the database flag");
+        assert!(
+            text.contains("--database-url"),
+            "{args:?} documents the database flag"
+        );
     }
-    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--listen", "--metrics-listen", "LAYERLINE_LISTEN", "127.0.0.1:8080"] {
+    for flag in [
+        "--listen",
+        "--metrics-listen",
+        "LAYERLINE_LISTEN",
+        "127.0.0.1:8080",
+    ] {
         assert!(text.contains(flag), "serve --help mentions {flag}");
     }
 }
@@ -199,7 +235,9 @@ async fn migrate_then_rebuild_on_a_populated_database() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied 0 migration(s)"));
 
     // Populate through the library, rebuild through the binary, compare.
-    let store = layerline_core::store::Store::connect(&url, 2).await.unwrap();
+    let store = layerline_core::store::Store::connect(&url, 2)
+        .await
+        .unwrap();
     let registry = layerline_core::service::Registry::new(store.clone());
     registry
         .create_namespace(
@@ -220,8 +258,14 @@ async fn migrate_then_rebuild_on_a_populated_database() {
     let before = store.read_model_rows().await.unwrap();
     store.close().await;
     let out = run(&["rebuild"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt read models from 1 events"));
-    let store = layerline_core::store::Store::connect(&url, 2).await.unwrap();
+    let store = layerline_core::store::Store::connect(&url, 2)
+        .await
+        .unwrap();
     assert_eq!(store.read_model_rows().await.unwrap(), before);
 }

@@ -111,7 +111,11 @@ impl Fixture {
         id
     }
 
-    async fn image_cmd(&self, id: &str, cmd: ImageCommand) -> Result<Vec<DomainEvent>, ServiceError> {
+    async fn image_cmd(
+        &self,
+        id: &str,
+        cmd: ImageCommand,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
         self.registry.image(id, cmd, &self.meta).await
     }
 
@@ -123,15 +127,26 @@ impl Fixture {
     }
 
     async fn tag(&self, image_id: &str, name: &str, n: u64) {
-        self.image_cmd(image_id, push(name, n)).await.expect("push tag");
+        self.image_cmd(image_id, push(name, n))
+            .await
+            .expect("push tag");
     }
 
     async fn image_size(&self, id: &str) -> i64 {
-        self.store().image(id).await.unwrap().expect("image row").size
+        self.store()
+            .image(id)
+            .await
+            .unwrap()
+            .expect("image row")
+            .size
     }
 
     async fn namespace_row(&self, id: &str) -> layerline_core::store::rows::NamespaceRow {
-        self.store().namespace(id).await.unwrap().expect("namespace row")
+        self.store()
+            .namespace(id)
+            .await
+            .unwrap()
+            .expect("namespace row")
     }
 
     async fn tag_names(&self, image_id: &str) -> Vec<String> {
@@ -219,30 +234,51 @@ async fn append_assigns_stream_versions_and_dense_positions(store: Store) {
         .append(
             &a,
             Expected::Version(0),
-            &[DomainEvent::NamespaceCreated(namespace_created("a", "team-a")), update("x")],
+            &[
+                DomainEvent::NamespaceCreated(namespace_created("a", "team-a")),
+                update("x"),
+            ],
             &meta,
         )
         .await
         .unwrap();
-    assert_eq!((first.first_position, first.last_position, first.stream_version), (1, 2, 2));
+    assert_eq!(
+        (
+            first.first_position,
+            first.last_position,
+            first.stream_version
+        ),
+        (1, 2, 2)
+    );
     let second = store
         .append(
             &b,
             Expected::Version(0),
-            &[DomainEvent::NamespaceCreated(namespace_created("b", "team-b"))],
+            &[DomainEvent::NamespaceCreated(namespace_created(
+                "b", "team-b",
+            ))],
             &meta,
         )
         .await
         .unwrap();
     assert_eq!((second.first_position, second.stream_version), (3, 1));
-    let third = store.append(&a, Expected::Version(2), &[update("y")], &meta).await.unwrap();
+    let third = store
+        .append(&a, Expected::Version(2), &[update("y")], &meta)
+        .await
+        .unwrap();
     assert_eq!((third.first_position, third.stream_version), (4, 3));
 
     let stream = store.read_stream(&a).await.unwrap();
     let versions: Vec<i64> = stream.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, vec![1, 2, 3]);
     assert_eq!(stream[2].event, update("y"));
-    assert!(store.read_stream("namespace-none").await.unwrap().is_empty());
+    assert!(
+        store
+            .read_stream("namespace-none")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let feed = store.read_all(1, 2).await.unwrap();
     let positions: Vec<i64> = feed.iter().map(|e| e.position).collect();
@@ -255,7 +291,14 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing(store: 
     let meta = Metadata::default();
     let s = streams::namespace("a");
     store
-        .append(&s, Expected::Version(0), &[DomainEvent::NamespaceCreated(namespace_created("a", "team-a"))], &meta)
+        .append(
+            &s,
+            Expected::Version(0),
+            &[DomainEvent::NamespaceCreated(namespace_created(
+                "a", "team-a",
+            ))],
+            &meta,
+        )
         .await
         .unwrap();
     let err = store
@@ -263,25 +306,45 @@ async fn a_stale_expected_version_is_a_typed_conflict_and_writes_nothing(store: 
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Conflict { expected: 0, actual: 1, .. }),
+        matches!(
+            &err,
+            StoreError::Conflict {
+                expected: 0,
+                actual: 1,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let err = store
         .append(&s, Expected::Version(5), &[update("later")], &meta)
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { expected: 5, actual: 1, .. }));
+    assert!(matches!(
+        err,
+        StoreError::Conflict {
+            expected: 5,
+            actual: 1,
+            ..
+        }
+    ));
     assert_eq!(store.read_stream(&s).await.unwrap().len(), 1);
     assert_eq!(store.head().await.unwrap(), 1);
     let row = store.namespace("a").await.unwrap().unwrap();
-    assert_eq!(row.description, "", "a refused append changes no read model");
+    assert_eq!(
+        row.description, "",
+        "a refused append changes no read model"
+    );
 }
 
 async fn a_write_is_visible_in_the_read_models_when_append_returns(store: Store) {
     let f = Fixture::new(store);
     let ns = f.namespace("visible").await;
     let row = f.namespace_row(&ns).await;
-    assert_eq!((row.name.as_str(), row.image_count, row.size, row.version), ("visible", 0, 0, 1));
+    assert_eq!(
+        (row.name.as_str(), row.image_count, row.size, row.version),
+        ("visible", 0, 0, 1)
+    );
     f.registry
         .namespace(
             &ns,
@@ -294,10 +357,15 @@ async fn a_write_is_visible_in_the_read_models_when_append_returns(store: Store)
         .await
         .unwrap();
     let row = f.namespace_row(&ns).await;
-    assert_eq!((row.description.as_str(), row.is_public, row.version), ("docs", true, 2));
+    assert_eq!(
+        (row.description.as_str(), row.is_public, row.version),
+        ("docs", true, 2)
+    );
     let img = f.image(&ns, "app").await;
     assert_eq!(f.namespace_row(&ns).await.image_count, 1);
-    f.image_cmd(&img, ImageCommand::SetVisibility("public".into())).await.unwrap();
+    f.image_cmd(&img, ImageCommand::SetVisibility("public".into()))
+        .await
+        .unwrap();
     let row = f.store().image(&img).await.unwrap().unwrap();
     assert_eq!((row.visibility.as_str(), row.version), ("public", 2));
     // The events carry the metadata they were appended with.
@@ -381,14 +449,31 @@ async fn an_index_counts_its_childrens_blobs(store: Store) {
     f.tag(&img, "latest", 9).await;
     assert_eq!(f.image_size(&img).await, 1520);
     let rows = f.store().read_model_rows().await.unwrap();
-    let children: Vec<&str> = rows.manifest_children.iter().map(|c| c.child_digest.as_str()).collect();
+    let children: Vec<&str> = rows
+        .manifest_children
+        .iter()
+        .map(|c| c.child_digest.as_str())
+        .collect();
     assert_eq!(children, vec![digest(1), digest(2)]);
     // Deleting the index's only tag deletes the index and its children with it.
-    f.image_cmd(&img, ImageCommand::DeleteTag { name: "latest".into(), force: false })
-        .await
-        .unwrap();
+    f.image_cmd(
+        &img,
+        ImageCommand::DeleteTag {
+            name: "latest".into(),
+            force: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(f.image_size(&img).await, 0);
-    assert!(f.store().read_model_rows().await.unwrap().manifests.is_empty());
+    assert!(
+        f.store()
+            .read_model_rows()
+            .await
+            .unwrap()
+            .manifests
+            .is_empty()
+    );
 }
 
 async fn a_shared_digest_needs_force_and_force_deletes_both_tags(store: Store) {
@@ -401,17 +486,35 @@ async fn a_shared_digest_needs_force_and_force_deletes_both_tags(store: Store) {
     f.tag(&img, "latest", 1).await;
     f.tag(&img, "other", 2).await;
     let err = f
-        .image_cmd(&img, ImageCommand::DeleteTag { name: "v1".into(), force: false })
+        .image_cmd(
+            &img,
+            ImageCommand::DeleteTag {
+                name: "v1".into(),
+                force: false,
+            },
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ServiceError::Domain(DomainError::Conflict { resource: "tag", .. })),
+        matches!(
+            err,
+            ServiceError::Domain(DomainError::Conflict {
+                resource: "tag",
+                ..
+            })
+        ),
         "{err:?}"
     );
     assert_eq!(f.tag_names(&img).await, vec!["latest", "other", "v1"]);
-    f.image_cmd(&img, ImageCommand::DeleteTag { name: "v1".into(), force: true })
-        .await
-        .unwrap();
+    f.image_cmd(
+        &img,
+        ImageCommand::DeleteTag {
+            name: "v1".into(),
+            force: true,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(f.tag_names(&img).await, vec!["other"]);
     assert_eq!(f.image_size(&img).await, 17);
 }
@@ -428,13 +531,28 @@ async fn namespace_names_are_unique_per_region(store: Store) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ServiceError::Domain(DomainError::Conflict { resource: "namespace", .. })),
+        matches!(
+            err,
+            ServiceError::Domain(DomainError::Conflict {
+                resource: "namespace",
+                ..
+            })
+        ),
         "{err:?}"
     );
-    assert!(f.store().read_stream(&streams::namespace("other-id")).await.unwrap().is_empty());
+    assert!(
+        f.store()
+            .read_stream(&streams::namespace("other-id"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let mut elsewhere = namespace_created("third-id", "taken");
     elsewhere.region = "nl-ams".into();
-    f.registry.create_namespace(elsewhere, &f.meta).await.unwrap();
+    f.registry
+        .create_namespace(elsewhere, &f.meta)
+        .await
+        .unwrap();
 }
 
 async fn an_image_needs_an_existing_namespace(store: Store) {
@@ -451,7 +569,13 @@ async fn an_image_needs_an_existing_namespace(store: Store) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ServiceError::Domain(DomainError::NotFound { resource: "namespace", .. })),
+        matches!(
+            err,
+            ServiceError::Domain(DomainError::NotFound {
+                resource: "namespace",
+                ..
+            })
+        ),
         "{err:?}"
     );
     assert_eq!(f.store().head().await.unwrap(), 0);
@@ -474,7 +598,10 @@ async fn deleting_a_namespace_deletes_its_images(store: Store) {
         .namespace(&ns, NamespaceCommand::Delete, &f.meta)
         .await
         .unwrap_err();
-    assert!(matches!(err, ServiceError::Domain(DomainError::Conflict { .. })), "{err:?}");
+    assert!(
+        matches!(err, ServiceError::Domain(DomainError::Conflict { .. })),
+        "{err:?}"
+    );
     f.registry.delete_namespace(&ns, &f.meta).await.unwrap();
     let rows = f.store().read_model_rows().await.unwrap();
     assert_eq!(rows.namespaces.len(), 1);
@@ -495,7 +622,13 @@ async fn a_blob_size_disagreeing_within_a_namespace_is_refused(store: Store) {
         .image_cmd(&b, ImageCommand::RecordManifest(manifest(2, &[(100, 999)])))
         .await
         .unwrap_err();
-    assert!(matches!(err, ServiceError::Domain(DomainError::Invalid { field: "blob", .. })), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ServiceError::Domain(DomainError::Invalid { field: "blob", .. })
+        ),
+        "{err:?}"
+    );
     assert_eq!(f.store().head().await.unwrap(), head);
     assert_eq!(f.image_size(&b).await, 0);
 }
@@ -514,7 +647,10 @@ async fn concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order(s
             .append(
                 &streams::namespace(&id),
                 Expected::Version(0),
-                &[DomainEvent::NamespaceCreated(namespace_created(&id, &format!("writer-{w}")))],
+                &[DomainEvent::NamespaceCreated(namespace_created(
+                    &id,
+                    &format!("writer-{w}"),
+                ))],
                 &meta,
             )
             .await
@@ -533,7 +669,11 @@ async fn concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order(s
             while after < total {
                 let page = store.read_all(after, 37).await.unwrap();
                 for e in &page {
-                    assert_eq!(e.position, after + 1, "the feed skipped or repeated a position");
+                    assert_eq!(
+                        e.position,
+                        after + 1,
+                        "the feed skipped or repeated a position"
+                    );
                     after = e.position;
                     seen.push((e.position, e.stream_id.clone(), e.stream_version));
                 }
@@ -554,7 +694,12 @@ async fn concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order(s
                     let batch: Vec<DomainEvent> =
                         (0..3).map(|j| update(&format!("{w}-{i}-{j}"))).collect();
                     let done = store
-                        .append(&stream, Expected::Version(version), &batch, &Metadata::default())
+                        .append(
+                            &stream,
+                            Expected::Version(version),
+                            &batch,
+                            &Metadata::default(),
+                        )
                         .await
                         .unwrap();
                     version = done.stream_version;
@@ -575,7 +720,10 @@ async fn concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order(s
     for w in 0..WRITERS {
         let stream = streams::namespace(&format!("w{w}"));
         for v in 2..=(1 + APPENDS as i64 * 3) {
-            assert!(unique.contains(&(stream.clone(), v)), "missing {stream} v{v}");
+            assert!(
+                unique.contains(&(stream.clone(), v)),
+                "missing {stream} v{v}"
+            );
         }
     }
 }
@@ -597,7 +745,12 @@ async fn concurrent_appends_to_one_stream_let_exactly_one_win_per_version(store:
                         update(&format!("{version}-{c}"))
                     };
                     store
-                        .append(&stream, Expected::Version(version), &[event], &Metadata::default())
+                        .append(
+                            &stream,
+                            Expected::Version(version),
+                            &[event],
+                            &Metadata::default(),
+                        )
                         .await
                 })
             })
@@ -637,14 +790,18 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
     let layer = |n: u64| (n, 100 + n as i64);
     let mut refused = 0;
     for _ in 0..commands {
-        let image = (!images.is_empty()).then(|| images[rng.random_range(0..images.len())].0.clone());
-        let namespace =
-            (!namespaces.is_empty()).then(|| namespaces[rng.random_range(0..namespaces.len())].clone());
+        let image =
+            (!images.is_empty()).then(|| images[rng.random_range(0..images.len())].0.clone());
+        let namespace = (!namespaces.is_empty())
+            .then(|| namespaces[rng.random_range(0..namespaces.len())].clone());
         let result = match (rng.random_range(0..100), namespace, image) {
             (0..4, _, _) => {
                 let id = uuid::Uuid::from_u128(rng.random()).to_string();
                 let name = ns_names[rng.random_range(0..ns_names.len())];
-                let r = f.registry.create_namespace(namespace_created(&id, name), &f.meta).await;
+                let r = f
+                    .registry
+                    .create_namespace(namespace_created(&id, name), &f.meta)
+                    .await;
                 if r.is_ok() {
                     namespaces.push(id);
                 }
@@ -680,7 +837,9 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
             }
             (18..21, _, Some(id)) => {
                 let v = ["inherit", "public", "private"][rng.random_range(0..3)];
-                f.image_cmd(&id, ImageCommand::SetVisibility(v.into())).await.map(drop)
+                f.image_cmd(&id, ImageCommand::SetVisibility(v.into()))
+                    .await
+                    .map(drop)
             }
             (21..46, _, Some(id)) => {
                 let n = rng.random_range(1..11);
@@ -690,27 +849,40 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
                     for c in children {
                         let child = manifest(c, &[layer(rng.random_range(0..15))]);
                         let recorded = f.image_cmd(&id, ImageCommand::RecordManifest(child)).await;
-                        assert!(!matches!(recorded, Err(ServiceError::Store(_))), "{recorded:?}");
+                        assert!(
+                            !matches!(recorded, Err(ServiceError::Store(_))),
+                            "{recorded:?}"
+                        );
                     }
                     index(n, &children)
                 } else {
-                    let layers: Vec<(u64, i64)> =
-                        (0..rng.random_range(0..4)).map(|_| layer(rng.random_range(0..15))).collect();
+                    let layers: Vec<(u64, i64)> = (0..rng.random_range(0..4))
+                        .map(|_| layer(rng.random_range(0..15)))
+                        .collect();
                     manifest(n, &layers)
                 };
-                f.image_cmd(&id, ImageCommand::RecordManifest(m)).await.map(drop)
+                f.image_cmd(&id, ImageCommand::RecordManifest(m))
+                    .await
+                    .map(drop)
             }
             (46..80 | 94.., _, Some(id)) => {
                 let name = tag_names[rng.random_range(0..tag_names.len())];
-                f.image_cmd(&id, push(name, rng.random_range(1..11))).await.map(drop)
+                f.image_cmd(&id, push(name, rng.random_range(1..11)))
+                    .await
+                    .map(drop)
             }
             (80..86, _, Some(id)) => {
                 let name = tag_names[rng.random_range(0..tag_names.len())];
-                let cmd = ImageCommand::DeleteTag { name: name.into(), force: rng.random() };
+                let cmd = ImageCommand::DeleteTag {
+                    name: name.into(),
+                    force: rng.random(),
+                };
                 f.image_cmd(&id, cmd).await.map(drop)
             }
             (86..92, _, Some(id)) => {
-                let cmd = ImageCommand::DeleteManifest { digest: digest(rng.random_range(1..11)) };
+                let cmd = ImageCommand::DeleteManifest {
+                    digest: digest(rng.random_range(1..11)),
+                };
                 f.image_cmd(&id, cmd).await.map(drop)
             }
             (92..94, _, Some(id)) => {
@@ -755,7 +927,12 @@ async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
         *by_image.entry(&b.image_id).or_default() += b.size;
     }
     for img in &incremental.images {
-        assert_eq!(img.size, by_image.get(img.id.as_str()).copied().unwrap_or(0), "{}", img.id);
+        assert_eq!(
+            img.size,
+            by_image.get(img.id.as_str()).copied().unwrap_or(0),
+            "{}",
+            img.id
+        );
     }
 
     let head = store.head().await.unwrap();
@@ -784,12 +961,23 @@ async fn an_event_stored_with_an_older_schema_version_still_replays(store: Store
     assert!(matches!(&last.event, DomainEvent::TagPushed(t) if t.tag_id == expected_id));
 
     f.store().rebuild(&|_, _| {}).await.unwrap();
-    let tag = f.store().tag(&expected_id).await.unwrap().expect("tag replayed");
+    let tag = f
+        .store()
+        .tag(&expected_id)
+        .await
+        .unwrap()
+        .expect("tag replayed");
     assert_eq!(tag.name, "old");
     // And the aggregate folds it: deleting the tag by name works.
-    f.image_cmd(&img, ImageCommand::DeleteTag { name: "old".into(), force: false })
-        .await
-        .unwrap();
+    f.image_cmd(
+        &img,
+        ImageCommand::DeleteTag {
+            name: "old".into(),
+            force: false,
+        },
+    )
+    .await
+    .unwrap();
     assert!(f.store().tag(&expected_id).await.unwrap().is_none());
     // The folded state and the rows agree.
     let image = f.registry.load_image(&img).await.unwrap();

@@ -1,1 +1,33 @@
+//! Layerline's jobs: the kinds of long work (import, prune, delete, gc) and their queues.
+//!
+//! The worker pool, handlers and cron scheduler arrive with the job system; what is fixed now
+//! are the persisted names, because queued jobs outlive a deploy: renaming one orphans every
+//! job waiting under the old name, so they are explicit constants, never Rust type paths.
 
+/// Queue names, one per job kind (persisted).
+pub mod queue {
+    pub const IMPORT: &str = "import";
+    pub const PRUNE: &str = "prune";
+    pub const DELETE_IMAGE: &str = "delete_image";
+    pub const DELETE_NAMESPACE: &str = "delete_namespace";
+    pub const DELETE_TAG: &str = "delete_tag";
+    pub const GC: &str = "gc";
+
+    /// Every queue, for workers that serve them all.
+    pub const ALL: [&str; 6] = [IMPORT, PRUNE, DELETE_IMAGE, DELETE_NAMESPACE, DELETE_TAG, GC];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue;
+
+    #[test]
+    fn queue_names_are_distinct_and_do_not_collide_with_apalis_tables() {
+        let mut names = queue::ALL.to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), queue::ALL.len());
+        // apalis keeps `Jobs` and `Workers` tables; SQLite names are case-insensitive.
+        assert!(names.iter().all(|n| !["jobs", "workers"].contains(n)));
+    }
+}

@@ -8,7 +8,10 @@ pub const EVENT_LOG_HEAD: &str = "layerline_event_log_head_position";
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
-    metrics::describe_counter!(EVENTS_APPENDED, "Events appended to the event log, by type.");
+    metrics::describe_counter!(
+        EVENTS_APPENDED,
+        "Events appended to the event log, by type."
+    );
     metrics::describe_gauge!(
         EVENT_LOG_HEAD,
         "Position of the newest event in the log as last seen by this process."

@@ -155,7 +155,10 @@ fn refusal(err: StoreError, events: &[DomainEvent]) -> ServiceError {
         (StoreError::Unique { .. }, Some(DomainEvent::NamespaceCreated(c))) => {
             DomainError::Conflict {
                 resource: "namespace",
-                message: format!("a namespace named {} already exists in {}", c.name, c.region),
+                message: format!(
+                    "a namespace named {} already exists in {}",
+                    c.name, c.region
+                ),
             }
         }
         (StoreError::Unique { .. }, Some(DomainEvent::ImageCreated(c))) => DomainError::Conflict {

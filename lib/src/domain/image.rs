@@ -285,7 +285,12 @@ impl Image {
                 for d in digests {
                     plan.untag(&d);
                 }
-                while let Some(root) = plan.state.manifests.keys().find(|d| !plan.state.is_child(d)) {
+                while let Some(root) = plan
+                    .state
+                    .manifests
+                    .keys()
+                    .find(|d| !plan.state.is_child(d))
+                {
                     let root = root.clone();
                     plan.delete_manifest(&root);
                 }
@@ -309,9 +314,9 @@ impl Image {
             if blob.size < 0 {
                 return Err(DomainError::invalid("blob", "size must not be negative"));
             }
-            let known = seen.insert(&blob.digest, blob.size).or_else(|| {
-                self.blobs.get(&blob.digest).map(|b| b.size)
-            });
+            let known = seen
+                .insert(&blob.digest, blob.size)
+                .or_else(|| self.blobs.get(&blob.digest).map(|b| b.size));
             if known.is_some_and(|size| size != blob.size) {
                 return Err(DomainError::invalid(
                     "blob",
@@ -497,7 +502,10 @@ mod tests {
     #[test]
     fn recording_a_manifest_again_changes_nothing() {
         let mut g = given().record(manifest(1, &[(100, 1)]));
-        assert_eq!(g.when(ImageCommand::RecordManifest(manifest(1, &[(100, 1)]))), Ok(vec![]));
+        assert_eq!(
+            g.when(ImageCommand::RecordManifest(manifest(1, &[(100, 1)]))),
+            Ok(vec![])
+        );
     }
 
     #[test]
@@ -515,7 +523,13 @@ mod tests {
         let err = g
             .when(ImageCommand::RecordManifest(index(9, &[1])))
             .unwrap_err();
-        assert!(matches!(err, DomainError::Invalid { field: "children", .. }));
+        assert!(matches!(
+            err,
+            DomainError::Invalid {
+                field: "children",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -533,7 +547,10 @@ mod tests {
         let mut g = given();
         assert!(matches!(
             g.when(push("v1", 1)),
-            Err(DomainError::NotFound { resource: "manifest", .. })
+            Err(DomainError::NotFound {
+                resource: "manifest",
+                ..
+            })
         ));
     }
 
@@ -580,7 +597,13 @@ mod tests {
             .tag("b", 1)
             .tag("c", 1);
         let err = g.when(delete_tag("a", false)).unwrap_err();
-        assert!(matches!(err, DomainError::Conflict { resource: "tag", .. }));
+        assert!(matches!(
+            err,
+            DomainError::Conflict {
+                resource: "tag",
+                ..
+            }
+        ));
         assert_eq!(g.0.tags.len(), 3);
         let events = g.when(delete_tag("a", true)).unwrap();
         assert_eq!(events.len(), 4);
@@ -614,7 +637,13 @@ mod tests {
         let err = g
             .when(ImageCommand::DeleteManifest { digest: digest(1) })
             .unwrap_err();
-        assert!(matches!(err, DomainError::Conflict { resource: "manifest", .. }));
+        assert!(matches!(
+            err,
+            DomainError::Conflict {
+                resource: "manifest",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -630,7 +659,10 @@ mod tests {
         assert!(g.0.deleted && g.0.manifests.is_empty() && g.0.size == 0);
         assert!(matches!(
             g.when(ImageCommand::SetVisibility("public".into())),
-            Err(DomainError::NotFound { resource: "image", .. })
+            Err(DomainError::NotFound {
+                resource: "image",
+                ..
+            })
         ));
     }
 
@@ -639,9 +671,20 @@ mod tests {
         let mut g = given();
         assert!(matches!(
             g.when(ImageCommand::SetVisibility("secret".into())),
-            Err(DomainError::Invalid { field: "visibility", .. })
+            Err(DomainError::Invalid {
+                field: "visibility",
+                ..
+            })
         ));
-        assert_eq!(g.when(ImageCommand::SetVisibility("inherit".into())), Ok(vec![]));
-        assert_eq!(g.when(ImageCommand::SetVisibility("public".into())).unwrap().len(), 1);
+        assert_eq!(
+            g.when(ImageCommand::SetVisibility("inherit".into())),
+            Ok(vec![])
+        );
+        assert_eq!(
+            g.when(ImageCommand::SetVisibility("public".into()))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

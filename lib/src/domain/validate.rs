@@ -92,7 +92,11 @@ pub fn digest(field: &'static str, d: &str) -> Result<(), DomainError> {
         _ => None,
     };
     match hex_len {
-        Some(hex) if hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+        Some(hex)
+            if hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
             Ok(())
         }
         _ => Err(DomainError::invalid(

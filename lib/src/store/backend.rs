@@ -14,6 +14,19 @@ pub mod sqlite {
     /// The write lock taken by `BEGIN IMMEDIATE` already serialises migrations.
     const LOCK_MIGRATIONS: Option<&str> = None;
 
+    /// `INSERT … SELECT` from a JSON array bound as `$1` (one object per row, keys named as
+    /// the columns).
+    fn bulk_insert_sql(table: &str, columns: &str) -> String {
+        let values: Vec<String> = columns
+            .split(", ")
+            .map(|c| format!("value ->> '{c}'"))
+            .collect();
+        format!(
+            "INSERT INTO {table} ({columns}) SELECT {} FROM json_each($1)",
+            values.join(", ")
+        )
+    }
+
     include!("sql/event_log.rs");
     include!("sql/projection.rs");
     include!("sql/read_model.rs");
@@ -29,6 +42,15 @@ pub mod postgres {
     const BEGIN_WRITE: &str = "BEGIN";
     /// Several processes may start at once; one migrates while the others wait.
     const LOCK_MIGRATIONS: Option<&str> = Some("SELECT pg_advisory_xact_lock(7215081342)");
+
+    /// `INSERT … SELECT` from a JSON array bound as `$1`; PostgreSQL maps the keys onto the
+    /// table's columns by name.
+    fn bulk_insert_sql(table: &str, columns: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({columns}) SELECT {columns} \
+             FROM json_populate_recordset(NULL::{table}, $1::json)"
+        )
+    }
 
     include!("sql/event_log.rs");
     include!("sql/projection.rs");

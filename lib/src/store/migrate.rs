@@ -3,7 +3,7 @@
 //! Applied versions are recorded in `layerline_migrations` (not sqlx's `_sqlx_migrations`,
 //! which apalis' migrator uses for its own tables). An applied migration is never edited.
 
-/// One migration: version, name (the file name without version and extension) and SQL.
+/// One migration: version, name (its file name without extension, `NNNN_what`) and SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: i64,
@@ -16,15 +16,15 @@ macro_rules! migrations {
         &[$(Migration {
             version: $version,
             name: $name,
-            sql: include_str!(concat!("../../../migrations/", $dir, "/", stringify!($version), "_", $name, ".sql")),
+            sql: include_str!(concat!("../../../migrations/", $dir, "/", $name, ".sql")),
         }),*]
     };
 }
 
-// Versions are written with their leading zeros in the file names; `stringify!` keeps them.
-pub const SQLITE: &[Migration] = migrations!("sqlite": (0001, "event_log"), (0002, "read_models"));
+pub const SQLITE: &[Migration] =
+    migrations!("sqlite": (1, "0001_event_log"), (2, "0002_read_models"));
 pub const POSTGRES: &[Migration] =
-    migrations!("postgres": (0001, "event_log"), (0002, "read_models"));
+    migrations!("postgres": (1, "0001_event_log"), (2, "0002_read_models"));
 
 pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS layerline_migrations (\
     version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
@@ -43,9 +43,10 @@ mod tests {
     }
 
     fn listed(list: &[Migration]) -> BTreeSet<String> {
-        list.iter()
-            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
-            .collect()
+        for m in list {
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+        }
+        list.iter().map(|m| format!("{}.sql", m.name)).collect()
     }
 
     #[test]

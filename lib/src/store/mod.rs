@@ -183,8 +183,10 @@ pub trait ReadModels: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// The tag with this id (tags are addressed by id in the Scaleway API).
-    fn tag(&self, id: &str)
-    -> impl Future<Output = Result<Option<rows::TagRow>, StoreError>> + Send;
+    fn tag(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<rows::TagRow>, StoreError>> + Send;
 }
 
 /// Progress of a rebuild: events folded so far out of the log head.

@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
 use crate::domain::image::{Image, distinct_blobs};
 use crate::domain::namespace::Namespace;
 
 /// Status of a live namespace or image (Scaleway's enum).
 pub const STATUS_READY: &str = "ready";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamespaceRow {
     pub id: String,
     pub name: String,
@@ -32,7 +34,7 @@ pub struct NamespaceRow {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageRow {
     pub id: String,
     pub namespace_id: String,
@@ -45,7 +47,7 @@ pub struct ImageRow {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TagRow {
     pub id: String,
     pub image_id: String,
@@ -56,7 +58,7 @@ pub struct TagRow {
     pub pushed_version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestRow {
     pub image_id: String,
     pub digest: String,
@@ -70,7 +72,7 @@ pub struct ManifestRow {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestLayerRow {
     pub image_id: String,
     pub manifest_digest: String,
@@ -80,7 +82,7 @@ pub struct ManifestLayerRow {
     pub media_type: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ManifestChildRow {
     pub image_id: String,
     pub parent_digest: String,
@@ -89,7 +91,7 @@ pub struct ManifestChildRow {
 }
 
 /// A blob of an image and how many of its manifests reference it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageBlobRow {
     pub image_id: String,
     pub digest: String,
@@ -98,7 +100,7 @@ pub struct ImageBlobRow {
 }
 
 /// A blob of a namespace and how many of its images reference it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamespaceBlobRow {
     pub namespace_id: String,
     pub digest: String,

@@ -10,8 +10,7 @@ type Conn = <Db as sqlx::Database>::Connection;
 type DbRow = <Db as sqlx::Database>::Row;
 
 /// Columns of `events` read back as a [`RecordedEvent`].
-const EVENT_COLUMNS: &str =
-    "position, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at";
+const EVENT_COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, metadata, recorded_at";
 
 /// One statement can carry at most this many events (8 parameters each stays below both
 /// backends' parameter limits).
@@ -94,16 +93,7 @@ impl SqlStore {
         let base = claim_versions(&mut tx, stream_id, expected, count).await?;
 
         let at = format_time(chrono::Utc::now());
-        let mut image_change: Option<i64> = None;
-        for (i, event) in events.iter().enumerate() {
-            if let Some(delta) = project(&mut tx, stream_id, base + i as i64 + 1, event, &at).await? {
-                *image_change.get_or_insert(0) += delta;
-            }
-        }
-        if let Some(delta) = image_change {
-            let image_id = stream_id.strip_prefix(crate::domain::streams::IMAGE).unwrap_or_default();
-            touch_image(&mut tx, image_id, delta, base + count, &at).await?;
-        }
+        project_batch(&mut tx, stream_id, base, events, &at).await?;
 
         let metadata = serde_json::to_string(metadata).expect("metadata serialises");
         for (chunk_index, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
@@ -253,7 +243,9 @@ async fn read_page<'c, E>(executor: E, after: i64, limit: i64) -> Result<Vec<DbR
 where
     E: sqlx::Executor<'c, Database = Db>,
 {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+    );
     Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after)
         .bind(limit)

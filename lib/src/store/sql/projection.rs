@@ -3,10 +3,89 @@
 // removes it when its last one goes; nothing is ever summed by scanning.
 // Included by `backend.rs` once per backend.
 
-use crate::domain::event::{ManifestDeleted, ManifestRecorded};
+use crate::domain::event::{ManifestDeleted, ManifestRecorded, TagPushed};
 use crate::domain::image::distinct_blobs;
 use crate::domain::streams;
 use crate::store::rows::STATUS_READY;
+
+/// Applies `events`, appended to `stream_id` after version `base`, recorded at `at`.
+///
+/// Runs of tag pushes are written with one statement per run, and the image row (size,
+/// version, time) is updated once for the whole batch: a batch of 100 pushes costs a few
+/// statements, not a hundred.
+async fn project_batch(
+    conn: &mut Conn,
+    stream_id: &str,
+    base: i64,
+    events: &[DomainEvent],
+    at: &str,
+) -> Result<(), StoreError> {
+    let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
+    let mut image_change: Option<i64> = None;
+    let mut pushes: Vec<(&TagPushed, i64)> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let version = base + i as i64 + 1;
+        if let DomainEvent::TagPushed(t) = event {
+            pushes.push((t, version));
+            image_change.get_or_insert(0);
+            continue;
+        }
+        upsert_tags(conn, image_id, &mut pushes, at).await?;
+        if let Some(delta) = project(conn, stream_id, version, event, at).await? {
+            *image_change.get_or_insert(0) += delta;
+        }
+    }
+    upsert_tags(conn, image_id, &mut pushes, at).await?;
+    if let Some(delta) = image_change {
+        touch_image(conn, image_id, delta, base + events.len() as i64, at).await?;
+    }
+    Ok(())
+}
+
+/// Writes a run of tag pushes (new tags or moves) in one statement and empties `pushes`.
+/// A tag pushed twice in the run keeps its last push (one statement may not update a row
+/// twice).
+async fn upsert_tags(
+    conn: &mut Conn,
+    image_id: &str,
+    pushes: &mut Vec<(&TagPushed, i64)>,
+    at: &str,
+) -> Result<(), StoreError> {
+    if pushes.is_empty() {
+        return Ok(());
+    }
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(pushes.len());
+    for (i, (t, _)) in pushes.iter().enumerate() {
+        last.insert(&t.tag_id, i);
+    }
+    let kept: Vec<&(&TagPushed, i64)> = pushes
+        .iter()
+        .enumerate()
+        .filter(|(i, (t, _))| last[t.tag_id.as_str()] == *i)
+        .map(|(_, push)| push)
+        .collect();
+    for chunk in kept.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO tags (id, image_id, name, digest, created_at, updated_at, pushed_version) ",
+        );
+        insert.push_values(chunk, |mut row, (t, version)| {
+            row.push_bind(t.tag_id.clone())
+                .push_bind(image_id.to_owned())
+                .push_bind(t.name.clone())
+                .push_bind(t.digest.clone())
+                .push_bind(at.to_owned())
+                .push_bind(at.to_owned())
+                .push_bind(*version);
+        });
+        insert.push(
+            " ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, \
+             updated_at = excluded.updated_at, pushed_version = excluded.pushed_version",
+        );
+        insert.build().execute(&mut *conn).await?;
+    }
+    pushes.clear();
+    Ok(())
+}
 
 /// Applies one event of `stream_id`, which has become version `version`, recorded at `at`.
 /// Returns how much the event changed its image's size, when it changed the image: the
@@ -19,7 +98,9 @@ async fn project(
     event: &DomainEvent,
     at: &str,
 ) -> Result<Option<i64>, StoreError> {
-    let namespace_id = stream_id.strip_prefix(streams::NAMESPACE).unwrap_or_default();
+    let namespace_id = stream_id
+        .strip_prefix(streams::NAMESPACE)
+        .unwrap_or_default();
     let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
     match event {
         DomainEvent::NamespaceCreated(c) => {
@@ -110,21 +191,7 @@ async fn project(
             return delete_manifest(conn, image_id, d).await.map(Some);
         }
         DomainEvent::TagPushed(t) => {
-            sqlx::query(
-                "INSERT INTO tags (id, image_id, name, digest, created_at, updated_at, \
-                 pushed_version) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, \
-                 updated_at = excluded.updated_at, pushed_version = excluded.pushed_version",
-            )
-            .bind(&t.tag_id)
-            .bind(image_id)
-            .bind(&t.name)
-            .bind(&t.digest)
-            .bind(at)
-            .bind(at)
-            .bind(version)
-            .execute(&mut *conn)
-            .await?;
+            upsert_tags(conn, image_id, &mut vec![(t, version)], at).await?;
             return Ok(Some(0));
         }
         DomainEvent::TagDeleted(t) => {
@@ -317,7 +384,15 @@ async fn delete_manifest(
     for (digest, size) in blobs {
         if release(conn, "image_blobs", "image_id", image_id, &digest).await? {
             removed += size;
-            if release(conn, "namespace_blobs", "namespace_id", &namespace_id, &digest).await? {
+            if release(
+                conn,
+                "namespace_blobs",
+                "namespace_id",
+                &namespace_id,
+                &digest,
+            )
+            .await?
+            {
                 stored_removed += size;
             }
         }

@@ -10,6 +10,12 @@ const NAMESPACE_COLUMNS: &str = "id, name, region, description, organization_id,
 const IMAGE_COLUMNS: &str =
     "id, namespace_id, name, visibility, status, size, created_at, updated_at, version";
 const TAG_COLUMNS: &str = "id, image_id, name, digest, created_at, updated_at, pushed_version";
+const MANIFEST_COLUMNS: &str = "image_id, digest, media_type, platform, config_digest, \
+    config_size, config_media_type, blobs_size, created_at";
+const MANIFEST_LAYER_COLUMNS: &str = "image_id, manifest_digest, idx, digest, size, media_type";
+const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest";
+const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
+const NAMESPACE_BLOB_COLUMNS: &str = "namespace_id, digest, size, refs";
 
 fn namespace_row(r: &DbRow) -> Result<NamespaceRow, sqlx::Error> {
     Ok(NamespaceRow {
@@ -124,10 +130,17 @@ impl SqlStore {
             namespaces: self
                 .all_rows("SELECT * FROM namespaces ORDER BY id", namespace_row)
                 .await?,
-            images: self.all_rows("SELECT * FROM images ORDER BY id", image_row).await?,
-            tags: self.all_rows("SELECT * FROM tags ORDER BY id", tag_row).await?,
+            images: self
+                .all_rows("SELECT * FROM images ORDER BY id", image_row)
+                .await?,
+            tags: self
+                .all_rows("SELECT * FROM tags ORDER BY id", tag_row)
+                .await?,
             manifests: self
-                .all_rows("SELECT * FROM manifests ORDER BY image_id, digest", manifest_row)
+                .all_rows(
+                    "SELECT * FROM manifests ORDER BY image_id, digest",
+                    manifest_row,
+                )
                 .await?,
             manifest_layers: self
                 .all_rows(
@@ -142,7 +155,10 @@ impl SqlStore {
                 )
                 .await?,
             image_blobs: self
-                .all_rows("SELECT * FROM image_blobs ORDER BY image_id, digest", image_blob_row)
+                .all_rows(
+                    "SELECT * FROM image_blobs ORDER BY image_id, digest",
+                    image_blob_row,
+                )
                 .await?,
             namespace_blobs: self
                 .all_rows(

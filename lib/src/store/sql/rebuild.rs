@@ -24,8 +24,8 @@ const READ_MODEL_TABLES: [&str; 8] = [
 
 /// Events read per round trip while replaying.
 const REPLAY_PAGE: i64 = 20_000;
-/// Rows per bulk insert statement (at most 14 columns: within both parameter limits).
-const ROWS_PER_INSERT: usize = 1_000;
+/// Rows per bulk insert statement.
+const ROWS_PER_INSERT: usize = 5_000;
 
 impl SqlStore {
     pub async fn rebuild(&self, progress: Progress<'_>) -> Result<u64, StoreError> {
@@ -73,120 +73,50 @@ impl SqlStore {
 }
 
 async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreError> {
-    for chunk in rows.namespaces.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(format!("INSERT INTO namespaces ({NAMESPACE_COLUMNS}) "));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.clone())
-                .push_bind(r.name.clone())
-                .push_bind(r.region.clone())
-                .push_bind(r.description.clone())
-                .push_bind(r.organization_id.clone())
-                .push_bind(r.project_id.clone())
-                .push_bind(r.is_public)
-                .push_bind(r.status.clone())
-                .push_bind(r.size)
-                .push_bind(r.stored_size)
-                .push_bind(r.image_count)
-                .push_bind(r.created_at.clone())
-                .push_bind(r.updated_at.clone())
-                .push_bind(r.version);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.images.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(format!("INSERT INTO images ({IMAGE_COLUMNS}) "));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.clone())
-                .push_bind(r.namespace_id.clone())
-                .push_bind(r.name.clone())
-                .push_bind(r.visibility.clone())
-                .push_bind(r.status.clone())
-                .push_bind(r.size)
-                .push_bind(r.created_at.clone())
-                .push_bind(r.updated_at.clone())
-                .push_bind(r.version);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.tags.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(format!("INSERT INTO tags ({TAG_COLUMNS}) "));
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.clone())
-                .push_bind(r.image_id.clone())
-                .push_bind(r.name.clone())
-                .push_bind(r.digest.clone())
-                .push_bind(r.created_at.clone())
-                .push_bind(r.updated_at.clone())
-                .push_bind(r.pushed_version);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.manifests.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(
-            "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
-             config_size, config_media_type, blobs_size, created_at) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.image_id.clone())
-                .push_bind(r.digest.clone())
-                .push_bind(r.media_type.clone())
-                .push_bind(r.platform.clone())
-                .push_bind(r.config_digest.clone())
-                .push_bind(r.config_size)
-                .push_bind(r.config_media_type.clone())
-                .push_bind(r.blobs_size)
-                .push_bind(r.created_at.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.manifest_layers.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(
-            "INSERT INTO manifest_layers (image_id, manifest_digest, idx, digest, size, media_type) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.image_id.clone())
-                .push_bind(r.manifest_digest.clone())
-                .push_bind(r.idx)
-                .push_bind(r.digest.clone())
-                .push_bind(r.size)
-                .push_bind(r.media_type.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.manifest_children.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(
-            "INSERT INTO manifest_children (image_id, parent_digest, idx, child_digest) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.image_id.clone())
-                .push_bind(r.parent_digest.clone())
-                .push_bind(r.idx)
-                .push_bind(r.child_digest.clone());
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.image_blobs.chunks(ROWS_PER_INSERT) {
-        let mut q =
-            QueryBuilder::<Db>::new("INSERT INTO image_blobs (image_id, digest, size, refs) ");
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.image_id.clone())
-                .push_bind(r.digest.clone())
-                .push_bind(r.size)
-                .push_bind(r.refs);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    for chunk in rows.namespace_blobs.chunks(ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Db>::new(
-            "INSERT INTO namespace_blobs (namespace_id, digest, size, refs) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.namespace_id.clone())
-                .push_bind(r.digest.clone())
-                .push_bind(r.size)
-                .push_bind(r.refs);
-        });
-        q.build().execute(&mut *conn).await?;
+    bulk_insert(conn, "namespaces", NAMESPACE_COLUMNS, &rows.namespaces).await?;
+    bulk_insert(conn, "images", IMAGE_COLUMNS, &rows.images).await?;
+    bulk_insert(conn, "tags", TAG_COLUMNS, &rows.tags).await?;
+    bulk_insert(conn, "manifests", MANIFEST_COLUMNS, &rows.manifests).await?;
+    bulk_insert(
+        conn,
+        "manifest_layers",
+        MANIFEST_LAYER_COLUMNS,
+        &rows.manifest_layers,
+    )
+    .await?;
+    bulk_insert(
+        conn,
+        "manifest_children",
+        MANIFEST_CHILD_COLUMNS,
+        &rows.manifest_children,
+    )
+    .await?;
+    bulk_insert(conn, "image_blobs", IMAGE_BLOB_COLUMNS, &rows.image_blobs).await?;
+    bulk_insert(
+        conn,
+        "namespace_blobs",
+        NAMESPACE_BLOB_COLUMNS,
+        &rows.namespace_blobs,
+    )
+    .await
+}
+
+/// Inserts `rows` into `table`, [`ROWS_PER_INSERT`] at a time, each batch sent as one JSON
+/// array that the database unpacks itself ([`bulk_insert_sql`]): one bound parameter per
+/// batch instead of one per value. `table` and `columns` are constants of this module.
+async fn bulk_insert<T: serde::Serialize>(
+    conn: &mut Conn,
+    table: &'static str,
+    columns: &'static str,
+    rows: &[T],
+) -> Result<(), StoreError> {
+    let sql = bulk_insert_sql(table, columns);
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let json = serde_json::to_string(chunk).expect("rows serialise");
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(json)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
