@@ -14,7 +14,14 @@ pub mod queue {
     pub const GC: &str = "gc";
 
     /// Every queue, for workers that serve them all.
-    pub const ALL: [&str; 6] = [IMPORT, PRUNE, DELETE_IMAGE, DELETE_NAMESPACE, DELETE_TAG, GC];
+    pub const ALL: [&str; 6] = [
+        IMPORT,
+        PRUNE,
+        DELETE_IMAGE,
+        DELETE_NAMESPACE,
+        DELETE_TAG,
+        GC,
+    ];
 }
 
 #[cfg(test)]

@@ -44,7 +44,11 @@ mod tests {
 
     fn listed(list: &[Migration]) -> BTreeSet<String> {
         for m in list {
-            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "{}",
+                m.name
+            );
         }
         list.iter().map(|m| format!("{}.sql", m.name)).collect()
     }
