@@ -10,8 +10,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use layerline_core::config::{Layer, LogFormat, Settings};
-use layerline_core::http::{self, AppState};
-use layerline_core::store::{EventStore, Store};
+use layerline_core::http::{self, ApiConfig, AppState};
+use layerline_core::service::Registry;
+use layerline_core::store::{EventStore, Metadata, Store};
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
@@ -57,6 +58,9 @@ enum Command {
     Migrate,
     /// Drop the read models and replay the whole event log into them.
     Rebuild,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure throughput against a plain-SQL baseline on the configured database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -70,16 +74,50 @@ struct ServeArgs {
     /// Address of the Prometheus metrics listener. [default: 127.0.0.1:9464]
     #[arg(long, env = "LAYERLINE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Regions the Scaleway API answers for, comma-separated. [default: fr-par]
+    #[arg(long, env = "LAYERLINE_REGIONS", value_delimiter = ',')]
+    regions: Option<Vec<String>>,
+    /// Registry `host[:port]` namespaces report as their endpoint (+ `/name`).
+    /// [default: localhost:5000]
+    #[arg(long, env = "LAYERLINE_REGISTRY_ENDPOINT")]
+    registry_endpoint: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create an API token and print its secret (shown once; only a hash is stored).
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenCreateArgs {
+    /// A name to recognise the token by.
+    #[arg(long)]
+    name: String,
+    /// Comma-separated capabilities: images-view, images-manage, images-import, jobs-view,
+    /// policies-manage, admin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    capabilities: Vec<String>,
+    /// Confine the token to one project: other projects' resources are invisible to it.
+    #[arg(long)]
+    project_id: Option<String>,
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let (listen, metrics_listen) = match &cli.command {
-        Command::Serve(a) => (a.listen, a.metrics_listen),
-        _ => (None, None),
+    let (listen, metrics_listen, regions, registry_endpoint) = match &cli.command {
+        Command::Serve(a) => (
+            a.listen,
+            a.metrics_listen,
+            a.regions.clone(),
+            a.registry_endpoint.clone(),
+        ),
+        _ => (None, None, None, None),
     };
     let flags = Layer {
         listen,
         metrics_listen,
+        regions,
+        registry_endpoint,
         database_url: cli.global.database_url.clone(),
         max_connections: cli.global.max_connections,
         log_format: cli.global.log_format,
@@ -88,7 +126,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         Some(path) => Layer::from_file(path)?,
         None => Layer::default(),
     };
-    Ok(flags.over(file).resolve())
+    Ok(flags.over(file).resolve()?)
 }
 
 fn init_logging(format: LogFormat) {
@@ -117,6 +155,25 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild => rebuild(settings).await,
+        Command::Token(TokenCommand::Create(args)) => {
+            let store = connect(&settings).await?;
+            store.migrate().await?;
+            let registry = Registry::new(store.clone());
+            let meta = Metadata {
+                actor: Some("cli".to_owned()),
+                ..Metadata::default()
+            };
+            let token = registry
+                .create_token(&args.name, &args.capabilities, args.project_id, None, &meta)
+                .await?
+                .expect("a random secret never collides");
+            eprintln!(
+                "created token {} ({}); the secret is shown once:",
+                token.id, args.name
+            );
+            println!("{}", token.secret);
+            Ok(())
+        }
         Command::Bench(cmd) => bench::run(cmd, &settings).await,
     }
 }
@@ -147,6 +204,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
+    bootstrap_token(&store).await?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -182,17 +240,40 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    http::serve(
-        listener,
-        AppState {
-            store: store.clone(),
-        },
-        stopped(),
-    )
-    .await?;
+    let api = ApiConfig {
+        regions: settings.regions.clone(),
+        registry_endpoint: settings.registry_endpoint.clone(),
+    };
+    http::serve(listener, AppState::new(store.clone(), api), stopped()).await?;
     metrics_task.await??;
     store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the admin token `LAYERLINE_BOOTSTRAP_TOKEN` names (a UUID), once.
+async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
+    let Ok(value) = std::env::var("LAYERLINE_BOOTSTRAP_TOKEN") else {
+        return Ok(());
+    };
+    let secret =
+        uuid::Uuid::parse_str(value.trim()).context("LAYERLINE_BOOTSTRAP_TOKEN must be a UUID")?;
+    let meta = Metadata {
+        actor: Some("bootstrap".to_owned()),
+        ..Metadata::default()
+    };
+    let created = Registry::new(store.clone())
+        .create_token(
+            "bootstrap",
+            &["admin".to_owned()],
+            None,
+            Some(secret),
+            &meta,
+        )
+        .await?;
+    if let Some(token) = created {
+        tracing::info!(token_id = %token.id, "created the bootstrap admin token");
+    }
     Ok(())
 }
 

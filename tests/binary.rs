@@ -2,82 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::TestDb;
+use common::{BIN, Server, TestDb};
 use layerline_core::store::Backend;
-
-const BIN: &str = env!("CARGO_BIN_EXE_layerline");
-
-/// A running `layerline serve` and the address it announced.
-struct Server {
-    child: Child,
-    base: String,
-    metrics: String,
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("LAYERLINE_DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start layerline");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for prefix in ["listening on ", "metrics on "] {
-                    if let Some(url) = line.strip_prefix(prefix) {
-                        let _ = tx.send(url.to_owned());
-                    }
-                }
-            }
-        });
-        let announced = || {
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("the server announced its addresses")
-        };
-        let base = announced();
-        let metrics = announced();
-        Server {
-            child,
-            base,
-            metrics,
-        }
-    }
-
-    /// Sends SIGTERM and returns whether the process exited successfully within 10 s.
-    fn terminate(mut self) -> bool {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        for _ in 0..100 {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("request");

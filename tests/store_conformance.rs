@@ -983,5 +983,5 @@ async fn an_event_stored_with_an_older_schema_version_still_replays(store: Store
     let image = f.registry.load_image(&img).await.unwrap();
     let namespace = f.registry.load_namespace(&ns).await.unwrap();
     let rows = f.store().read_model_rows().await.unwrap();
-    assert_eq!(materialize([&namespace], [&image]), rows);
+    assert_eq!(materialize([&namespace], [&image], []), rows);
 }

@@ -10,6 +10,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://layerline.db";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+pub const DEFAULT_REGIONS: &str = "fr-par";
+pub const DEFAULT_REGISTRY_ENDPOINT: &str = "localhost:5000";
 
 /// One layer of settings, every field optional: what the flags and environment gave, or what
 /// the TOML file says. Unknown keys in the file are an error, so a typo is not ignored.
@@ -21,6 +23,8 @@ pub struct Layer {
     pub database_url: Option<String>,
     pub max_connections: Option<u32>,
     pub log_format: Option<LogFormat>,
+    pub regions: Option<Vec<String>>,
+    pub registry_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -51,6 +55,8 @@ pub struct Settings {
     pub database_url: String,
     pub max_connections: u32,
     pub log_format: LogFormat,
+    pub regions: Vec<String>,
+    pub registry_endpoint: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("invalid region `{0}`: regions look like `fr-par` (two letters, '-', three letters)")]
+    Region(String),
     #[error("config file {path}: {source}")]
     Parse {
         path: String,
@@ -89,12 +97,26 @@ impl Layer {
             database_url: self.database_url.or(lower.database_url),
             max_connections: self.max_connections.or(lower.max_connections),
             log_format: self.log_format.or(lower.log_format),
+            regions: self.regions.or(lower.regions),
+            registry_endpoint: self.registry_endpoint.or(lower.registry_endpoint),
         }
     }
 
-    /// Fills what is still unset with the defaults.
-    pub fn resolve(self) -> Settings {
-        Settings {
+    /// Fills what is still unset with the defaults and checks the regions.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let regions = self
+            .regions
+            .unwrap_or_else(|| vec![DEFAULT_REGIONS.to_owned()]);
+        for r in &regions {
+            if !valid_region(r) {
+                return Err(ConfigError::Region(r.clone()));
+            }
+        }
+        Ok(Settings {
+            regions,
+            registry_endpoint: self
+                .registry_endpoint
+                .unwrap_or_else(|| DEFAULT_REGISTRY_ENDPOINT.to_owned()),
             listen: self
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
@@ -106,8 +128,18 @@ impl Layer {
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             log_format: self.log_format.unwrap_or_default(),
-        }
+        })
     }
+}
+
+/// Region names as Scaleway's clients accept them: `xx-yyy`, lowercase letters.
+pub fn valid_region(r: &str) -> bool {
+    let b = r.as_bytes();
+    b.len() == 6
+        && b[2] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 2 || c.is_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -122,10 +154,16 @@ mod tests {
             listen: Some("127.0.0.1:2".parse().unwrap()),
             ..Layer::default()
         };
-        let s = flags.over(file).resolve();
+        let s = flags.over(file).resolve().unwrap();
         assert_eq!(s.listen.port(), 2);
         assert_eq!(s.database_url, "postgres://x/y");
         assert_eq!(s.metrics_listen.to_string(), DEFAULT_METRICS_LISTEN);
+        assert_eq!(s.regions, vec!["fr-par"]);
+        let bad = Layer {
+            regions: Some(vec!["paris".into()]),
+            ..Layer::default()
+        };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Region(_))));
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl<S: EventStore + ReadModels> Registry<S> {
             .await
             .map_err(ServiceError::Store)?
         {
-            img.apply(&e.event, &e.recorded_at);
+            img.apply(&e.event, &e.recorded_at, e.position);
         }
         Ok(img)
     }
@@ -145,6 +145,52 @@ impl<S: EventStore + ReadModels> Registry<S> {
         self.namespace(id, NamespaceCommand::Delete, meta)
             .await
             .map(drop)
+    }
+}
+
+/// A token just created: its id, and its secret, which is never shown again.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub secret: String,
+}
+
+impl<S: EventStore + ReadModels> Registry<S> {
+    /// Creates a token. `secret` is a UUID chosen by the caller (the bootstrap token) or, when
+    /// `None`, a random UUID v4. Only its hash is recorded. A bootstrap secret always maps to
+    /// the same token id, so creating it again is a no-op (`Ok(None)`).
+    pub async fn create_token(
+        &self,
+        name: &str,
+        capabilities: &[String],
+        project_id: Option<String>,
+        secret: Option<uuid::Uuid>,
+        meta: &Metadata,
+    ) -> Result<Option<NewToken>, ServiceError> {
+        let given = secret.is_some();
+        let secret = secret.unwrap_or_else(uuid::Uuid::new_v4).to_string();
+        let hash = crate::domain::token::hash_secret(&secret);
+        let id = if given {
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, hash.as_bytes()).to_string()
+        } else {
+            uuid::Uuid::now_v7().to_string()
+        };
+        let events = crate::domain::token::Token::default().decide_create(
+            &id,
+            name,
+            &hash,
+            capabilities,
+            project_id,
+        )?;
+        match self
+            .store
+            .append(&streams::token(&id), Expected::Version(0), &events, meta)
+            .await
+        {
+            Ok(_) => Ok(Some(NewToken { id, secret })),
+            Err(StoreError::Conflict { .. }) if given => Ok(None),
+            Err(e) => Err(ServiceError::Store(e)),
+        }
     }
 }
 

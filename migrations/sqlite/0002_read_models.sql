@@ -53,6 +53,9 @@ CREATE TABLE manifests (
     config_media_type TEXT,
     blobs_size BIGINT NOT NULL,
     created_at TEXT NOT NULL,
+    -- Position of the event that recorded the manifest: unique and in creation order, the
+    -- key of manifest listings' keyset pagination.
+    seq BIGINT NOT NULL,
     PRIMARY KEY (image_id, digest)
 );
 

@@ -18,6 +18,7 @@ pub mod types {
     pub const MANIFEST_DELETED: &str = "manifest.deleted";
     pub const TAG_PUSHED: &str = "tag.pushed";
     pub const TAG_DELETED: &str = "tag.deleted";
+    pub const TOKEN_CREATED: &str = "token.created";
 }
 
 /// A content-addressed blob (layer or config) as a manifest references it.
@@ -99,6 +100,17 @@ pub struct TagDeleted {
     pub name: String,
 }
 
+/// An API token. Only the SHA-256 of its secret is ever recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreated {
+    pub token_id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub capabilities: Vec<String>,
+    pub project_id: Option<String>,
+}
+
 /// Every event the domain records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DomainEvent {
@@ -112,6 +124,7 @@ pub enum DomainEvent {
     ManifestDeleted(ManifestDeleted),
     TagPushed(TagPushed),
     TagDeleted(TagDeleted),
+    TokenCreated(TokenCreated),
 }
 
 /// Why a stored event could not be read back.
@@ -144,6 +157,7 @@ impl DomainEvent {
             DomainEvent::ManifestDeleted(_) => MANIFEST_DELETED,
             DomainEvent::TagPushed(_) => TAG_PUSHED,
             DomainEvent::TagDeleted(_) => TAG_DELETED,
+            DomainEvent::TokenCreated(_) => TOKEN_CREATED,
         }
     }
 
@@ -163,6 +177,7 @@ impl DomainEvent {
             DomainEvent::ManifestDeleted(p) => serde_json::to_string(p),
             DomainEvent::TagPushed(p) => serde_json::to_string(p),
             DomainEvent::TagDeleted(p) => serde_json::to_string(p),
+            DomainEvent::TokenCreated(p) => serde_json::to_string(p),
             DomainEvent::NamespaceDeleted | DomainEvent::ImageDeleted => Ok("{}".to_owned()),
         };
         // Serialising plain structs of strings, numbers and options cannot fail.
@@ -212,6 +227,7 @@ impl DomainEvent {
                 DomainEvent::TagDeleted(v1.upcast(stream_id))
             }
             TAG_DELETED => DomainEvent::TagDeleted(parse(payload).map_err(err)?),
+            TOKEN_CREATED => DomainEvent::TokenCreated(parse(payload).map_err(err)?),
             _ => unreachable!("current_schema_version knows every type"),
         };
         Ok(event)
@@ -227,7 +243,7 @@ pub fn current_schema_version(event_type: &str) -> i32 {
     use types::*;
     match event_type {
         NAMESPACE_CREATED | NAMESPACE_UPDATED | NAMESPACE_DELETED | IMAGE_CREATED
-        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED => 1,
+        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED | TOKEN_CREATED => 1,
         // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
         TAG_PUSHED | TAG_DELETED => 2,
         _ => 0,

@@ -27,6 +27,8 @@ pub struct Tag {
 pub struct Manifest {
     pub recorded: ManifestRecorded,
     pub created_at: String,
+    /// Log position of the event that recorded it.
+    pub seq: i64,
 }
 
 /// A blob of the image with the number of the image's manifests that reference it.
@@ -88,8 +90,8 @@ pub fn distinct_blobs(m: &ManifestRecorded) -> Vec<&Blob> {
 }
 
 impl Image {
-    /// Folds one event recorded at `at` (RFC 3339) into the state.
-    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+    /// Folds one event, recorded at `at` (RFC 3339) at log `position`, into the state.
+    pub fn apply(&mut self, event: &DomainEvent, at: &str, position: i64) {
         self.version += 1;
         self.updated_at = at.to_owned();
         match event {
@@ -119,6 +121,7 @@ impl Image {
                     Manifest {
                         recorded: m.clone(),
                         created_at: at.to_owned(),
+                        seq: position,
                     },
                 );
             }
@@ -352,7 +355,7 @@ impl Plan {
     }
 
     fn emit(&mut self, event: DomainEvent) {
-        self.state.apply(&event, "");
+        self.state.apply(&event, "", 0);
         self.events.push(event);
     }
 
@@ -446,14 +449,14 @@ mod tests {
                 },
             )
             .unwrap();
-        events.iter().for_each(|e| img.apply(e, "t0"));
+        events.iter().for_each(|e| img.apply(e, "t0", 0));
         Given(img)
     }
 
     impl Given {
         fn when(&mut self, cmd: ImageCommand) -> Result<Vec<DomainEvent>, DomainError> {
             let events = self.0.decide(IMG, cmd)?;
-            events.iter().for_each(|e| self.0.apply(e, "t"));
+            events.iter().for_each(|e| self.0.apply(e, "t", 0));
             Ok(events)
         }
 

@@ -4,6 +4,7 @@
 pub mod event;
 pub mod image;
 pub mod namespace;
+pub mod token;
 pub mod validate;
 
 pub use event::{Blob, DomainEvent};
@@ -12,6 +13,7 @@ pub use event::{Blob, DomainEvent};
 pub mod streams {
     pub const NAMESPACE: &str = "namespace-";
     pub const IMAGE: &str = "image-";
+    pub const TOKEN: &str = "token-";
 
     pub fn namespace(id: &str) -> String {
         format!("{NAMESPACE}{id}")
@@ -19,6 +21,10 @@ pub mod streams {
 
     pub fn image(id: &str) -> String {
         format!("{IMAGE}{id}")
+    }
+
+    pub fn token(id: &str) -> String {
+        format!("{TOKEN}{id}")
     }
 }
 

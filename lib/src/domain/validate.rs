@@ -106,6 +106,22 @@ pub fn digest(field: &'static str, d: &str) -> Result<(), DomainError> {
     }
 }
 
+/// Project and organization ids: 1 to 64 characters of letters, digits and `-` (UUIDs in
+/// practice).
+pub fn project_id(id: &str) -> Result<(), DomainError> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            "project_id",
+            "1 to 64 letters, digits or '-'",
+        ))
+    }
+}
+
 /// Image visibilities a client may set (`visibility_unknown` is only ever reported).
 pub const VISIBILITIES: [&str; 3] = ["inherit", "public", "private"];
 

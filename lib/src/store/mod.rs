@@ -182,6 +182,48 @@ pub trait ReadModels: Send + Sync {
         namespace_id: &str,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
+    /// A page of a region's namespaces.
+    fn list_namespaces(
+        &self,
+        query: &NamespaceQuery,
+    ) -> impl Future<Output = Result<Page<rows::NamespaceRow>, StoreError>> + Send;
+
+    /// A page of a region's images, with their tag names.
+    fn list_images(
+        &self,
+        query: &ImageQuery,
+    ) -> impl Future<Output = Result<Page<ImageView>, StoreError>> + Send;
+
+    /// One image with its region, project and tag names.
+    fn image_view(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<ImageView>, StoreError>> + Send;
+
+    /// A page of one image's tags.
+    fn list_tags(
+        &self,
+        query: &TagQuery,
+    ) -> impl Future<Output = Result<Page<rows::TagRow>, StoreError>> + Send;
+
+    /// A keyset page of manifests; `Err(CursorError)` when the cursor cannot be followed.
+    fn list_manifests(
+        &self,
+        query: &ManifestQuery,
+    ) -> impl Future<Output = Result<Result<Vec<ManifestView>, CursorError>, StoreError>> + Send;
+
+    /// One manifest by its `seq`.
+    fn manifest_view(
+        &self,
+        seq: i64,
+    ) -> impl Future<Output = Result<Option<ManifestView>, StoreError>> + Send;
+
+    /// The token whose secret hashes to `secret_hash`.
+    fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> impl Future<Output = Result<Option<rows::ApiTokenRow>, StoreError>> + Send;
+
     /// The tag with this id (tags are addressed by id in the Scaleway API).
     fn tag(
         &self,
@@ -373,4 +415,155 @@ impl ReadModels for Store {
     async fn tag(&self, id: &str) -> Result<Option<rows::TagRow>, StoreError> {
         dispatch!(self, s => s.tag(id).await)
     }
+
+    async fn list_namespaces(
+        &self,
+        query: &NamespaceQuery,
+    ) -> Result<Page<rows::NamespaceRow>, StoreError> {
+        dispatch!(self, s => s.list_namespaces(query).await)
+    }
+
+    async fn list_images(&self, query: &ImageQuery) -> Result<Page<ImageView>, StoreError> {
+        dispatch!(self, s => s.list_images(query).await)
+    }
+
+    async fn image_view(&self, id: &str) -> Result<Option<ImageView>, StoreError> {
+        dispatch!(self, s => s.image_view(id).await)
+    }
+
+    async fn list_tags(&self, query: &TagQuery) -> Result<Page<rows::TagRow>, StoreError> {
+        dispatch!(self, s => s.list_tags(query).await)
+    }
+
+    async fn list_manifests(
+        &self,
+        query: &ManifestQuery,
+    ) -> Result<Result<Vec<ManifestView>, CursorError>, StoreError> {
+        dispatch!(self, s => s.list_manifests(query).await)
+    }
+
+    async fn manifest_view(&self, seq: i64) -> Result<Option<ManifestView>, StoreError> {
+        dispatch!(self, s => s.manifest_view(seq).await)
+    }
+
+    async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<rows::ApiTokenRow>, StoreError> {
+        dispatch!(self, s => s.token_by_hash(secret_hash).await)
+    }
+}
+
+/// A page of a list and the number of rows matching its filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total_count: i64,
+}
+
+/// Sort keys of Scaleway-style lists; every order ends with the row id so pages are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    CreatedAt,
+    Name,
+    Description,
+    Status,
+    Region,
+}
+
+impl SortKey {
+    fn column(self) -> &'static str {
+        match self {
+            SortKey::CreatedAt => "created_at",
+            SortKey::Name => "name",
+            SortKey::Description => "description",
+            SortKey::Status => "status",
+            SortKey::Region => "region",
+        }
+    }
+}
+
+/// Filters and page of a namespace list. `limit`/`offset` are already validated.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceQuery {
+    pub region: String,
+    pub name: Option<String>,
+    pub project_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub sort: Option<(SortKey, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Filters and page of an image list (images of the region's namespaces).
+#[derive(Debug, Clone, Default)]
+pub struct ImageQuery {
+    pub region: String,
+    pub name: Option<String>,
+    pub namespace_id: Option<String>,
+    pub project_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub sort: Option<(SortKey, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Filters and page of one image's tags.
+#[derive(Debug, Clone, Default)]
+pub struct TagQuery {
+    pub image_id: String,
+    pub name: Option<String>,
+    pub sort: Option<(SortKey, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// An image with what its listings show beside the row: its region, project and tag names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageView {
+    pub image: rows::ImageRow,
+    pub region: String,
+    pub project_id: String,
+    pub tags: Vec<String>,
+}
+
+/// Sort keys of manifest listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKey {
+    /// The repository name (`namespace/image`).
+    Name,
+    Digest,
+    CreatedAt,
+}
+
+/// A manifest listing: filters, order and a keyset cursor (the `seq` of the last row of the
+/// previous page), so a page costs the same however deep it is, and rows inserted between
+/// pages neither shift nor repeat it.
+#[derive(Debug, Clone, Default)]
+pub struct ManifestQuery {
+    pub namespace_id: Option<String>,
+    pub project_id: Option<String>,
+    /// (namespace name, image name)
+    pub repository: Option<(String, String)>,
+    /// Keys and whether each is descending; `seq` ascending breaks ties.
+    pub order: Vec<(ManifestKey, bool)>,
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+/// One manifest as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestView {
+    pub manifest: rows::ManifestRow,
+    pub namespace_name: String,
+    pub image_name: String,
+    pub layers: Vec<rows::ManifestLayerRow>,
+    pub tags: Vec<String>,
+}
+
+/// Why a manifest cursor could not be followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorError {
+    /// The row the cursor points at was deleted; the listing must restart.
+    Gone,
 }

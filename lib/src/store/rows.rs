@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::domain::image::{Image, distinct_blobs};
 use crate::domain::namespace::Namespace;
+use crate::domain::token::Token;
 
 /// Status of a live namespace or image (Scaleway's enum).
 pub const STATUS_READY: &str = "ready";
@@ -70,6 +71,7 @@ pub struct ManifestRow {
     /// Sum of the sizes of this manifest's own distinct blobs.
     pub blobs_size: i64,
     pub created_at: String,
+    pub seq: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,6 +110,17 @@ pub struct NamespaceBlobRow {
     pub refs: i64,
 }
 
+/// An API token; `capabilities` comma-separated, `secret_hash` the SHA-256 of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub capabilities: String,
+    pub project_id: Option<String>,
+    pub created_at: String,
+}
+
 /// Every read model row, each table sorted by its primary key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadModelRows {
@@ -119,6 +132,7 @@ pub struct ReadModelRows {
     pub manifest_children: Vec<ManifestChildRow>,
     pub image_blobs: Vec<ImageBlobRow>,
     pub namespace_blobs: Vec<NamespaceBlobRow>,
+    pub api_tokens: Vec<ApiTokenRow>,
 }
 
 impl ReadModelRows {
@@ -131,6 +145,7 @@ impl ReadModelRows {
             + self.manifest_children.len()
             + self.image_blobs.len()
             + self.namespace_blobs.len()
+            + self.api_tokens.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,6 +169,7 @@ impl ReadModelRows {
             .sort_by(|a, b| (&a.image_id, &a.digest).cmp(&(&b.image_id, &b.digest)));
         self.namespace_blobs
             .sort_by(|a, b| (&a.namespace_id, &a.digest).cmp(&(&b.namespace_id, &b.digest)));
+        self.api_tokens.sort_by(|a, b| a.id.cmp(&b.id));
     }
 }
 
@@ -161,8 +177,21 @@ impl ReadModelRows {
 pub fn materialize<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
     images: impl IntoIterator<Item = &'a Image>,
+    tokens: impl IntoIterator<Item = &'a Token>,
 ) -> ReadModelRows {
     let mut rows = ReadModelRows::default();
+    for token in tokens {
+        if let Some(c) = &token.created {
+            rows.api_tokens.push(ApiTokenRow {
+                id: c.token_id.clone(),
+                name: c.name.clone(),
+                secret_hash: c.secret_hash.clone(),
+                capabilities: c.capabilities.join(","),
+                project_id: c.project_id.clone(),
+                created_at: token.created_at.clone(),
+            });
+        }
+    }
     let mut ns_index: BTreeMap<String, usize> = BTreeMap::new();
     for ns in namespaces {
         let Some(c) = ns.created.as_ref().filter(|_| !ns.deleted) else {
@@ -230,6 +259,7 @@ pub fn materialize<'a>(
                 config_media_type: r.config.as_ref().map(|b| b.media_type.clone()),
                 blobs_size: distinct_blobs(r).iter().map(|b| b.size).sum(),
                 created_at: m.created_at.clone(),
+                seq: m.seq,
             });
             for (idx, layer) in r.layers.iter().enumerate() {
                 rows.manifest_layers.push(ManifestLayerRow {

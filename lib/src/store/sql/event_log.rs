@@ -93,7 +93,7 @@ impl SqlStore {
         let base = claim_versions(&mut tx, stream_id, expected, count).await?;
 
         let at = format_time(chrono::Utc::now());
-        project_batch(&mut tx, stream_id, base, events, &at).await?;
+        project_batch(&mut tx, stream_id, base, first, events, &at).await?;
 
         let metadata = serde_json::to_string(metadata).expect("metadata serialises");
         for (chunk_index, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {

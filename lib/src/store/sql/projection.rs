@@ -8,7 +8,8 @@ use crate::domain::image::distinct_blobs;
 use crate::domain::streams;
 use crate::store::rows::STATUS_READY;
 
-/// Applies `events`, appended to `stream_id` after version `base`, recorded at `at`.
+/// Applies `events`, appended to `stream_id` after version `base` at log positions from
+/// `first`, recorded at `at`.
 ///
 /// Runs of tag pushes are written with one statement per run, and the image row (size,
 /// version, time) is updated once for the whole batch: a batch of 100 pushes costs a few
@@ -17,6 +18,7 @@ async fn project_batch(
     conn: &mut Conn,
     stream_id: &str,
     base: i64,
+    first: i64,
     events: &[DomainEvent],
     at: &str,
 ) -> Result<(), StoreError> {
@@ -31,7 +33,8 @@ async fn project_batch(
             continue;
         }
         upsert_tags(conn, image_id, &mut pushes, at).await?;
-        if let Some(delta) = project(conn, stream_id, version, event, at).await? {
+        let position = first + i as i64;
+        if let Some(delta) = project(conn, stream_id, version, position, event, at).await? {
             *image_change.get_or_insert(0) += delta;
         }
     }
@@ -95,6 +98,7 @@ async fn project(
     conn: &mut Conn,
     stream_id: &str,
     version: i64,
+    position: i64,
     event: &DomainEvent,
     at: &str,
 ) -> Result<Option<i64>, StoreError> {
@@ -185,7 +189,9 @@ async fn project(
                 .await?;
         }
         DomainEvent::ManifestRecorded(m) => {
-            return record_manifest(conn, image_id, m, at).await.map(Some);
+            return record_manifest(conn, image_id, m, position, at)
+                .await
+                .map(Some);
         }
         DomainEvent::ManifestDeleted(d) => {
             return delete_manifest(conn, image_id, d).await.map(Some);
@@ -193,6 +199,20 @@ async fn project(
         DomainEvent::TagPushed(t) => {
             upsert_tags(conn, image_id, &mut vec![(t, version)], at).await?;
             return Ok(Some(0));
+        }
+        DomainEvent::TokenCreated(t) => {
+            sqlx::query(
+                "INSERT INTO api_tokens (id, name, secret_hash, capabilities, project_id, \
+                 created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&t.token_id)
+            .bind(&t.name)
+            .bind(&t.secret_hash)
+            .bind(t.capabilities.join(","))
+            .bind(&t.project_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
         }
         DomainEvent::TagDeleted(t) => {
             sqlx::query("DELETE FROM tags WHERE id = $1")
@@ -257,13 +277,14 @@ async fn record_manifest(
     conn: &mut Conn,
     image_id: &str,
     m: &ManifestRecorded,
+    position: i64,
     at: &str,
 ) -> Result<i64, StoreError> {
     let blobs = distinct_blobs(m);
     sqlx::query(
         "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
-         config_size, config_media_type, blobs_size, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         config_size, config_media_type, blobs_size, created_at, seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(image_id)
     .bind(&m.digest)
@@ -274,6 +295,7 @@ async fn record_manifest(
     .bind(m.config.as_ref().map(|b| &b.media_type))
     .bind(blobs.iter().map(|b| b.size).sum::<i64>())
     .bind(at)
+    .bind(position)
     .execute(&mut *conn)
     .await?;
     if !m.layers.is_empty() {

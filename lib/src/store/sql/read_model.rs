@@ -1,8 +1,8 @@
 // Reads of the read models. Included by `backend.rs` once per backend.
 
 use crate::store::rows::{
-    ImageBlobRow, ImageRow, ManifestChildRow, ManifestLayerRow, ManifestRow, NamespaceBlobRow,
-    NamespaceRow, ReadModelRows, TagRow,
+    ApiTokenRow, ImageBlobRow, ImageRow, ManifestChildRow, ManifestLayerRow, ManifestRow,
+    NamespaceBlobRow, NamespaceRow, ReadModelRows, TagRow,
 };
 
 const NAMESPACE_COLUMNS: &str = "id, name, region, description, organization_id, project_id, \
@@ -11,11 +11,12 @@ const IMAGE_COLUMNS: &str =
     "id, namespace_id, name, visibility, status, size, created_at, updated_at, version";
 const TAG_COLUMNS: &str = "id, image_id, name, digest, created_at, updated_at, pushed_version";
 const MANIFEST_COLUMNS: &str = "image_id, digest, media_type, platform, config_digest, \
-    config_size, config_media_type, blobs_size, created_at";
+    config_size, config_media_type, blobs_size, created_at, seq";
 const MANIFEST_LAYER_COLUMNS: &str = "image_id, manifest_digest, idx, digest, size, media_type";
 const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest";
 const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
 const NAMESPACE_BLOB_COLUMNS: &str = "namespace_id, digest, size, refs";
+const API_TOKEN_COLUMNS: &str = "id, name, secret_hash, capabilities, project_id, created_at";
 
 fn namespace_row(r: &DbRow) -> Result<NamespaceRow, sqlx::Error> {
     Ok(NamespaceRow {
@@ -73,6 +74,7 @@ fn manifest_row(r: &DbRow) -> Result<ManifestRow, sqlx::Error> {
         config_media_type: r.try_get("config_media_type")?,
         blobs_size: r.try_get("blobs_size")?,
         created_at: r.try_get("created_at")?,
+        seq: r.try_get("seq")?,
     })
 }
 
@@ -111,6 +113,17 @@ fn namespace_blob_row(r: &DbRow) -> Result<NamespaceBlobRow, sqlx::Error> {
         digest: r.try_get("digest")?,
         size: r.try_get("size")?,
         refs: r.try_get("refs")?,
+    })
+}
+
+fn api_token_row(r: &DbRow) -> Result<ApiTokenRow, sqlx::Error> {
+    Ok(ApiTokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        secret_hash: r.try_get("secret_hash")?,
+        capabilities: r.try_get("capabilities")?,
+        project_id: r.try_get("project_id")?,
+        created_at: r.try_get("created_at")?,
     })
 }
 
@@ -166,6 +179,9 @@ impl SqlStore {
                     namespace_blob_row,
                 )
                 .await?,
+            api_tokens: self
+                .all_rows("SELECT * FROM api_tokens ORDER BY id", api_token_row)
+                .await?,
         })
     }
 
@@ -196,6 +212,18 @@ impl SqlStore {
         )
     }
 
+    pub async fn token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
+        let sql = format!("SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE secret_hash = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(secret_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(api_token_row).transpose()?)
+    }
+
     pub async fn tag(&self, id: &str) -> Result<Option<TagRow>, StoreError> {
         let sql = format!("SELECT {TAG_COLUMNS} FROM tags WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -204,4 +232,371 @@ impl SqlStore {
             .await?;
         Ok(row.as_ref().map(tag_row).transpose()?)
     }
+}
+
+use crate::store::{
+    CursorError, ImageQuery, ImageView, ManifestKey, ManifestQuery, ManifestView, NamespaceQuery,
+    Page, SortKey, TagQuery,
+};
+
+/// `ORDER BY` for a Scaleway list: the key (created_at ascending by default), then the id in
+/// the same direction, so equal keys keep a stable order across pages.
+fn order_by(alias: &str, sort: Option<(SortKey, bool)>) -> String {
+    let (key, desc) = sort.unwrap_or((SortKey::CreatedAt, false));
+    let dir = if desc { "DESC" } else { "ASC" };
+    format!(" ORDER BY {alias}.{} {dir}, {alias}.id {dir}", key.column())
+}
+
+/// Appends `AND column = value` for each filter that is set.
+fn push_filters(q: &mut QueryBuilder<Db>, filters: &[(&str, &Option<String>)]) {
+    for (column, value) in filters {
+        if let Some(v) = value {
+            q.push(format!(" AND {column} = ")).push_bind(v.clone());
+        }
+    }
+}
+
+impl SqlStore {
+    pub async fn list_namespaces(
+        &self,
+        query: &NamespaceQuery,
+    ) -> Result<Page<NamespaceRow>, StoreError> {
+        let filters = [
+            ("n.name", &query.name),
+            ("n.project_id", &query.project_id),
+            ("n.organization_id", &query.organization_id),
+        ];
+        let mut count =
+            QueryBuilder::<Db>::new("SELECT COUNT(*) FROM namespaces n WHERE n.region = ");
+        count.push_bind(query.region.clone());
+        push_filters(&mut count, &filters);
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Db>::new(format!(
+            "SELECT {} FROM namespaces n WHERE n.region = ",
+            prefixed("n", NAMESPACE_COLUMNS)
+        ));
+        list.push_bind(query.region.clone());
+        push_filters(&mut list, &filters);
+        list.push(order_by("n", query.sort));
+        list.push(" LIMIT ").push_bind(query.limit);
+        list.push(" OFFSET ").push_bind(query.offset);
+        let rows = list.build().fetch_all(&self.pool).await?;
+        Ok(Page {
+            items: rows.iter().map(namespace_row).collect::<Result<_, _>>()?,
+            total_count,
+        })
+    }
+
+    pub async fn list_images(&self, query: &ImageQuery) -> Result<Page<ImageView>, StoreError> {
+        let filters = [
+            ("i.name", &query.name),
+            ("i.namespace_id", &query.namespace_id),
+            ("n.project_id", &query.project_id),
+            ("n.organization_id", &query.organization_id),
+        ];
+        let from = " FROM images i JOIN namespaces n ON n.id = i.namespace_id WHERE n.region = ";
+        let mut count = QueryBuilder::<Db>::new(format!("SELECT COUNT(*){from}"));
+        count.push_bind(query.region.clone());
+        push_filters(&mut count, &filters);
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Db>::new(format!(
+            "SELECT {}, n.region AS ns_region, n.project_id AS ns_project{from}",
+            prefixed("i", IMAGE_COLUMNS)
+        ));
+        list.push_bind(query.region.clone());
+        push_filters(&mut list, &filters);
+        list.push(order_by("i", query.sort));
+        list.push(" LIMIT ").push_bind(query.limit);
+        list.push(" OFFSET ").push_bind(query.offset);
+        let rows = list.build().fetch_all(&self.pool).await?;
+        let items = self.image_views(&rows).await?;
+        Ok(Page { items, total_count })
+    }
+
+    /// One image with its region, project and tag names.
+    pub async fn image_view(&self, id: &str) -> Result<Option<ImageView>, StoreError> {
+        let sql = format!(
+            "SELECT {}, n.region AS ns_region, n.project_id AS ns_project FROM images i \
+             JOIN namespaces n ON n.id = i.namespace_id WHERE i.id = $1",
+            prefixed("i", IMAGE_COLUMNS)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(self.image_views(&rows).await?.pop())
+    }
+
+    /// Images from rows of `images` joined with their namespace, with their tag names
+    /// fetched in one query for the whole page.
+    async fn image_views(&self, rows: &[DbRow]) -> Result<Vec<ImageView>, StoreError> {
+        let mut views: Vec<ImageView> = Vec::with_capacity(rows.len());
+        for r in rows {
+            views.push(ImageView {
+                image: image_row(r)?,
+                region: r.try_get("ns_region")?,
+                project_id: r.try_get("ns_project")?,
+                tags: Vec::new(),
+            });
+        }
+        if views.is_empty() {
+            return Ok(views);
+        }
+        let mut q = QueryBuilder::<Db>::new("SELECT image_id, name FROM tags WHERE image_id IN (");
+        let mut ids = q.separated(", ");
+        for v in &views {
+            ids.push_bind(v.image.id.clone());
+        }
+        q.push(") ORDER BY image_id, name");
+        let mut by_image: HashMap<String, Vec<String>> = HashMap::new();
+        for r in q.build().fetch_all(&self.pool).await? {
+            by_image
+                .entry(r.try_get("image_id")?)
+                .or_default()
+                .push(r.try_get("name")?);
+        }
+        for v in &mut views {
+            v.tags = by_image.remove(&v.image.id).unwrap_or_default();
+        }
+        Ok(views)
+    }
+
+    pub async fn list_tags(&self, query: &TagQuery) -> Result<Page<TagRow>, StoreError> {
+        let filters = [("t.name", &query.name)];
+        let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM tags t WHERE t.image_id = ");
+        count.push_bind(query.image_id.clone());
+        push_filters(&mut count, &filters);
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Db>::new(format!(
+            "SELECT {} FROM tags t WHERE t.image_id = ",
+            prefixed("t", TAG_COLUMNS)
+        ));
+        list.push_bind(query.image_id.clone());
+        push_filters(&mut list, &filters);
+        list.push(order_by("t", query.sort));
+        list.push(" LIMIT ").push_bind(query.limit);
+        list.push(" OFFSET ").push_bind(query.offset);
+        let rows = list.build().fetch_all(&self.pool).await?;
+        Ok(Page {
+            items: rows.iter().map(tag_row).collect::<Result<_, _>>()?,
+            total_count,
+        })
+    }
+
+    /// A page of manifests after the cursor. Fails with [`CursorError::Gone`] when the
+    /// cursor's row no longer exists and the order needs its keys.
+    pub async fn list_manifests(
+        &self,
+        query: &ManifestQuery,
+    ) -> Result<Result<Vec<ManifestView>, CursorError>, StoreError> {
+        let mut keys: Vec<(&'static str, bool)> = query
+            .order
+            .iter()
+            .map(|(k, desc)| {
+                let column = match k {
+                    ManifestKey::Name => "n.name, i.name",
+                    ManifestKey::Digest => "m.digest",
+                    ManifestKey::CreatedAt => "m.seq",
+                };
+                (column, *desc)
+            })
+            .collect();
+        if !keys.iter().any(|(c, _)| *c == "m.seq") {
+            keys.push(("m.seq", false));
+        }
+        // Expand "n.name, i.name" into two keys with the same direction.
+        let keys: Vec<(&'static str, bool)> = keys
+            .into_iter()
+            .flat_map(|(c, d)| match c {
+                "n.name, i.name" => vec![("n.name", d), ("i.name", d)],
+                other => vec![(other, d)],
+            })
+            .collect();
+
+        // The cursor row's key values.
+        let cursor: Option<Vec<KeyValue>> = match query.after_seq {
+            None => None,
+            Some(seq) => {
+                let sql = "SELECT n.name AS \"n.name\", i.name AS \"i.name\", m.digest AS \"m.digest\", \
+                           m.seq AS \"m.seq\" FROM manifests m JOIN images i ON i.id = m.image_id \
+                           JOIN namespaces n ON n.id = i.namespace_id WHERE m.seq = $1";
+                let row = sqlx::query(sql)
+                    .bind(seq)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => Some(
+                        keys.iter()
+                            .map(|(c, _)| {
+                                Ok(if *c == "m.seq" {
+                                    KeyValue::Int(row.try_get(*c)?)
+                                } else {
+                                    KeyValue::Text(row.try_get(*c)?)
+                                })
+                            })
+                            .collect::<Result<_, sqlx::Error>>()?,
+                    ),
+                    None if query
+                        .order
+                        .iter()
+                        .all(|(k, _)| *k == ManifestKey::CreatedAt) =>
+                    {
+                        // Creation order needs only the seq itself.
+                        Some(vec![KeyValue::Int(seq)])
+                    }
+                    None => return Ok(Err(CursorError::Gone)),
+                }
+            }
+        };
+
+        let mut q = QueryBuilder::<Db>::new(format!(
+            "SELECT {}, n.name AS ns_name, i.name AS image_name FROM manifests m \
+             JOIN images i ON i.id = m.image_id JOIN namespaces n ON n.id = i.namespace_id \
+             WHERE 1 = 1",
+            prefixed("m", MANIFEST_COLUMNS)
+        ));
+        push_filters(
+            &mut q,
+            &[
+                ("n.id", &query.namespace_id),
+                ("n.project_id", &query.project_id),
+            ],
+        );
+        if let Some((ns, image)) = &query.repository {
+            q.push(" AND n.name = ").push_bind(ns.clone());
+            q.push(" AND i.name = ").push_bind(image.clone());
+        }
+        if let Some(values) = cursor {
+            // (k1 > v1) OR (k1 = v1 AND k2 > v2) OR …, with < for descending keys.
+            q.push(" AND (");
+            for i in 0..keys.len().min(values.len()) {
+                if i > 0 {
+                    q.push(" OR ");
+                }
+                q.push("(");
+                for (j, value) in values.iter().enumerate().take(i) {
+                    q.push(format!("{} = ", keys[j].0));
+                    value.bind(&mut q);
+                    q.push(" AND ");
+                }
+                let (column, desc) = keys[i];
+                q.push(format!("{column} {} ", if desc { "<" } else { ">" }));
+                values[i].bind(&mut q);
+                q.push(")");
+            }
+            q.push(")");
+        }
+        let order: Vec<String> = keys
+            .iter()
+            .map(|(c, d)| format!("{c} {}", if *d { "DESC" } else { "ASC" }))
+            .collect();
+        q.push(format!(" ORDER BY {} LIMIT ", order.join(", ")));
+        q.push_bind(query.limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        self.manifest_views(&rows).await.map(Ok)
+    }
+
+    /// One manifest by its `seq`.
+    pub async fn manifest_view(&self, seq: i64) -> Result<Option<ManifestView>, StoreError> {
+        let sql = format!(
+            "SELECT {}, n.name AS ns_name, i.name AS image_name FROM manifests m \
+             JOIN images i ON i.id = m.image_id JOIN namespaces n ON n.id = i.namespace_id \
+             WHERE m.seq = $1",
+            prefixed("m", MANIFEST_COLUMNS)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(self.manifest_views(&rows).await?.pop())
+    }
+
+    /// Manifests with their layers and tags, each fetched in one query for the whole page.
+    async fn manifest_views(&self, rows: &[DbRow]) -> Result<Vec<ManifestView>, StoreError> {
+        let mut views = Vec::with_capacity(rows.len());
+        for r in rows {
+            views.push(ManifestView {
+                manifest: manifest_row(r)?,
+                namespace_name: r.try_get("ns_name")?,
+                image_name: r.try_get("image_name")?,
+                layers: Vec::new(),
+                tags: Vec::new(),
+            });
+        }
+        if views.is_empty() {
+            return Ok(views);
+        }
+        let mut layers = QueryBuilder::<Db>::new(format!(
+            "SELECT {MANIFEST_LAYER_COLUMNS} FROM manifest_layers WHERE (image_id, manifest_digest) IN (VALUES "
+        ));
+        push_manifest_keys(&mut layers, &views);
+        layers.push(") ORDER BY image_id, manifest_digest, idx");
+        let mut by_manifest: HashMap<(String, String), Vec<ManifestLayerRow>> = HashMap::new();
+        for r in layers.build().fetch_all(&self.pool).await? {
+            let layer = manifest_layer_row(&r)?;
+            by_manifest
+                .entry((layer.image_id.clone(), layer.manifest_digest.clone()))
+                .or_default()
+                .push(layer);
+        }
+        let mut tags = QueryBuilder::<Db>::new(
+            "SELECT image_id, digest, name FROM tags WHERE (image_id, digest) IN (VALUES ",
+        );
+        push_manifest_keys(&mut tags, &views);
+        tags.push(") ORDER BY name");
+        let mut tags_by: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for r in tags.build().fetch_all(&self.pool).await? {
+            tags_by
+                .entry((r.try_get("image_id")?, r.try_get("digest")?))
+                .or_default()
+                .push(r.try_get("name")?);
+        }
+        for v in &mut views {
+            let key = (v.manifest.image_id.clone(), v.manifest.digest.clone());
+            v.layers = by_manifest.remove(&key).unwrap_or_default();
+            v.tags = tags_by.remove(&key).unwrap_or_default();
+        }
+        Ok(views)
+    }
+}
+
+/// `(image_id, digest), …` of each view, as a `VALUES` list.
+fn push_manifest_keys(q: &mut QueryBuilder<Db>, views: &[ManifestView]) {
+    for (i, v) in views.iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.push("(")
+            .push_bind(v.manifest.image_id.clone())
+            .push(", ")
+            .push_bind(v.manifest.digest.clone())
+            .push(")");
+    }
+}
+
+/// A key value of a keyset cursor.
+enum KeyValue {
+    Text(String),
+    Int(i64),
+}
+
+impl KeyValue {
+    fn bind(&self, q: &mut QueryBuilder<Db>) {
+        match self {
+            KeyValue::Text(s) => q.push_bind(s.clone()),
+            KeyValue::Int(i) => q.push_bind(*i),
+        };
+    }
+}
+
+/// `a, b` → `p.a, p.b`.
+fn prefixed(alias: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -7,11 +7,13 @@ use std::collections::HashMap;
 
 use crate::domain::image::Image;
 use crate::domain::namespace::Namespace;
+use crate::domain::token::Token;
 use crate::store::Progress;
 use crate::store::rows::materialize;
 
 /// Read model tables, children before parents (the order rows are deleted in).
-const READ_MODEL_TABLES: [&str; 8] = [
+const READ_MODEL_TABLES: [&str; 9] = [
+    "DELETE FROM api_tokens",
     "DELETE FROM namespace_blobs",
     "DELETE FROM image_blobs",
     "DELETE FROM manifest_children",
@@ -42,6 +44,7 @@ impl SqlStore {
 
         let mut namespaces: HashMap<String, Namespace> = HashMap::new();
         let mut images: HashMap<String, Image> = HashMap::new();
+        let mut tokens: HashMap<String, Token> = HashMap::new();
         let (mut after, mut replayed) = (0_i64, 0_u64);
         loop {
             let page = read_page(&mut *tx, after, REPLAY_PAGE).await?;
@@ -55,7 +58,13 @@ impl SqlStore {
                         .or_default()
                         .apply(&e.event, &e.recorded_at);
                 } else if e.stream_id.starts_with(streams::IMAGE) {
-                    images
+                    images.entry(e.stream_id).or_default().apply(
+                        &e.event,
+                        &e.recorded_at,
+                        e.position,
+                    );
+                } else if e.stream_id.starts_with(streams::TOKEN) {
+                    tokens
                         .entry(e.stream_id)
                         .or_default()
                         .apply(&e.event, &e.recorded_at);
@@ -65,7 +74,7 @@ impl SqlStore {
             progress(replayed, head as u64);
         }
 
-        let rows = materialize(namespaces.values(), images.values());
+        let rows = materialize(namespaces.values(), images.values(), tokens.values());
         insert_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(replayed)
@@ -98,7 +107,8 @@ async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreE
         NAMESPACE_BLOB_COLUMNS,
         &rows.namespace_blobs,
     )
-    .await
+    .await?;
+    bulk_insert(conn, "api_tokens", API_TOKEN_COLUMNS, &rows.api_tokens).await
 }
 
 /// Inserts `rows` into `table`, [`ROWS_PER_INSERT`] at a time, each batch sent as one JSON

@@ -1,28 +1,98 @@
-//! The HTTP API's router and server start-up. Start-up takes its listener and a shutdown
+//! The HTTP API: one router over the registry's services, with one module per API surface
+//! (`scaleway`, `yandex`) translating only shapes. Start-up takes its listener and a shutdown
 //! signal, so tests boot the real service on port 0.
 
-use std::future::Future;
+pub mod auth;
+pub mod scaleway;
+pub mod yandex;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::service::Registry;
 use crate::store::Store;
+
+/// Largest request body accepted, in bytes (413 above it).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What the API serves beside the data: the regions it answers for and the registry
+/// endpoint namespaces report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub regions: Vec<String>,
+    /// `host[:port]` clients pull from; a namespace's endpoint is this + `/` + its name.
+    pub registry_endpoint: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    pub registry: Registry<Store>,
+    pub api: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn new(store: Store, api: ApiConfig) -> Self {
+        AppState {
+            registry: Registry::new(store.clone()),
+            store,
+            api: Arc::new(api),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(scaleway::router())
+        .merge(yandex::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Unknown routes answer in the error shape of the surface their path belongs to.
+async fn not_found(uri: Uri) -> Response {
+    let message = format!("no route for {}", uri.path());
+    if uri.path().starts_with(yandex::PREFIX) {
+        yandex::ApiError::NotFound(message).into_response()
+    } else {
+        scaleway::ApiError::Route {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found",
+            message,
+        }
+        .into_response()
+    }
+}
+
+async fn method_not_allowed(uri: Uri) -> Response {
+    let message = format!("method not allowed on {}", uri.path());
+    if uri.path().starts_with(yandex::PREFIX) {
+        yandex::ApiError::Status {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: 12,
+            message,
+        }
+        .into_response()
+    } else {
+        scaleway::ApiError::Route {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "method_not_allowed",
+            message,
+        }
+        .into_response()
+    }
 }
 
 /// Liveness: the process answers.

@@ -1,0 +1,359 @@
+//! Yandex/Nebius-style manifest listing (`/container-registry/v1/images`): one entry per
+//! manifest with its blobs and tags, int64 values as JSON strings, lowerCamelCase keys,
+//! keyset pages behind an opaque `pageToken`, gRPC-style error bodies.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::auth::{AuthError, authenticate};
+use crate::domain::token::Capability;
+use crate::store::{CursorError, ManifestKey, ManifestQuery, ManifestView, ReadModels, StoreError};
+
+pub const PREFIX: &str = "/container-registry/v1";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{PREFIX}/images"), get(list_images))
+        .route(&format!("{PREFIX}/images/{{id}}"), get(get_image))
+}
+
+/// Errors as gRPC statuses: `{"code": N, "message": "…", "details": []}`.
+#[derive(Debug)]
+pub enum ApiError {
+    /// INVALID_ARGUMENT (3), HTTP 400.
+    Invalid(String),
+    /// NOT_FOUND (5), HTTP 404.
+    NotFound(String),
+    /// UNAUTHENTICATED (16), HTTP 401.
+    Unauthenticated,
+    /// PERMISSION_DENIED (7), HTTP 403.
+    PermissionDenied(String),
+    /// Any other status with its gRPC code.
+    Status {
+        status: StatusCode,
+        code: u16,
+        message: String,
+    },
+    /// INTERNAL (13), HTTP 500; the cause is logged, not shown.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::Invalid(m) => (StatusCode::BAD_REQUEST, 3, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, 5, m),
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                16,
+                AuthError::Unauthorized.to_string(),
+            ),
+            ApiError::PermissionDenied(m) => (StatusCode::FORBIDDEN, 7, m),
+            ApiError::Status {
+                status,
+                code,
+                message,
+            } => (status, code, message),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    13,
+                    "internal error".to_owned(),
+                )
+            }
+        };
+        (
+            status,
+            Json(json!({"code": code, "message": message, "details": []})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unauthorized => ApiError::Unauthenticated,
+            AuthError::Forbidden(_) => ApiError::PermissionDenied(err.to_string()),
+            AuthError::Store(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    registry_id: Option<String>,
+    repository_name: Option<String>,
+    folder_id: Option<String>,
+    page_size: Option<String>,
+    page_token: Option<String>,
+    filter: Option<String>,
+    order_by: Option<String>,
+}
+
+const DEFAULT_PAGE_SIZE: i64 = 100;
+const MAX_PAGE_SIZE: i64 = 1000;
+
+/// `namespace/image` → its two parts.
+fn repository(name: &str) -> Result<(String, String), ApiError> {
+    match name.split_once('/') {
+        Some((ns, image)) if !ns.is_empty() && !image.is_empty() => {
+            Ok((ns.to_owned(), image.to_owned()))
+        }
+        _ => Err(ApiError::Invalid(format!(
+            "repository name `{name}` must be `<namespace>/<image>`"
+        ))),
+    }
+}
+
+/// The filter language we accept: `name="<namespace>/<image>"`.
+fn parse_filter(filter: &str) -> Result<(String, String), ApiError> {
+    let value = filter
+        .trim()
+        .strip_prefix("name")
+        .map(str::trim_start)
+        .and_then(|rest| rest.strip_prefix('='))
+        .map(str::trim)
+        .and_then(|v| v.strip_prefix('"'))
+        .and_then(|v| v.strip_suffix('"'))
+        .ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "unsupported filter `{filter}`: expected name=\"<namespace>/<image>\""
+            ))
+        })?;
+    repository(value)
+}
+
+/// `orderBy`: comma-separated `name`, `digest` or `createdAt`, each optionally `asc`/`desc`.
+fn parse_order(order_by: &str) -> Result<Vec<(ManifestKey, bool)>, ApiError> {
+    let mut keys = Vec::new();
+    for part in order_by.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut words = part.split_whitespace();
+        let key = match words.next() {
+            Some("name") => ManifestKey::Name,
+            Some("digest") => ManifestKey::Digest,
+            Some("createdAt") => ManifestKey::CreatedAt,
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "cannot order by `{part}`: use name, digest or createdAt"
+                )));
+            }
+        };
+        let desc = match words.next() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(ApiError::Invalid(format!("unknown direction `{other}`")));
+            }
+        };
+        if words.next().is_some() || keys.iter().any(|(k, _)| *k == key) {
+            return Err(ApiError::Invalid(format!("bad orderBy `{order_by}`")));
+        }
+        keys.push((key, desc));
+    }
+    Ok(keys)
+}
+
+/// A page token: the last row's `seq` and a fingerprint of the listing it belongs to, so a
+/// token is not silently reused with other filters or another order.
+fn fingerprint(query: &ManifestQuery) -> String {
+    let text = format!(
+        "{:?}|{:?}|{:?}|{:?}",
+        query.namespace_id, query.project_id, query.repository, query.order
+    );
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn page_token(query: &ManifestQuery, seq: i64) -> String {
+    format!("{seq}.{}", fingerprint(query))
+}
+
+fn parse_page_token(query: &ManifestQuery, token: &str) -> Result<i64, ApiError> {
+    let bad = || ApiError::Invalid("pageToken is not a token this listing issued".to_owned());
+    if token.len() > 100 {
+        return Err(bad());
+    }
+    let (seq, print) = token.split_once('.').ok_or_else(bad)?;
+    if print != fingerprint(query) {
+        return Err(bad());
+    }
+    seq.parse().map_err(|_| bad())
+}
+
+fn blob_json(digest: &str, size: i64) -> Value {
+    json!({"id": digest, "digest": digest, "size": size.to_string(), "urls": []})
+}
+
+fn image_json(v: &ManifestView) -> Value {
+    let m = &v.manifest;
+    let config = match (&m.config_digest, m.config_size) {
+        (Some(d), Some(s)) => blob_json(d, s),
+        _ => Value::Null,
+    };
+    let layers: Vec<Value> = v
+        .layers
+        .iter()
+        .map(|l| blob_json(&l.digest, l.size))
+        .collect();
+    json!({
+        "id": m.seq.to_string(),
+        "name": format!("{}/{}", v.namespace_name, v.image_name),
+        "digest": m.digest,
+        "compressedSize": m.blobs_size.to_string(),
+        "config": config,
+        "layers": layers,
+        "tags": v.tags,
+        "createdAt": m.created_at,
+    })
+}
+
+async fn list_images(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = authenticate(&state.store, &headers).await?;
+    principal.require(Capability::ImagesView)?;
+    let limit = match params.page_size.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "pageSize must be an integer from 1 to {MAX_PAGE_SIZE}"
+                )));
+            }
+        },
+    };
+    // As in the reference: a repository name wins over a registry id, which wins over a
+    // folder id.
+    let mut query = ManifestQuery {
+        limit: limit + 1,
+        ..ManifestQuery::default()
+    };
+    if let Some(name) = &params.repository_name {
+        query.repository = Some(repository(name)?);
+    } else if let Some(id) = &params.registry_id {
+        query.namespace_id = Some(id.clone());
+    } else if let Some(folder) = &params.folder_id {
+        query.project_id = Some(folder.clone());
+    }
+    if let Some(filter) = params.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        let named = parse_filter(filter)?;
+        if query.repository.as_ref().is_some_and(|r| *r != named) {
+            return Ok(Json(json!({"images": []})));
+        }
+        query.repository = Some(named);
+    }
+    if let Some(own) = &principal.project_id {
+        if query.project_id.as_ref().is_some_and(|p| p != own) {
+            return Ok(Json(json!({"images": []})));
+        }
+        query.project_id = Some(own.clone());
+    }
+    query.order = match params.order_by.as_deref() {
+        Some(o) => parse_order(o)?,
+        None => Vec::new(),
+    };
+    if let Some(token) = params.page_token.as_deref().filter(|t| !t.is_empty()) {
+        query.after_seq = Some(parse_page_token(&query, token)?);
+    }
+    let mut rows = match state.store.list_manifests(&query).await? {
+        Ok(rows) => rows,
+        Err(CursorError::Gone) => {
+            return Err(ApiError::Invalid(
+                "the manifest this pageToken points at was deleted; list again from the first page"
+                    .to_owned(),
+            ));
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let images: Vec<Value> = rows.iter().map(image_json).collect();
+    let mut body = json!({"images": images});
+    if more && let Some(last) = rows.last() {
+        body["nextPageToken"] = Value::String(page_token(&query, last.manifest.seq));
+    }
+    Ok(Json(body))
+}
+
+async fn get_image(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = authenticate(&state.store, &headers).await?;
+    principal.require(Capability::ImagesView)?;
+    let not_found = || ApiError::NotFound(format!("image {id} not found"));
+    let seq: i64 = id.parse().map_err(|_| not_found())?;
+    let view = state
+        .store
+        .manifest_view(seq)
+        .await?
+        .ok_or_else(not_found)?;
+    // Visibility follows the namespace's project.
+    let project = state
+        .store
+        .image_view(&view.manifest.image_id)
+        .await?
+        .map(|v| v.project_id)
+        .ok_or_else(not_found)?;
+    if !principal.sees(&project) {
+        return Err(not_found());
+    }
+    Ok(Json(image_json(&view)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_orders_parse_or_say_why_not() {
+        assert_eq!(
+            parse_filter(r#"name="team/app""#).unwrap(),
+            ("team".to_owned(), "app".to_owned())
+        );
+        assert!(parse_filter("digest=\"x\"").is_err());
+        assert_eq!(
+            parse_order("name desc, createdAt").unwrap(),
+            vec![(ManifestKey::Name, true), (ManifestKey::CreatedAt, false)]
+        );
+        assert!(parse_order("size").is_err());
+        assert!(parse_order("name sideways").is_err());
+        assert!(parse_order("name, name").is_err());
+    }
+
+    #[test]
+    fn page_tokens_belong_to_their_listing() {
+        let q = ManifestQuery::default();
+        let token = page_token(&q, 42);
+        assert!(token.len() <= 100);
+        assert_eq!(parse_page_token(&q, &token).unwrap(), 42);
+        let other = ManifestQuery {
+            order: vec![(ManifestKey::Digest, false)],
+            ..ManifestQuery::default()
+        };
+        assert!(parse_page_token(&other, &token).is_err());
+        assert!(parse_page_token(&q, "garbage").is_err());
+    }
+}
