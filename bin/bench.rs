@@ -22,6 +22,25 @@ pub enum BenchCommand {
     /// Event appends (batches of 100 and single events) vs plain INSERTs of the same rows
     /// into a bare table; then `rebuild` throughput over the log written.
     Append(AppendArgs),
+    /// Latency of the registry APIs over HTTP at two scales of the same run: 10 000 images
+    /// with 10 000 tags, then 100 000 images with 1 000 000 tags (seeded in bulk).
+    Api(ApiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Images at the large scale.
+    #[arg(long, default_value_t = 100_000)]
+    images: usize,
+    /// Tags at the large scale.
+    #[arg(long, default_value_t = 1_000_000)]
+    tags: usize,
+    /// Images at the small scale, one tag each.
+    #[arg(long, default_value_t = 10_000)]
+    small_images: usize,
+    /// Requests per measured query.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +65,12 @@ pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Append(args) => {
             let scratch = Scratch::create(&settings.database_url).await?;
             let result = append(&args, &scratch.url, settings.max_connections).await;
+            scratch.drop_database().await;
+            result
+        }
+        BenchCommand::Api(args) => {
+            let scratch = Scratch::create(&settings.database_url).await?;
+            let result = api::run(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
         }
@@ -511,4 +536,276 @@ mod raw {
 
     raw_writer!(sqlite, sqlx::SqlitePool);
     raw_writer!(postgres, sqlx::PgPool);
+}
+
+/// `bench api`: the read paths of the HTTP API, measured through a real server.
+mod api {
+    use std::collections::BTreeMap;
+
+    use layerline_core::domain::event::{ImageCreated, ManifestRecorded, NamespaceCreated};
+    use layerline_core::domain::image::Image;
+    use layerline_core::domain::namespace::Namespace;
+    use layerline_core::http::{ApiConfig, AppState};
+    use layerline_core::store::rows::materialize;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    const IMAGES_PER_NAMESPACE: usize = 1_000;
+
+    /// Builds images `from..to` (`tags` tags each, on one manifest of two layers) as
+    /// aggregates and writes their read model rows in bulk; namespaces are created as needed.
+    async fn seed(
+        store: &Store,
+        from: usize,
+        to: usize,
+        tags: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut namespaces: BTreeMap<usize, Namespace> = BTreeMap::new();
+        let mut images = Vec::new();
+        let at = format_time(chrono::Utc::now());
+        for i in from..to {
+            let ns_index = i / IMAGES_PER_NAMESPACE;
+            let ns_id = format!("00000000-0000-4000-8000-{ns_index:012}");
+            if i % IMAGES_PER_NAMESPACE == 0 {
+                let mut ns = Namespace::default();
+                ns.apply(
+                    &DomainEvent::NamespaceCreated(NamespaceCreated {
+                        namespace_id: ns_id.clone(),
+                        name: format!("team-{ns_index:04}"),
+                        region: "fr-par".into(),
+                        description: String::new(),
+                        is_public: false,
+                        organization_id: "bench".into(),
+                        project_id: "bench".into(),
+                    }),
+                    &at,
+                );
+                namespaces.insert(ns_index, ns);
+            }
+            let image_id = uuid::Uuid::now_v7().to_string();
+            let mut img = Image::default();
+            let sha = |kind: u64, n: u64| format!("sha256:{kind:016x}{n:048x}");
+            let blob = |digest: String, size: i64| Blob {
+                digest,
+                size,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            };
+            let mut events = vec![
+                DomainEvent::ImageCreated(ImageCreated {
+                    image_id: image_id.clone(),
+                    namespace_id: ns_id,
+                    name: format!("app-{i:06}"),
+                    visibility: "inherit".into(),
+                }),
+                DomainEvent::ManifestRecorded(ManifestRecorded {
+                    digest: sha(1, i as u64),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    platform: None,
+                    config: Some(blob(sha(2, i as u64), 1_000)),
+                    layers: vec![blob(sha(3, 0), 30_000_000), blob(sha(4, i as u64), 100_000)],
+                    children: vec![],
+                }),
+            ];
+            for t in 0..tags {
+                events.push(DomainEvent::TagPushed(TagPushed {
+                    tag_id: uuid::Uuid::now_v7().to_string(),
+                    name: format!("v{t}"),
+                    digest: sha(1, i as u64),
+                }));
+            }
+            for (n, e) in events.iter().enumerate() {
+                // Positions only need to be unique per manifest: derive one per image.
+                img.apply(e, &at, (i * 100 + n) as i64 + 1);
+            }
+            images.push(img);
+        }
+        // Rounds start at a namespace boundary (checked by `run`), so every namespace here is new.
+        let rows = materialize(namespaces.values(), images.iter(), []);
+        store.bulk_load(&rows).await?;
+        Ok(rows.images.iter().map(|i| i.id.clone()).collect())
+    }
+
+    struct Measured {
+        name: &'static str,
+        p50: f64,
+        p99: f64,
+    }
+
+    async fn measure(
+        client: &reqwest::Client,
+        name: &'static str,
+        requests: usize,
+        mut url: impl FnMut() -> String,
+    ) -> anyhow::Result<Measured> {
+        let mut samples = Vec::with_capacity(requests);
+        for i in 0..requests + 20 {
+            let u = url();
+            let started = Instant::now();
+            let resp = client.get(&u).header("X-Auth-Token", TOKEN).send().await?;
+            let status = resp.status();
+            let _ = resp.bytes().await?;
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            anyhow::ensure!(status.is_success(), "{u} answered {status}");
+            if i >= 20 {
+                // The first 20 warm caches and connections.
+                samples.push(elapsed);
+            }
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+        Ok(Measured {
+            name,
+            p50: at(0.50),
+            p99: at(0.99),
+        })
+    }
+
+    const TOKEN: &str = "0b8e4f8a-3c1d-4e2f-9a6b-7c8d9e0f1a2b";
+
+    async fn measure_all(
+        base: &str,
+        image_ids: &[String],
+        images: usize,
+        requests: usize,
+    ) -> anyhow::Result<Vec<Measured>> {
+        let client = reqwest::Client::new();
+        let scw = format!("{base}/registry/v1/regions/fr-par");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        out.push(
+            measure(&client, "images, first page", requests, || {
+                format!("{scw}/images?page_size=20")
+            })
+            .await?,
+        );
+        out.push(
+            measure(&client, "images, page 500", requests, || {
+                format!("{scw}/images?page=500&page_size=20")
+            })
+            .await?,
+        );
+        let mut r = rng.clone();
+        out.push(
+            measure(&client, "images, name filter", requests, || {
+                format!("{scw}/images?name=app-{:06}", r.random_range(0..images))
+            })
+            .await?,
+        );
+        out.push(
+            measure(&client, "images, name_desc", requests, || {
+                format!("{scw}/images?order_by=name_desc&page_size=20")
+            })
+            .await?,
+        );
+        out.push(
+            measure(&client, "tags of one image", requests, || {
+                let id = &image_ids[rng.random_range(0..image_ids.len())];
+                format!("{scw}/images/{id}/tags")
+            })
+            .await?,
+        );
+        // Yandex: the page that starts 1 000 manifests deep.
+        let first: serde_json::Value = client
+            .get(format!("{base}/container-registry/v1/images?pageSize=1000"))
+            .header("X-Auth-Token", TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = first["nextPageToken"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        out.push(
+            measure(&client, "yandex, 1 000 deep", requests, || {
+                format!("{base}/container-registry/v1/images?pageSize=100&pageToken={token}")
+            })
+            .await?,
+        );
+        Ok(out)
+    }
+
+    pub async fn run(args: &ApiArgs, url: &str, max_connections: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            args.small_images.is_multiple_of(IMAGES_PER_NAMESPACE)
+                && args.small_images < args.images,
+            "--small-images must be a multiple of {IMAGES_PER_NAMESPACE} below --images"
+        );
+        let store = Store::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Registry::new(store.clone())
+            .create_token(
+                "bench",
+                &["admin".to_owned()],
+                None,
+                Some(uuid::Uuid::parse_str(TOKEN)?),
+                &Metadata::default(),
+            )
+            .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let state = AppState::new(
+            store.clone(),
+            ApiConfig {
+                regions: vec!["fr-par".into()],
+                registry_endpoint: "localhost:5000".into(),
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(layerline_core::http::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+
+        let started = Instant::now();
+        let mut ids = seed(&store, 0, args.small_images, 1).await?;
+        eprintln!(
+            "seeded {} images in {:.1}s",
+            args.small_images,
+            started.elapsed().as_secs_f64()
+        );
+        let small = measure_all(&base, &ids, args.small_images, args.requests).await?;
+        let started = Instant::now();
+        let rest = args.images - args.small_images;
+        anyhow::ensure!(
+            args.tags >= args.small_images && (args.tags - args.small_images).is_multiple_of(rest),
+            "the tags beyond the small scale must spread evenly over the images beyond it"
+        );
+        let tags_each = (args.tags - args.small_images) / rest;
+        ids.extend(seed(&store, args.small_images, args.images, tags_each).await?);
+        eprintln!(
+            "seeded {} images in {:.1}s",
+            args.images,
+            started.elapsed().as_secs_f64()
+        );
+        let large = measure_all(&base, &ids, args.images, args.requests).await?;
+        let _ = stop.send(());
+        server.await??;
+        store.close().await;
+
+        println!(
+            "bench api on {:?}: {} requests per query, sequential, over HTTP",
+            store.backend(),
+            args.requests
+        );
+        println!(
+            "{:<22} {:>22} {:>24} {:>9}",
+            "query",
+            format!("{} tags p50/p99 ms", args.small_images),
+            format!("{} tags p50/p99 ms", args.tags),
+            "p99 ratio"
+        );
+        for (s, l) in small.iter().zip(&large) {
+            println!(
+                "{:<22} {:>10.2} / {:>9.2} {:>11.2} / {:>10.2} {:>9.2}",
+                s.name,
+                s.p50,
+                s.p99,
+                l.p50,
+                l.p99,
+                l.p99 / s.p99
+            );
+        }
+        Ok(())
+    }
 }

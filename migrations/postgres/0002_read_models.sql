@@ -21,6 +21,10 @@ CREATE TABLE namespaces (
 CREATE TABLE images (
     id TEXT PRIMARY KEY,
     namespace_id TEXT NOT NULL REFERENCES namespaces (id),
+    -- Copied from the namespace (they never change) so image lists need no join.
+    region TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    organization_id TEXT NOT NULL,
     name TEXT NOT NULL,
     visibility TEXT NOT NULL,
     status TEXT NOT NULL,

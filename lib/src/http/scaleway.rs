@@ -632,7 +632,7 @@ async fn visible_image(
     id: &str,
 ) -> Result<ImageView, ApiError> {
     match state.store.image_view(id).await? {
-        Some(v) if v.region == region && principal.sees(&v.project_id) => Ok(v),
+        Some(v) if v.image.region == region && principal.sees(&v.image.project_id) => Ok(v),
         _ => Err(ApiError::NotFound {
             resource: "image",
             id: id.to_owned(),

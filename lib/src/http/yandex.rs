@@ -315,7 +315,7 @@ async fn get_image(
         .store
         .image_view(&view.manifest.image_id)
         .await?
-        .map(|v| v.project_id)
+        .map(|v| v.image.project_id)
         .ok_or_else(not_found)?;
     if !principal.sees(&project) {
         return Err(not_found());

@@ -39,6 +39,10 @@ pub struct NamespaceRow {
 pub struct ImageRow {
     pub id: String,
     pub namespace_id: String,
+    /// The namespace's region, project and organization (fixed for its lifetime).
+    pub region: String,
+    pub project_id: String,
+    pub organization_id: String,
     pub name: String,
     pub visibility: String,
     pub status: String,
@@ -221,13 +225,19 @@ pub fn materialize<'a>(
             continue;
         };
         let image_id = c.image_id.clone();
-        if let Some(&i) = ns_index.get(&c.namespace_id) {
-            rows.namespaces[i].size += img.size;
-            rows.namespaces[i].image_count += 1;
-        }
+        // A live image's namespace is live (the read model's reference rule).
+        let Some(&ns) = ns_index.get(&c.namespace_id) else {
+            continue;
+        };
+        rows.namespaces[ns].size += img.size;
+        rows.namespaces[ns].image_count += 1;
+        let namespace = &rows.namespaces[ns];
         rows.images.push(ImageRow {
             id: image_id.clone(),
             namespace_id: c.namespace_id.clone(),
+            region: namespace.region.clone(),
+            project_id: namespace.project_id.clone(),
+            organization_id: namespace.organization_id.clone(),
             name: c.name.clone(),
             visibility: c.visibility.clone(),
             status: STATUS_READY.to_owned(),

@@ -148,20 +148,27 @@ async fn project(
                 .await?;
         }
         DomainEvent::ImageCreated(c) => {
-            sqlx::query(
-                "INSERT INTO images (id, namespace_id, name, visibility, status, size, \
-                 created_at, updated_at, version) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
+            let inserted = sqlx::query(
+                "INSERT INTO images (id, namespace_id, region, project_id, organization_id, \
+                 name, visibility, status, size, created_at, updated_at, version) \
+                 SELECT $1, n.id, n.region, n.project_id, n.organization_id, $2, $3, $4, 0, \
+                 $5, $6, $7 FROM namespaces n WHERE n.id = $8",
             )
             .bind(&c.image_id)
-            .bind(&c.namespace_id)
             .bind(&c.name)
             .bind(&c.visibility)
             .bind(STATUS_READY)
             .bind(at)
             .bind(at)
             .bind(version)
+            .bind(&c.namespace_id)
             .execute(&mut *conn)
             .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(StoreError::Reference {
+                    message: format!("namespace {} does not exist", c.namespace_id),
+                });
+            }
             sqlx::query("UPDATE namespaces SET image_count = image_count + 1 WHERE id = $1")
                 .bind(&c.namespace_id)
                 .execute(&mut *conn)

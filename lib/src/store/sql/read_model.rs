@@ -7,8 +7,8 @@ use crate::store::rows::{
 
 const NAMESPACE_COLUMNS: &str = "id, name, region, description, organization_id, project_id, \
     is_public, status, size, stored_size, image_count, created_at, updated_at, version";
-const IMAGE_COLUMNS: &str =
-    "id, namespace_id, name, visibility, status, size, created_at, updated_at, version";
+const IMAGE_COLUMNS: &str = "id, namespace_id, region, project_id, organization_id, name, \
+    visibility, status, size, created_at, updated_at, version";
 const TAG_COLUMNS: &str = "id, image_id, name, digest, created_at, updated_at, pushed_version";
 const MANIFEST_COLUMNS: &str = "image_id, digest, media_type, platform, config_digest, \
     config_size, config_media_type, blobs_size, created_at, seq";
@@ -41,6 +41,9 @@ fn image_row(r: &DbRow) -> Result<ImageRow, sqlx::Error> {
     Ok(ImageRow {
         id: r.try_get("id")?,
         namespace_id: r.try_get("namespace_id")?,
+        region: r.try_get("region")?,
+        project_id: r.try_get("project_id")?,
+        organization_id: r.try_get("organization_id")?,
         name: r.try_get("name")?,
         visibility: r.try_get("visibility")?,
         status: r.try_get("status")?,
@@ -292,17 +295,40 @@ impl SqlStore {
         let filters = [
             ("i.name", &query.name),
             ("i.namespace_id", &query.namespace_id),
-            ("n.project_id", &query.project_id),
-            ("n.organization_id", &query.organization_id),
+            ("i.project_id", &query.project_id),
+            ("i.organization_id", &query.organization_id),
         ];
-        let from = " FROM images i JOIN namespaces n ON n.id = i.namespace_id WHERE n.region = ";
-        let mut count = QueryBuilder::<Db>::new(format!("SELECT COUNT(*){from}"));
-        count.push_bind(query.region.clone());
-        push_filters(&mut count, &filters);
+        // Without a name filter the count is the sum of the namespaces' maintained image
+        // counts: a few rows, however many images there are.
+        let mut count = match &query.name {
+            None => {
+                let mut q = QueryBuilder::<Db>::new(
+                    "SELECT CAST(COALESCE(SUM(n.image_count), 0) AS BIGINT) FROM namespaces n \
+                     WHERE n.region = ",
+                );
+                q.push_bind(query.region.clone());
+                push_filters(
+                    &mut q,
+                    &[
+                        ("n.id", &query.namespace_id),
+                        ("n.project_id", &query.project_id),
+                        ("n.organization_id", &query.organization_id),
+                    ],
+                );
+                q
+            }
+            Some(_) => {
+                let mut q =
+                    QueryBuilder::<Db>::new("SELECT COUNT(*) FROM images i WHERE i.region = ");
+                q.push_bind(query.region.clone());
+                push_filters(&mut q, &filters);
+                q
+            }
+        };
         let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
 
         let mut list = QueryBuilder::<Db>::new(format!(
-            "SELECT {}, n.region AS ns_region, n.project_id AS ns_project{from}",
+            "SELECT {} FROM images i WHERE i.region = ",
             prefixed("i", IMAGE_COLUMNS)
         ));
         list.push_bind(query.region.clone());
@@ -315,13 +341,9 @@ impl SqlStore {
         Ok(Page { items, total_count })
     }
 
-    /// One image with its region, project and tag names.
+    /// One image with its tag names.
     pub async fn image_view(&self, id: &str) -> Result<Option<ImageView>, StoreError> {
-        let sql = format!(
-            "SELECT {}, n.region AS ns_region, n.project_id AS ns_project FROM images i \
-             JOIN namespaces n ON n.id = i.namespace_id WHERE i.id = $1",
-            prefixed("i", IMAGE_COLUMNS)
-        );
+        let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_all(&self.pool)
@@ -329,15 +351,12 @@ impl SqlStore {
         Ok(self.image_views(&rows).await?.pop())
     }
 
-    /// Images from rows of `images` joined with their namespace, with their tag names
-    /// fetched in one query for the whole page.
+    /// Images with their tag names, fetched in one query for the whole page.
     async fn image_views(&self, rows: &[DbRow]) -> Result<Vec<ImageView>, StoreError> {
         let mut views: Vec<ImageView> = Vec::with_capacity(rows.len());
         for r in rows {
             views.push(ImageView {
                 image: image_row(r)?,
-                region: r.try_get("ns_region")?,
-                project_id: r.try_get("ns_project")?,
                 tags: Vec::new(),
             });
         }

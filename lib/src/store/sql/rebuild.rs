@@ -81,6 +81,18 @@ impl SqlStore {
     }
 }
 
+impl SqlStore {
+    pub async fn bulk_load(&self, rows: &ReadModelRows) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        insert_rows(&mut tx, rows).await?;
+        tx.commit().await?;
+        // Planner statistics, as a database in steady state has them (PostgreSQL's
+        // autovacuum would gather them some time after a bulk load).
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
 async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreError> {
     bulk_insert(conn, "namespaces", NAMESPACE_COLUMNS, &rows.namespaces).await?;
     bulk_insert(conn, "images", IMAGE_COLUMNS, &rows.images).await?;
