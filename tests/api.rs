@@ -53,6 +53,7 @@ on_both_backends!(
     every_route_checks_its_token,
     yandex_listing_walks_every_manifest_once_while_others_are_inserted,
     yandex_listing_shapes_filters_and_errors,
+    openapi_describes_every_route_with_schemas,
 );
 
 /// A served database, a library handle on the same database, and an admin token.
@@ -989,4 +990,107 @@ async fn yandex_listing_shapes_filters_and_errors(env: Env) {
         )
         .await;
     assert_eq!((status, body["code"].as_i64()), (404, Some(5)));
+}
+
+async fn openapi_describes_every_route_with_schemas(env: Env) {
+    let resp = env
+        .client
+        .get(format!("{}/openapi.json", env.server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "public, like the health checks"
+    );
+    let doc: Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let base = "/registry/v1/regions/{region}";
+    let routes = [
+        ("get", format!("{base}/namespaces"), None),
+        (
+            "post",
+            format!("{base}/namespaces"),
+            Some("CreateNamespace"),
+        ),
+        ("get", format!("{base}/namespaces/{{namespace_id}}"), None),
+        (
+            "patch",
+            format!("{base}/namespaces/{{namespace_id}}"),
+            Some("UpdateNamespace"),
+        ),
+        (
+            "delete",
+            format!("{base}/namespaces/{{namespace_id}}"),
+            None,
+        ),
+        ("get", format!("{base}/images"), None),
+        ("get", format!("{base}/images/{{image_id}}"), None),
+        (
+            "patch",
+            format!("{base}/images/{{image_id}}"),
+            Some("UpdateImage"),
+        ),
+        ("delete", format!("{base}/images/{{image_id}}"), None),
+        ("get", format!("{base}/images/{{image_id}}/tags"), None),
+        ("get", format!("{base}/tags/{{tag_id}}"), None),
+        ("delete", format!("{base}/tags/{{tag_id}}"), None),
+        ("get", "/container-registry/v1/images".to_owned(), None),
+        ("get", "/container-registry/v1/images/{id}".to_owned(), None),
+        ("get", "/healthz".to_owned(), None),
+        ("get", "/readyz".to_owned(), None),
+        ("get", "/openapi.json".to_owned(), None),
+    ];
+    let described: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_object().unwrap().len())
+        .sum();
+    assert_eq!(described, routes.len(), "every route, and nothing else");
+    for (method, path, request) in &routes {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is described");
+        let ok = &op["responses"]["200"];
+        assert!(ok.is_object(), "{method} {path} documents its 200");
+        if path.starts_with("/registry") || path.starts_with("/container-registry") {
+            let schema = &ok["content"]["application/json"]["schema"]["$ref"];
+            assert!(
+                schema.is_string(),
+                "{method} {path} names its response schema"
+            );
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path} documents 401"
+            );
+            assert!(
+                op["security"].is_array(),
+                "{method} {path} declares its token"
+            );
+        }
+        if let Some(name) = request {
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(
+                schema.as_str(),
+                Some(format!("#/components/schemas/{name}").as_str())
+            );
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Namespace",
+        "Image",
+        "Tag",
+        "ErrorBody",
+        "ImageBody",
+        "StatusBody",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    let namespace = &schemas["Namespace"]["properties"];
+    for field in ["endpoint", "image_count", "status_message", "region"] {
+        assert!(namespace[field].is_object(), "Namespace.{field}");
+    }
+    assert!(doc["components"]["securitySchemes"]["token"].is_object());
 }

@@ -3,6 +3,7 @@
 //! signal, so tests boot the real service on port 0.
 
 pub mod auth;
+pub mod openapi;
 pub mod scaleway;
 pub mod yandex;
 
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(scaleway::router())
         .merge(yandex::router())
         .fallback(not_found)
@@ -96,12 +98,29 @@ async fn method_not_allowed(uri: Uri) -> Response {
 }
 
 /// Liveness: the process answers.
-async fn healthz() -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    summary = "Liveness",
+    responses((status = 200, description = "The process answers", content_type = "application/json"))
+)]
+pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the database answers and every migration has been applied.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    summary = "Readiness",
+    responses(
+        (status = 200, description = "Ready", content_type = "application/json"),
+        (status = 503, description = "Database unavailable or migrations pending", content_type = "application/json")
+    )
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ready().await {
         Ok(true) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(false) => (

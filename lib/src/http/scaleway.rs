@@ -8,9 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{AuthError, Principal, authenticate};
@@ -86,42 +87,71 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let body = |message: String, kind: &str| ErrorBody {
+            message,
+            kind: kind.to_owned(),
+            resource: None,
+            resource_id: None,
+            details: None,
+        };
+        let detail = |pairs: &[(&str, &str)]| {
+            let map: serde_json::Map<String, Value> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                .collect();
+            Some(vec![map])
+        };
         let (status, body) = match self {
             ApiError::NotFound { resource, id } => (
                 StatusCode::NOT_FOUND,
-                json!({"message": format!("{resource} not found"), "type": "not_found",
-                       "resource": resource, "resource_id": id}),
+                ErrorBody {
+                    resource: Some(resource.to_owned()),
+                    resource_id: Some(id),
+                    ..body(format!("{resource} not found"), "not_found")
+                },
             ),
             ApiError::Invalid { argument, help } => (
                 StatusCode::BAD_REQUEST,
-                json!({"message": format!("invalid argument(s): {argument}: {help}"),
-                       "type": "invalid_arguments",
-                       "details": [{"argument_name": argument, "reason": "constraint",
-                                    "help_message": help}]}),
+                ErrorBody {
+                    details: detail(&[
+                        ("argument_name", &argument),
+                        ("reason", "constraint"),
+                        ("help_message", &help),
+                    ]),
+                    ..body(
+                        format!("invalid argument(s): {argument}: {help}"),
+                        "invalid_arguments",
+                    )
+                },
             ),
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                json!({"message": AuthError::Unauthorized.to_string(), "type": "unauthorized"}),
+                body(AuthError::Unauthorized.to_string(), "unauthorized"),
             ),
             ApiError::Forbidden { resource, action } => (
                 StatusCode::FORBIDDEN,
-                json!({"message": "insufficient permissions", "type": "permissions_denied",
-                       "details": [{"resource": resource, "action": action}]}),
+                ErrorBody {
+                    details: detail(&[("resource", resource), ("action", action)]),
+                    ..body("insufficient permissions".to_owned(), "permissions_denied")
+                },
             ),
             ApiError::Conflict { resource, message } => (
                 StatusCode::CONFLICT,
-                json!({"message": message, "type": "conflict", "resource": resource}),
+                ErrorBody {
+                    resource: Some(resource.to_owned()),
+                    ..body(message, "conflict")
+                },
             ),
             ApiError::Route {
                 status,
                 kind,
                 message,
-            } => (status, json!({"message": message, "type": kind})),
+            } => (status, body(message, kind)),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"message": "internal error", "type": "internal"}),
+                    body("internal error".to_owned(), "internal"),
                 )
             }
         };
@@ -257,7 +287,8 @@ fn quoted_field(message: &str) -> Option<String> {
 // Pagination and ordering
 
 /// Query parameters of lists, kept as text so bad values get Scaleway errors naming them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     page: Option<String>,
     page_size: Option<String>,
@@ -367,51 +398,142 @@ fn meta(principal: &Principal) -> Metadata {
 // ---------------------------------------------------------------------------------------
 // Shapes
 
-fn namespace_json(state: &AppState, n: &NamespaceRow, status: &str) -> Value {
-    json!({
-        "id": n.id,
-        "name": n.name,
-        "description": n.description,
-        "organization_id": n.organization_id,
-        "project_id": n.project_id,
-        "status": status,
-        "status_message": Value::Null,
-        "endpoint": format!("{}/{}", state.api.registry_endpoint, n.name),
-        "is_public": n.is_public,
-        "size": n.size,
-        "image_count": n.image_count,
-        "region": n.region,
-        "created_at": n.created_at,
-        "updated_at": n.updated_at,
-    })
+/// A namespace as Scaleway shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Namespace {
+    id: String,
+    name: String,
+    description: String,
+    organization_id: String,
+    project_id: String,
+    /// `unknown`, `ready`, `deleting`, `error` or `locked`.
+    status: String,
+    status_message: Option<String>,
+    /// Where clients pull from: the registry endpoint, `/`, the namespace name.
+    endpoint: String,
+    is_public: bool,
+    /// Sum of the sizes of the namespace's images, in bytes.
+    size: i64,
+    image_count: i64,
+    region: String,
+    created_at: String,
+    updated_at: String,
 }
 
-fn image_json(v: &ImageView, status: &str) -> Value {
-    let i = &v.image;
-    json!({
-        "id": i.id,
-        "name": i.name,
-        "namespace_id": i.namespace_id,
-        "status": status,
-        "status_message": Value::Null,
-        "visibility": i.visibility,
-        "size": i.size,
-        "created_at": i.created_at,
-        "updated_at": i.updated_at,
-        "tags": v.tags,
-    })
+impl Namespace {
+    fn new(state: &AppState, n: &NamespaceRow, status: &str) -> Self {
+        Namespace {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            description: n.description.clone(),
+            organization_id: n.organization_id.clone(),
+            project_id: n.project_id.clone(),
+            status: status.to_owned(),
+            status_message: None,
+            endpoint: format!("{}/{}", state.api.registry_endpoint, n.name),
+            is_public: n.is_public,
+            size: n.size,
+            image_count: n.image_count,
+            region: n.region.clone(),
+            created_at: n.created_at.clone(),
+            updated_at: n.updated_at.clone(),
+        }
+    }
 }
 
-fn tag_json(t: &TagRow, status: &str) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "image_id": t.image_id,
-        "status": status,
-        "digest": t.digest,
-        "created_at": t.created_at,
-        "updated_at": t.updated_at,
-    })
+/// An image (repository) as Scaleway shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Image {
+    id: String,
+    name: String,
+    namespace_id: String,
+    status: String,
+    status_message: Option<String>,
+    /// `visibility_unknown`, `inherit`, `public` or `private`.
+    visibility: String,
+    /// Sum of the sizes of the distinct blobs of all its manifests, in bytes.
+    size: i64,
+    created_at: String,
+    updated_at: String,
+    /// Names of its tags.
+    tags: Vec<String>,
+}
+
+impl Image {
+    fn new(v: &ImageView, status: &str) -> Self {
+        let i = &v.image;
+        Image {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            namespace_id: i.namespace_id.clone(),
+            status: status.to_owned(),
+            status_message: None,
+            visibility: i.visibility.clone(),
+            size: i.size,
+            created_at: i.created_at.clone(),
+            updated_at: i.updated_at.clone(),
+            tags: v.tags.clone(),
+        }
+    }
+}
+
+/// A tag as Scaleway shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Tag {
+    id: String,
+    name: String,
+    image_id: String,
+    status: String,
+    /// The manifest digest the tag points at.
+    digest: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Tag {
+    fn new(t: &TagRow, status: &str) -> Self {
+        Tag {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            image_id: t.image_id.clone(),
+            status: status.to_owned(),
+            digest: t.digest.clone(),
+            created_at: t.created_at.clone(),
+            updated_at: t.updated_at.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NamespaceList {
+    namespaces: Vec<Namespace>,
+    total_count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageList {
+    images: Vec<Image>,
+    total_count: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TagList {
+    tags: Vec<Tag>,
+    total_count: i64,
+}
+
+/// Scaleway's error body. `type` names the family; the other fields depend on it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    message: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Vec<serde_json::Map<String, Value>>>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -432,12 +554,27 @@ async fn visible_namespace(
     }
 }
 
-async fn list_namespaces(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/namespaces",
+    tag = "scaleway",
+    summary = "List namespaces (capability images-view)",
+    params(("region" = String, Path), ListParams),
+    responses(
+        (status = 200, description = "A page of namespaces", body = NamespaceList),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn list_namespaces(
     State(state): State<AppState>,
     Path(region): Path<String>,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NamespaceList>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -450,7 +587,10 @@ async fn list_namespaces(
     let (limit, offset) = page(&params)?;
     let sort = order(&params, &NAMESPACE_ORDERS)?;
     let Some(project_id) = scoped(&principal, params.project_id.clone()) else {
-        return Ok(Json(json!({"namespaces": [], "total_count": 0})));
+        return Ok(Json(NamespaceList {
+            namespaces: Vec::new(),
+            total_count: 0,
+        }));
     };
     let page = state
         .store
@@ -464,19 +604,19 @@ async fn list_namespaces(
             offset,
         })
         .await?;
-    let items: Vec<Value> = page
-        .items
-        .iter()
-        .map(|n| namespace_json(&state, n, &n.status))
-        .collect();
-    Ok(Json(
-        json!({"namespaces": items, "total_count": page.total_count}),
-    ))
+    Ok(Json(NamespaceList {
+        namespaces: page
+            .items
+            .iter()
+            .map(|n| Namespace::new(&state, n, &n.status))
+            .collect(),
+        total_count: page.total_count,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateNamespace {
+pub struct CreateNamespace {
     name: String,
     #[serde(default)]
     description: Option<String>,
@@ -488,12 +628,30 @@ struct CreateNamespace {
     organization_id: Option<String>,
 }
 
-async fn create_namespace(
+#[utoipa::path(
+    post,
+    path = "/registry/v1/regions/{region}/namespaces",
+    tag = "scaleway",
+    summary = "Create a namespace (images-manage)",
+    params(("region" = String, Path)), request_body = CreateNamespace,
+    responses(
+        (status = 200, description = "The namespace", body = Namespace),
+        (status = 409, description = "Name taken in this region", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn create_namespace(
     State(state): State<AppState>,
     Path(region): Path<String>,
     headers: HeaderMap,
     Body(body): Body<CreateNamespace>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Namespace>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -540,14 +698,29 @@ async fn create_namespace(
         )
         .await?;
     let n = visible_namespace(&state, &principal, &region, &id).await?;
-    Ok(Json(namespace_json(&state, &n, &n.status)))
+    Ok(Json(Namespace::new(&state, &n, &n.status)))
 }
 
-async fn get_namespace(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/namespaces/{namespace_id}",
+    tag = "scaleway",
+    summary = "Get a namespace (images-view)",
+    params(("region" = String, Path), ("namespace_id" = String, Path)),
+    responses(
+        (status = 200, description = "The namespace", body = Namespace),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn get_namespace(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Namespace>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -558,24 +731,39 @@ async fn get_namespace(
     .await?;
     check_region(&state, &region)?;
     let n = visible_namespace(&state, &principal, &region, &id).await?;
-    Ok(Json(namespace_json(&state, &n, &n.status)))
+    Ok(Json(Namespace::new(&state, &n, &n.status)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateNamespace {
+pub struct UpdateNamespace {
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
     is_public: Option<bool>,
 }
 
-async fn update_namespace(
+#[utoipa::path(
+    patch,
+    path = "/registry/v1/regions/{region}/namespaces/{namespace_id}",
+    tag = "scaleway",
+    summary = "Update a namespace (images-manage)",
+    params(("region" = String, Path), ("namespace_id" = String, Path)), request_body = UpdateNamespace,
+    responses(
+        (status = 200, description = "The namespace", body = Namespace),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn update_namespace(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
     Body(body): Body<UpdateNamespace>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Namespace>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -595,16 +783,31 @@ async fn update_namespace(
         .namespace(&id, cmd, &meta(&principal))
         .await?;
     let n = visible_namespace(&state, &principal, &region, &id).await?;
-    Ok(Json(namespace_json(&state, &n, &n.status)))
+    Ok(Json(Namespace::new(&state, &n, &n.status)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/registry/v1/regions/{region}/namespaces/{namespace_id}",
+    tag = "scaleway",
+    summary = "Delete a namespace and its images (images-manage)",
+    params(("region" = String, Path), ("namespace_id" = String, Path)),
+    responses(
+        (status = 200, description = "The namespace, status deleting", body = Namespace),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
 /// Deletes the namespace and its images and answers it as it was, in `deleting`. (Until the
 /// job system lands, the deletion runs within the request.)
-async fn delete_namespace(
+pub(crate) async fn delete_namespace(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Namespace>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -619,7 +822,7 @@ async fn delete_namespace(
         .registry
         .delete_namespace(&id, &meta(&principal))
         .await?;
-    Ok(Json(namespace_json(&state, &n, "deleting")))
+    Ok(Json(Namespace::new(&state, &n, "deleting")))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -640,18 +843,36 @@ async fn visible_image(
     }
 }
 
-async fn list_images(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/images",
+    tag = "scaleway",
+    summary = "List images (images-view)",
+    params(("region" = String, Path), ListParams),
+    responses(
+        (status = 200, description = "A page of images", body = ImageList),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn list_images(
     State(state): State<AppState>,
     Path(region): Path<String>,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImageList>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "image", "list").await?;
     check_region(&state, &region)?;
     let (limit, offset) = page(&params)?;
     let sort = order(&params, &IMAGE_ORDERS)?;
     let Some(project_id) = scoped(&principal, params.project_id.clone()) else {
-        return Ok(Json(json!({"images": [], "total_count": 0})));
+        return Ok(Json(ImageList {
+            images: Vec::new(),
+            total_count: 0,
+        }));
     };
     let page = state
         .store
@@ -666,40 +887,70 @@ async fn list_images(
             offset,
         })
         .await?;
-    let items: Vec<Value> = page
-        .items
-        .iter()
-        .map(|v| image_json(v, &v.image.status))
-        .collect();
-    Ok(Json(
-        json!({"images": items, "total_count": page.total_count}),
-    ))
+    Ok(Json(ImageList {
+        images: page
+            .items
+            .iter()
+            .map(|v| Image::new(v, &v.image.status))
+            .collect(),
+        total_count: page.total_count,
+    }))
 }
 
-async fn get_image(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/images/{image_id}",
+    tag = "scaleway",
+    summary = "Get an image (images-view)",
+    params(("region" = String, Path), ("image_id" = String, Path)),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn get_image(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Image>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "image", "read").await?;
     check_region(&state, &region)?;
     let v = visible_image(&state, &principal, &region, &id).await?;
-    Ok(Json(image_json(&v, &v.image.status)))
+    Ok(Json(Image::new(&v, &v.image.status)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateImage {
+pub struct UpdateImage {
     #[serde(default)]
     visibility: Option<String>,
 }
 
-async fn update_image(
+#[utoipa::path(
+    patch,
+    path = "/registry/v1/regions/{region}/images/{image_id}",
+    tag = "scaleway",
+    summary = "Update an image's visibility (images-manage)",
+    params(("region" = String, Path), ("image_id" = String, Path)), request_body = UpdateImage,
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn update_image(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
     Body(body): Body<UpdateImage>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Image>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesManage, "image", "write").await?;
     check_region(&state, &region)?;
     visible_image(&state, &principal, &region, &id).await?;
@@ -714,14 +965,29 @@ async fn update_image(
             .await?;
     }
     let v = visible_image(&state, &principal, &region, &id).await?;
-    Ok(Json(image_json(&v, &v.image.status)))
+    Ok(Json(Image::new(&v, &v.image.status)))
 }
 
-async fn delete_image(
+#[utoipa::path(
+    delete,
+    path = "/registry/v1/regions/{region}/images/{image_id}",
+    tag = "scaleway",
+    summary = "Delete an image (images-manage)",
+    params(("region" = String, Path), ("image_id" = String, Path)),
+    responses(
+        (status = 200, description = "The image, status deleting", body = Image),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn delete_image(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Image>, ApiError> {
     let principal = allow(
         &state,
         &headers,
@@ -736,18 +1002,33 @@ async fn delete_image(
         .registry
         .image(&id, ImageCommand::Delete, &meta(&principal))
         .await?;
-    Ok(Json(image_json(&v, "deleting")))
+    Ok(Json(Image::new(&v, "deleting")))
 }
 
 // ---------------------------------------------------------------------------------------
 // Tags
 
-async fn list_tags(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/images/{image_id}/tags",
+    tag = "scaleway",
+    summary = "List an image's tags (images-view)",
+    params(("region" = String, Path), ("image_id" = String, Path), ListParams),
+    responses(
+        (status = 200, description = "A page of tags", body = TagList),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn list_tags(
     State(state): State<AppState>,
     Path((region, image_id)): Path<(String, String)>,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TagList>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "tag", "list").await?;
     check_region(&state, &region)?;
     let (limit, offset) = page(&params)?;
@@ -763,10 +1044,10 @@ async fn list_tags(
             offset,
         })
         .await?;
-    let items: Vec<Value> = page.items.iter().map(|t| tag_json(t, "ready")).collect();
-    Ok(Json(
-        json!({"tags": items, "total_count": page.total_count}),
-    ))
+    Ok(Json(TagList {
+        tags: page.items.iter().map(|t| Tag::new(t, "ready")).collect(),
+        total_count: page.total_count,
+    }))
 }
 
 async fn visible_tag(
@@ -786,28 +1067,61 @@ async fn visible_tag(
     Ok(tag)
 }
 
-async fn get_tag(
+#[utoipa::path(
+    get,
+    path = "/registry/v1/regions/{region}/tags/{tag_id}",
+    tag = "scaleway",
+    summary = "Get a tag (images-view)",
+    params(("region" = String, Path), ("tag_id" = String, Path)),
+    responses(
+        (status = 200, description = "The tag", body = Tag),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn get_tag(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tag>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "tag", "read").await?;
     check_region(&state, &region)?;
     let tag = visible_tag(&state, &principal, &region, &id).await?;
-    Ok(Json(tag_json(&tag, "ready")))
+    Ok(Json(Tag::new(&tag, "ready")))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct DeleteTagParams {
+/// `force`: `true`/`false` (also `True`/`False`).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteTagParams {
     force: Option<String>,
 }
 
-async fn delete_tag(
+#[utoipa::path(
+    delete,
+    path = "/registry/v1/regions/{region}/tags/{tag_id}",
+    tag = "scaleway",
+    summary = "Delete a tag; its manifest goes when no other tag points to it (images-manage)",
+    params(("region" = String, Path), ("tag_id" = String, Path), DeleteTagParams),
+    responses(
+        (status = 200, description = "The tag, status deleting", body = Tag),
+        (status = 409, description = "Another tag shares the digest and force is not set", body = ErrorBody),
+        (status = 400, description = "Invalid arguments", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "The token lacks the capability", body = ErrorBody),
+        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn delete_tag(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
     Query(params): Query<DeleteTagParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Tag>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesManage, "tag", "delete").await?;
     check_region(&state, &region)?;
     // Official clients send booleans as `true`/`false` or Python's `True`/`False`.
@@ -831,7 +1145,7 @@ async fn delete_tag(
         .registry
         .image(&tag.image_id, cmd, &meta(&principal))
         .await?;
-    Ok(Json(tag_json(&tag, "deleting")))
+    Ok(Json(Tag::new(&tag, "deleting")))
 }
 
 #[cfg(test)]

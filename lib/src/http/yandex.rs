@@ -7,9 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{AuthError, authenticate};
@@ -70,11 +71,12 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (
-            status,
-            Json(json!({"code": code, "message": message, "details": []})),
-        )
-            .into_response()
+        let body = StatusBody {
+            code,
+            message,
+            details: Vec::new(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -94,9 +96,10 @@ impl From<AuthError> for ApiError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
     registry_id: Option<String>,
     repository_name: Option<String>,
     folder_id: Option<String>,
@@ -199,38 +202,102 @@ fn parse_page_token(query: &ManifestQuery, token: &str) -> Result<i64, ApiError>
     seq.parse().map_err(|_| bad())
 }
 
-fn blob_json(digest: &str, size: i64) -> Value {
-    json!({"id": digest, "digest": digest, "size": size.to_string(), "urls": []})
+/// A blob (config or layer) of a listed manifest; sizes are int64 as strings.
+#[derive(Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlobBody {
+    id: String,
+    digest: String,
+    size: String,
+    urls: Vec<String>,
 }
 
-fn image_json(v: &ManifestView) -> Value {
-    let m = &v.manifest;
-    let config = match (&m.config_digest, m.config_size) {
-        (Some(d), Some(s)) => blob_json(d, s),
-        _ => Value::Null,
-    };
-    let layers: Vec<Value> = v
-        .layers
-        .iter()
-        .map(|l| blob_json(&l.digest, l.size))
-        .collect();
-    json!({
-        "id": m.seq.to_string(),
-        "name": format!("{}/{}", v.namespace_name, v.image_name),
-        "digest": m.digest,
-        "compressedSize": m.blobs_size.to_string(),
-        "config": config,
-        "layers": layers,
-        "tags": v.tags,
-        "createdAt": m.created_at,
-    })
+impl BlobBody {
+    fn new(digest: &str, size: i64) -> Self {
+        BlobBody {
+            id: digest.to_owned(),
+            digest: digest.to_owned(),
+            size: size.to_string(),
+            urls: Vec::new(),
+        }
+    }
 }
 
-async fn list_images(
+/// One manifest, as the Yandex/Nebius image list shows it.
+#[derive(Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBody {
+    /// Stable for the life of the manifest.
+    id: String,
+    /// The repository: `<namespace>/<image>`.
+    name: String,
+    digest: String,
+    /// Bytes of the manifest's distinct blobs, as a string.
+    compressed_size: String,
+    config: Option<BlobBody>,
+    layers: Vec<BlobBody>,
+    tags: Vec<String>,
+    created_at: String,
+}
+
+impl ImageBody {
+    fn new(v: &ManifestView) -> Self {
+        let m = &v.manifest;
+        ImageBody {
+            id: m.seq.to_string(),
+            name: format!("{}/{}", v.namespace_name, v.image_name),
+            digest: m.digest.clone(),
+            compressed_size: m.blobs_size.to_string(),
+            config: match (&m.config_digest, m.config_size) {
+                (Some(d), Some(s)) => Some(BlobBody::new(d, s)),
+                _ => None,
+            },
+            layers: v
+                .layers
+                .iter()
+                .map(|l| BlobBody::new(&l.digest, l.size))
+                .collect(),
+            tags: v.tags.clone(),
+            created_at: m.created_at.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageListBody {
+    images: Vec<ImageBody>,
+    /// Absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+/// A gRPC status as JSON.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    code: u16,
+    message: String,
+    details: Vec<Value>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/container-registry/v1/images",
+    tag = "yandex",
+    summary = "List manifests, one entry each, in keyset pages (images-view)",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of manifests", body = ImageListBody),
+        (status = 400, description = "INVALID_ARGUMENT", body = StatusBody),
+        (status = 401, description = "UNAUTHENTICATED", body = StatusBody),
+        (status = 403, description = "PERMISSION_DENIED", body = StatusBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn list_images(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImageListBody>, ApiError> {
     let principal = authenticate(&state.store, &headers).await?;
     principal.require(Capability::ImagesView)?;
     let limit = match params.page_size.as_deref() {
@@ -260,13 +327,19 @@ async fn list_images(
     if let Some(filter) = params.filter.as_deref().filter(|f| !f.trim().is_empty()) {
         let named = parse_filter(filter)?;
         if query.repository.as_ref().is_some_and(|r| *r != named) {
-            return Ok(Json(json!({"images": []})));
+            return Ok(Json(ImageListBody {
+                images: Vec::new(),
+                next_page_token: None,
+            }));
         }
         query.repository = Some(named);
     }
     if let Some(own) = &principal.project_id {
         if query.project_id.as_ref().is_some_and(|p| p != own) {
-            return Ok(Json(json!({"images": []})));
+            return Ok(Json(ImageListBody {
+                images: Vec::new(),
+                next_page_token: None,
+            }));
         }
         query.project_id = Some(own.clone());
     }
@@ -288,19 +361,35 @@ async fn list_images(
     };
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let images: Vec<Value> = rows.iter().map(image_json).collect();
-    let mut body = json!({"images": images});
-    if more && let Some(last) = rows.last() {
-        body["nextPageToken"] = Value::String(page_token(&query, last.manifest.seq));
-    }
-    Ok(Json(body))
+    let next_page_token = rows
+        .last()
+        .filter(|_| more)
+        .map(|last| page_token(&query, last.manifest.seq));
+    Ok(Json(ImageListBody {
+        images: rows.iter().map(ImageBody::new).collect(),
+        next_page_token,
+    }))
 }
 
-async fn get_image(
+#[utoipa::path(
+    get,
+    path = "/container-registry/v1/images/{id}",
+    tag = "yandex",
+    summary = "Get one manifest entry by id (images-view)",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The manifest", body = ImageBody),
+        (status = 401, description = "UNAUTHENTICATED", body = StatusBody),
+        (status = 403, description = "PERMISSION_DENIED", body = StatusBody),
+        (status = 404, description = "NOT_FOUND", body = StatusBody)
+    ),
+    security(("token" = []))
+)]
+pub(crate) async fn get_image(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImageBody>, ApiError> {
     let principal = authenticate(&state.store, &headers).await?;
     principal.require(Capability::ImagesView)?;
     let not_found = || ApiError::NotFound(format!("image {id} not found"));
@@ -320,7 +409,7 @@ async fn get_image(
     if !principal.sees(&project) {
         return Err(not_found());
     }
-    Ok(Json(image_json(&view)))
+    Ok(Json(ImageBody::new(&view)))
 }
 
 #[cfg(test)]
