@@ -54,6 +54,7 @@ on_both_backends!(
     yandex_listing_walks_every_manifest_once_while_others_are_inserted,
     yandex_listing_shapes_filters_and_errors,
     openapi_describes_every_route_with_schemas,
+    yandex_routes_check_their_token,
 );
 
 /// A served database, a library handle on the same database, and an admin token.
@@ -814,11 +815,49 @@ async fn every_route_checks_its_token(env: Env) {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let yandex = format!("{}/container-registry/v1/images", env.server.base);
-    let (status, body) = env.call(Method::GET, &yandex, None, None).await;
-    assert_eq!((status, body["code"].as_i64()), (401, Some(16)));
-    let (status, body) = env.call(Method::GET, &yandex, Some(&jobs_only), None).await;
-    assert_eq!((status, body["code"].as_i64()), (403, Some(7)));
+}
+
+async fn yandex_routes_check_their_token(env: Env) {
+    let ns = env.create_namespace("mine", "proj-a").await;
+    let img = env.image(ns["id"].as_str().unwrap(), "app").await;
+    env.manifest(&img, 1, &[(100, 5)]).await;
+    let list = format!("{}/container-registry/v1/images", env.server.base);
+    let (_, page) = env.call(Method::GET, &list, Some(ADMIN), None).await;
+    let one = format!("{list}/{}", page["images"][0]["id"].as_str().unwrap());
+    let db_url = env.db_url.clone();
+    let jobs_only = env.token(&db_url, "jobs-view", None);
+    let other_project = env.token(&db_url, "images-view", Some("proj-b"));
+    let own_project = env.token(&db_url, "images-view", Some("proj-a"));
+    for url in [&list, &one] {
+        let (status, body) = env.call(Method::GET, url, None, None).await;
+        assert_eq!((status, body["code"].as_i64()), (401, Some(16)), "{url}");
+        let (status, _) = env.call(Method::GET, url, Some("not-a-uuid"), None).await;
+        assert_eq!(status, 401, "{url}");
+        let (status, _) = env
+            .call(
+                Method::GET,
+                url,
+                Some(&uuid::Uuid::new_v4().to_string()),
+                None,
+            )
+            .await;
+        assert_eq!(status, 401, "{url}");
+        let (status, body) = env.call(Method::GET, url, Some(&jobs_only), None).await;
+        assert_eq!((status, body["code"].as_i64()), (403, Some(7)), "{url}");
+        let (status, _) = env.call(Method::GET, url, Some(&own_project), None).await;
+        assert_eq!(status, 200, "{url}");
+    }
+    let (status, page) = env
+        .call(Method::GET, &list, Some(&other_project), None)
+        .await;
+    assert_eq!(
+        (status, page["images"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, body) = env
+        .call(Method::GET, &one, Some(&other_project), None)
+        .await;
+    assert_eq!((status, body["code"].as_i64()), (404, Some(5)));
 }
 
 fn yandex_url(env: &Env, query: &str) -> String {

@@ -908,6 +908,17 @@ async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
     for seed in [1_u64, 7, 42] {
         let f = Fixture::new(store.clone());
         random_workload(&f, seed, 250).await;
+        let caps = ["images-view".to_owned(), "jobs-view".to_owned()];
+        f.registry
+            .create_token(
+                &format!("t{seed}"),
+                &caps,
+                Some("proj".into()),
+                None,
+                &f.meta,
+            )
+            .await
+            .unwrap();
     }
     let incremental = store.read_model_rows().await.unwrap();
     let counts = (
@@ -917,7 +928,11 @@ async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
         incremental.manifest_children.len(),
     );
     assert!(
-        counts.0 >= 3 && counts.1 >= 5 && counts.2 >= 5 && counts.3 >= 1,
+        counts.0 >= 3
+            && counts.1 >= 5
+            && counts.2 >= 5
+            && counts.3 >= 1
+            && incremental.api_tokens.len() == 3,
         "workload too thin to test anything: (images, tags, manifests, children) = {counts:?}"
     );
 
