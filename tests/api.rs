@@ -55,6 +55,7 @@ on_both_backends!(
     yandex_listing_shapes_filters_and_errors,
     openapi_describes_every_route_with_schemas,
     yandex_routes_check_their_token,
+    the_official_scaleway_python_sdk_works_unchanged,
 );
 
 /// A served database, a library handle on the same database, and an admin token.
@@ -1132,4 +1133,40 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
         assert!(namespace[field].is_object(), "Namespace.{field}");
     }
     assert!(doc["components"]["securitySchemes"]["token"].is_object());
+}
+
+/// Scaleway's own Python SDK (`pip install scaleway==2.12.0`; `.ci/run` installs it) against
+/// the real server. Skipped with a message when the SDK is missing, except in CI.
+async fn the_official_scaleway_python_sdk_works_unchanged(env: Env) {
+    let present = std::process::Command::new("python3")
+        .args(["-c", "import scaleway"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the scaleway Python SDK is required in CI (pip install scaleway==2.12.0)"
+        );
+        eprintln!("SKIPPED: the scaleway Python SDK is not installed");
+        return;
+    }
+    let ns = env
+        .create_namespace("sdk-fixture", "11111111-1111-4111-8111-111111111111")
+        .await;
+    let img = env.image(ns["id"].as_str().unwrap(), "app").await;
+    env.manifest(&img, 1, &[(100, 1000)]).await;
+    env.tag(&img, "v1", 1).await;
+    env.tag(&img, "latest", 1).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/scaleway_sdk.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &env.server.base, ADMIN, &img])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("scaleway sdk: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
