@@ -162,6 +162,19 @@ mod tempfile_dir {
     }
 }
 
+/// A namespace of the benchmarks' own project in `fr-par`.
+fn bench_namespace(id: impl Into<String>, name: impl Into<String>) -> NamespaceCreated {
+    NamespaceCreated {
+        namespace_id: id.into(),
+        name: name.into(),
+        region: "fr-par".into(),
+        description: String::new(),
+        is_public: false,
+        organization_id: "bench".into(),
+        project_id: "bench".into(),
+    }
+}
+
 fn rate(count: usize, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -176,18 +189,7 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
     // projected into the tags read model inside the append.
     let ns_id = uuid::Uuid::new_v4().to_string();
     registry
-        .create_namespace(
-            NamespaceCreated {
-                namespace_id: ns_id.clone(),
-                name: "bench".into(),
-                region: "fr-par".into(),
-                description: String::new(),
-                is_public: false,
-                organization_id: "bench".into(),
-                project_id: "bench".into(),
-            },
-            &meta,
-        )
+        .create_namespace(bench_namespace(ns_id.clone(), "bench"), &meta)
         .await?;
     let image_id = uuid::Uuid::now_v7().to_string();
     let digest = format!("sha256:{:064x}", 1);
@@ -361,15 +363,10 @@ async fn write_history(store: &Store, images: usize) -> anyhow::Result<()> {
         .append(
             &streams::namespace(&ns_id),
             Expected::Version(0),
-            &[DomainEvent::NamespaceCreated(NamespaceCreated {
-                namespace_id: ns_id.clone(),
-                name: "history".into(),
-                region: "fr-par".into(),
-                description: String::new(),
-                is_public: false,
-                organization_id: "bench".into(),
-                project_id: "bench".into(),
-            })],
+            &[DomainEvent::NamespaceCreated(bench_namespace(
+                ns_id.clone(),
+                "history",
+            ))],
             &meta,
         )
         .await?;
@@ -542,7 +539,7 @@ mod raw {
 mod api {
     use std::collections::BTreeMap;
 
-    use layerline_core::domain::event::{ImageCreated, ManifestRecorded, NamespaceCreated};
+    use layerline_core::domain::event::{ImageCreated, ManifestRecorded};
     use layerline_core::domain::image::Image;
     use layerline_core::domain::namespace::Namespace;
     use layerline_core::http::{ApiConfig, AppState};
@@ -570,15 +567,10 @@ mod api {
             if i % IMAGES_PER_NAMESPACE == 0 {
                 let mut ns = Namespace::default();
                 ns.apply(
-                    &DomainEvent::NamespaceCreated(NamespaceCreated {
-                        namespace_id: ns_id.clone(),
-                        name: format!("team-{ns_index:04}"),
-                        region: "fr-par".into(),
-                        description: String::new(),
-                        is_public: false,
-                        organization_id: "bench".into(),
-                        project_id: "bench".into(),
-                    }),
+                    &DomainEvent::NamespaceCreated(bench_namespace(
+                        ns_id.clone(),
+                        format!("team-{ns_index:04}"),
+                    )),
                     &at,
                 );
                 namespaces.insert(ns_index, ns);

@@ -4,7 +4,7 @@
 use crate::domain::event::NamespaceCreated;
 use crate::domain::image::{Image, ImageCommand};
 use crate::domain::namespace::{Namespace, NamespaceCommand};
-use crate::domain::{DomainError, DomainEvent, streams};
+use crate::domain::{Aggregate, DomainError, DomainEvent, streams};
 use crate::store::{EventStore, Expected, Metadata, ReadModels, StoreError};
 
 /// How often a command is decided again after losing a race on its stream.
@@ -39,78 +39,77 @@ impl<S: EventStore + ReadModels> Registry<S> {
         &self.store
     }
 
-    pub async fn load_namespace(&self, id: &str) -> Result<Namespace, ServiceError> {
-        let mut ns = Namespace::default();
+    /// Folds aggregate `id` from its stream.
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<A, ServiceError> {
+        let mut state = A::default();
         for e in self
             .store
-            .read_stream(&streams::namespace(id))
+            .read_stream(&A::stream(id))
             .await
             .map_err(ServiceError::Store)?
         {
-            ns.apply(&e.event, &e.recorded_at);
+            state.fold(&e.event, &e.recorded_at, e.position);
         }
-        Ok(ns)
+        Ok(state)
+    }
+
+    pub async fn load_namespace(&self, id: &str) -> Result<Namespace, ServiceError> {
+        self.load(id).await
     }
 
     pub async fn load_image(&self, id: &str) -> Result<Image, ServiceError> {
-        let mut img = Image::default();
-        for e in self
-            .store
-            .read_stream(&streams::image(id))
-            .await
-            .map_err(ServiceError::Store)?
-        {
-            img.apply(&e.event, &e.recorded_at, e.position);
-        }
-        Ok(img)
+        self.load(id).await
     }
 
-    /// Runs a namespace command; returns the events it appended (none when nothing changed).
+    /// Loads aggregate `id`, decides `cmd` and appends the events expecting the version it
+    /// loaded; when another writer got there first, does it all again (at most
+    /// `MAX_ATTEMPTS` times). Returns the events appended (none when nothing changed).
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        cmd: A::Command,
+        meta: &Metadata,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
+        let stream_id = A::stream(id);
+        for _ in 0..MAX_ATTEMPTS {
+            let state: A = self.load(id).await?;
+            let events = state.decide_command(id, cmd.clone())?;
+            match self
+                .store
+                .append(
+                    &stream_id,
+                    Expected::Version(state.version()),
+                    &events,
+                    meta,
+                )
+                .await
+            {
+                Ok(_) => return Ok(events),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(refusal(e, &events)),
+            }
+        }
+        Err(ServiceError::Contention { stream_id })
+    }
+
+    /// Runs a namespace command.
     pub async fn namespace(
         &self,
         id: &str,
         cmd: NamespaceCommand,
         meta: &Metadata,
     ) -> Result<Vec<DomainEvent>, ServiceError> {
-        let stream_id = streams::namespace(id);
-        for _ in 0..MAX_ATTEMPTS {
-            let state = self.load_namespace(id).await?;
-            let events = state.decide(id, cmd.clone())?;
-            match self
-                .store
-                .append(&stream_id, Expected::Version(state.version), &events, meta)
-                .await
-            {
-                Ok(_) => return Ok(events),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(refusal(e, &events)),
-            }
-        }
-        Err(ServiceError::Contention { stream_id })
+        self.execute::<Namespace>(id, cmd, meta).await
     }
 
-    /// Runs an image command; returns the events it appended (none when nothing changed).
+    /// Runs an image command.
     pub async fn image(
         &self,
         id: &str,
         cmd: ImageCommand,
         meta: &Metadata,
     ) -> Result<Vec<DomainEvent>, ServiceError> {
-        let stream_id = streams::image(id);
-        for _ in 0..MAX_ATTEMPTS {
-            let state = self.load_image(id).await?;
-            let events = state.decide(id, cmd.clone())?;
-            match self
-                .store
-                .append(&stream_id, Expected::Version(state.version), &events, meta)
-                .await
-            {
-                Ok(_) => return Ok(events),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(refusal(e, &events)),
-            }
-        }
-        Err(ServiceError::Contention { stream_id })
+        self.execute::<Image>(id, cmd, meta).await
     }
 
     pub async fn create_namespace(
