@@ -252,6 +252,28 @@ async fn oversized_post(env: &Env, url: &str) -> (u16, Value) {
     )
 }
 
+/// `value` is an object with exactly these fields, of these JSON types.
+fn assert_fields(value: &Value, fields: &[(&str, &str)]) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"));
+    let keys: HashSet<&str> = object.keys().map(String::as_str).collect();
+    let expected: HashSet<&str> = fields.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, expected, "{value}");
+    for (key, kind) in fields {
+        let v = &object[*key];
+        let actual = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        assert_eq!(actual, *kind, "{key} in {value}");
+    }
+}
+
 fn names(list: &Value, key: &str) -> Vec<String> {
     list[key]
         .as_array()
@@ -626,6 +648,43 @@ async fn images_and_tags_show_sizes_that_follow_pushes_moves_and_deletes(env: En
     let (_, image) = env.get(&format!("/images/{a}")).await;
     assert_eq!(image["size"], 1000 + 200 + 30 + 20);
     assert_eq!(image["tags"], json!(["latest", "v1"]));
+    assert_fields(
+        &image,
+        &[
+            ("id", "string"),
+            ("name", "string"),
+            ("namespace_id", "string"),
+            ("status", "string"),
+            ("status_message", "null"),
+            ("visibility", "string"),
+            ("size", "number"),
+            ("created_at", "string"),
+            ("updated_at", "string"),
+            ("tags", "array"),
+        ],
+    );
+    assert_eq!(
+        (image["status"].as_str(), image["visibility"].as_str()),
+        (Some("ready"), Some("inherit"))
+    );
+    let (_, tags) = env
+        .get(&format!("/images/{a}/tags?order_by=name_asc"))
+        .await;
+    assert_fields(&tags, &[("tags", "array"), ("total_count", "number")]);
+    assert_fields(
+        &tags["tags"][0],
+        &[
+            ("id", "string"),
+            ("name", "string"),
+            ("image_id", "string"),
+            ("status", "string"),
+            ("digest", "string"),
+            ("created_at", "string"),
+            ("updated_at", "string"),
+        ],
+    );
+    let (_, images) = env.get("/images").await;
+    assert_fields(&images, &[("images", "array"), ("total_count", "number")]);
     let (_, ns) = env.get(&format!("/namespaces/{ns_id}")).await;
     assert_eq!(
         (ns["size"].as_i64(), ns["image_count"].as_i64()),
@@ -946,6 +1005,28 @@ async fn yandex_listing_shapes_filters_and_errors(env: Env) {
     let images = page["images"].as_array().unwrap();
     assert_eq!(images.len(), 1);
     let image = &images[0];
+    assert_fields(
+        image,
+        &[
+            ("id", "string"),
+            ("name", "string"),
+            ("digest", "string"),
+            ("compressedSize", "string"),
+            ("config", "object"),
+            ("layers", "array"),
+            ("tags", "array"),
+            ("createdAt", "string"),
+        ],
+    );
+    assert_fields(
+        &image["config"],
+        &[
+            ("id", "string"),
+            ("digest", "string"),
+            ("size", "string"),
+            ("urls", "array"),
+        ],
+    );
     assert_eq!(image["name"], "shape/app");
     assert_eq!(image["digest"], digest(1));
     assert_eq!(image["compressedSize"], "1015", "int64 as a string");
