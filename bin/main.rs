@@ -206,6 +206,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     bootstrap_token(&store).await?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                layerline_core::metric::HTTP_DURATION.into(),
+            ),
+            &layerline_core::metric::HTTP_DURATION_BUCKETS,
+        )
+        .context("configuring histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     layerline_core::metric::describe();

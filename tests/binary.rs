@@ -198,3 +198,89 @@ async fn migrate_then_rebuild_on_a_populated_database() {
         .unwrap();
     assert_eq!(store.read_model_rows().await.unwrap(), before);
 }
+
+#[tokio::test]
+async fn requests_are_counted_by_route_template_and_logged_with_their_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let token = "5b0c3f1e-2a4d-4e6f-8a9b-0c1d2e3f4a5b";
+    let server = Server::start_logging_to(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("LAYERLINE_BOOTSTRAP_TOKEN", token)],
+        log.into(),
+    );
+    let client = reqwest::Client::new();
+    let id = uuid::Uuid::new_v4();
+    let url = format!("{}/registry/v1/regions/fr-par/namespaces/{id}", server.base);
+    let resp = client
+        .get(&url)
+        .header("X-Auth-Token", token)
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        resp.headers()["x-request-id"],
+        "trace-me-42",
+        "the id comes back"
+    );
+    let resp = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "an id is made up when none is sent"
+    );
+    client
+        .get(format!("{}/no/such/{id}", server.base))
+        .send()
+        .await
+        .unwrap();
+
+    let text = reqwest::get(&server.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |needle: &str| text.lines().any(|l| l.starts_with(needle));
+    assert!(
+        line(
+            r#"layerline_http_requests_total{method="GET",route="/registry/v1/regions/{region}/namespaces/{namespace_id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(line(
+        r#"layerline_http_requests_total{method="GET",route="/healthz",status="200"}"#
+    ));
+    assert!(line(
+        r#"layerline_http_requests_total{method="GET",route="unmatched",status="404"} 1"#
+    ));
+    assert!(
+        line("layerline_http_request_duration_seconds_bucket{"),
+        "a histogram"
+    );
+    assert!(!text.contains(&id.to_string()), "ids never become labels");
+    assert!(server.terminate());
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let traced: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v.to_string().contains("trace-me-42"))
+        .collect();
+    assert!(
+        !traced.is_empty(),
+        "the request's log lines carry its id: {log}"
+    );
+    assert!(
+        traced.iter().any(|v| v["fields"]["status"] == 404),
+        "{traced:?}"
+    );
+    assert!(!log.contains(token), "secrets are never logged");
+}

@@ -126,6 +126,11 @@ impl Server {
     }
 
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_logging_to(dir, args, env, Stdio::inherit())
+    }
+
+    /// Starts the server with its log (stderr) going to `log`.
+    pub fn start_logging_to(dir: &Path, args: &[&str], env: &[(&str, &str)], log: Stdio) -> Server {
         let mut child = Command::new(BIN)
             .current_dir(dir)
             .arg("serve")
@@ -134,7 +139,7 @@ impl Server {
             .env_remove("LAYERLINE_DATABASE_URL")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start layerline");
         let stdout = child.stdout.take().expect("stdout");

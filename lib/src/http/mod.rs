@@ -60,7 +60,44 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// Header carrying a request's id: taken from the client when it sends a sane one, made up
+/// otherwise, and always returned.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Wraps every request in a span carrying its id, method and matched route, logs its outcome
+/// and records the HTTP metrics (labelled by route template, so ids never become labels).
+async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| crate::metric::UNMATCHED_ROUTE.to_owned());
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!("request", request_id = %request_id, %method, %route);
+    let mut response = {
+        use tracing::Instrument;
+        next.run(request).instrument(span.clone()).await
+    };
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    crate::metric::http_request(&method, &route, status, seconds);
+    span.in_scope(|| tracing::info!(status, millis = seconds * 1000.0, "answered"));
+    if let Ok(value) = axum::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 /// Unknown routes answer in the error shape of the surface their path belongs to.
