@@ -284,3 +284,68 @@ async fn requests_are_counted_by_route_template_and_logged_with_their_id() {
     );
     assert!(!log.contains(token), "secrets are never logged");
 }
+
+/// The exposition passes `promtool check metrics` (Debian's `prometheus` package; `.ci/run`
+/// installs it). Skipped with a message when promtool is missing, except in CI.
+#[tokio::test]
+async fn the_metrics_exposition_passes_promtool() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "promtool is required in CI");
+        eprintln!("SKIPPED: promtool is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    let server = Server::start_with_env(dir.path(), &[], &[("LAYERLINE_BOOTSTRAP_TOKEN", token)]);
+    let client = reqwest::Client::new();
+    let namespaces = format!("{}/registry/v1/regions/fr-par/namespaces", server.base);
+    let created = client
+        .post(&namespaces)
+        .header("X-Auth-Token", token)
+        .json(&serde_json::json!({"name": "metrics", "project_id": "p"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 200);
+    client.get(&namespaces).send().await.unwrap(); // 401
+    client
+        .get(&namespaces)
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .unwrap();
+    let text = reqwest::get(&server.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"layerline_events_appended_total{event_type="namespace.created"} 1"#));
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = check.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
+    assert!(server.terminate());
+}
