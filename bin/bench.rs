@@ -613,7 +613,7 @@ mod api {
             images.push(img);
         }
         // Rounds start at a namespace boundary (checked by `run`), so every namespace here is new.
-        let rows = materialize(namespaces.values(), images.iter(), []);
+        let rows = materialize(namespaces.values(), images.iter(), [], []);
         store.bulk_load(&rows).await?;
         Ok(rows.images.iter().map(|i| i.id.clone()).collect())
     }

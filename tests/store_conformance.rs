@@ -62,6 +62,7 @@ conformance!(
     concurrent_appends_to_one_stream_let_exactly_one_win_per_version,
     rebuild_reproduces_random_workloads_row_for_row,
     an_event_stored_with_an_older_schema_version_still_replays,
+    job_descriptors_follow_their_streams_and_survive_rebuild,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -998,5 +999,142 @@ async fn an_event_stored_with_an_older_schema_version_still_replays(store: Store
     let image = f.registry.load_image(&img).await.unwrap();
     let namespace = f.registry.load_namespace(&ns).await.unwrap();
     let rows = f.store().read_model_rows().await.unwrap();
-    assert_eq!(materialize([&namespace], [&image], []), rows);
+    assert_eq!(materialize([&namespace], [&image], [], []), rows);
+}
+
+async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) {
+    use layerline_core::domain::job::{Job, JobAccepted, JobCommand, JobKind};
+    let f = Fixture::new(store);
+    let run = |id: &'static str, cmd: JobCommand| {
+        let registry = f.registry.clone();
+        async move { registry.execute::<Job>(id, cmd, &Metadata::default()).await }
+    };
+    let accept = |id: &str, key: Option<&str>| {
+        JobCommand::Accept(JobAccepted {
+            job_id: id.into(),
+            kind: JobKind::DeleteImage,
+            caption: "delete image app".into(),
+            input: serde_json::json!({"image_id": "i1"}),
+            creator: Some("token:t".into()),
+            idempotency_key: key.map(str::to_owned),
+        })
+    };
+    run("j1", accept("j1", Some("k-1"))).await.unwrap();
+    let row = f.store().job("j1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.attempts, row.kind.as_str()),
+        ("queued", 0, "delete_image")
+    );
+    assert_eq!(row.input, r#"{"image_id":"i1"}"#);
+
+    run("j1", JobCommand::Start).await.unwrap();
+    let progress = |attempt, done| JobCommand::Progress {
+        attempt,
+        done,
+        total: 4,
+        step: format!("deleted tag {done}"),
+    };
+    run("j1", progress(1, 1)).await.unwrap();
+    run(
+        "j1",
+        JobCommand::Fail {
+            attempt: 1,
+            error: "database away".into(),
+            retry_at: Some("2026-11-22T06:00:00.000000Z".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let row = f.store().job("j1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.next_retry_at.as_deref()),
+        ("scheduled", Some("2026-11-22T06:00:00.000000Z"))
+    );
+    assert_eq!(row.last_error.as_deref(), Some("database away"));
+
+    run("j1", JobCommand::Start).await.unwrap();
+    // The first attempt's worker wakes up late: its effects are refused.
+    let stale = run("j1", progress(1, 2)).await.unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            ServiceError::Domain(DomainError::Conflict {
+                resource: "job",
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    run("j1", progress(2, 4)).await.unwrap();
+    run(
+        "j1",
+        JobCommand::Succeed {
+            attempt: 2,
+            output: serde_json::json!({"tags_deleted": 4}),
+        },
+    )
+    .await
+    .unwrap();
+    let row = f.store().job("j1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.state.as_str(),
+            row.attempts,
+            row.progress_done,
+            row.progress_total
+        ),
+        ("completed", 2, 4, 4)
+    );
+    assert_eq!(row.output.as_deref(), Some(r#"{"tags_deleted":4}"#));
+    assert!(row.started_at.is_some() && row.completed_at.is_some());
+
+    // A second job may not reuse the idempotency key.
+    let err = f
+        .store()
+        .append(
+            &streams::job("j2"),
+            Expected::Version(0),
+            &f.registry
+                .load::<Job>("j2")
+                .await
+                .unwrap()
+                .decide("j2", accept("j2", Some("k-1")))
+                .unwrap(),
+            &Metadata::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unique { .. }), "{err:?}");
+
+    run("j3", accept("j3", None)).await.unwrap();
+    run("j3", JobCommand::Start).await.unwrap();
+    run(
+        "j3",
+        JobCommand::RequestCancel {
+            by: Some("me".into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(f.store().job("j3").await.unwrap().unwrap().cancel_requested);
+    run("j3", JobCommand::ConfirmCancel { attempt: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store().job("j3").await.unwrap().unwrap().state,
+        "cancelled"
+    );
+
+    let before = f.store().read_model_rows().await.unwrap();
+    assert_eq!(before.job_descriptors.len(), 2);
+    let jobs = [
+        f.registry.load::<Job>("j1").await.unwrap(),
+        f.registry.load::<Job>("j3").await.unwrap(),
+    ];
+    assert_eq!(
+        materialize([], [], [], jobs.iter()).job_descriptors,
+        before.job_descriptors
+    );
+    f.store().rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(f.store().read_model_rows().await.unwrap(), before);
 }

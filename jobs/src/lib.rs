@@ -4,14 +4,16 @@
 //! are the persisted names, because queued jobs outlive a deploy: renaming one orphans every
 //! job waiting under the old name, so they are explicit constants, never Rust type paths.
 
-/// Queue names, one per job kind (persisted).
+/// Queue names, one per job kind: the kind's persisted name (`layerline_core`'s `JobKind`).
 pub mod queue {
-    pub const IMPORT: &str = "import";
-    pub const PRUNE: &str = "prune";
-    pub const DELETE_IMAGE: &str = "delete_image";
-    pub const DELETE_NAMESPACE: &str = "delete_namespace";
-    pub const DELETE_TAG: &str = "delete_tag";
-    pub const GC: &str = "gc";
+    use layerline_core::domain::job::JobKind;
+
+    pub const IMPORT: &str = JobKind::Import.as_str();
+    pub const PRUNE: &str = JobKind::Prune.as_str();
+    pub const DELETE_IMAGE: &str = JobKind::DeleteImage.as_str();
+    pub const DELETE_NAMESPACE: &str = JobKind::DeleteNamespace.as_str();
+    pub const DELETE_TAG: &str = JobKind::DeleteTag.as_str();
+    pub const GC: &str = JobKind::Gc.as_str();
 
     /// Every queue, for workers that serve them all.
     pub const ALL: [&str; 6] = [

@@ -6,6 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::job::{
+    JobAccepted, JobCancelRequested, JobCancelled, JobFailed, JobProgressed, JobRetried,
+    JobStarted, JobSucceeded,
+};
+
 /// Stable event type names (persisted in `events.event_type`).
 pub mod types {
     pub const NAMESPACE_CREATED: &str = "namespace.created";
@@ -19,6 +24,14 @@ pub mod types {
     pub const TAG_PUSHED: &str = "tag.pushed";
     pub const TAG_DELETED: &str = "tag.deleted";
     pub const TOKEN_CREATED: &str = "token.created";
+    pub const JOB_ACCEPTED: &str = "job.accepted";
+    pub const JOB_STARTED: &str = "job.started";
+    pub const JOB_PROGRESSED: &str = "job.progressed";
+    pub const JOB_SUCCEEDED: &str = "job.succeeded";
+    pub const JOB_RETRIED: &str = "job.retried";
+    pub const JOB_FAILED: &str = "job.failed";
+    pub const JOB_CANCEL_REQUESTED: &str = "job.cancel_requested";
+    pub const JOB_CANCELLED: &str = "job.cancelled";
 }
 
 /// A content-addressed blob (layer or config) as a manifest references it.
@@ -125,6 +138,14 @@ pub enum DomainEvent {
     TagPushed(TagPushed),
     TagDeleted(TagDeleted),
     TokenCreated(TokenCreated),
+    JobAccepted(JobAccepted),
+    JobStarted(JobStarted),
+    JobProgressed(JobProgressed),
+    JobSucceeded(JobSucceeded),
+    JobRetried(JobRetried),
+    JobFailed(JobFailed),
+    JobCancelRequested(JobCancelRequested),
+    JobCancelled(JobCancelled),
 }
 
 /// Why a stored event could not be read back.
@@ -158,6 +179,14 @@ impl DomainEvent {
             DomainEvent::TagPushed(_) => TAG_PUSHED,
             DomainEvent::TagDeleted(_) => TAG_DELETED,
             DomainEvent::TokenCreated(_) => TOKEN_CREATED,
+            DomainEvent::JobAccepted(_) => JOB_ACCEPTED,
+            DomainEvent::JobStarted(_) => JOB_STARTED,
+            DomainEvent::JobProgressed(_) => JOB_PROGRESSED,
+            DomainEvent::JobSucceeded(_) => JOB_SUCCEEDED,
+            DomainEvent::JobRetried(_) => JOB_RETRIED,
+            DomainEvent::JobFailed(_) => JOB_FAILED,
+            DomainEvent::JobCancelRequested(_) => JOB_CANCEL_REQUESTED,
+            DomainEvent::JobCancelled(_) => JOB_CANCELLED,
         }
     }
 
@@ -178,6 +207,14 @@ impl DomainEvent {
             DomainEvent::TagPushed(p) => serde_json::to_string(p),
             DomainEvent::TagDeleted(p) => serde_json::to_string(p),
             DomainEvent::TokenCreated(p) => serde_json::to_string(p),
+            DomainEvent::JobAccepted(p) => serde_json::to_string(p),
+            DomainEvent::JobStarted(p) => serde_json::to_string(p),
+            DomainEvent::JobProgressed(p) => serde_json::to_string(p),
+            DomainEvent::JobSucceeded(p) => serde_json::to_string(p),
+            DomainEvent::JobRetried(p) => serde_json::to_string(p),
+            DomainEvent::JobFailed(p) => serde_json::to_string(p),
+            DomainEvent::JobCancelRequested(p) => serde_json::to_string(p),
+            DomainEvent::JobCancelled(p) => serde_json::to_string(p),
             DomainEvent::NamespaceDeleted | DomainEvent::ImageDeleted => Ok("{}".to_owned()),
         };
         // Serialising plain structs of strings, numbers and options cannot fail.
@@ -228,6 +265,14 @@ impl DomainEvent {
             }
             TAG_DELETED => DomainEvent::TagDeleted(parse(payload).map_err(err)?),
             TOKEN_CREATED => DomainEvent::TokenCreated(parse(payload).map_err(err)?),
+            JOB_ACCEPTED => DomainEvent::JobAccepted(parse(payload).map_err(err)?),
+            JOB_STARTED => DomainEvent::JobStarted(parse(payload).map_err(err)?),
+            JOB_PROGRESSED => DomainEvent::JobProgressed(parse(payload).map_err(err)?),
+            JOB_SUCCEEDED => DomainEvent::JobSucceeded(parse(payload).map_err(err)?),
+            JOB_RETRIED => DomainEvent::JobRetried(parse(payload).map_err(err)?),
+            JOB_FAILED => DomainEvent::JobFailed(parse(payload).map_err(err)?),
+            JOB_CANCEL_REQUESTED => DomainEvent::JobCancelRequested(parse(payload).map_err(err)?),
+            JOB_CANCELLED => DomainEvent::JobCancelled(parse(payload).map_err(err)?),
             _ => unreachable!("current_schema_version knows every type"),
         };
         Ok(event)
@@ -243,7 +288,9 @@ pub fn current_schema_version(event_type: &str) -> i32 {
     use types::*;
     match event_type {
         NAMESPACE_CREATED | NAMESPACE_UPDATED | NAMESPACE_DELETED | IMAGE_CREATED
-        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED | TOKEN_CREATED => 1,
+        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED | TOKEN_CREATED
+        | JOB_ACCEPTED | JOB_STARTED | JOB_PROGRESSED | JOB_SUCCEEDED | JOB_RETRIED
+        | JOB_FAILED | JOB_CANCEL_REQUESTED | JOB_CANCELLED => 1,
         // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
         TAG_PUSHED | TAG_DELETED => 2,
         _ => 0,
@@ -299,6 +346,12 @@ mod tests {
     fn every_event_round_trips_through_its_stored_form() {
         let events = vec![
             DomainEvent::NamespaceDeleted,
+            DomainEvent::JobProgressed(JobProgressed {
+                attempt: 2,
+                done: 1,
+                total: 3,
+                step: "deleted tag v1".into(),
+            }),
             DomainEvent::TagPushed(TagPushed {
                 tag_id: "t".into(),
                 name: "v1".into(),

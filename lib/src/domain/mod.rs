@@ -3,6 +3,7 @@
 
 pub mod event;
 pub mod image;
+pub mod job;
 pub mod namespace;
 pub mod token;
 pub mod validate;
@@ -14,6 +15,7 @@ pub mod streams {
     pub const NAMESPACE: &str = "namespace-";
     pub const IMAGE: &str = "image-";
     pub const TOKEN: &str = "token-";
+    pub const JOB: &str = "job-";
 
     pub fn namespace(id: &str) -> String {
         format!("{NAMESPACE}{id}")
@@ -25,6 +27,10 @@ pub mod streams {
 
     pub fn token(id: &str) -> String {
         format!("{TOKEN}{id}")
+    }
+
+    pub fn job(id: &str) -> String {
+        format!("{JOB}{id}")
     }
 }
 

@@ -218,6 +218,12 @@ pub trait ReadModels: Send + Sync {
         seq: i64,
     ) -> impl Future<Output = Result<Option<ManifestView>, StoreError>> + Send;
 
+    /// One job's descriptor.
+    fn job(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<rows::JobDescriptorRow>, StoreError>> + Send;
+
     /// The token whose secret hashes to `secret_hash`.
     fn token_by_hash(
         &self,
@@ -454,6 +460,10 @@ impl ReadModels for Store {
 
     async fn manifest_view(&self, seq: i64) -> Result<Option<ManifestView>, StoreError> {
         dispatch!(self, s => s.manifest_view(seq).await)
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<rows::JobDescriptorRow>, StoreError> {
+        dispatch!(self, s => s.job(id).await)
     }
 
     async fn token_by_hash(

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::domain::image::{Image, distinct_blobs};
+use crate::domain::job::Job;
 use crate::domain::namespace::Namespace;
 use crate::domain::token::Token;
 
@@ -125,6 +126,33 @@ pub struct ApiTokenRow {
     pub created_at: String,
 }
 
+/// A job descriptor: where a job is, what it did, what it said last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobDescriptorRow {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub caption: String,
+    pub creator: Option<String>,
+    /// JSON.
+    pub input: String,
+    /// JSON, once the job succeeded.
+    pub output: Option<String>,
+    pub attempts: i64,
+    pub progress_done: i64,
+    pub progress_total: i64,
+    pub progress_step: Option<String>,
+    pub last_error: Option<String>,
+    pub next_retry_at: Option<String>,
+    pub cancel_requested: bool,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub updated_at: String,
+    pub version: i64,
+}
+
 /// Every read model row, each table sorted by its primary key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadModelRows {
@@ -137,6 +165,7 @@ pub struct ReadModelRows {
     pub image_blobs: Vec<ImageBlobRow>,
     pub namespace_blobs: Vec<NamespaceBlobRow>,
     pub api_tokens: Vec<ApiTokenRow>,
+    pub job_descriptors: Vec<JobDescriptorRow>,
 }
 
 impl ReadModelRows {
@@ -150,6 +179,7 @@ impl ReadModelRows {
             + self.image_blobs.len()
             + self.namespace_blobs.len()
             + self.api_tokens.len()
+            + self.job_descriptors.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,6 +204,7 @@ impl ReadModelRows {
         self.namespace_blobs
             .sort_by(|a, b| (&a.namespace_id, &a.digest).cmp(&(&b.namespace_id, &b.digest)));
         self.api_tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        self.job_descriptors.sort_by(|a, b| a.id.cmp(&b.id));
     }
 }
 
@@ -182,8 +213,36 @@ pub fn materialize<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
     images: impl IntoIterator<Item = &'a Image>,
     tokens: impl IntoIterator<Item = &'a Token>,
+    jobs: impl IntoIterator<Item = &'a Job>,
 ) -> ReadModelRows {
     let mut rows = ReadModelRows::default();
+    for job in jobs {
+        let (Some(a), Some(state)) = (&job.accepted, job.state) else {
+            continue;
+        };
+        rows.job_descriptors.push(JobDescriptorRow {
+            id: a.job_id.clone(),
+            kind: a.kind.as_str().to_owned(),
+            state: state.as_str().to_owned(),
+            caption: a.caption.clone(),
+            creator: a.creator.clone(),
+            input: a.input.to_string(),
+            output: job.output.as_ref().map(|o| o.to_string()),
+            attempts: job.attempts,
+            progress_done: job.done,
+            progress_total: job.total,
+            progress_step: job.step.clone(),
+            last_error: job.last_error.clone(),
+            next_retry_at: job.retry_at.clone(),
+            cancel_requested: job.cancel_requested,
+            idempotency_key: a.idempotency_key.clone(),
+            created_at: job.created_at.clone(),
+            started_at: job.started_at.clone(),
+            completed_at: job.completed_at.clone(),
+            updated_at: job.updated_at.clone(),
+            version: job.version,
+        });
+    }
     for token in tokens {
         if let Some(c) = &token.created {
             rows.api_tokens.push(ApiTokenRow {

@@ -221,6 +221,17 @@ async fn project(
             .execute(&mut *conn)
             .await?;
         }
+        DomainEvent::JobAccepted(_)
+        | DomainEvent::JobStarted(_)
+        | DomainEvent::JobProgressed(_)
+        | DomainEvent::JobSucceeded(_)
+        | DomainEvent::JobRetried(_)
+        | DomainEvent::JobFailed(_)
+        | DomainEvent::JobCancelRequested(_)
+        | DomainEvent::JobCancelled(_) => {
+            let job_id = stream_id.strip_prefix(streams::JOB).unwrap_or_default();
+            project_job(conn, job_id, version, event, at).await?;
+        }
         DomainEvent::TagDeleted(t) => {
             sqlx::query("DELETE FROM tags WHERE id = $1")
                 .bind(&t.tag_id)
@@ -230,6 +241,72 @@ async fn project(
         }
     }
     Ok(None)
+}
+
+/// Moves a job's descriptor along with its stream.
+async fn project_job(
+    conn: &mut Conn,
+    job_id: &str,
+    version: i64,
+    event: &DomainEvent,
+    at: &str,
+) -> Result<(), StoreError> {
+    use crate::domain::job::JobState;
+    let update = |sql: &'static str| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE job_descriptors SET {sql}, updated_at = $1, version = $2 WHERE id = $3"
+        )))
+        .bind(at.to_owned())
+        .bind(version)
+        .bind(job_id.to_owned())
+    };
+    let query = match event {
+        DomainEvent::JobAccepted(a) => {
+            sqlx::query(
+                "INSERT INTO job_descriptors (id, kind, state, caption, creator, input, \
+                 attempts, progress_done, progress_total, cancel_requested, idempotency_key, \
+                 created_at, updated_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, FALSE, $7, $8, $9, $10)",
+            )
+            .bind(a.job_id.clone())
+            .bind(a.kind.as_str())
+            .bind(JobState::Queued.as_str())
+            .bind(a.caption.clone())
+            .bind(a.creator.clone())
+            .bind(a.input.to_string())
+            .bind(a.idempotency_key.clone())
+            .bind(at.to_owned())
+            .bind(at.to_owned())
+            .bind(version)
+        }
+        DomainEvent::JobStarted(s) => update(
+            "state = $4, attempts = $5, next_retry_at = NULL, started_at = COALESCE(started_at, $1)",
+        )
+        .bind(JobState::Running.as_str())
+        .bind(s.attempt),
+        DomainEvent::JobProgressed(p) => {
+            update("progress_done = $4, progress_total = $5, progress_step = $6")
+                .bind(p.done)
+                .bind(p.total)
+                .bind(p.step.clone())
+        }
+        DomainEvent::JobSucceeded(s) => update("state = $4, output = $5, completed_at = $1")
+            .bind(JobState::Completed.as_str())
+            .bind(s.output.to_string()),
+        DomainEvent::JobRetried(r) => update("state = $4, last_error = $5, next_retry_at = $6")
+            .bind(JobState::Scheduled.as_str())
+            .bind(r.error.clone())
+            .bind(r.retry_at.clone()),
+        DomainEvent::JobFailed(f) => update("state = $4, last_error = $5, completed_at = $1")
+            .bind(JobState::Error.as_str())
+            .bind(f.error.clone()),
+        DomainEvent::JobCancelRequested(_) => update("cancel_requested = TRUE"),
+        DomainEvent::JobCancelled(_) => update("state = $4, completed_at = $1")
+            .bind(JobState::Cancelled.as_str()),
+        _ => return Ok(()),
+    };
+    query.execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Adds `size_delta` to the image's size and marks it changed at `version` (a no-op when the

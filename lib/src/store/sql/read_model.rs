@@ -1,7 +1,7 @@
 // Reads of the read models. Included by `backend.rs` once per backend.
 
 use crate::store::rows::{
-    ApiTokenRow, ImageBlobRow, ImageRow, ManifestChildRow, ManifestLayerRow, ManifestRow,
+    ApiTokenRow, JobDescriptorRow, ImageBlobRow, ImageRow, ManifestChildRow, ManifestLayerRow, ManifestRow,
     NamespaceBlobRow, NamespaceRow, ReadModelRows, TagRow,
 };
 
@@ -17,6 +17,9 @@ const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest
 const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
 const NAMESPACE_BLOB_COLUMNS: &str = "namespace_id, digest, size, refs";
 const API_TOKEN_COLUMNS: &str = "id, name, secret_hash, capabilities, project_id, created_at";
+const JOB_DESCRIPTOR_COLUMNS: &str = "id, kind, state, caption, creator, input, output, \
+    attempts, progress_done, progress_total, progress_step, last_error, next_retry_at, \
+    cancel_requested, idempotency_key, created_at, started_at, completed_at, updated_at, version";
 
 fn namespace_row(r: &DbRow) -> Result<NamespaceRow, sqlx::Error> {
     Ok(NamespaceRow {
@@ -119,6 +122,31 @@ fn namespace_blob_row(r: &DbRow) -> Result<NamespaceBlobRow, sqlx::Error> {
     })
 }
 
+fn job_descriptor_row(r: &DbRow) -> Result<JobDescriptorRow, sqlx::Error> {
+    Ok(JobDescriptorRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        state: r.try_get("state")?,
+        caption: r.try_get("caption")?,
+        creator: r.try_get("creator")?,
+        input: r.try_get("input")?,
+        output: r.try_get("output")?,
+        attempts: r.try_get("attempts")?,
+        progress_done: r.try_get("progress_done")?,
+        progress_total: r.try_get("progress_total")?,
+        progress_step: r.try_get("progress_step")?,
+        last_error: r.try_get("last_error")?,
+        next_retry_at: r.try_get("next_retry_at")?,
+        cancel_requested: r.try_get("cancel_requested")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+        updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
+    })
+}
+
 fn api_token_row(r: &DbRow) -> Result<ApiTokenRow, sqlx::Error> {
     Ok(ApiTokenRow {
         id: r.try_get("id")?,
@@ -185,6 +213,12 @@ impl SqlStore {
             api_tokens: self
                 .all_rows("SELECT * FROM api_tokens ORDER BY id", api_token_row)
                 .await?,
+            job_descriptors: self
+                .all_rows(
+                    "SELECT * FROM job_descriptors ORDER BY id",
+                    job_descriptor_row,
+                )
+                .await?,
         })
     }
 
@@ -213,6 +247,15 @@ impl SqlStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobDescriptorRow>, StoreError> {
+        let sql = format!("SELECT {JOB_DESCRIPTOR_COLUMNS} FROM job_descriptors WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(job_descriptor_row).transpose()?)
     }
 
     pub async fn token_by_hash(

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 
 use crate::domain::image::Image;
 use crate::domain::namespace::Namespace;
+use crate::domain::job::Job;
 use crate::domain::token::Token;
 use crate::store::Progress;
 use crate::store::rows::materialize;
 
 /// Read model tables, children before parents (the order rows are deleted in).
-const READ_MODEL_TABLES: [&str; 9] = [
+const READ_MODEL_TABLES: [&str; 10] = [
+    "DELETE FROM job_descriptors",
     "DELETE FROM api_tokens",
     "DELETE FROM namespace_blobs",
     "DELETE FROM image_blobs",
@@ -45,6 +47,7 @@ impl SqlStore {
         let mut namespaces: HashMap<String, Namespace> = HashMap::new();
         let mut images: HashMap<String, Image> = HashMap::new();
         let mut tokens: HashMap<String, Token> = HashMap::new();
+        let mut jobs: HashMap<String, Job> = HashMap::new();
         let (mut after, mut replayed) = (0_i64, 0_u64);
         loop {
             let page = read_page(&mut *tx, after, REPLAY_PAGE).await?;
@@ -63,6 +66,10 @@ impl SqlStore {
                         &e.recorded_at,
                         e.position,
                     );
+                } else if e.stream_id.starts_with(streams::JOB) {
+                    jobs.entry(e.stream_id)
+                        .or_default()
+                        .apply(&e.event, &e.recorded_at);
                 } else if e.stream_id.starts_with(streams::TOKEN) {
                     tokens
                         .entry(e.stream_id)
@@ -74,7 +81,12 @@ impl SqlStore {
             progress(replayed, head as u64);
         }
 
-        let rows = materialize(namespaces.values(), images.values(), tokens.values());
+        let rows = materialize(
+            namespaces.values(),
+            images.values(),
+            tokens.values(),
+            jobs.values(),
+        );
         insert_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(replayed)
@@ -120,7 +132,14 @@ async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreE
         &rows.namespace_blobs,
     )
     .await?;
-    bulk_insert(conn, "api_tokens", API_TOKEN_COLUMNS, &rows.api_tokens).await
+    bulk_insert(conn, "api_tokens", API_TOKEN_COLUMNS, &rows.api_tokens).await?;
+    bulk_insert(
+        conn,
+        "job_descriptors",
+        JOB_DESCRIPTOR_COLUMNS,
+        &rows.job_descriptors,
+    )
+    .await
 }
 
 /// Inserts `rows` into `table`, [`ROWS_PER_INSERT`] at a time, each batch sent as one JSON
