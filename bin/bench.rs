@@ -539,6 +539,7 @@ mod raw {
 mod api {
     use std::collections::BTreeMap;
 
+    use layerline_core::domain::Aggregate;
     use layerline_core::domain::event::{ImageCreated, ManifestRecorded};
     use layerline_core::domain::image::Image;
     use layerline_core::domain::namespace::Namespace;
@@ -572,6 +573,7 @@ mod api {
                         format!("team-{ns_index:04}"),
                     )),
                     &at,
+                    0,
                 );
                 namespaces.insert(ns_index, ns);
             }

@@ -4,7 +4,8 @@
 use crate::domain::event::NamespaceCreated;
 use crate::domain::image::{Image, ImageCommand};
 use crate::domain::namespace::{Namespace, NamespaceCommand};
-use crate::domain::{Aggregate, DomainError, DomainEvent, streams};
+use crate::domain::token::{CreateToken, Token, hash_secret};
+use crate::domain::{Aggregate, DomainError, DomainEvent};
 use crate::store::{EventStore, Expected, Metadata, ReadModels, StoreError};
 
 /// How often a command is decided again after losing a race on its stream.
@@ -48,7 +49,7 @@ impl<S: EventStore + ReadModels> Registry<S> {
             .await
             .map_err(ServiceError::Store)?
         {
-            state.fold(&e.event, &e.recorded_at, e.position);
+            state.apply(&e.event, &e.recorded_at, e.position);
         }
         Ok(state)
     }
@@ -73,7 +74,7 @@ impl<S: EventStore + ReadModels> Registry<S> {
         let stream_id = A::stream(id);
         for _ in 0..MAX_ATTEMPTS {
             let state: A = self.load(id).await?;
-            let events = state.decide_command(id, cmd.clone())?;
+            let events = state.decide(id, cmd.clone())?;
             match self
                 .store
                 .append(
@@ -168,27 +169,22 @@ impl<S: EventStore + ReadModels> Registry<S> {
     ) -> Result<Option<NewToken>, ServiceError> {
         let given = secret.is_some();
         let secret = secret.unwrap_or_else(uuid::Uuid::new_v4).to_string();
-        let hash = crate::domain::token::hash_secret(&secret);
+        let secret_hash = hash_secret(&secret);
         let id = if given {
-            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, hash.as_bytes()).to_string()
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, secret_hash.as_bytes()).to_string()
         } else {
             uuid::Uuid::now_v7().to_string()
         };
-        let events = crate::domain::token::Token::default().decide_create(
-            &id,
-            name,
-            &hash,
-            capabilities,
+        let cmd = CreateToken {
+            name: name.to_owned(),
+            secret_hash,
+            capabilities: capabilities.to_vec(),
             project_id,
-        )?;
-        match self
-            .store
-            .append(&streams::token(&id), Expected::Version(0), &events, meta)
-            .await
-        {
+        };
+        match self.execute::<Token>(&id, cmd, meta).await {
             Ok(_) => Ok(Some(NewToken { id, secret })),
-            Err(StoreError::Conflict { .. }) if given => Ok(None),
-            Err(e) => Err(ServiceError::Store(e)),
+            Err(ServiceError::Domain(DomainError::AlreadyExists { .. })) if given => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::event::{
     Blob, DomainEvent, ImageCreated, ImageUpdated, ManifestDeleted, ManifestRecorded, TagDeleted,
     TagPushed,
 };
-use super::{DomainError, validate};
+use super::{Aggregate, DomainError, streams, validate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag {
@@ -90,8 +90,74 @@ pub fn distinct_blobs(m: &ManifestRecorded) -> Vec<&Blob> {
 }
 
 impl Image {
+    fn live(&self, id: &str) -> Result<&ImageCreated, DomainError> {
+        match &self.created {
+            Some(c) if !self.deleted => Ok(c),
+            _ => Err(DomainError::not_found("image", id)),
+        }
+    }
+
+    /// Whether any manifest of the image lists `digest` as a child.
+    pub fn is_child(&self, digest: &str) -> bool {
+        self.manifests
+            .values()
+            .any(|m| m.recorded.children.iter().any(|c| c == digest))
+    }
+
+    /// Whether any tag points at `digest`.
+    pub fn is_tagged(&self, digest: &str) -> bool {
+        self.tags.values().any(|t| t.digest == digest)
+    }
+
+    fn check_manifest(&self, m: &ManifestRecorded) -> Result<(), DomainError> {
+        validate::digest("digest", &m.digest)?;
+        if m.media_type.is_empty() || m.media_type.len() > 255 {
+            return Err(DomainError::invalid("media_type", "1 to 255 characters"));
+        }
+        if m.platform.as_ref().is_some_and(|p| p.len() > 64) {
+            return Err(DomainError::invalid("platform", "at most 64 characters"));
+        }
+        let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
+        for blob in m.config.iter().chain(m.layers.iter()) {
+            validate::digest("blob", &blob.digest)?;
+            if blob.size < 0 {
+                return Err(DomainError::invalid("blob", "size must not be negative"));
+            }
+            let known = seen
+                .insert(&blob.digest, blob.size)
+                .or_else(|| self.blobs.get(&blob.digest).map(|b| b.size));
+            if known.is_some_and(|size| size != blob.size) {
+                return Err(DomainError::invalid(
+                    "blob",
+                    format!("{} is listed with two different sizes", blob.digest),
+                ));
+            }
+        }
+        for child in &m.children {
+            if !self.manifests.contains_key(child) {
+                return Err(DomainError::invalid(
+                    "children",
+                    format!("child manifest {child} must be recorded before its index"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Aggregate for Image {
+    type Command = ImageCommand;
+
+    fn stream(id: &str) -> String {
+        streams::image(id)
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
     /// Folds one event, recorded at `at` (RFC 3339) at log `position`, into the state.
-    pub fn apply(&mut self, event: &DomainEvent, at: &str, position: i64) {
+    fn apply(&mut self, event: &DomainEvent, at: &str, position: i64) {
         self.version += 1;
         self.updated_at = at.to_owned();
         match event {
@@ -162,28 +228,9 @@ impl Image {
         }
     }
 
-    fn live(&self, id: &str) -> Result<&ImageCreated, DomainError> {
-        match &self.created {
-            Some(c) if !self.deleted => Ok(c),
-            _ => Err(DomainError::not_found("image", id)),
-        }
-    }
-
-    /// Whether any manifest of the image lists `digest` as a child.
-    pub fn is_child(&self, digest: &str) -> bool {
-        self.manifests
-            .values()
-            .any(|m| m.recorded.children.iter().any(|c| c == digest))
-    }
-
-    /// Whether any tag points at `digest`.
-    pub fn is_tagged(&self, digest: &str) -> bool {
-        self.tags.values().any(|t| t.digest == digest)
-    }
-
     /// Decides the events for `cmd` on image `id`. Returns no events when the command would
     /// change nothing (re-recording a manifest, re-pushing a tag to the same digest).
-    pub fn decide(&self, id: &str, cmd: ImageCommand) -> Result<Vec<DomainEvent>, DomainError> {
+    fn decide(&self, id: &str, cmd: ImageCommand) -> Result<Vec<DomainEvent>, DomainError> {
         if let ImageCommand::Create {
             namespace_id,
             name,
@@ -301,41 +348,6 @@ impl Image {
             }
         }
         Ok(plan.events)
-    }
-
-    fn check_manifest(&self, m: &ManifestRecorded) -> Result<(), DomainError> {
-        validate::digest("digest", &m.digest)?;
-        if m.media_type.is_empty() || m.media_type.len() > 255 {
-            return Err(DomainError::invalid("media_type", "1 to 255 characters"));
-        }
-        if m.platform.as_ref().is_some_and(|p| p.len() > 64) {
-            return Err(DomainError::invalid("platform", "at most 64 characters"));
-        }
-        let mut seen: BTreeMap<&str, i64> = BTreeMap::new();
-        for blob in m.config.iter().chain(m.layers.iter()) {
-            validate::digest("blob", &blob.digest)?;
-            if blob.size < 0 {
-                return Err(DomainError::invalid("blob", "size must not be negative"));
-            }
-            let known = seen
-                .insert(&blob.digest, blob.size)
-                .or_else(|| self.blobs.get(&blob.digest).map(|b| b.size));
-            if known.is_some_and(|size| size != blob.size) {
-                return Err(DomainError::invalid(
-                    "blob",
-                    format!("{} is listed with two different sizes", blob.digest),
-                ));
-            }
-        }
-        for child in &m.children {
-            if !self.manifests.contains_key(child) {
-                return Err(DomainError::invalid(
-                    "children",
-                    format!("child manifest {child} must be recorded before its index"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

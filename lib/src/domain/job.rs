@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::event::DomainEvent;
-use super::{DomainError, streams};
+use super::{Aggregate, DomainError, streams};
 
 /// Kinds of jobs. The names are persisted (events, queue names): renaming one is a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -198,7 +198,38 @@ pub enum JobCommand {
 }
 
 impl Job {
-    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+    fn current(&self, id: &str) -> Result<JobState, DomainError> {
+        self.state.ok_or_else(|| DomainError::not_found("job", id))
+    }
+
+    /// Refuses an effect of `attempt` unless it is the running attempt.
+    fn fenced(&self, id: &str, attempt: i64) -> Result<(), DomainError> {
+        match self.current(id)? {
+            JobState::Running if attempt == self.attempts => Ok(()),
+            state => Err(DomainError::Conflict {
+                resource: "job",
+                message: format!(
+                    "attempt {attempt} of job {id} is stale (job is {} at attempt {})",
+                    state.as_str(),
+                    self.attempts
+                ),
+            }),
+        }
+    }
+}
+
+impl Aggregate for Job {
+    type Command = JobCommand;
+
+    fn stream(id: &str) -> String {
+        streams::job(id)
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn apply(&mut self, event: &DomainEvent, at: &str, _position: i64) {
         self.version += 1;
         self.updated_at = at.to_owned();
         match event {
@@ -242,26 +273,7 @@ impl Job {
         }
     }
 
-    fn current(&self, id: &str) -> Result<JobState, DomainError> {
-        self.state.ok_or_else(|| DomainError::not_found("job", id))
-    }
-
-    /// Refuses an effect of `attempt` unless it is the running attempt.
-    fn fenced(&self, id: &str, attempt: i64) -> Result<(), DomainError> {
-        match self.current(id)? {
-            JobState::Running if attempt == self.attempts => Ok(()),
-            state => Err(DomainError::Conflict {
-                resource: "job",
-                message: format!(
-                    "attempt {attempt} of job {id} is stale (job is {} at attempt {})",
-                    state.as_str(),
-                    self.attempts
-                ),
-            }),
-        }
-    }
-
-    pub fn decide(&self, id: &str, cmd: JobCommand) -> Result<Vec<DomainEvent>, DomainError> {
+    fn decide(&self, id: &str, cmd: JobCommand) -> Result<Vec<DomainEvent>, DomainError> {
         let event = match cmd {
             JobCommand::Accept(a) => {
                 if self.accepted.is_some() {
@@ -355,26 +367,6 @@ impl Job {
     }
 }
 
-impl super::Aggregate for Job {
-    type Command = JobCommand;
-
-    fn stream(id: &str) -> String {
-        streams::job(id)
-    }
-
-    fn fold(&mut self, event: &DomainEvent, at: &str, _position: i64) {
-        self.apply(event, at);
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn decide_command(&self, id: &str, cmd: JobCommand) -> Result<Vec<DomainEvent>, DomainError> {
-        self.decide(id, cmd)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! Given events → when a command → then events or an error. No database.
@@ -399,7 +391,7 @@ mod tests {
     impl Given {
         fn when(&mut self, cmd: JobCommand) -> Result<Vec<DomainEvent>, DomainError> {
             let events = self.0.decide("j", cmd)?;
-            events.iter().for_each(|e| self.0.apply(e, "t"));
+            events.iter().for_each(|e| self.0.apply(e, "t", 0));
             Ok(events)
         }
 

@@ -35,66 +35,17 @@ pub mod streams {
 }
 
 /// State folded from one stream that decides commands into events. The service loads,
-/// decides and appends every aggregate the same way through this.
+/// decides and appends every aggregate the same way through this; `rebuild` folds them.
 pub trait Aggregate: Default + Send {
     type Command: Clone + Send + Sync;
     /// The stream id of aggregate `id`.
     fn stream(id: &str) -> String;
-    /// Folds one event recorded at `at` (RFC 3339) at log `position`.
-    fn fold(&mut self, event: &DomainEvent, at: &str, position: i64);
     /// Events folded so far: the version an append must expect.
     fn version(&self) -> i64;
+    /// Folds one event recorded at `at` (RFC 3339) at log `position`.
+    fn apply(&mut self, event: &DomainEvent, at: &str, position: i64);
     /// The events `cmd` produces on aggregate `id`; none when it would change nothing.
-    fn decide_command(&self, id: &str, cmd: Self::Command)
-    -> Result<Vec<DomainEvent>, DomainError>;
-}
-
-impl Aggregate for namespace::Namespace {
-    type Command = namespace::NamespaceCommand;
-
-    fn stream(id: &str) -> String {
-        streams::namespace(id)
-    }
-
-    fn fold(&mut self, event: &DomainEvent, at: &str, _position: i64) {
-        self.apply(event, at);
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn decide_command(
-        &self,
-        id: &str,
-        cmd: Self::Command,
-    ) -> Result<Vec<DomainEvent>, DomainError> {
-        self.decide(id, cmd)
-    }
-}
-
-impl Aggregate for image::Image {
-    type Command = image::ImageCommand;
-
-    fn stream(id: &str) -> String {
-        streams::image(id)
-    }
-
-    fn fold(&mut self, event: &DomainEvent, at: &str, position: i64) {
-        self.apply(event, at, position);
-    }
-
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn decide_command(
-        &self,
-        id: &str,
-        cmd: Self::Command,
-    ) -> Result<Vec<DomainEvent>, DomainError> {
-        self.decide(id, cmd)
-    }
+    fn decide(&self, id: &str, cmd: Self::Command) -> Result<Vec<DomainEvent>, DomainError>;
 }
 
 /// Why a command was refused. Each variant says how the API answers it.

@@ -4,7 +4,7 @@
 //! deleted) are enforced by the read model's constraints inside the append transaction.
 
 use super::event::{DomainEvent, NamespaceCreated, NamespaceUpdated};
-use super::{DomainError, validate};
+use super::{Aggregate, DomainError, streams, validate};
 
 /// The state of one namespace stream, folded from its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,8 +26,27 @@ pub enum NamespaceCommand {
 }
 
 impl Namespace {
+    fn live(&self, id: &str) -> Result<&NamespaceCreated, DomainError> {
+        match &self.created {
+            Some(c) if !self.deleted => Ok(c),
+            _ => Err(DomainError::not_found("namespace", id)),
+        }
+    }
+}
+
+impl Aggregate for Namespace {
+    type Command = NamespaceCommand;
+
+    fn stream(id: &str) -> String {
+        streams::namespace(id)
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
     /// Folds one event recorded at `at` (RFC 3339) into the state.
-    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+    fn apply(&mut self, event: &DomainEvent, at: &str, _position: i64) {
         self.version += 1;
         self.updated_at = at.to_owned();
         match event {
@@ -50,16 +69,9 @@ impl Namespace {
         }
     }
 
-    fn live(&self, id: &str) -> Result<&NamespaceCreated, DomainError> {
-        match &self.created {
-            Some(c) if !self.deleted => Ok(c),
-            _ => Err(DomainError::not_found("namespace", id)),
-        }
-    }
-
     /// Decides the events for `cmd` on namespace `id`. Returns no events when the command
     /// would change nothing.
-    pub fn decide(&self, id: &str, cmd: NamespaceCommand) -> Result<Vec<DomainEvent>, DomainError> {
+    fn decide(&self, id: &str, cmd: NamespaceCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match cmd {
             NamespaceCommand::Create(c) => {
                 if self.created.is_some() {
@@ -69,6 +81,8 @@ impl Namespace {
                     });
                 }
                 validate::namespace_name(&c.name)?;
+                validate::project_id("project_id", &c.project_id)?;
+                validate::project_id("organization_id", &c.organization_id)?;
                 if c.description.len() > 1024 {
                     return Err(DomainError::invalid("description", "at most 1024 bytes"));
                 }
@@ -114,7 +128,7 @@ mod tests {
 
     fn given(events: &[DomainEvent]) -> Namespace {
         let mut ns = Namespace::default();
-        events.iter().for_each(|e| ns.apply(e, "t"));
+        events.iter().for_each(|e| ns.apply(e, "t", 0));
         ns
     }
 
@@ -124,6 +138,15 @@ mod tests {
         assert!(matches!(
             ns.decide("n1", NamespaceCommand::Create(created("Bad_Name"))),
             Err(DomainError::Invalid { field: "name", .. })
+        ));
+        let mut bad_project = created("team");
+        bad_project.project_id = "not a project".into();
+        assert!(matches!(
+            ns.decide("n1", NamespaceCommand::Create(bad_project)),
+            Err(DomainError::Invalid {
+                field: "project_id",
+                ..
+            })
         ));
         let events = ns
             .decide("n1", NamespaceCommand::Create(created("team")))

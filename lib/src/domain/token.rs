@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use super::event::{DomainEvent, TokenCreated};
-use super::{DomainError, validate};
+use super::{Aggregate, DomainError, streams, validate};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,8 +72,27 @@ pub struct Token {
     pub created_at: String,
 }
 
-impl Token {
-    pub fn apply(&mut self, event: &DomainEvent, at: &str) {
+/// Creates token `id` whose secret hashes to `secret_hash` (tokens are never changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateToken {
+    pub name: String,
+    pub secret_hash: String,
+    pub capabilities: Vec<String>,
+    pub project_id: Option<String>,
+}
+
+impl Aggregate for Token {
+    type Command = CreateToken;
+
+    fn stream(id: &str) -> String {
+        streams::token(id)
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn apply(&mut self, event: &DomainEvent, at: &str, _position: i64) {
         self.version += 1;
         if let DomainEvent::TokenCreated(c) = event {
             self.created = Some(c.clone());
@@ -81,26 +100,18 @@ impl Token {
         }
     }
 
-    /// Decides the creation of token `id` whose secret hashes to `secret_hash`.
-    pub fn decide_create(
-        &self,
-        id: &str,
-        name: &str,
-        secret_hash: &str,
-        capabilities: &[String],
-        project_id: Option<String>,
-    ) -> Result<Vec<DomainEvent>, DomainError> {
+    fn decide(&self, id: &str, cmd: CreateToken) -> Result<Vec<DomainEvent>, DomainError> {
         if self.created.is_some() {
             return Err(DomainError::AlreadyExists {
                 resource: "token",
                 id: id.to_owned(),
             });
         }
-        if name.is_empty() || name.len() > 100 {
+        if cmd.name.is_empty() || cmd.name.len() > 100 {
             return Err(DomainError::invalid("name", "1 to 100 characters"));
         }
         let mut parsed = Vec::new();
-        for c in capabilities {
+        for c in &cmd.capabilities {
             let cap = Capability::parse(c).ok_or_else(|| {
                 let known: Vec<&str> = Capability::ALL.iter().map(|c| c.as_str()).collect();
                 DomainError::invalid(
@@ -115,15 +126,15 @@ impl Token {
         }
         parsed.sort();
         parsed.dedup();
-        if let Some(p) = &project_id {
-            validate::project_id(p)?;
+        if let Some(p) = &cmd.project_id {
+            validate::project_id("project_id", p)?;
         }
         Ok(vec![DomainEvent::TokenCreated(TokenCreated {
             token_id: id.to_owned(),
-            name: name.to_owned(),
-            secret_hash: secret_hash.to_owned(),
+            name: cmd.name,
+            secret_hash: cmd.secret_hash,
             capabilities: parsed.iter().map(|c| c.as_str().to_owned()).collect(),
-            project_id,
+            project_id: cmd.project_id,
         })])
     }
 }
@@ -132,30 +143,40 @@ impl Token {
 mod tests {
     use super::*;
 
+    fn create(caps: &[&str]) -> CreateToken {
+        CreateToken {
+            name: "ci".into(),
+            secret_hash: "h".into(),
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            project_id: None,
+        }
+    }
+
     #[test]
     fn capabilities_are_validated_sorted_and_deduplicated() {
         let t = Token::default();
-        let caps = vec![
-            "images-view".to_owned(),
-            "admin".into(),
-            "images-view".into(),
-        ];
-        let events = t.decide_create("t1", "ci", "h", &caps, None).unwrap();
+        let caps = create(&["images-view", "admin", "images-view"]);
+        let events = t.decide("t1", caps).unwrap();
         match &events[0] {
             DomainEvent::TokenCreated(c) => {
                 assert_eq!(c.capabilities, vec!["images-view", "admin"])
             }
             other => panic!("{other:?}"),
         }
-        let bad = vec!["images-delete".to_owned()];
         assert!(matches!(
-            t.decide_create("t1", "ci", "h", &bad, None),
+            t.decide("t1", create(&["images-delete"])),
             Err(DomainError::Invalid {
                 field: "capabilities",
                 ..
             })
         ));
-        assert!(t.decide_create("t1", "ci", "h", &[], None).is_err());
+        assert!(t.decide("t1", create(&[])).is_err());
+        let mut created = Token::default();
+        created.apply(&events[0], "t", 1);
+        assert!(matches!(
+            created.decide("t1", create(&["admin"])),
+            Err(DomainError::AlreadyExists { .. })
+        ));
     }
 
     #[test]

@@ -106,9 +106,9 @@ pub fn digest(field: &'static str, d: &str) -> Result<(), DomainError> {
     }
 }
 
-/// Project and organization ids: 1 to 64 characters of letters, digits and `-` (UUIDs in
-/// practice).
-pub fn project_id(id: &str) -> Result<(), DomainError> {
+/// Project and organization ids (`field` names which): 1 to 64 characters of letters, digits
+/// and `-` (UUIDs in practice).
+pub fn project_id(field: &'static str, id: &str) -> Result<(), DomainError> {
     if !id.is_empty()
         && id.len() <= 64
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -116,7 +116,7 @@ pub fn project_id(id: &str) -> Result<(), DomainError> {
         Ok(())
     } else {
         Err(DomainError::invalid(
-            "project_id",
+            field,
             "1 to 64 letters, digits or '-'",
         ))
     }

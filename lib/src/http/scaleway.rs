@@ -15,11 +15,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::{AuthError, Principal, authenticate};
+use crate::domain::DomainError;
 use crate::domain::event::{NamespaceCreated, NamespaceUpdated};
 use crate::domain::image::ImageCommand;
 use crate::domain::namespace::NamespaceCommand;
 use crate::domain::token::Capability;
-use crate::domain::{DomainError, validate};
 use crate::service::ServiceError;
 use crate::store::rows::{NamespaceRow, TagRow};
 use crate::store::{
@@ -672,7 +672,6 @@ pub(crate) async fn create_namespace(
             argument: "project_id".to_owned(),
             help: "project_id (or organization_id) is required".to_owned(),
         })?;
-    validate::project_id(&project_id).map_err(ServiceError::Domain)?;
     if !principal.sees(&project_id) {
         return Err(ApiError::Forbidden {
             resource: "namespace",
@@ -680,7 +679,6 @@ pub(crate) async fn create_namespace(
         });
     }
     let organization_id = body.organization_id.unwrap_or_else(|| project_id.clone());
-    validate::project_id(&organization_id).map_err(ServiceError::Domain)?;
     let id = uuid::Uuid::now_v7().to_string();
     state
         .registry

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use crate::domain::Aggregate;
 use crate::domain::image::Image;
 use crate::domain::namespace::Namespace;
 use crate::domain::job::Job;
@@ -55,26 +56,15 @@ impl SqlStore {
             after = last.try_get("position")?;
             for row in &page {
                 let e = recorded(row)?;
-                if e.stream_id.starts_with(streams::NAMESPACE) {
-                    namespaces
-                        .entry(e.stream_id)
-                        .or_default()
-                        .apply(&e.event, &e.recorded_at);
-                } else if e.stream_id.starts_with(streams::IMAGE) {
-                    images.entry(e.stream_id).or_default().apply(
-                        &e.event,
-                        &e.recorded_at,
-                        e.position,
-                    );
-                } else if e.stream_id.starts_with(streams::JOB) {
-                    jobs.entry(e.stream_id)
-                        .or_default()
-                        .apply(&e.event, &e.recorded_at);
-                } else if e.stream_id.starts_with(streams::TOKEN) {
-                    tokens
-                        .entry(e.stream_id)
-                        .or_default()
-                        .apply(&e.event, &e.recorded_at);
+                let stream = e.stream_id.as_str();
+                if stream.starts_with(streams::NAMESPACE) {
+                    fold(&mut namespaces, &e);
+                } else if stream.starts_with(streams::IMAGE) {
+                    fold(&mut images, &e);
+                } else if stream.starts_with(streams::JOB) {
+                    fold(&mut jobs, &e);
+                } else if stream.starts_with(streams::TOKEN) {
+                    fold(&mut tokens, &e);
                 }
                 replayed += 1;
             }
@@ -103,6 +93,14 @@ impl SqlStore {
         sqlx::query("ANALYZE").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Folds a recorded event into the aggregate of its stream.
+fn fold<A: Aggregate>(aggregates: &mut HashMap<String, A>, e: &RecordedEvent) {
+    aggregates
+        .entry(e.stream_id.clone())
+        .or_default()
+        .apply(&e.event, &e.recorded_at, e.position);
 }
 
 async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreError> {
