@@ -585,7 +585,13 @@ async fn bad_input_gets_scaleway_errors_and_changes_nothing(env: Env) {
         .await;
     assert_eq!((status, body["resource"].as_str()), (404, Some("region")));
 
-    // Protocol errors are JSON too.
+    // Protocol errors are JSON too, in this surface's shape.
+    let (status, body) = env.get("/namespaces?page=1&page=2").await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (400, Some("invalid_arguments"))
+    );
+    assert_eq!(body["details"][0]["argument_name"], "page", "{body}");
     let (status, body) = env
         .call(
             Method::GET,
@@ -1082,6 +1088,7 @@ async fn yandex_listing_shapes_filters_and_errors(env: Env) {
         "orderBy=size",
         "filter=tag%3D1",
         "pageToken=nope",
+        "pageSize=1&pageSize=2",
     ] {
         let (status, body) = env
             .call(Method::GET, &yandex_url(&env, bad), Some(ADMIN), None)

@@ -35,7 +35,7 @@ pub struct ApiConfig {
 
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub store: Store,
+    /// Commands; its store also answers the read models.
     pub registry: Registry<Store>,
     pub api: Arc<ApiConfig>,
 }
@@ -43,10 +43,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, api: ApiConfig) -> Self {
         AppState {
-            registry: Registry::new(store.clone()),
-            store,
+            registry: Registry::new(store),
             api: Arc::new(api),
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.registry.store()
     }
 }
 
@@ -100,37 +103,75 @@ async fn observe(request: axum::extract::Request, next: axum::middleware::Next) 
     response
 }
 
-/// Unknown routes answer in the error shape of the surface their path belongs to.
-async fn not_found(uri: Uri) -> Response {
-    let message = format!("no route for {}", uri.path());
-    if uri.path().starts_with(yandex::PREFIX) {
-        yandex::ApiError::NotFound(message).into_response()
-    } else {
-        scaleway::ApiError::Route {
+/// Errors raised before a handler runs, each answered in the error shape of the API surface
+/// the request's path belongs to.
+enum Refusal {
+    NoRoute,
+    MethodNotAllowed,
+    BadQuery(String),
+}
+
+fn refuse(path: &str, refusal: Refusal) -> Response {
+    let yandex = path.starts_with(yandex::PREFIX);
+    match (refusal, yandex) {
+        (Refusal::NoRoute, true) => {
+            yandex::ApiError::NotFound(format!("no route for {path}")).into_response()
+        }
+        (Refusal::NoRoute, false) => scaleway::ApiError::Route {
             status: StatusCode::NOT_FOUND,
             kind: "not_found",
-            message,
+            message: format!("no route for {path}"),
         }
-        .into_response()
+        .into_response(),
+        (Refusal::MethodNotAllowed, true) => yandex::ApiError::Status {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: 12,
+            message: format!("method not allowed on {path}"),
+        }
+        .into_response(),
+        (Refusal::MethodNotAllowed, false) => scaleway::ApiError::Route {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "method_not_allowed",
+            message: format!("method not allowed on {path}"),
+        }
+        .into_response(),
+        (Refusal::BadQuery(message), true) => yandex::ApiError::Invalid(message).into_response(),
+        (Refusal::BadQuery(message), false) => scaleway::ApiError::Invalid {
+            argument: scaleway::quoted_field(&message).unwrap_or_else(|| "query".to_owned()),
+            help: message,
+        }
+        .into_response(),
     }
 }
 
+async fn not_found(uri: Uri) -> Response {
+    refuse(uri.path(), Refusal::NoRoute)
+}
+
 async fn method_not_allowed(uri: Uri) -> Response {
-    let message = format!("method not allowed on {}", uri.path());
-    if uri.path().starts_with(yandex::PREFIX) {
-        yandex::ApiError::Status {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: 12,
-            message,
+    refuse(uri.path(), Refusal::MethodNotAllowed)
+}
+
+/// Query parameters; a query string that does not parse (a repeated parameter, bad
+/// encoding) is refused in the surface's error shape, not as axum's plain text.
+pub struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Params(value)),
+            Err(rejection) => Err(refuse(
+                parts.uri.path(),
+                Refusal::BadQuery(rejection.body_text()),
+            )),
         }
-        .into_response()
-    } else {
-        scaleway::ApiError::Route {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            kind: "method_not_allowed",
-            message,
-        }
-        .into_response()
     }
 }
 
@@ -158,7 +199,7 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ready().await {
+    match state.store().ready().await {
         Ok(true) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,

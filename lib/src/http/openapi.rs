@@ -1,7 +1,10 @@
 //! `/openapi.json`: the OpenAPI 3.1 description of every route, generated from the handlers'
 //! annotations and the response types they return, so it cannot drift from the code.
 
-use axum::Json;
+use std::sync::LazyLock;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -66,6 +69,12 @@ impl Modify for TokenSchemes {
     summary = "This OpenAPI description",
     responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
 )]
-pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(crate) async fn openapi_json() -> impl IntoResponse {
+    // The document never changes while the process runs: render it once.
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .expect("the OpenAPI document serialises")
+    });
+    ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
 }

@@ -3,7 +3,7 @@
 //! token, call the registry or a read model, translate.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::auth::{AuthError, Principal, authenticate};
+use super::{AppState, Params};
 use crate::domain::DomainError;
 use crate::domain::event::{NamespaceCreated, NamespaceUpdated};
 use crate::domain::image::ImageCommand;
@@ -211,7 +211,7 @@ async fn allow(
     resource: &'static str,
     action: &'static str,
 ) -> Result<Principal, ApiError> {
-    let principal = authenticate(&state.store, headers)
+    let principal = authenticate(state.store(), headers)
         .await
         .map_err(|e| auth_error(e, resource, action))?;
     principal
@@ -277,7 +277,7 @@ fn body_error(rejection: JsonRejection) -> ApiError {
 }
 
 /// The field serde names in "unknown field `x`" / "missing field `x`" / "… at `x`".
-fn quoted_field(message: &str) -> Option<String> {
+pub(super) fn quoted_field(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(message[start..start + len].to_owned())
@@ -545,7 +545,7 @@ async fn visible_namespace(
     region: &str,
     id: &str,
 ) -> Result<NamespaceRow, ApiError> {
-    match state.store.namespace(id).await? {
+    match state.store().namespace(id).await? {
         Some(n) if n.region == region && principal.sees(&n.project_id) => Ok(n),
         _ => Err(ApiError::NotFound {
             resource: "namespace",
@@ -572,7 +572,7 @@ async fn visible_namespace(
 pub(crate) async fn list_namespaces(
     State(state): State<AppState>,
     Path(region): Path<String>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<NamespaceList>, ApiError> {
     let principal = allow(
@@ -593,7 +593,7 @@ pub(crate) async fn list_namespaces(
         }));
     };
     let page = state
-        .store
+        .store()
         .list_namespaces(&NamespaceQuery {
             region,
             name: params.name,
@@ -832,7 +832,7 @@ async fn visible_image(
     region: &str,
     id: &str,
 ) -> Result<ImageView, ApiError> {
-    match state.store.image_view(id).await? {
+    match state.store().image_view(id).await? {
         Some(v) if v.image.region == region && principal.sees(&v.image.project_id) => Ok(v),
         _ => Err(ApiError::NotFound {
             resource: "image",
@@ -859,7 +859,7 @@ async fn visible_image(
 pub(crate) async fn list_images(
     State(state): State<AppState>,
     Path(region): Path<String>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<ImageList>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "image", "list").await?;
@@ -873,7 +873,7 @@ pub(crate) async fn list_images(
         }));
     };
     let page = state
-        .store
+        .store()
         .list_images(&ImageQuery {
             region,
             name: params.name,
@@ -1024,7 +1024,7 @@ pub(crate) async fn delete_image(
 pub(crate) async fn list_tags(
     State(state): State<AppState>,
     Path((region, image_id)): Path<(String, String)>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<TagList>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesView, "tag", "list").await?;
@@ -1033,7 +1033,7 @@ pub(crate) async fn list_tags(
     let sort = order(&params, &TAG_ORDERS)?;
     visible_image(&state, &principal, &region, &image_id).await?;
     let page = state
-        .store
+        .store()
         .list_tags(&TagQuery {
             image_id,
             name: params.name,
@@ -1058,7 +1058,7 @@ async fn visible_tag(
         resource: "tag",
         id: id.to_owned(),
     };
-    let tag = state.store.tag(id).await?.ok_or_else(not_found)?;
+    let tag = state.store().tag(id).await?.ok_or_else(not_found)?;
     visible_image(state, principal, region, &tag.image_id)
         .await
         .map_err(|_| not_found())?;
@@ -1117,7 +1117,7 @@ pub struct DeleteTagParams {
 pub(crate) async fn delete_tag(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
-    Query(params): Query<DeleteTagParams>,
+    Params(params): Params<DeleteTagParams>,
     headers: HeaderMap,
 ) -> Result<Json<Tag>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesManage, "tag", "delete").await?;

@@ -2,7 +2,7 @@
 //! manifest with its blobs and tags, int64 values as JSON strings, lowerCamelCase keys,
 //! keyset pages behind an opaque `pageToken`, gRPC-style error bodies.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,8 +12,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::auth::{AuthError, authenticate};
+use super::{AppState, Params};
 use crate::domain::token::Capability;
 use crate::store::{CursorError, ManifestKey, ManifestQuery, ManifestView, ReadModels, StoreError};
 
@@ -295,10 +295,10 @@ pub struct StatusBody {
 )]
 pub(crate) async fn list_images(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    Params(params): Params<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<ImageListBody>, ApiError> {
-    let principal = authenticate(&state.store, &headers).await?;
+    let principal = authenticate(state.store(), &headers).await?;
     principal.require(Capability::ImagesView)?;
     let limit = match params.page_size.as_deref() {
         None => DEFAULT_PAGE_SIZE,
@@ -350,7 +350,7 @@ pub(crate) async fn list_images(
     if let Some(token) = params.page_token.as_deref().filter(|t| !t.is_empty()) {
         query.after_seq = Some(parse_page_token(&query, token)?);
     }
-    let mut rows = match state.store.list_manifests(&query).await? {
+    let mut rows = match state.store().list_manifests(&query).await? {
         Ok(rows) => rows,
         Err(CursorError::Gone) => {
             return Err(ApiError::Invalid(
@@ -390,23 +390,16 @@ pub(crate) async fn get_image(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<ImageBody>, ApiError> {
-    let principal = authenticate(&state.store, &headers).await?;
+    let principal = authenticate(state.store(), &headers).await?;
     principal.require(Capability::ImagesView)?;
     let not_found = || ApiError::NotFound(format!("image {id} not found"));
     let seq: i64 = id.parse().map_err(|_| not_found())?;
     let view = state
-        .store
+        .store()
         .manifest_view(seq)
         .await?
         .ok_or_else(not_found)?;
-    // Visibility follows the namespace's project.
-    let project = state
-        .store
-        .image_view(&view.manifest.image_id)
-        .await?
-        .map(|v| v.image.project_id)
-        .ok_or_else(not_found)?;
-    if !principal.sees(&project) {
+    if !principal.sees(&view.project_id) {
         return Err(not_found());
     }
     Ok(Json(ImageBody::new(&view)))

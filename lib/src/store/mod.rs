@@ -280,6 +280,16 @@ pub fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .foreign_keys(true))
 }
 
+/// Runs `$call` on whichever backend store `$self` holds.
+macro_rules! dispatch {
+    ($self:ident, $inner:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($inner) => $call,
+            Store::Postgres($inner) => $call,
+        }
+    };
+}
+
 impl Store {
     /// Connects to `url` (`sqlite:path` — created if missing — or `postgres://…`). Runs no
     /// migrations; see [`Store::migrate`]. SQLite connections each get WAL, `synchronous =
@@ -315,27 +325,18 @@ impl Store {
     /// Applies the embedded migrations not applied yet; safe to run from several processes at
     /// once. Returns the versions applied now.
     pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.migrate().await,
-            Store::Postgres(s) => s.migrate().await,
-        }
+        dispatch!(self, s => s.migrate().await)
     }
 
     /// Whether the database answers and every embedded migration has been applied.
     pub async fn ready(&self) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ready().await,
-            Store::Postgres(s) => s.ready().await,
-        }
+        dispatch!(self, s => s.ready().await)
     }
 
     /// Drops every read model row and replays the whole log into them, in one transaction
     /// that also holds the log head lock (appends wait). Returns the number of events replayed.
     pub async fn rebuild(&self, progress: Progress<'_>) -> Result<u64, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.rebuild(progress).await,
-            Store::Postgres(s) => s.rebuild(progress).await,
-        }
+        dispatch!(self, s => s.rebuild(progress).await)
     }
 
     /// Stores a raw event row as an older build would have written it. Only for tests and
@@ -348,43 +349,20 @@ impl Store {
         schema_version: i32,
         payload: &str,
     ) -> Result<i64, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                s.insert_raw_event(stream_id, event_type, schema_version, payload)
-                    .await
-            }
-            Store::Postgres(s) => {
-                s.insert_raw_event(stream_id, event_type, schema_version, payload)
-                    .await
-            }
-        }
+        dispatch!(self, s => s.insert_raw_event(stream_id, event_type, schema_version, payload)
+                    .await)
     }
 
     /// Inserts read model rows directly, bypassing the log. Only for benchmarks that need a
     /// large read model quickly; the log does not describe what this writes.
     #[doc(hidden)]
     pub async fn bulk_load(&self, rows: &ReadModelRows) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.bulk_load(rows).await,
-            Store::Postgres(s) => s.bulk_load(rows).await,
-        }
+        dispatch!(self, s => s.bulk_load(rows).await)
     }
 
     pub async fn close(&self) {
-        match self {
-            Store::Sqlite(s) => s.pool.close().await,
-            Store::Postgres(s) => s.pool.close().await,
-        }
+        dispatch!(self, s => s.pool.close().await)
     }
-}
-
-macro_rules! dispatch {
-    ($self:ident, $inner:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($inner) => $call,
-            Store::Postgres($inner) => $call,
-        }
-    };
 }
 
 impl EventStore for Store {
@@ -575,6 +553,8 @@ pub struct ManifestView {
     pub manifest: rows::ManifestRow,
     pub namespace_name: String,
     pub image_name: String,
+    /// The project the manifest's namespace belongs to.
+    pub project_id: String,
     pub layers: Vec<rows::ManifestLayerRow>,
     pub tags: Vec<String>,
 }

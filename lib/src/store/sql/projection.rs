@@ -488,17 +488,9 @@ async fn delete_manifest(
     let namespace_id = namespace_of(conn, image_id).await?;
     let (mut removed, mut stored_removed) = (0, 0);
     for (digest, size) in blobs {
-        if release(conn, "image_blobs", "image_id", image_id, &digest).await? {
+        if release(conn, IMAGE_BLOB_REFS, image_id, &digest).await? {
             removed += size;
-            if release(
-                conn,
-                "namespace_blobs",
-                "namespace_id",
-                &namespace_id,
-                &digest,
-            )
-            .await?
-            {
+            if release(conn, NAMESPACE_BLOB_REFS, &namespace_id, &digest).await? {
                 stored_removed += size;
             }
         }
@@ -507,28 +499,41 @@ async fn delete_manifest(
     Ok(-removed)
 }
 
-/// Drops one reference to `digest` in a blob table; returns whether it was the last (the row
-/// is then deleted).
+/// The two statements that drop one reference to a blob and remove its row at zero.
+struct BlobRefs {
+    decrement: &'static str,
+    remove: &'static str,
+}
+
+const IMAGE_BLOB_REFS: BlobRefs = BlobRefs {
+    decrement: "UPDATE image_blobs SET refs = refs - 1 WHERE image_id = $1 AND digest = $2 \
+                RETURNING refs",
+    remove: "DELETE FROM image_blobs WHERE image_id = $1 AND digest = $2",
+};
+
+const NAMESPACE_BLOB_REFS: BlobRefs = BlobRefs {
+    decrement: "UPDATE namespace_blobs SET refs = refs - 1 \
+                WHERE namespace_id = $1 AND digest = $2 RETURNING refs",
+    remove: "DELETE FROM namespace_blobs WHERE namespace_id = $1 AND digest = $2",
+};
+
+/// Drops one reference of `owner` to `digest`; returns whether it was the last (the row is
+/// then deleted).
 async fn release(
     conn: &mut Conn,
-    table: &'static str,
-    owner_column: &'static str,
+    refs: BlobRefs,
     owner: &str,
     digest: &str,
 ) -> Result<bool, StoreError> {
-    let update = format!(
-        "UPDATE {table} SET refs = refs - 1 WHERE {owner_column} = $1 AND digest = $2 RETURNING refs"
-    );
-    let refs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(update))
+    let left: i64 = sqlx::query_scalar(refs.decrement)
         .bind(owner)
         .bind(digest)
         .fetch_one(&mut *conn)
         .await?;
-    if refs > 0 {
+    if left > 0 {
         return Ok(false);
     }
-    let delete = format!("DELETE FROM {table} WHERE {owner_column} = $1 AND digest = $2");
-    sqlx::query(sqlx::AssertSqlSafe(delete))
+    sqlx::query(refs.remove)
         .bind(owner)
         .bind(digest)
         .execute(&mut *conn)

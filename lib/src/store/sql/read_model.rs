@@ -1,8 +1,8 @@
 // Reads of the read models. Included by `backend.rs` once per backend.
 
 use crate::store::rows::{
-    ApiTokenRow, JobDescriptorRow, ImageBlobRow, ImageRow, ManifestChildRow, ManifestLayerRow, ManifestRow,
-    NamespaceBlobRow, NamespaceRow, ReadModelRows, TagRow,
+    ApiTokenRow, ImageBlobRow, ImageRow, JobDescriptorRow, ManifestChildRow, ManifestLayerRow,
+    ManifestRow, NamespaceBlobRow, NamespaceRow, ReadModelRows, TagRow,
 };
 
 const NAMESPACE_COLUMNS: &str = "id, name, region, description, organization_id, project_id, \
@@ -16,6 +16,10 @@ const MANIFEST_LAYER_COLUMNS: &str = "image_id, manifest_digest, idx, digest, si
 const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest";
 const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
 const NAMESPACE_BLOB_COLUMNS: &str = "namespace_id, digest, size, refs";
+/// Manifests with their repository's names and project, for listings (add `WHERE`, order).
+const MANIFEST_VIEWS: &str = "SELECT m.*, n.name AS ns_name, i.name AS image_name, \
+    i.project_id AS image_project FROM manifests m JOIN images i ON i.id = m.image_id \
+    JOIN namespaces n ON n.id = i.namespace_id";
 const API_TOKEN_COLUMNS: &str = "id, name, secret_hash, capabilities, project_id, created_at";
 const JOB_DESCRIPTOR_COLUMNS: &str = "id, kind, state, caption, creator, input, output, \
     attempts, progress_done, progress_total, progress_step, last_error, next_retry_at, \
@@ -320,7 +324,7 @@ impl SqlStore {
 
         let mut list = QueryBuilder::<Db>::new(format!(
             "SELECT {} FROM namespaces n WHERE n.region = ",
-            prefixed("n", NAMESPACE_COLUMNS)
+            NAMESPACE_COLUMNS
         ));
         list.push_bind(query.region.clone());
         push_filters(&mut list, &filters);
@@ -372,7 +376,7 @@ impl SqlStore {
 
         let mut list = QueryBuilder::<Db>::new(format!(
             "SELECT {} FROM images i WHERE i.region = ",
-            prefixed("i", IMAGE_COLUMNS)
+            IMAGE_COLUMNS
         ));
         list.push_bind(query.region.clone());
         push_filters(&mut list, &filters);
@@ -434,7 +438,7 @@ impl SqlStore {
 
         let mut list = QueryBuilder::<Db>::new(format!(
             "SELECT {} FROM tags t WHERE t.image_id = ",
-            prefixed("t", TAG_COLUMNS)
+            TAG_COLUMNS
         ));
         list.push_bind(query.image_id.clone());
         push_filters(&mut list, &filters);
@@ -454,77 +458,58 @@ impl SqlStore {
         &self,
         query: &ManifestQuery,
     ) -> Result<Result<Vec<ManifestView>, CursorError>, StoreError> {
-        let mut keys: Vec<(&'static str, bool)> = query
-            .order
-            .iter()
-            .map(|(k, desc)| {
-                let column = match k {
-                    ManifestKey::Name => "n.name, i.name",
-                    ManifestKey::Digest => "m.digest",
-                    ManifestKey::CreatedAt => "m.seq",
-                };
-                (column, *desc)
-            })
-            .collect();
+        // The order's columns, then `seq` (unique) so every row has one place.
+        let mut keys: Vec<(&'static str, bool)> = Vec::new();
+        for (key, desc) in &query.order {
+            let columns: &[&'static str] = match key {
+                ManifestKey::Name => &["n.name", "i.name"],
+                ManifestKey::Digest => &["m.digest"],
+                ManifestKey::CreatedAt => &["m.seq"],
+            };
+            keys.extend(columns.iter().map(|c| (*c, *desc)));
+        }
         if !keys.iter().any(|(c, _)| *c == "m.seq") {
             keys.push(("m.seq", false));
         }
-        // Expand "n.name, i.name" into two keys with the same direction.
-        let keys: Vec<(&'static str, bool)> = keys
-            .into_iter()
-            .flat_map(|(c, d)| match c {
-                "n.name, i.name" => vec![("n.name", d), ("i.name", d)],
-                other => vec![(other, d)],
-            })
-            .collect();
 
-        // The cursor row's key values.
+        // The cursor row's key values. Creation order needs only the seq itself; other
+        // orders read the cursor row's keys, which must still exist.
         let cursor: Option<Vec<KeyValue>> = match query.after_seq {
             None => None,
+            Some(seq) if keys.len() == 1 => Some(vec![KeyValue::Int(seq)]),
             Some(seq) => {
-                let sql = "SELECT n.name AS \"n.name\", i.name AS \"i.name\", m.digest AS \"m.digest\", \
-                           m.seq AS \"m.seq\" FROM manifests m JOIN images i ON i.id = m.image_id \
+                let sql = "SELECT n.name AS \"n.name\", i.name AS \"i.name\", \
+                           m.digest AS \"m.digest\", m.seq AS \"m.seq\" FROM manifests m \
+                           JOIN images i ON i.id = m.image_id \
                            JOIN namespaces n ON n.id = i.namespace_id WHERE m.seq = $1";
-                let row = sqlx::query(sql)
+                let Some(row) = sqlx::query(sql)
                     .bind(seq)
                     .fetch_optional(&self.pool)
-                    .await?;
-                match row {
-                    Some(row) => Some(
-                        keys.iter()
-                            .map(|(c, _)| {
-                                Ok(if *c == "m.seq" {
-                                    KeyValue::Int(row.try_get(*c)?)
-                                } else {
-                                    KeyValue::Text(row.try_get(*c)?)
-                                })
-                            })
-                            .collect::<Result<_, sqlx::Error>>()?,
-                    ),
-                    None if query
-                        .order
-                        .iter()
-                        .all(|(k, _)| *k == ManifestKey::CreatedAt) =>
-                    {
-                        // Creation order needs only the seq itself.
-                        Some(vec![KeyValue::Int(seq)])
-                    }
-                    None => return Ok(Err(CursorError::Gone)),
-                }
+                    .await?
+                else {
+                    return Ok(Err(CursorError::Gone));
+                };
+                let values = keys
+                    .iter()
+                    .map(|(c, _)| {
+                        Ok(if *c == "m.seq" {
+                            KeyValue::Int(row.try_get(*c)?)
+                        } else {
+                            KeyValue::Text(row.try_get(*c)?)
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?;
+                Some(values)
             }
         };
 
-        let mut q = QueryBuilder::<Db>::new(format!(
-            "SELECT {}, n.name AS ns_name, i.name AS image_name FROM manifests m \
-             JOIN images i ON i.id = m.image_id JOIN namespaces n ON n.id = i.namespace_id \
-             WHERE 1 = 1",
-            prefixed("m", MANIFEST_COLUMNS)
-        ));
+        let mut q = QueryBuilder::<Db>::new(MANIFEST_VIEWS);
+        q.push(" WHERE 1 = 1");
         push_filters(
             &mut q,
             &[
-                ("n.id", &query.namespace_id),
-                ("n.project_id", &query.project_id),
+                ("i.namespace_id", &query.namespace_id),
+                ("i.project_id", &query.project_id),
             ],
         );
         if let Some((ns, image)) = &query.repository {
@@ -563,16 +548,9 @@ impl SqlStore {
 
     /// One manifest by its `seq`.
     pub async fn manifest_view(&self, seq: i64) -> Result<Option<ManifestView>, StoreError> {
-        let sql = format!(
-            "SELECT {}, n.name AS ns_name, i.name AS image_name FROM manifests m \
-             JOIN images i ON i.id = m.image_id JOIN namespaces n ON n.id = i.namespace_id \
-             WHERE m.seq = $1",
-            prefixed("m", MANIFEST_COLUMNS)
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut q = QueryBuilder::<Db>::new(MANIFEST_VIEWS);
+        q.push(" WHERE m.seq = ").push_bind(seq);
+        let rows = q.build().fetch_all(&self.pool).await?;
         Ok(self.manifest_views(&rows).await?.pop())
     }
 
@@ -583,6 +561,7 @@ impl SqlStore {
             views.push(ManifestView {
                 manifest: manifest_row(r)?,
                 namespace_name: r.try_get("ns_name")?,
+                project_id: r.try_get("image_project")?,
                 image_name: r.try_get("image_name")?,
                 layers: Vec::new(),
                 tags: Vec::new(),
@@ -652,13 +631,4 @@ impl KeyValue {
             KeyValue::Int(i) => q.push_bind(*i),
         };
     }
-}
-
-/// `a, b` → `p.a, p.b`.
-fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{alias}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use crate::domain::Aggregate;
 use crate::domain::image::Image;
-use crate::domain::namespace::Namespace;
 use crate::domain::job::Job;
+use crate::domain::namespace::Namespace;
 use crate::domain::token::Token;
 use crate::store::Progress;
 use crate::store::rows::materialize;
