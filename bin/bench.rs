@@ -7,15 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use layerline_core::config::Settings;
 use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated, TagPushed};
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::{DomainEvent, format_time, streams};
 use layerline_core::service::Registry;
-use layerline_core::store::{Backend, EventStore, Expected, Metadata, Store};
-use sqlx::Connection;
+use layerline_core::store::scratch::Scratch;
+use layerline_core::store::{EventStore, Expected, Metadata, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -63,101 +62,16 @@ const BATCH: usize = 100;
 pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Append(args) => {
-            let scratch = Scratch::create(&settings.database_url).await?;
+            let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
             let result = append(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
         }
         BenchCommand::Api(args) => {
-            let scratch = Scratch::create(&settings.database_url).await?;
+            let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
             let result = api::run(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
-        }
-    }
-}
-
-/// A database that exists for one benchmark.
-struct Scratch {
-    url: String,
-    admin_url: String,
-    pg_name: Option<String>,
-    _dir: Option<tempfile_dir::Dir>,
-}
-
-impl Scratch {
-    async fn create(configured: &str) -> anyhow::Result<Scratch> {
-        let backend = Backend::of_url(configured)?;
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile_dir::Dir::new()?;
-                let url = format!("sqlite://{}", dir.path.join("bench.db").display());
-                Ok(Scratch {
-                    url,
-
-                    admin_url: String::new(),
-                    pg_name: None,
-                    _dir: Some(dir),
-                })
-            }
-            Backend::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(configured)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                let name = format!("layerline_bench_{}", uuid::Uuid::new_v4().simple());
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .context("creating the scratch database")?;
-                let base = configured
-                    .split('?')
-                    .next()
-                    .and_then(|u| u.rsplit_once('/'))
-                    .map(|(b, _)| b)
-                    .context("PostgreSQL URL without a database")?;
-                Ok(Scratch {
-                    url: format!("{base}/{name}"),
-
-                    admin_url: configured.to_owned(),
-                    pg_name: Some(name),
-                    _dir: None,
-                })
-            }
-        }
-    }
-
-    async fn drop_database(&self) {
-        if let Some(name) = &self.pg_name
-            && let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await
-        {
-            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await;
-        }
-    }
-}
-
-/// A temporary directory removed on drop (kept tiny to avoid a dependency in the binary).
-mod tempfile_dir {
-    use std::path::PathBuf;
-
-    pub struct Dir {
-        pub path: PathBuf,
-    }
-
-    impl Dir {
-        pub fn new() -> std::io::Result<Dir> {
-            let path =
-                std::env::temp_dir().join(format!("layerline-bench-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Dir { path })
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }
@@ -288,7 +202,7 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
     store.close().await;
 
     // Rebuild, a registry's history: retention keeps the state much smaller than the log.
-    let history = Scratch::create(url).await?;
+    let history = Scratch::create(url, "layerline_bench").await?;
     let history_store = Store::connect(&history.url, max_connections).await?;
     history_store.migrate().await?;
     write_history(&history_store, args.history_images).await?;

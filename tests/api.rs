@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Server, TestDb, digest};
-use layerline_core::domain::event::{Blob, ManifestRecorded};
+use common::{Fixture, Server, TestDb, digest};
+use layerline_core::domain::event::ManifestRecorded;
 use layerline_core::domain::image::ImageCommand;
-use layerline_core::service::Registry;
 use layerline_core::store::{Backend, Metadata, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -58,11 +57,12 @@ on_both_backends!(
     the_official_scaleway_python_sdk_works_unchanged,
 );
 
-/// A served database, a library handle on the same database, and an admin token.
+/// A served database, the library's commands on the same database (`Fixture`, reached
+/// through `Deref`), and an admin token.
 struct Env {
     server: Server,
     db_url: String,
-    registry: Registry<Store>,
+    fx: Fixture,
     client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -79,7 +79,7 @@ impl Env {
         Env {
             server,
             db_url: db.url.clone(),
-            registry: Registry::new(store),
+            fx: Fixture::new(store),
             client: reqwest::Client::new(),
             _dir: dir,
         }
@@ -157,69 +157,10 @@ impl Env {
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
-
-    async fn image(&self, namespace_id: &str, name: &str) -> String {
-        let id = uuid::Uuid::now_v7().to_string();
-        self.registry
-            .image(
-                &id,
-                ImageCommand::Create {
-                    namespace_id: namespace_id.into(),
-                    name: name.into(),
-                    visibility: None,
-                },
-                &Metadata::default(),
-            )
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn manifest(&self, image_id: &str, n: u64, layers: &[(u64, i64)]) {
-        let m = ManifestRecorded {
-            digest: digest(n),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            platform: None,
-            config: Some(Blob {
-                digest: digest(10_000 + n),
-                size: 10,
-                media_type: "application/vnd.oci.image.config.v1+json".into(),
-            }),
-            layers: layers
-                .iter()
-                .map(|(d, s)| Blob {
-                    digest: digest(*d),
-                    size: *s,
-                    media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-                })
-                .collect(),
-            children: vec![],
-        };
-        self.registry
-            .image(
-                image_id,
-                ImageCommand::RecordManifest(m),
-                &Metadata::default(),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn tag(&self, image_id: &str, name: &str, n: u64) {
-        let cmd = ImageCommand::PushTag {
-            name: name.into(),
-            digest: digest(n),
-            new_tag_id: uuid::Uuid::now_v7().to_string(),
-        };
-        self.registry
-            .image(image_id, cmd, &Metadata::default())
-            .await
-            .unwrap();
-    }
 }
 
 /// POSTs a JSON body one byte longer than the 1 MiB limit and reads the answer.
-async fn oversized_post(env: &Env, url: &str) -> (u16, Value) {
+async fn oversized_post(url: &str) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const LIMIT: usize = layerline_core::http::BODY_LIMIT;
     let url = reqwest::Url::parse(url).unwrap();
@@ -245,7 +186,6 @@ async fn oversized_post(env: &Env, url: &str) -> (u16, Value) {
     let text = String::from_utf8_lossy(&response);
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let _ = env;
     (
         status,
         serde_json::from_str(body.trim()).unwrap_or_else(|_| panic!("not JSON: {text}")),
@@ -271,6 +211,14 @@ fn assert_fields(value: &Value, fields: &[(&str, &str)]) {
             Value::Object(_) => "object",
         };
         assert_eq!(actual, *kind, "{key} in {value}");
+    }
+}
+
+impl std::ops::Deref for Env {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.fx
     }
 }
 
@@ -620,7 +568,7 @@ async fn bad_input_gets_scaleway_errors_and_changes_nothing(env: Env) {
     assert!(resp.json::<Value>().await.unwrap()["message"].is_string());
     // A body one byte over the limit is refused once that byte arrives (the whole body is
     // sent, so the answer cannot race the upload).
-    let (status, body) = oversized_post(&env, &env.url("/namespaces")).await;
+    let (status, body) = oversized_post(&env.url("/namespaces")).await;
     assert_eq!(
         (status, body["type"].as_str()),
         (413, Some("request_too_large"))

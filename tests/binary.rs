@@ -242,12 +242,7 @@ async fn requests_are_counted_by_route_template_and_logged_with_their_id() {
         .await
         .unwrap();
 
-    let text = reqwest::get(&server.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.scrape().await;
     let line = |needle: &str| text.lines().any(|l| l.starts_with(needle));
     assert!(
         line(
@@ -314,12 +309,7 @@ async fn the_metrics_exposition_passes_promtool() {
         .send()
         .await
         .unwrap();
-    let text = reqwest::get(&server.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.scrape().await;
     assert!(text.contains(r#"layerline_events_appended_total{event_type="namespace.created"} 1"#));
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])

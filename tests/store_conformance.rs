@@ -6,12 +6,12 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use common::{TestDb, digest};
-use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated, NamespaceUpdated};
+use common::{Fixture, TestDb, digest, index, manifest, namespace_created, push};
+use layerline_core::domain::event::NamespaceUpdated;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::namespace::NamespaceCommand;
 use layerline_core::domain::{DomainError, DomainEvent, streams};
-use layerline_core::service::{Registry, ServiceError};
+use layerline_core::service::ServiceError;
 use layerline_core::store::rows::materialize;
 use layerline_core::store::{
     Backend, EventStore, Expected, Metadata, ReadModels, Store, StoreError,
@@ -64,158 +64,6 @@ conformance!(
     an_event_stored_with_an_older_schema_version_still_replays,
     job_descriptors_follow_their_streams_and_survive_rebuild,
 );
-
-// ---------------------------------------------------------------------------------------
-// Fixtures
-
-struct Fixture {
-    registry: Registry<Store>,
-    meta: Metadata,
-}
-
-impl Fixture {
-    fn new(store: Store) -> Self {
-        Fixture {
-            registry: Registry::new(store),
-            meta: Metadata {
-                actor: Some("test".into()),
-                ..Metadata::default()
-            },
-        }
-    }
-
-    fn store(&self) -> &Store {
-        self.registry.store()
-    }
-
-    async fn namespace(&self, name: &str) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.registry
-            .create_namespace(namespace_created(&id, name), &self.meta)
-            .await
-            .expect("create namespace");
-        id
-    }
-
-    async fn image(&self, namespace_id: &str, name: &str) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
-        self.image_cmd(
-            &id,
-            ImageCommand::Create {
-                namespace_id: namespace_id.into(),
-                name: name.into(),
-                visibility: None,
-            },
-        )
-        .await
-        .expect("create image");
-        id
-    }
-
-    async fn image_cmd(
-        &self,
-        id: &str,
-        cmd: ImageCommand,
-    ) -> Result<Vec<DomainEvent>, ServiceError> {
-        self.registry.image(id, cmd, &self.meta).await
-    }
-
-    /// Records manifest `n` with a config of 10 bytes (digest 10_000 + n) and `layers`.
-    async fn manifest(&self, image_id: &str, n: u64, layers: &[(u64, i64)]) {
-        self.image_cmd(image_id, ImageCommand::RecordManifest(manifest(n, layers)))
-            .await
-            .expect("record manifest");
-    }
-
-    async fn tag(&self, image_id: &str, name: &str, n: u64) {
-        self.image_cmd(image_id, push(name, n))
-            .await
-            .expect("push tag");
-    }
-
-    async fn image_size(&self, id: &str) -> i64 {
-        self.store()
-            .image(id)
-            .await
-            .unwrap()
-            .expect("image row")
-            .size
-    }
-
-    async fn namespace_row(&self, id: &str) -> layerline_core::store::rows::NamespaceRow {
-        self.store()
-            .namespace(id)
-            .await
-            .unwrap()
-            .expect("namespace row")
-    }
-
-    async fn tag_names(&self, image_id: &str) -> Vec<String> {
-        let rows = self.store().read_model_rows().await.unwrap();
-        let mut names: Vec<String> = rows
-            .tags
-            .into_iter()
-            .filter(|t| t.image_id == image_id)
-            .map(|t| t.name)
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-fn namespace_created(id: &str, name: &str) -> NamespaceCreated {
-    NamespaceCreated {
-        namespace_id: id.into(),
-        name: name.into(),
-        region: "fr-par".into(),
-        description: String::new(),
-        is_public: false,
-        organization_id: "org".into(),
-        project_id: "proj".into(),
-    }
-}
-
-fn blob(n: u64, size: i64) -> Blob {
-    Blob {
-        digest: digest(n),
-        size,
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-    }
-}
-
-fn manifest(n: u64, layers: &[(u64, i64)]) -> ManifestRecorded {
-    ManifestRecorded {
-        digest: digest(n),
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-        platform: None,
-        config: Some(Blob {
-            digest: digest(10_000 + n),
-            size: 10,
-            media_type: "application/vnd.oci.image.config.v1+json".into(),
-        }),
-        layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
-        children: vec![],
-    }
-}
-
-fn index(n: u64, children: &[u64]) -> ManifestRecorded {
-    ManifestRecorded {
-        digest: digest(n),
-        media_type: "application/vnd.oci.image.index.v1+json".into(),
-        platform: None,
-        config: None,
-        layers: vec![],
-        children: children.iter().map(|c| digest(*c)).collect(),
-    }
-}
-
-fn push(name: &str, n: u64) -> ImageCommand {
-    ImageCommand::PushTag {
-        name: name.into(),
-        digest: digest(n),
-        new_tag_id: uuid::Uuid::new_v4().to_string(),
-    }
-}
 
 fn update(description: &str) -> DomainEvent {
     DomainEvent::NamespaceUpdated(NamespaceUpdated {

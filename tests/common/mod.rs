@@ -11,8 +11,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use layerline_core::store::{Backend, Store};
-use sqlx::Connection;
+use layerline_core::domain::DomainEvent;
+use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated};
+use layerline_core::domain::image::ImageCommand;
+use layerline_core::service::{Registry, ServiceError};
+use layerline_core::store::scratch::Scratch;
+use layerline_core::store::{Backend, Metadata, ReadModels, Store};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_layerline");
 
@@ -31,48 +35,29 @@ fn postgres_required() -> bool {
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
-    _dir: Option<tempfile::TempDir>,
-    pg_name: Option<String>,
+    scratch: Option<Scratch>,
 }
 
 impl TestDb {
     /// A new empty database, or `None` when PostgreSQL is not available and not required.
     pub async fn new(backend: Backend) -> Option<TestDb> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                Some(TestDb {
-                    url,
-                    backend,
-                    _dir: Some(dir),
-                    pg_name: None,
-                })
+        let server = match backend {
+            Backend::Sqlite => "sqlite://unused".to_owned(),
+            Backend::Postgres => admin_url(),
+        };
+        let scratch = match Scratch::create(&server, "layerline_test").await {
+            Ok(scratch) => scratch,
+            Err(e) if backend == Backend::Postgres && !postgres_required() => {
+                eprintln!("SKIPPED: PostgreSQL unavailable at {server}: {e}");
+                return None;
             }
-            Backend::Postgres => {
-                let admin = admin_url();
-                let mut conn = match sqlx::PgConnection::connect(&admin).await {
-                    Ok(c) => c,
-                    Err(e) if !postgres_required() => {
-                        eprintln!("SKIPPED: PostgreSQL unavailable at {admin}: {e}");
-                        return None;
-                    }
-                    Err(e) => panic!("PostgreSQL is required (CI) but unavailable at {admin}: {e}"),
-                };
-                let name = format!("layerline_test_{}", uuid::Uuid::new_v4().simple());
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create test database");
-                let base = admin.rsplit_once('/').expect("URL with a database").0;
-                Some(TestDb {
-                    url: format!("{base}/{name}"),
-                    backend,
-                    _dir: None,
-                    pg_name: Some(name),
-                })
-            }
-        }
+            Err(e) => panic!("cannot create a {backend:?} test database at {server}: {e}"),
+        };
+        Some(TestDb {
+            url: scratch.url.clone(),
+            backend,
+            scratch: Some(scratch),
+        })
     }
 
     /// A migrated store on this database.
@@ -85,24 +70,19 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else {
+        let Some(scratch) = self.scratch.take() else {
             return;
         };
+        if scratch.backend == Backend::Sqlite {
+            return;
+        }
         // Drop may run inside a runtime (or while panicking): use a thread with its own.
-        let admin = admin_url();
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
+                .expect("runtime")
+                .block_on(scratch.drop_database());
         })
         .join();
     }
@@ -166,6 +146,16 @@ impl Server {
         }
     }
 
+    /// The current Prometheus exposition from the metrics listener.
+    pub async fn scrape(&self) -> String {
+        reqwest::get(&self.metrics)
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("exposition")
+    }
+
     /// Sends SIGTERM and returns whether the process exited successfully within 10 s.
     pub fn terminate(mut self) -> bool {
         let status = Command::new("kill")
@@ -187,5 +177,158 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+
+/// The registry's commands on a test database, with helpers that build fixtures.
+pub struct Fixture {
+    pub registry: Registry<Store>,
+    pub meta: Metadata,
+}
+
+impl Fixture {
+    pub fn new(store: Store) -> Self {
+        Fixture {
+            registry: Registry::new(store),
+            meta: Metadata {
+                actor: Some("test".into()),
+                ..Metadata::default()
+            },
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.registry.store()
+    }
+
+    pub async fn namespace(&self, name: &str) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.registry
+            .create_namespace(namespace_created(&id, name), &self.meta)
+            .await
+            .expect("create namespace");
+        id
+    }
+
+    pub async fn image(&self, namespace_id: &str, name: &str) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.image_cmd(
+            &id,
+            ImageCommand::Create {
+                namespace_id: namespace_id.into(),
+                name: name.into(),
+                visibility: None,
+            },
+        )
+        .await
+        .expect("create image");
+        id
+    }
+
+    pub async fn image_cmd(
+        &self,
+        id: &str,
+        cmd: ImageCommand,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
+        self.registry.image(id, cmd, &self.meta).await
+    }
+
+    /// Records manifest `n` with a config of 10 bytes (digest 10_000 + n) and `layers`.
+    pub async fn manifest(&self, image_id: &str, n: u64, layers: &[(u64, i64)]) {
+        self.image_cmd(image_id, ImageCommand::RecordManifest(manifest(n, layers)))
+            .await
+            .expect("record manifest");
+    }
+
+    pub async fn tag(&self, image_id: &str, name: &str, n: u64) {
+        self.image_cmd(image_id, push(name, n))
+            .await
+            .expect("push tag");
+    }
+
+    pub async fn image_size(&self, id: &str) -> i64 {
+        self.store()
+            .image(id)
+            .await
+            .unwrap()
+            .expect("image row")
+            .size
+    }
+
+    pub async fn namespace_row(&self, id: &str) -> layerline_core::store::rows::NamespaceRow {
+        self.store()
+            .namespace(id)
+            .await
+            .unwrap()
+            .expect("namespace row")
+    }
+
+    pub async fn tag_names(&self, image_id: &str) -> Vec<String> {
+        let rows = self.store().read_model_rows().await.unwrap();
+        let mut names: Vec<String> = rows
+            .tags
+            .into_iter()
+            .filter(|t| t.image_id == image_id)
+            .map(|t| t.name)
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+pub fn namespace_created(id: &str, name: &str) -> NamespaceCreated {
+    NamespaceCreated {
+        namespace_id: id.into(),
+        name: name.into(),
+        region: "fr-par".into(),
+        description: String::new(),
+        is_public: false,
+        organization_id: "org".into(),
+        project_id: "proj".into(),
+    }
+}
+
+pub fn blob(n: u64, size: i64) -> Blob {
+    Blob {
+        digest: digest(n),
+        size,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+    }
+}
+
+pub fn manifest(n: u64, layers: &[(u64, i64)]) -> ManifestRecorded {
+    ManifestRecorded {
+        digest: digest(n),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        platform: None,
+        config: Some(Blob {
+            digest: digest(10_000 + n),
+            size: 10,
+            media_type: "application/vnd.oci.image.config.v1+json".into(),
+        }),
+        layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
+        children: vec![],
+    }
+}
+
+pub fn index(n: u64, children: &[u64]) -> ManifestRecorded {
+    ManifestRecorded {
+        digest: digest(n),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        platform: None,
+        config: None,
+        layers: vec![],
+        children: children.iter().map(|c| digest(*c)).collect(),
+    }
+}
+
+pub fn push(name: &str, n: u64) -> ImageCommand {
+    ImageCommand::PushTag {
+        name: name.into(),
+        digest: digest(n),
+        new_tag_id: uuid::Uuid::new_v4().to_string(),
     }
 }

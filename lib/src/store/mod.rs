@@ -13,6 +13,7 @@
 mod backend;
 pub mod migrate;
 pub mod rows;
+pub mod scratch;
 
 use std::future::Future;
 use std::str::FromStr;
