@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 use super::auth::{AuthError, Principal, authenticate};
 use super::{AppState, Params};
@@ -504,6 +504,24 @@ impl Tag {
     }
 }
 
+/// The refusals every route of this surface may answer, for the OpenAPI description.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // describes responses; never built
+enum Refusals {
+    /// Invalid arguments
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No valid token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token lacks the capability
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Unknown region or resource
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NamespaceList {
     namespaces: Vec<Namespace>,
@@ -562,10 +580,7 @@ async fn visible_namespace(
     params(("region" = String, Path), ListParams),
     responses(
         (status = 200, description = "A page of namespaces", body = NamespaceList),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -639,10 +654,7 @@ pub struct CreateNamespace {
         (status = 409, description = "Name taken in this region", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -707,10 +719,7 @@ pub(crate) async fn create_namespace(
     params(("region" = String, Path), ("namespace_id" = String, Path)),
     responses(
         (status = 200, description = "The namespace", body = Namespace),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -749,10 +758,7 @@ pub struct UpdateNamespace {
     params(("region" = String, Path), ("namespace_id" = String, Path)), request_body = UpdateNamespace,
     responses(
         (status = 200, description = "The namespace", body = Namespace),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -792,10 +798,7 @@ pub(crate) async fn update_namespace(
     params(("region" = String, Path), ("namespace_id" = String, Path)),
     responses(
         (status = 200, description = "The namespace, status deleting", body = Namespace),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -849,10 +852,7 @@ async fn visible_image(
     params(("region" = String, Path), ListParams),
     responses(
         (status = 200, description = "A page of images", body = ImageList),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -903,10 +903,7 @@ pub(crate) async fn list_images(
     params(("region" = String, Path), ("image_id" = String, Path)),
     responses(
         (status = 200, description = "The image", body = Image),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -936,10 +933,7 @@ pub struct UpdateImage {
     params(("region" = String, Path), ("image_id" = String, Path)), request_body = UpdateImage,
     responses(
         (status = 200, description = "The image", body = Image),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -974,10 +968,7 @@ pub(crate) async fn update_image(
     params(("region" = String, Path), ("image_id" = String, Path)),
     responses(
         (status = 200, description = "The image, status deleting", body = Image),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -1014,10 +1005,7 @@ pub(crate) async fn delete_image(
     params(("region" = String, Path), ("image_id" = String, Path), ListParams),
     responses(
         (status = 200, description = "A page of tags", body = TagList),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -1073,10 +1061,7 @@ async fn visible_tag(
     params(("region" = String, Path), ("tag_id" = String, Path)),
     responses(
         (status = 200, description = "The tag", body = Tag),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
@@ -1107,10 +1092,7 @@ pub struct DeleteTagParams {
     responses(
         (status = 200, description = "The tag, status deleting", body = Tag),
         (status = 409, description = "Another tag shares the digest and force is not set", body = ErrorBody),
-        (status = 400, description = "Invalid arguments", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "The token lacks the capability", body = ErrorBody),
-        (status = 404, description = "Unknown region or resource", body = ErrorBody)
+        Refusals
     ),
     security(("token" = []))
 )]
