@@ -25,15 +25,6 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
-        JobKind::Import,
-        JobKind::Prune,
-        JobKind::DeleteImage,
-        JobKind::DeleteNamespace,
-        JobKind::DeleteTag,
-        JobKind::Gc,
-    ];
-
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Import => "import",

@@ -21,7 +21,7 @@ use crate::domain::image::ImageCommand;
 use crate::domain::namespace::NamespaceCommand;
 use crate::domain::token::Capability;
 use crate::service::ServiceError;
-use crate::store::rows::{NamespaceRow, TagRow};
+use crate::store::rows::{ImageRow, NamespaceRow, TagRow};
 use crate::store::{
     ImageQuery, ImageView, Metadata, NamespaceQuery, ReadModels, SortKey, StoreError, TagQuery,
 };
@@ -829,6 +829,7 @@ pub(crate) async fn delete_namespace(
 // ---------------------------------------------------------------------------------------
 // Images
 
+/// The image with its tag names, when the token may see it in this region (404 otherwise).
 async fn visible_image(
     state: &AppState,
     principal: &Principal,
@@ -836,11 +837,33 @@ async fn visible_image(
     id: &str,
 ) -> Result<ImageView, ApiError> {
     match state.store().image_view(id).await? {
-        Some(v) if v.image.region == region && principal.sees(&v.image.project_id) => Ok(v),
-        _ => Err(ApiError::NotFound {
-            resource: "image",
-            id: id.to_owned(),
-        }),
+        Some(v) if is_visible(&v.image, principal, region) => Ok(v),
+        _ => Err(image_not_found(id)),
+    }
+}
+
+/// Succeeds when the image exists and the token may see it in this region; reads the image
+/// row only (no tags), for handlers that answer something else.
+async fn check_image_visible(
+    state: &AppState,
+    principal: &Principal,
+    region: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    match state.store().image(id).await? {
+        Some(image) if is_visible(&image, principal, region) => Ok(()),
+        _ => Err(image_not_found(id)),
+    }
+}
+
+fn is_visible(image: &ImageRow, principal: &Principal, region: &str) -> bool {
+    image.region == region && principal.sees(&image.project_id)
+}
+
+fn image_not_found(id: &str) -> ApiError {
+    ApiError::NotFound {
+        resource: "image",
+        id: id.to_owned(),
     }
 }
 
@@ -945,7 +968,7 @@ pub(crate) async fn update_image(
 ) -> Result<Json<Image>, ApiError> {
     let principal = allow(&state, &headers, Capability::ImagesManage, "image", "write").await?;
     check_region(&state, &region)?;
-    visible_image(&state, &principal, &region, &id).await?;
+    check_image_visible(&state, &principal, &region, &id).await?;
     if let Some(visibility) = body.visibility {
         state
             .registry
@@ -1019,7 +1042,7 @@ pub(crate) async fn list_tags(
     check_region(&state, &region)?;
     let (limit, offset) = page(&params)?;
     let sort = order(&params, &TAG_ORDERS)?;
-    visible_image(&state, &principal, &region, &image_id).await?;
+    check_image_visible(&state, &principal, &region, &image_id).await?;
     let page = state
         .store()
         .list_tags(&TagQuery {
@@ -1047,10 +1070,12 @@ async fn visible_tag(
         id: id.to_owned(),
     };
     let tag = state.store().tag(id).await?.ok_or_else(not_found)?;
-    visible_image(state, principal, region, &tag.image_id)
-        .await
-        .map_err(|_| not_found())?;
-    Ok(tag)
+    match check_image_visible(state, principal, region, &tag.image_id).await {
+        Ok(()) => Ok(tag),
+        // The tag's image is invisible: so is the tag. Other failures stay what they are.
+        Err(ApiError::NotFound { .. }) => Err(not_found()),
+        Err(e) => Err(e),
+    }
 }
 
 #[utoipa::path(

@@ -169,23 +169,6 @@ pub struct ReadModelRows {
 }
 
 impl ReadModelRows {
-    pub fn len(&self) -> usize {
-        self.namespaces.len()
-            + self.images.len()
-            + self.tags.len()
-            + self.manifests.len()
-            + self.manifest_layers.len()
-            + self.manifest_children.len()
-            + self.image_blobs.len()
-            + self.namespace_blobs.len()
-            + self.api_tokens.len()
-            + self.job_descriptors.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sorts every table by its primary key, as the database reads them back.
     pub fn sort(&mut self) {
         self.namespaces.sort_by(|a, b| a.id.cmp(&b.id));
