@@ -4,15 +4,17 @@
 mod bench;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use layerline_core::config::{Layer, LogFormat, Settings};
+use layerline_core::config::{Layer, LogFormat, Role, Settings};
 use layerline_core::http::{self, ApiConfig, AppState};
 use layerline_core::service::Registry;
 use layerline_core::store::{EventStore, Metadata, Store};
+use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
 use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
@@ -81,6 +83,21 @@ struct ServeArgs {
     /// [default: localhost:5000]
     #[arg(long, env = "LAYERLINE_REGISTRY_ENDPOINT")]
     registry_endpoint: Option<String>,
+    /// What this process runs: `all` (API and job workers), `api` or `worker`. Several
+    /// processes on one PostgreSQL database share the jobs. [default: all]
+    #[arg(long, env = "LAYERLINE_ROLE")]
+    role: Option<Role>,
+    /// Jobs this process runs at once. [default: 4]
+    #[arg(long, env = "LAYERLINE_WORKERS")]
+    workers: Option<usize>,
+    /// Seconds without a heartbeat after which a worker counts as dead and its jobs are
+    /// taken over by another (or by itself after a restart). [default: 20]
+    #[arg(long, env = "LAYERLINE_ORPHAN_TIMEOUT_SECS")]
+    orphan_timeout_secs: Option<u64>,
+    /// First retry delay of a job that failed transiently, in milliseconds; it doubles with
+    /// each attempt (at most 5 attempts). [default: 2000]
+    #[arg(long, env = "LAYERLINE_RETRY_BASE_MS")]
+    retry_base_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,20 +121,19 @@ struct TokenCreateArgs {
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
-    let (listen, metrics_listen, regions, registry_endpoint) = match &cli.command {
-        Command::Serve(a) => (
-            a.listen,
-            a.metrics_listen,
-            a.regions.clone(),
-            a.registry_endpoint.clone(),
-        ),
-        _ => (None, None, None, None),
+    let serve = match &cli.command {
+        Command::Serve(a) => Some(a),
+        _ => None,
     };
     let flags = Layer {
-        listen,
-        metrics_listen,
-        regions,
-        registry_endpoint,
+        listen: serve.and_then(|a| a.listen),
+        metrics_listen: serve.and_then(|a| a.metrics_listen),
+        regions: serve.and_then(|a| a.regions.clone()),
+        registry_endpoint: serve.and_then(|a| a.registry_endpoint.clone()),
+        role: serve.and_then(|a| a.role),
+        workers: serve.and_then(|a| a.workers),
+        orphan_timeout_secs: serve.and_then(|a| a.orphan_timeout_secs),
+        retry_base_ms: serve.and_then(|a| a.retry_base_ms),
         database_url: cli.global.database_url.clone(),
         max_connections: cli.global.max_connections,
         log_format: cli.global.log_format,
@@ -151,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let store = connect(&settings).await?;
             let applied = store.migrate().await?;
+            queues(&store, &settings).migrate().await?;
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }
@@ -176,6 +193,18 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(cmd) => bench::run(cmd, &settings).await,
     }
+}
+
+/// The job queues on the store's database, timed by the settings.
+fn queues(store: &Store, settings: &Settings) -> Queues {
+    Queues::new(
+        store.clone(),
+        PoolConfig {
+            workers: settings.workers,
+            orphan_after: Duration::from_secs(settings.orphan_timeout_secs),
+            ..PoolConfig::default()
+        },
+    )
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {
@@ -204,6 +233,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied migrations");
     }
+    let queues = queues(&store, &settings);
+    queues
+        .migrate()
+        .await
+        .context("migrating the job queue tables")?;
     bootstrap_token(&store).await?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -232,8 +266,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("metrics on http://{metrics_local}/metrics");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_watch = stop_rx.clone();
     let stopped = move || {
-        let mut rx = stop_rx.clone();
+        let mut rx = stop_watch.clone();
         async move {
             let _ = rx.wait_for(|stop| *stop).await;
         }
@@ -247,11 +282,38 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let api = ApiConfig {
-        regions: settings.regions.clone(),
-        registry_endpoint: settings.registry_endpoint.clone(),
-    };
-    http::serve(listener, AppState::new(store.clone(), api), stopped()).await?;
+    let workers = settings.role.runs_workers().then(|| {
+        let retry = RetryPolicy {
+            base: Duration::from_millis(settings.retry_base_ms),
+            ..RetryPolicy::default()
+        };
+        let runner = Runner::new(
+            store.clone(),
+            Arc::new(queues.clone()),
+            retry,
+            settings.workers,
+        );
+        tracing::info!(workers = settings.workers, "job workers started");
+        tokio::spawn(layerline_jobs::pool::run(
+            queues.clone(),
+            Arc::new(runner),
+            stop_rx.clone(),
+        ))
+    });
+    if settings.role.serves_api() {
+        let api = ApiConfig {
+            regions: settings.regions.clone(),
+            registry_endpoint: settings.registry_endpoint.clone(),
+        };
+        let state = AppState::new(store.clone(), api).with_dispatcher(Arc::new(queues));
+        http::serve(listener, state, stopped()).await?;
+    } else {
+        drop(listener);
+        stopped().await;
+    }
+    if let Some(workers) = workers {
+        workers.await?;
+    }
     metrics_task.await??;
     store.close().await;
     tracing::info!("stopped");

@@ -1,8 +1,15 @@
-//! Layerline's jobs: the kinds of long work (import, prune, delete, gc) and their queues.
+//! Layerline's jobs: the kinds of long work (import, prune, delete, gc), their queues, what
+//! each does (`handlers`), how one delivery runs (`runner`) and the pool on apalis (`pool`).
 //!
-//! The worker pool, handlers and cron scheduler arrive with the job system; what is fixed now
-//! are the persisted names, because queued jobs outlive a deploy: renaming one orphans every
+//! Queue names are persisted, because queued jobs outlive a deploy: renaming one orphans every
 //! job waiting under the old name, so they are explicit constants, never Rust type paths.
+
+pub mod handlers;
+pub mod pool;
+pub mod runner;
+
+pub use pool::{PoolConfig, Queues};
+pub use runner::{RetryPolicy, Runner, Ticket};
 
 /// Queue names, one per job kind: the kind's persisted name (`layerline_core`'s `JobKind`).
 pub mod queue {
@@ -14,15 +21,17 @@ pub mod queue {
     pub const DELETE_NAMESPACE: &str = JobKind::DeleteNamespace.as_str();
     pub const DELETE_TAG: &str = JobKind::DeleteTag.as_str();
     pub const GC: &str = JobKind::Gc.as_str();
+    pub const PROBE: &str = JobKind::Probe.as_str();
 
     /// Every queue, for workers that serve them all.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 7] = [
         IMPORT,
         PRUNE,
         DELETE_IMAGE,
         DELETE_NAMESPACE,
         DELETE_TAG,
         GC,
+        PROBE,
     ];
 }
 

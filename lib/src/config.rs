@@ -12,6 +12,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://layerline.db";
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 pub const DEFAULT_REGIONS: &str = "fr-par";
 pub const DEFAULT_REGISTRY_ENDPOINT: &str = "localhost:5000";
+pub const DEFAULT_WORKERS: usize = 4;
+/// A killed worker's job is picked up again within about this long (plus one sweep).
+pub const DEFAULT_ORPHAN_TIMEOUT_SECS: u64 = 20;
+pub const DEFAULT_RETRY_BASE_MS: u64 = 2000;
 
 /// One layer of settings, every field optional: what the flags and environment gave, or what
 /// the TOML file says. Unknown keys in the file are an error, so a typo is not ignored.
@@ -25,6 +29,43 @@ pub struct Layer {
     pub log_format: Option<LogFormat>,
     pub regions: Option<Vec<String>>,
     pub registry_endpoint: Option<String>,
+    pub role: Option<Role>,
+    pub workers: Option<usize>,
+    pub orphan_timeout_secs: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+}
+
+/// What a `serve` process runs: the HTTP API, the job workers, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    All,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(Role::All),
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!("unknown role `{other}` (all, api or worker)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -57,6 +98,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub regions: Vec<String>,
     pub registry_endpoint: String,
+    pub role: Role,
+    pub workers: usize,
+    pub orphan_timeout_secs: u64,
+    pub retry_base_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +144,10 @@ impl Layer {
             log_format: self.log_format.or(lower.log_format),
             regions: self.regions.or(lower.regions),
             registry_endpoint: self.registry_endpoint.or(lower.registry_endpoint),
+            role: self.role.or(lower.role),
+            workers: self.workers.or(lower.workers),
+            orphan_timeout_secs: self.orphan_timeout_secs.or(lower.orphan_timeout_secs),
+            retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
         }
     }
 
@@ -128,6 +177,13 @@ impl Layer {
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             log_format: self.log_format.unwrap_or_default(),
+            role: self.role.unwrap_or_default(),
+            workers: self.workers.unwrap_or(DEFAULT_WORKERS).max(1),
+            orphan_timeout_secs: self
+                .orphan_timeout_secs
+                .unwrap_or(DEFAULT_ORPHAN_TIMEOUT_SECS)
+                .max(2),
+            retry_base_ms: self.retry_base_ms.unwrap_or(DEFAULT_RETRY_BASE_MS),
         })
     }
 }

@@ -19,6 +19,8 @@ pub mod types {
     pub const IMAGE_CREATED: &str = "image.created";
     pub const IMAGE_UPDATED: &str = "image.updated";
     pub const IMAGE_DELETED: &str = "image.deleted";
+    pub const NAMESPACE_DELETION_REQUESTED: &str = "namespace.deletion_requested";
+    pub const IMAGE_DELETION_REQUESTED: &str = "image.deletion_requested";
     pub const MANIFEST_RECORDED: &str = "manifest.recorded";
     pub const MANIFEST_DELETED: &str = "manifest.deleted";
     pub const TAG_PUSHED: &str = "tag.pushed";
@@ -77,6 +79,14 @@ pub struct ImageUpdated {
     pub visibility: String,
 }
 
+/// A delete job was accepted for the resource: it shows as `deleting` until the job removes
+/// it. Recorded on the namespace's or the image's own stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionRequested {
+    pub job_id: String,
+}
+
 /// A manifest stored under an image. An index has no blobs of its own and lists the digests
 /// of its child manifests, which are recorded in the same image before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,9 +140,11 @@ pub enum DomainEvent {
     NamespaceCreated(NamespaceCreated),
     NamespaceUpdated(NamespaceUpdated),
     NamespaceDeleted,
+    NamespaceDeletionRequested(DeletionRequested),
     ImageCreated(ImageCreated),
     ImageUpdated(ImageUpdated),
     ImageDeleted,
+    ImageDeletionRequested(DeletionRequested),
     ManifestRecorded(ManifestRecorded),
     ManifestDeleted(ManifestDeleted),
     TagPushed(TagPushed),
@@ -174,6 +186,8 @@ impl DomainEvent {
             DomainEvent::ImageCreated(_) => IMAGE_CREATED,
             DomainEvent::ImageUpdated(_) => IMAGE_UPDATED,
             DomainEvent::ImageDeleted => IMAGE_DELETED,
+            DomainEvent::NamespaceDeletionRequested(_) => NAMESPACE_DELETION_REQUESTED,
+            DomainEvent::ImageDeletionRequested(_) => IMAGE_DELETION_REQUESTED,
             DomainEvent::ManifestRecorded(_) => MANIFEST_RECORDED,
             DomainEvent::ManifestDeleted(_) => MANIFEST_DELETED,
             DomainEvent::TagPushed(_) => TAG_PUSHED,
@@ -202,6 +216,9 @@ impl DomainEvent {
             DomainEvent::NamespaceUpdated(p) => serde_json::to_string(p),
             DomainEvent::ImageCreated(p) => serde_json::to_string(p),
             DomainEvent::ImageUpdated(p) => serde_json::to_string(p),
+            DomainEvent::NamespaceDeletionRequested(p) | DomainEvent::ImageDeletionRequested(p) => {
+                serde_json::to_string(p)
+            }
             DomainEvent::ManifestRecorded(p) => serde_json::to_string(p),
             DomainEvent::ManifestDeleted(p) => serde_json::to_string(p),
             DomainEvent::TagPushed(p) => serde_json::to_string(p),
@@ -252,6 +269,12 @@ impl DomainEvent {
             IMAGE_CREATED => DomainEvent::ImageCreated(parse(payload).map_err(err)?),
             IMAGE_UPDATED => DomainEvent::ImageUpdated(parse(payload).map_err(err)?),
             IMAGE_DELETED => DomainEvent::ImageDeleted,
+            NAMESPACE_DELETION_REQUESTED => {
+                DomainEvent::NamespaceDeletionRequested(parse(payload).map_err(err)?)
+            }
+            IMAGE_DELETION_REQUESTED => {
+                DomainEvent::ImageDeletionRequested(parse(payload).map_err(err)?)
+            }
             MANIFEST_RECORDED => DomainEvent::ManifestRecorded(parse(payload).map_err(err)?),
             MANIFEST_DELETED => DomainEvent::ManifestDeleted(parse(payload).map_err(err)?),
             TAG_PUSHED if schema_version == 1 => {
@@ -287,10 +310,25 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, serde_json:
 pub fn current_schema_version(event_type: &str) -> i32 {
     use types::*;
     match event_type {
-        NAMESPACE_CREATED | NAMESPACE_UPDATED | NAMESPACE_DELETED | IMAGE_CREATED
-        | IMAGE_UPDATED | IMAGE_DELETED | MANIFEST_RECORDED | MANIFEST_DELETED | TOKEN_CREATED
-        | JOB_ACCEPTED | JOB_STARTED | JOB_PROGRESSED | JOB_SUCCEEDED | JOB_RETRIED
-        | JOB_FAILED | JOB_CANCEL_REQUESTED | JOB_CANCELLED => 1,
+        NAMESPACE_CREATED
+        | NAMESPACE_UPDATED
+        | NAMESPACE_DELETED
+        | IMAGE_CREATED
+        | IMAGE_UPDATED
+        | IMAGE_DELETED
+        | NAMESPACE_DELETION_REQUESTED
+        | IMAGE_DELETION_REQUESTED
+        | MANIFEST_RECORDED
+        | MANIFEST_DELETED
+        | TOKEN_CREATED
+        | JOB_ACCEPTED
+        | JOB_STARTED
+        | JOB_PROGRESSED
+        | JOB_SUCCEEDED
+        | JOB_RETRIED
+        | JOB_FAILED
+        | JOB_CANCEL_REQUESTED
+        | JOB_CANCELLED => 1,
         // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
         TAG_PUSHED | TAG_DELETED => 2,
         _ => 0,

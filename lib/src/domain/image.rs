@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use super::event::{
-    Blob, DomainEvent, ImageCreated, ImageUpdated, ManifestDeleted, ManifestRecorded, TagDeleted,
-    TagPushed,
+    Blob, DeletionRequested, DomainEvent, ImageCreated, ImageUpdated, ManifestDeleted,
+    ManifestRecorded, TagDeleted, TagPushed,
 };
 use super::{Aggregate, DomainError, streams, validate};
 
@@ -44,6 +44,8 @@ pub struct Image {
     /// `None` until `image.created`; `visibility` is kept current.
     pub created: Option<ImageCreated>,
     pub deleted: bool,
+    /// The delete job that will remove the image, once one was accepted.
+    pub deleting: Option<String>,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -75,8 +77,17 @@ pub enum ImageCommand {
         name: String,
         force: bool,
     },
+    /// Deletes each named tag still present, with its manifest and every tag sharing it
+    /// (as `DeleteTag` with `force`), in one append. Names already gone are skipped.
+    DeleteTags {
+        names: Vec<String>,
+    },
     DeleteManifest {
         digest: String,
+    },
+    /// Marks the image `deleting` for delete job `job_id`; nothing when already marked.
+    RequestDelete {
+        job_id: String,
     },
     Delete,
 }
@@ -171,6 +182,7 @@ impl Aggregate for Image {
                 }
             }
             DomainEvent::ImageDeleted => self.deleted = true,
+            DomainEvent::ImageDeletionRequested(r) => self.deleting = Some(r.job_id.clone()),
             DomainEvent::ManifestRecorded(m) => {
                 for blob in distinct_blobs(m) {
                     let entry = self.blobs.entry(blob.digest.clone()).or_insert(BlobRef {
@@ -317,6 +329,18 @@ impl Aggregate for Image {
                     plan.delete_manifest(&digest);
                 }
             }
+            ImageCommand::DeleteTags { names } => {
+                for name in names {
+                    let Some(tag) = plan.state.tags.get(&name) else {
+                        continue;
+                    };
+                    let digest = tag.digest.clone();
+                    plan.untag(&digest);
+                    if !plan.state.is_child(&digest) {
+                        plan.delete_manifest(&digest);
+                    }
+                }
+            }
             ImageCommand::DeleteManifest { digest } => {
                 if !self.manifests.contains_key(&digest) {
                     return Err(DomainError::not_found("manifest", digest));
@@ -329,6 +353,13 @@ impl Aggregate for Image {
                 }
                 plan.untag(&digest);
                 plan.delete_manifest(&digest);
+            }
+            ImageCommand::RequestDelete { job_id } => {
+                if self.deleting.is_none() {
+                    plan.emit(DomainEvent::ImageDeletionRequested(DeletionRequested {
+                        job_id,
+                    }));
+                }
             }
             ImageCommand::Delete => {
                 let digests: Vec<String> = self.tags.values().map(|t| t.digest.clone()).collect();

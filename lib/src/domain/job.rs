@@ -22,6 +22,9 @@ pub enum JobKind {
     DeleteNamespace,
     DeleteTag,
     Gc,
+    /// A diagnostic job that only walks its steps (optionally failing on purpose): checks
+    /// the pool end to end and measures its overhead (`layerline bench jobs`).
+    Probe,
 }
 
 impl JobKind {
@@ -33,6 +36,7 @@ impl JobKind {
             JobKind::DeleteNamespace => "delete_namespace",
             JobKind::DeleteTag => "delete_tag",
             JobKind::Gc => "gc",
+            JobKind::Probe => "probe",
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct JobAccepted {
 #[serde(deny_unknown_fields)]
 pub struct JobStarted {
     pub attempt: i64,
+    /// The queue task (apalis task id) that runs this attempt.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +151,8 @@ pub struct Job {
     pub state: Option<JobState>,
     /// Attempts started so far (the current attempt's number while running).
     pub attempts: i64,
+    /// The queue task running (or that last ran) the current attempt.
+    pub task: Option<String>,
     pub done: i64,
     pub total: i64,
     pub step: Option<String>,
@@ -161,8 +170,14 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobCommand {
     Accept(JobAccepted),
-    /// A worker begins the next attempt (also after a previous attempt's worker died).
-    Start,
+    /// Queue task `task` begins the next attempt. While the job is running under another
+    /// task this is refused (a duplicate delivery), unless `takeover`: the dispatcher found
+    /// no live queue task for the job, so the running attempt's worker is gone. The same task
+    /// delivered again (re-queued after its worker died) always takes over.
+    Start {
+        task: String,
+        takeover: bool,
+    },
     Progress {
         attempt: i64,
         done: i64,
@@ -231,6 +246,7 @@ impl Aggregate for Job {
             }
             DomainEvent::JobStarted(s) => {
                 self.attempts = s.attempt;
+                self.task = s.task.clone();
                 self.state = Some(JobState::Running);
                 self.retry_at = None;
                 self.started_at.get_or_insert_with(|| at.to_owned());
@@ -275,12 +291,24 @@ impl Aggregate for Job {
                 }
                 DomainEvent::JobAccepted(a)
             }
-            JobCommand::Start => {
+            JobCommand::Start { task, takeover } => {
                 let state = self.current(id)?;
                 if state.is_final() {
                     return Err(DomainError::Conflict {
                         resource: "job",
                         message: format!("job {id} is {}", state.as_str()),
+                    });
+                }
+                if state == JobState::Running
+                    && !takeover
+                    && self.task.as_deref() != Some(task.as_str())
+                {
+                    return Err(DomainError::Conflict {
+                        resource: "job",
+                        message: format!(
+                            "job {id} is running attempt {} under another task",
+                            self.attempts
+                        ),
                     });
                 }
                 if self.cancel_requested {
@@ -289,6 +317,7 @@ impl Aggregate for Job {
                 } else {
                     DomainEvent::JobStarted(JobStarted {
                         attempt: self.attempts + 1,
+                        task: Some(task),
                     })
                 }
             }
@@ -391,6 +420,13 @@ mod tests {
         }
     }
 
+    fn start(task: &str) -> JobCommand {
+        JobCommand::Start {
+            task: task.into(),
+            takeover: false,
+        }
+    }
+
     fn progress(attempt: i64, done: i64) -> JobCommand {
         JobCommand::Progress {
             attempt,
@@ -404,7 +440,7 @@ mod tests {
     fn a_job_runs_through_its_steps_to_completion() {
         let mut g = accepted();
         assert_eq!(g.state(), "queued");
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         assert_eq!((g.state(), g.0.attempts), ("running", 1));
         g.when(progress(1, 1)).unwrap();
         g.when(progress(1, 3)).unwrap();
@@ -415,7 +451,7 @@ mod tests {
         .unwrap();
         assert_eq!((g.state(), g.0.done, g.0.total), ("completed", 3, 3));
         assert!(
-            g.when(JobCommand::Start).is_err(),
+            g.when(start("a")).is_err(),
             "a finished job never runs again"
         );
     }
@@ -423,10 +459,10 @@ mod tests {
     #[test]
     fn a_new_attempt_fences_off_the_previous_one() {
         let mut g = accepted();
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         g.when(progress(1, 1)).unwrap();
         // The worker died; another one takes the job over.
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         assert_eq!(g.0.attempts, 2);
         let stale = g.when(progress(1, 2)).unwrap_err();
         assert!(matches!(
@@ -455,7 +491,7 @@ mod tests {
     #[test]
     fn a_transient_failure_schedules_a_retry_and_a_permanent_one_ends_the_job() {
         let mut g = accepted();
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         g.when(JobCommand::Fail {
             attempt: 1,
             error: "database away".into(),
@@ -464,7 +500,7 @@ mod tests {
         .unwrap();
         assert_eq!(g.state(), "scheduled");
         assert_eq!(g.0.retry_at.as_deref(), Some("2026-11-22T05:00:00.000000Z"));
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         assert_eq!(
             (g.state(), g.0.attempts, g.0.retry_at.as_ref()),
             ("running", 2, None)
@@ -490,7 +526,7 @@ mod tests {
         assert_eq!(waiting.state(), "cancelled");
 
         let mut g = accepted();
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         g.when(progress(1, 1)).unwrap();
         g.when(JobCommand::RequestCancel {
             by: Some("me".into()),
@@ -510,10 +546,10 @@ mod tests {
     #[test]
     fn a_cancel_request_outlives_the_attempt_that_saw_it() {
         let mut g = accepted();
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         g.when(JobCommand::RequestCancel { by: None }).unwrap();
         // The worker died before its next step boundary: the rerun cancels, never runs.
-        let events = g.when(JobCommand::Start).unwrap();
+        let events = g.when(start("a")).unwrap();
         assert!(matches!(
             events[0],
             DomainEvent::JobCancelled(JobCancelled { attempt: None })
@@ -522,9 +558,23 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_delivery_does_not_disturb_the_running_attempt() {
+        let mut g = accepted();
+        g.when(start("a")).unwrap();
+        assert!(g.when(start("b")).is_err(), "another task while running");
+        assert_eq!((g.0.attempts, g.0.task.as_deref()), (1, Some("a")));
+        g.when(JobCommand::Start {
+            task: "c".into(),
+            takeover: true,
+        })
+        .unwrap();
+        assert_eq!((g.0.attempts, g.0.task.as_deref()), (2, Some("c")));
+    }
+
+    #[test]
     fn progress_is_checked() {
         let mut g = accepted();
-        g.when(JobCommand::Start).unwrap();
+        g.when(start("a")).unwrap();
         assert!(
             g.when(JobCommand::Progress {
                 attempt: 1,

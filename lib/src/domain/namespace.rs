@@ -3,7 +3,7 @@
 //! Cross-aggregate rules (a name is unique per region, a namespace with images cannot be
 //! deleted) are enforced by the read model's constraints inside the append transaction.
 
-use super::event::{DomainEvent, NamespaceCreated, NamespaceUpdated};
+use super::event::{DeletionRequested, DomainEvent, NamespaceCreated, NamespaceUpdated};
 use super::{Aggregate, DomainError, streams, validate};
 
 /// The state of one namespace stream, folded from its events.
@@ -12,6 +12,8 @@ pub struct Namespace {
     /// `None` until `namespace.created`.
     pub created: Option<NamespaceCreated>,
     pub deleted: bool,
+    /// The delete job that will remove the namespace, once one was accepted.
+    pub deleting: Option<String>,
     /// Number of events folded so far (the stream version).
     pub version: i64,
     pub created_at: String,
@@ -22,6 +24,10 @@ pub struct Namespace {
 pub enum NamespaceCommand {
     Create(NamespaceCreated),
     Update(NamespaceUpdated),
+    /// Marks the namespace `deleting` for delete job `job_id`; nothing when already marked.
+    RequestDelete {
+        job_id: String,
+    },
     Delete,
 }
 
@@ -65,6 +71,7 @@ impl Aggregate for Namespace {
                 }
             }
             DomainEvent::NamespaceDeleted => self.deleted = true,
+            DomainEvent::NamespaceDeletionRequested(r) => self.deleting = Some(r.job_id.clone()),
             _ => {}
         }
     }
@@ -101,6 +108,15 @@ impl Aggregate for Namespace {
                     return Ok(vec![]);
                 }
                 Ok(vec![DomainEvent::NamespaceUpdated(changes)])
+            }
+            NamespaceCommand::RequestDelete { job_id } => {
+                self.live(id)?;
+                if self.deleting.is_some() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![DomainEvent::NamespaceDeletionRequested(
+                    DeletionRequested { job_id },
+                )])
             }
             NamespaceCommand::Delete => {
                 self.live(id)?;

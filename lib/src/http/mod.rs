@@ -3,6 +3,7 @@
 //! signal, so tests boot the real service on port 0.
 
 pub mod auth;
+pub mod cycle;
 pub mod openapi;
 pub mod scaleway;
 pub mod yandex;
@@ -18,6 +19,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::jobs::Dispatcher;
 use crate::service::Registry;
 use crate::store::Store;
 
@@ -38,14 +40,24 @@ pub struct AppState {
     /// Commands; its store also answers the read models.
     pub registry: Registry<Store>,
     pub api: Arc<ApiConfig>,
+    /// Where accepted jobs are queued.
+    pub dispatcher: Dispatcher,
 }
 
 impl AppState {
+    /// A state whose jobs are only recorded (a worker process's sweep queues them); see
+    /// [`AppState::with_dispatcher`].
     pub fn new(store: Store, api: ApiConfig) -> Self {
         AppState {
             registry: Registry::new(store),
             api: Arc::new(api),
+            dispatcher: Arc::new(crate::jobs::NoDispatch),
         }
+    }
+
+    pub fn with_dispatcher(mut self, dispatcher: Dispatcher) -> Self {
+        self.dispatcher = dispatcher;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -60,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(scaleway::router())
         .merge(yandex::router())
+        .merge(cycle::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -112,6 +125,22 @@ enum Refusal {
 }
 
 fn refuse(path: &str, refusal: Refusal) -> Response {
+    if path.starts_with(cycle::PREFIX) {
+        let (status, code, message) = match refusal {
+            Refusal::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "404.route",
+                format!("no route for {path}"),
+            ),
+            Refusal::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405.method",
+                format!("method not allowed on {path}"),
+            ),
+            Refusal::BadQuery(m) => (StatusCode::BAD_REQUEST, "400.invalid-syntax", m),
+        };
+        return cycle::ApiError::new(status, code, "Refused", message).into_response();
+    }
     let yandex = path.starts_with(yandex::PREFIX);
     match (refusal, yandex) {
         (Refusal::NoRoute, true) => {

@@ -8,14 +8,14 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{scaleway, yandex};
+use super::{cycle, scaleway, yandex};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Layerline",
         description = "Event-sourced control plane for container registries: Scaleway \
-                       Container Registry v1 and a Yandex-style manifest listing."
+                       Container Registry v1, a Yandex-style manifest listing and Cycle-style jobs."
     ),
     paths(
         super::healthz,
@@ -35,11 +35,18 @@ use super::{scaleway, yandex};
         scaleway::delete_tag,
         yandex::list_images,
         yandex::get_image,
+        cycle::list_jobs,
+        cycle::create_job,
+        cycle::get_job,
+        cycle::job_task,
+        cycle::images_task,
+        cycle::delete_image,
     ),
     modifiers(&TokenSchemes),
     tags(
         (name = "scaleway", description = "Scaleway Container Registry v1"),
         (name = "yandex", description = "Yandex/Nebius-style manifest listing"),
+        (name = "jobs", description = "Cycle-style jobs and image tasks"),
         (name = "service", description = "Health, readiness and this description")
     )
 )]

@@ -388,6 +388,14 @@ fn scoped(principal: &Principal, requested: Option<String>) -> Option<Option<Str
     }
 }
 
+/// The request's `Idempotency-Key`: a repeated delete answers the same job.
+fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    super::cycle::request_idempotency_key(headers).map_err(|_| ApiError::Invalid {
+        argument: "Idempotency-Key".to_owned(),
+        help: "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
+    })
+}
+
 fn meta(principal: &Principal) -> Metadata {
     Metadata {
         actor: Some(format!("token:{}", principal.token_id)),
@@ -802,8 +810,8 @@ pub(crate) async fn update_namespace(
     ),
     security(("token" = []))
 )]
-/// Deletes the namespace and its images and answers it as it was, in `deleting`. (Until the
-/// job system lands, the deletion runs within the request.)
+/// Accepts a job deleting the namespace and its images and answers the namespace in
+/// `deleting`; it answers 404 once the job is done.
 pub(crate) async fn delete_namespace(
     State(state): State<AppState>,
     Path((region, id)): Path<(String, String)>,
@@ -819,10 +827,8 @@ pub(crate) async fn delete_namespace(
     .await?;
     check_region(&state, &region)?;
     let n = visible_namespace(&state, &principal, &region, &id).await?;
-    state
-        .registry
-        .delete_namespace(&id, &meta(&principal))
-        .await?;
+    let sub = super::cycle::delete_namespace_submission(&id, &n.name, &principal, key(&headers)?);
+    crate::jobs::submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     Ok(Json(Namespace::new(&state, &n, "deleting")))
 }
 
@@ -1010,10 +1016,8 @@ pub(crate) async fn delete_image(
     .await?;
     check_region(&state, &region)?;
     let v = visible_image(&state, &principal, &region, &id).await?;
-    state
-        .registry
-        .image(&id, ImageCommand::Delete, &meta(&principal))
-        .await?;
+    let sub = super::cycle::delete_image_submission(&id, &v.image.name, &principal, key(&headers)?);
+    crate::jobs::submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     Ok(Json(Image::new(&v, "deleting")))
 }
 

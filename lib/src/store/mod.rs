@@ -225,6 +225,24 @@ pub trait ReadModels: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<Option<rows::JobDescriptorRow>, StoreError>> + Send;
 
+    /// The job submitted with idempotency key `key`.
+    fn job_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<rows::JobDescriptorRow>, StoreError>> + Send;
+
+    /// Jobs not in a final state (queued, scheduled, running), least recently changed first.
+    fn unfinished_jobs(
+        &self,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<rows::JobDescriptorRow>, StoreError>> + Send;
+
+    /// A page of job descriptors.
+    fn list_jobs(
+        &self,
+        query: &JobQuery,
+    ) -> impl Future<Output = Result<Page<rows::JobDescriptorRow>, StoreError>> + Send;
+
     /// The token whose secret hashes to `secret_hash`.
     fn token_by_hash(
         &self,
@@ -445,6 +463,24 @@ impl ReadModels for Store {
         dispatch!(self, s => s.job(id).await)
     }
 
+    async fn job_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<rows::JobDescriptorRow>, StoreError> {
+        dispatch!(self, s => s.job_by_idempotency_key(key).await)
+    }
+
+    async fn unfinished_jobs(&self, limit: i64) -> Result<Vec<rows::JobDescriptorRow>, StoreError> {
+        dispatch!(self, s => s.unfinished_jobs(limit).await)
+    }
+
+    async fn list_jobs(
+        &self,
+        query: &JobQuery,
+    ) -> Result<Page<rows::JobDescriptorRow>, StoreError> {
+        dispatch!(self, s => s.list_jobs(query).await)
+    }
+
     async fn token_by_hash(
         &self,
         secret_hash: &str,
@@ -513,6 +549,38 @@ pub struct TagQuery {
     pub image_id: String,
     pub name: Option<String>,
     pub sort: Option<(SortKey, bool)>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Sort keys of job lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobSort {
+    #[default]
+    CreatedAt,
+    UpdatedAt,
+    State,
+    Kind,
+}
+
+impl JobSort {
+    fn column(self) -> &'static str {
+        match self {
+            JobSort::CreatedAt => "created_at",
+            JobSort::UpdatedAt => "updated_at",
+            JobSort::State => "state",
+            JobSort::Kind => "kind",
+        }
+    }
+}
+
+/// Filters and page of a job list: any of `states`, any of `kinds` (empty: all).
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub states: Vec<String>,
+    pub kinds: Vec<String>,
+    pub sort: JobSort,
+    pub desc: bool,
     pub limit: i64,
     pub offset: i64,
 }

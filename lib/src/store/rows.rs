@@ -15,6 +15,16 @@ use crate::domain::token::Token;
 
 /// Status of a live namespace or image (Scaleway's enum).
 pub const STATUS_READY: &str = "ready";
+/// Status of a namespace or image whose delete job is on its way.
+pub const STATUS_DELETING: &str = "deleting";
+
+fn status(deleting: bool) -> &'static str {
+    if deleting {
+        STATUS_DELETING
+    } else {
+        STATUS_READY
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NamespaceRow {
@@ -252,7 +262,7 @@ pub fn materialize<'a>(
             organization_id: c.organization_id.clone(),
             project_id: c.project_id.clone(),
             is_public: c.is_public,
-            status: STATUS_READY.to_owned(),
+            status: status(ns.deleting.is_some()).to_owned(),
             size: 0,
             stored_size: 0,
             image_count: 0,
@@ -282,7 +292,7 @@ pub fn materialize<'a>(
             organization_id: namespace.organization_id.clone(),
             name: c.name.clone(),
             visibility: c.visibility.clone(),
-            status: STATUS_READY.to_owned(),
+            status: status(img.deleting.is_some()).to_owned(),
             size: img.size,
             created_at: img.created_at.clone(),
             updated_at: img.updated_at.clone(),

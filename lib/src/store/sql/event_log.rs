@@ -27,6 +27,11 @@ impl SqlStore {
         SqlStore { pool }
     }
 
+    /// The connection pool, shared with the job queue's storage.
+    pub fn pool(&self) -> &Pool<Db> {
+        &self.pool
+    }
+
     pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         if let Some(lock) = LOCK_MIGRATIONS {

@@ -6,7 +6,7 @@
 use crate::domain::event::{ManifestDeleted, ManifestRecorded, TagPushed};
 use crate::domain::image::distinct_blobs;
 use crate::domain::streams;
-use crate::store::rows::STATUS_READY;
+use crate::store::rows::{STATUS_DELETING, STATUS_READY};
 
 /// Applies `events`, appended to `stream_id` after version `base` at log positions from
 /// `first`, recorded at `at`.
@@ -177,6 +177,25 @@ async fn project(
         DomainEvent::ImageUpdated(u) => {
             sqlx::query("UPDATE images SET visibility = $1 WHERE id = $2")
                 .bind(&u.visibility)
+                .bind(image_id)
+                .execute(&mut *conn)
+                .await?;
+            return Ok(Some(0));
+        }
+        DomainEvent::NamespaceDeletionRequested(_) => {
+            sqlx::query(
+                "UPDATE namespaces SET status = $1, updated_at = $2, version = $3 WHERE id = $4",
+            )
+            .bind(STATUS_DELETING)
+            .bind(at)
+            .bind(version)
+            .bind(namespace_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::ImageDeletionRequested(_) => {
+            sqlx::query("UPDATE images SET status = $1 WHERE id = $2")
+                .bind(STATUS_DELETING)
                 .bind(image_id)
                 .execute(&mut *conn)
                 .await?;

@@ -262,6 +262,76 @@ impl SqlStore {
         Ok(row.as_ref().map(job_descriptor_row).transpose()?)
     }
 
+    pub async fn job_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<JobDescriptorRow>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_DESCRIPTOR_COLUMNS} FROM job_descriptors WHERE idempotency_key = $1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(job_descriptor_row).transpose()?)
+    }
+
+    /// Jobs not yet in a final state, least recently changed first.
+    pub async fn unfinished_jobs(&self, limit: i64) -> Result<Vec<JobDescriptorRow>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_DESCRIPTOR_COLUMNS} FROM job_descriptors \
+             WHERE state IN ('queued', 'scheduled', 'running') ORDER BY updated_at, id LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(job_descriptor_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<JobDescriptorRow>, StoreError> {
+        fn filters(q: &mut QueryBuilder<Db>, query: &JobQuery) {
+            for (column, values) in [("state", &query.states), ("kind", &query.kinds)] {
+                if values.is_empty() {
+                    continue;
+                }
+                q.push(format!(" AND {column} IN ("));
+                let mut list = q.separated(", ");
+                for v in values {
+                    list.push_bind(v.clone());
+                }
+                list.push_unseparated(")");
+            }
+        }
+        let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM job_descriptors WHERE 1 = 1");
+        filters(&mut count, query);
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Db>::new(format!(
+            "SELECT {JOB_DESCRIPTOR_COLUMNS} FROM job_descriptors WHERE 1 = 1"
+        ));
+        filters(&mut list, query);
+        let dir = if query.desc { "DESC" } else { "ASC" };
+        list.push(format!(
+            " ORDER BY {} {dir}, id {dir} LIMIT ",
+            query.sort.column()
+        ));
+        list.push_bind(query.limit)
+            .push(" OFFSET ")
+            .push_bind(query.offset);
+        let items = list
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_descriptor_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total_count })
+    }
+
     pub async fn token_by_hash(
         &self,
         secret_hash: &str,
@@ -285,8 +355,8 @@ impl SqlStore {
 }
 
 use crate::store::{
-    CursorError, ImageQuery, ImageView, ManifestKey, ManifestQuery, ManifestView, NamespaceQuery,
-    Page, SortKey, TagQuery,
+    CursorError, ImageQuery, ImageView, JobQuery, ManifestKey, ManifestQuery, ManifestView,
+    NamespaceQuery, Page, SortKey, TagQuery,
 };
 
 /// `ORDER BY` for a Scaleway list: the key (created_at ascending by default), then the id in

@@ -1,0 +1,351 @@
+//! The worker pool on apalis: one apalis worker per queue (queue = job kind, explicit names),
+//! sharing the store's connection pool, plus the sweep. Each gap listed in
+//! `apalis-notes.md` is closed here, in our code, never by patching the crate:
+//!
+//! * queue names are `queue::*` constants, never type paths;
+//! * idle pickup polls every `poll` (and, on PostgreSQL, also listens for its insert
+//!   notifications), instead of waiting for the next heartbeat;
+//! * a worker whose stream ends (one database error ends it) is rebuilt by `serve_queue`
+//!   under a fresh name, with backoff, until shutdown;
+//! * a dead worker's tasks are re-queued by apalis once it missed `missed_heartbeats`
+//!   heartbeats of `heartbeat` each: we configure both (`orphan_after`);
+//! * retries are ours (`runner.rs`): a new task at the retry time, recorded in the job stream
+//!   first, so they survive restarts; apalis never retries;
+//! * the sweep re-queues any unfinished job without a live apalis task, whatever lost it;
+//! * SQLite pragmas come from our connect options; only apalis's migrations are run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apalis::prelude::*;
+use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, Strategy};
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use chrono::{DateTime, Utc};
+use layerline_core::domain::job::JobKind;
+use layerline_core::jobs::{Dispatch, DispatchFuture};
+use layerline_core::store::{ReadModels, Store};
+use tokio::sync::watch;
+
+use crate::queue;
+use crate::runner::{Runner, Ticket};
+
+/// Timing of the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// Jobs running at once in this process.
+    pub workers: usize,
+    /// How often an idle worker looks for new tasks.
+    pub poll: Duration,
+    /// After how long without a heartbeat a worker's tasks are re-queued.
+    pub orphan_after: Duration,
+    /// How often the sweep runs.
+    pub sweep_every: Duration,
+    /// How long an unfinished job may sit unchanged before the sweep checks it has a task.
+    pub stale_after: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: 4,
+            poll: Duration::from_millis(100),
+            orphan_after: Duration::from_secs(20),
+            sweep_every: Duration::from_secs(5),
+            stale_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Heartbeats per orphan timeout: a worker is dead after missing this many.
+const MISSED_HEARTBEATS: u32 = 4;
+
+/// The job queues on the store's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    store: Store,
+    config: PoolConfig,
+}
+
+impl Queues {
+    pub fn new(store: Store, config: PoolConfig) -> Self {
+        Queues { store, config }
+    }
+
+    /// Creates or upgrades apalis's own tables (PostgreSQL schema `apalis`; SQLite tables
+    /// `Jobs`, `Workers`). Its migrator keeps its own `_sqlx_migrations` table; ours is
+    /// `layerline_migrations`, so they never meet.
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        match &self.store {
+            Store::Sqlite(s) => SqliteStorage::migrations().run(s.pool()).await?,
+            Store::Postgres(s) => PostgresStorage::migrations().run(s.pool()).await?,
+        }
+        Ok(())
+    }
+
+    fn sqlite_config(&self, name: &str) -> apalis_sqlite::Config {
+        apalis_sqlite::Config::default()
+            .queue(name)
+            .heartbeat_interval(self.heartbeat())
+            .missed_heartbeats(MISSED_HEARTBEATS as usize)
+            .batch_size(self.config.workers.max(1))
+    }
+
+    fn postgres_config(&self, name: &str) -> apalis_postgres::Config {
+        apalis_postgres::Config::default()
+            .queue(name)
+            .heartbeat_interval(self.heartbeat())
+            .missed_heartbeats(MISSED_HEARTBEATS as usize)
+            .batch_size(self.config.workers.max(1))
+    }
+
+    fn heartbeat(&self) -> Duration {
+        (self.config.orphan_after / MISSED_HEARTBEATS).max(Duration::from_secs(1))
+    }
+
+    /// Queues one run of `job_id` on its kind's queue.
+    pub async fn push(
+        &self,
+        kind: JobKind,
+        job_id: &str,
+        run_at: Option<DateTime<Utc>>,
+        takeover: bool,
+    ) -> Result<(), String> {
+        let ticket = Ticket {
+            job_id: job_id.to_owned(),
+            takeover,
+        };
+        // The key names the job, so the sweep can ask whether a live task exists for it;
+        // the random part lets the same job be queued again later.
+        let key = format!("{job_id}:{}", uuid::Uuid::new_v4().simple());
+        let mut task = TaskBuilder::new(ticket).idempotency_key(key);
+        if let Some(at) = run_at {
+            // apalis keeps whole seconds: round up, so the task never runs before its time.
+            let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+            task = task.run_at_timestamp(secs.max(0) as u64);
+        }
+        let task = task.build();
+        let name = kind.as_str();
+        match &self.store {
+            Store::Sqlite(s) => {
+                let mut storage =
+                    SqliteStorage::<Ticket>::new(s.pool()).with_config(self.sqlite_config(name));
+                storage.push_task(task).await.map_err(|e| e.to_string())
+            }
+            Store::Postgres(s) => {
+                let mut storage = PostgresStorage::<Ticket>::new(s.pool())
+                    .with_config(self.postgres_config(name));
+                storage.push_task(task).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Whether job `job_id` has a task on `queue` that is still waiting or running.
+    async fn has_live_task(&self, queue: &str, job_id: &str) -> Result<bool, sqlx::Error> {
+        let pattern = format!("{job_id}:%");
+        match &self.store {
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM Jobs WHERE job_type = $1 \
+                     AND idempotency_key LIKE $2 AND status NOT IN ('Done', 'Failed', 'Killed'))",
+                )
+                .bind(queue)
+                .bind(pattern)
+                .fetch_one(s.pool())
+                .await
+            }
+            Store::Postgres(s) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \
+                     AND idempotency_key LIKE $2 AND status NOT IN ('Done', 'Failed', 'Killed'))",
+                )
+                .bind(queue)
+                .bind(pattern)
+                .fetch_one(s.pool())
+                .await
+            }
+        }
+    }
+
+    /// One pass of the sweep: every unfinished job unchanged for `stale_after` that is due
+    /// and has no live task gets one. Returns how many were queued.
+    pub async fn sweep(&self) -> Result<usize, String> {
+        let jobs = self
+            .store
+            .unfinished_jobs(500)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = Utc::now();
+        let stale = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or_default();
+        let mut queued = 0;
+        for job in jobs {
+            let changed = parse_time(&job.updated_at).unwrap_or(now);
+            if changed > stale {
+                continue;
+            }
+            let due = match job.state.as_str() {
+                "scheduled" => job
+                    .next_retry_at
+                    .as_deref()
+                    .and_then(parse_time)
+                    .is_none_or(|t| t <= stale),
+                _ => true,
+            };
+            let Some(kind) = kind_of(&job.kind) else {
+                continue;
+            };
+            if !due
+                || self
+                    .has_live_task(kind.as_str(), &job.id)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            let takeover = job.state == "running";
+            tracing::info!(
+                job_id = job.id,
+                state = job.state,
+                "sweep: job had no live task; queued again"
+            );
+            self.push(kind, &job.id, None, takeover).await?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+}
+
+fn parse_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn kind_of(name: &str) -> Option<JobKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+impl Dispatch for Queues {
+    fn dispatch<'a>(
+        &'a self,
+        kind: JobKind,
+        job_id: &'a str,
+        run_at: Option<DateTime<Utc>>,
+        takeover: bool,
+    ) -> DispatchFuture<'a> {
+        Box::pin(self.push(kind, job_id, run_at, takeover))
+    }
+}
+
+/// The apalis task handler: hands the ticket to the runner. An error here means the job's
+/// outcome could not be recorded; the task fails and the sweep queues the job again.
+async fn handle(
+    ticket: Ticket,
+    task_id: TaskId,
+    runner: Data<Arc<Runner>>,
+) -> Result<(), BoxDynError> {
+    runner.run(&ticket, &task_id.to_string()).await?;
+    Ok(())
+}
+
+/// Runs the pool until `shutdown` turns true: a worker per queue and the sweep.
+pub async fn run(queues: Queues, runner: Arc<Runner>, shutdown: watch::Receiver<bool>) {
+    let mut tasks = Vec::new();
+    for name in queue::ALL {
+        tasks.push(tokio::spawn(serve_queue(
+            queues.clone(),
+            runner.clone(),
+            name,
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(sweep_loop(queues, shutdown)));
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn sweep_loop(queues: Queues, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(queues.config.sweep_every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(error) = queues.sweep().await {
+            tracing::warn!(error, "sweep failed; trying again later");
+        }
+    }
+}
+
+/// Keeps one apalis worker serving `name` until shutdown, rebuilding it whenever its stream
+/// ends (apalis ends it on the first database error).
+async fn serve_queue(
+    queues: Queues,
+    runner: Arc<Runner>,
+    name: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // A fresh name per worker: apalis refuses a name still registered as alive.
+        let worker = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+        let started = Instant::now();
+        let stop = {
+            let mut rx = shutdown.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+                Ok::<(), std::io::Error>(())
+            }
+        };
+        let poll = queues.config.poll;
+        let result = match &queues.store {
+            Store::Sqlite(s) => {
+                let storage = SqliteStorage::<Ticket>::new(s.pool())
+                    .with_config(queues.sqlite_config(name))
+                    .poll_with_strategy(Strategy::new().apply(IntervalStrategy::new(poll)));
+                WorkerBuilder::new(worker.as_str())
+                    .backend(storage)
+                    .concurrency(queues.config.workers.max(1))
+                    .data(runner.clone())
+                    .build(handle)
+                    .run_until(stop)
+                    .await
+            }
+            Store::Postgres(s) => {
+                let storage = PostgresStorage::<Ticket>::new(s.pool())
+                    .with_config(queues.postgres_config(name));
+                let pubsub = apalis_postgres::Pubsub::new(s.pool().clone(), name.to_owned());
+                let storage = storage.poll_with_strategy(
+                    Strategy::new()
+                        .apply(IntervalStrategy::new(poll))
+                        .stream(pubsub),
+                );
+                WorkerBuilder::new(worker.as_str())
+                    .backend(storage)
+                    .concurrency(queues.config.workers.max(1))
+                    .data(runner.clone())
+                    .build(handle)
+                    .run_until(stop)
+                    .await
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        tracing::warn!(
+            queue = name,
+            worker,
+            ?result,
+            retry_in_ms = backoff.as_millis() as u64,
+            "worker stopped; starting a new one"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,325 @@
+//! Runs one delivery of a job: starts an attempt on the job's stream, walks the kind's steps,
+//! and records how it ended. Backend-agnostic; the pool (`pool.rs`) feeds it from apalis.
+//!
+//! Every effect a handler makes is an event on the affected stream, decided from that
+//! stream's current state and appended at the version it was decided on, so running a step
+//! twice (a rerun after a crash, a duplicate delivery) finds it done and changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use layerline_core::domain::DomainError;
+use layerline_core::domain::job::{Job, JobCommand, JobKind, JobState};
+use layerline_core::jobs::Dispatcher;
+use layerline_core::service::{Registry, ServiceError};
+use layerline_core::store::{Metadata, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::handlers;
+
+/// What the queue carries: which job to run. Everything else is in the job's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub job_id: String,
+    /// Set by the sweep for a job recorded as running with no live queue task: the attempt's
+    /// worker is gone, take the job over.
+    #[serde(default)]
+    pub takeover: bool,
+}
+
+/// How transient failures are retried: `base · 2^(attempt-1)`, at most `max_delay`, for at
+/// most `max_attempts` attempts in all.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max_delay: Duration,
+    pub max_attempts: i64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(2),
+            max_delay: Duration::from_secs(600),
+            max_attempts: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt + 1`.
+    pub fn delay(&self, attempt: i64) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        self.base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(self.max_delay)
+    }
+}
+
+/// How a handler stopped short of success.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth retrying (the database went away, a registry answered 503).
+    Transient(String),
+    /// Retrying cannot help (bad input); the job ends in `error`.
+    Permanent(String),
+    /// A cancel request was honoured at a step boundary (already recorded).
+    Cancelled,
+    /// A newer attempt took the job over; this one stops and records nothing.
+    Stale,
+}
+
+impl From<ServiceError> for Failure {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Domain(e) => Failure::Permanent(e.to_string()),
+            e => Failure::Transient(e.to_string()),
+        }
+    }
+}
+
+pub type Outcome = Result<Value, Failure>;
+
+/// Runs jobs. Shared by every queue's worker in a process.
+#[derive(Debug)]
+pub struct Runner {
+    pub registry: Registry<Store>,
+    pub dispatcher: Dispatcher,
+    pub retry: RetryPolicy,
+    /// Jobs running at once in this process, across queues (`--workers`).
+    slots: Semaphore,
+}
+
+impl Runner {
+    pub fn new(store: Store, dispatcher: Dispatcher, retry: RetryPolicy, workers: usize) -> Self {
+        Runner {
+            registry: Registry::new(store),
+            dispatcher,
+            retry,
+            slots: Semaphore::new(workers.max(1)),
+        }
+    }
+
+    /// Handles one delivery of `ticket` by queue task `task`. Errors are the store's (the
+    /// job's outcome could not be recorded); the sweep then delivers the job again.
+    pub async fn run(&self, ticket: &Ticket, task: &str) -> Result<(), ServiceError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let id = ticket.job_id.as_str();
+        let job: Job = self.registry.load(id).await?;
+        let (Some(state), Some(accepted)) = (job.state, job.accepted.as_ref()) else {
+            tracing::warn!(job_id = id, "queued job has no stream; dropped");
+            return Ok(());
+        };
+        if state.is_final() {
+            return Ok(());
+        }
+        if state == JobState::Scheduled && due_later(job.retry_at.as_deref()) {
+            // An early duplicate: the retry's own delivery is queued for its time.
+            return Ok(());
+        }
+        let meta = Metadata {
+            job_id: Some(id.to_owned()),
+            actor: Some(format!("job:{}", accepted.kind.as_str())),
+            ..Metadata::default()
+        };
+        let start = JobCommand::Start {
+            task: task.to_owned(),
+            takeover: ticket.takeover,
+        };
+        let attempt = match self.registry.execute::<Job>(id, start, &meta).await {
+            Ok(events) => match events.first() {
+                Some(layerline_core::domain::DomainEvent::JobStarted(s)) => s.attempt,
+                // Cancelled while waiting, or its cancel outlived a dead attempt.
+                _ => return Ok(()),
+            },
+            Err(ServiceError::Domain(DomainError::Conflict { message, .. })) => {
+                tracing::debug!(job_id = id, message, "duplicate delivery ignored");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let kind = accepted.kind;
+        let span = tracing::info_span!("job", job_id = id, kind = kind.as_str(), attempt);
+        async {
+            tracing::info!("attempt started");
+            let mut ctx = Ctx {
+                runner: self,
+                job_id: id.to_owned(),
+                attempt,
+                meta,
+                last_progress: None,
+            };
+            let outcome = handlers::run(kind, &accepted.input, &mut ctx).await;
+            self.finish(kind, &ctx, outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn finish(
+        &self,
+        kind: JobKind,
+        ctx: &Ctx<'_>,
+        outcome: Outcome,
+    ) -> Result<(), ServiceError> {
+        let (id, attempt) = (ctx.job_id.as_str(), ctx.attempt);
+        let cmd = match outcome {
+            Ok(output) => {
+                tracing::info!("completed");
+                JobCommand::Succeed { attempt, output }
+            }
+            Err(Failure::Cancelled) => {
+                tracing::info!("cancelled at a step boundary");
+                return Ok(());
+            }
+            Err(Failure::Stale) => {
+                tracing::info!("superseded by a newer attempt; stopped");
+                return Ok(());
+            }
+            Err(Failure::Permanent(error)) => {
+                tracing::warn!(error, "failed");
+                JobCommand::Fail {
+                    attempt,
+                    error,
+                    retry_at: None,
+                }
+            }
+            Err(Failure::Transient(error)) if attempt >= self.retry.max_attempts => {
+                tracing::warn!(error, "failed; out of attempts");
+                JobCommand::Fail {
+                    attempt,
+                    error: format!("{error} (gave up after {attempt} attempts)"),
+                    retry_at: None,
+                }
+            }
+            Err(Failure::Transient(error)) => {
+                let delay = self.retry.delay(attempt);
+                let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                tracing::warn!(
+                    error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "failed; will retry"
+                );
+                let cmd = JobCommand::Fail {
+                    attempt,
+                    error,
+                    retry_at: Some(layerline_core::domain::format_time(at)),
+                };
+                return match self.registry.execute::<Job>(id, cmd, &ctx.meta).await {
+                    Ok(_) => {
+                        if let Err(error) =
+                            self.dispatcher.dispatch(kind, id, Some(at), false).await
+                        {
+                            tracing::warn!(error, "queueing the retry failed; the sweep will");
+                        }
+                        Ok(())
+                    }
+                    Err(ServiceError::Domain(_)) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        match self.registry.execute::<Job>(id, cmd, &ctx.meta).await {
+            // Refused: a newer attempt owns the job now.
+            Ok(_) | Err(ServiceError::Domain(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Whether an RFC 3339 retry time is still more than a moment away.
+fn due_later(retry_at: Option<&str>) -> bool {
+    retry_at
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.with_timezone(&Utc) > Utc::now() + chrono::Duration::milliseconds(500))
+}
+
+/// How often progress is recorded at most (every step is still a cancel boundary).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What a handler sees of its attempt.
+pub struct Ctx<'a> {
+    pub runner: &'a Runner,
+    pub job_id: String,
+    pub attempt: i64,
+    /// Metadata for the effects' events: they name the job.
+    pub meta: Metadata,
+    last_progress: Option<Instant>,
+}
+
+impl Ctx<'_> {
+    pub fn registry(&self) -> &Registry<Store> {
+        &self.runner.registry
+    }
+
+    /// A step boundary: stops here when a cancel was requested or a newer attempt took the
+    /// job over; otherwise records progress (`done` of `total`, `step` says what comes next)
+    /// when the last record is older than a moment, or when `force`.
+    pub async fn boundary(
+        &mut self,
+        done: i64,
+        total: i64,
+        step: &str,
+        force: bool,
+    ) -> Result<(), Failure> {
+        let job: Job = self.registry().load(&self.job_id).await?;
+        if job.state != Some(JobState::Running) || job.attempts != self.attempt {
+            return Err(Failure::Stale);
+        }
+        if job.cancel_requested {
+            let cmd = JobCommand::ConfirmCancel {
+                attempt: self.attempt,
+            };
+            if !(done == job.done && total == job.total) {
+                self.progress(done, total, step).await?;
+            }
+            return match self
+                .registry()
+                .execute::<Job>(&self.job_id, cmd, &self.meta)
+                .await
+            {
+                Ok(_) => Err(Failure::Cancelled),
+                Err(ServiceError::Domain(_)) => Err(Failure::Stale),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let due = self
+            .last_progress
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if force || due {
+            self.progress(done, total, step).await?;
+        }
+        Ok(())
+    }
+
+    async fn progress(&mut self, done: i64, total: i64, step: &str) -> Result<(), Failure> {
+        let cmd = JobCommand::Progress {
+            attempt: self.attempt,
+            done,
+            total,
+            step: step.to_owned(),
+        };
+        match self
+            .registry()
+            .execute::<Job>(&self.job_id, cmd, &self.meta)
+            .await
+        {
+            Ok(_) => {
+                self.last_progress = Some(Instant::now());
+                Ok(())
+            }
+            Err(ServiceError::Domain(DomainError::Conflict { .. })) => Err(Failure::Stale),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+pub type SharedRunner = Arc<Runner>;

@@ -1,0 +1,823 @@
+//! The Cycle-style surface: jobs and image tasks (`api-contract.md` §2). Every answer is
+//! `{"data": …}`; every error `{"error": {status, code, title, detail, source}, "data": null}`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::auth::{AuthError, Principal, authenticate};
+use super::{AppState, Params};
+use crate::domain::DomainError;
+use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
+use crate::domain::token::Capability;
+use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, Submitted, submit};
+use crate::service::ServiceError;
+use crate::store::rows::JobDescriptorRow;
+use crate::store::{JobQuery, JobSort, Metadata, ReadModels};
+
+/// Paths of this surface start with this (the rest of `/v1/…` is nobody's).
+pub const PREFIX: &str = "/v1/";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", get(list_jobs).post(create_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/tasks", post(job_task))
+        .route("/v1/images/tasks", post(images_task))
+        .route("/v1/images/{id}", delete(delete_image))
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+    source: String,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            source: String::new(),
+        }
+    }
+
+    fn at(mut self, source: &str) -> Self {
+        self.source = source.to_owned();
+        self
+    }
+
+    fn invalid(field: &str, detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "422.invalid-argument",
+            "Invalid argument",
+            detail,
+        )
+        .at(&format!("/{field}"))
+    }
+
+    fn missing_job(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.job",
+            "Job not found",
+            format!("no job {id}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "status": self.status.as_u16(),
+                "code": self.code,
+                "title": self.title,
+                "detail": self.detail,
+                "source": self.source,
+            },
+            "data": null,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Unauthorized => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "401.auth-invalid",
+                "Unauthorized",
+                err.to_string(),
+            ),
+            AuthError::Forbidden(_) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "403.permissions",
+                "Forbidden",
+                err.to_string(),
+            ),
+            AuthError::Store(e) => internal(e),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Domain(DomainError::NotFound { resource, id }) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                match resource {
+                    "image" => "404.image",
+                    "namespace" => "404.namespace",
+                    _ => "404.job",
+                },
+                "Not found",
+                format!("no {resource} {id}"),
+            ),
+            ServiceError::Domain(DomainError::Conflict { message, .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "409.conflict", "Conflict", message)
+            }
+            ServiceError::Domain(DomainError::AlreadyExists { resource, id }) => ApiError::new(
+                StatusCode::CONFLICT,
+                "409.duplicate-found",
+                "Duplicate",
+                format!("{resource} {id} already exists"),
+            ),
+            ServiceError::Domain(e) => ApiError::invalid("data", e.to_string()),
+            ServiceError::Contention { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503.not-ready",
+                "Busy",
+                err.to_string(),
+            ),
+            ServiceError::Store(e) => internal(e),
+        }
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "store failure");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "500.database",
+        "Internal error",
+        "the database failed; try again",
+    )
+}
+
+/// Bodies: JSON only, unknown fields refused with the field named.
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let (status, code) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    (status, "413.too-large")
+                } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    (status, "415.media-type")
+                } else {
+                    (StatusCode::BAD_REQUEST, "400.invalid-syntax")
+                };
+                Err(ApiError::new(
+                    status,
+                    code,
+                    "Bad request body",
+                    rejection.body_text(),
+                ))
+            }
+        }
+    }
+}
+
+async fn principal(
+    state: &AppState,
+    headers: &HeaderMap,
+    cap: Capability,
+) -> Result<Principal, ApiError> {
+    let p = authenticate(state.store(), headers).await?;
+    p.require(cap)?;
+    Ok(p)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "400.invalid-syntax",
+            "Bad Idempotency-Key",
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shapes
+
+/// The Cycle job descriptor answered on every submission.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDescriptor {
+    pub action: String,
+    pub job: DescriptorJob,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DescriptorJob {
+    pub id: String,
+    pub accepted: bool,
+    pub queue: String,
+    pub schedule: String,
+    pub parallel: Parallel,
+    pub tasks: Vec<DescriptorTask>,
+    /// Ours: where the job is now.
+    pub state: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Parallel {
+    pub sub_queue: Option<String>,
+    pub tasks: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DescriptorTask {
+    pub caption: String,
+    pub header: String,
+    pub steps: Option<Vec<Step>>,
+    #[schema(value_type = Object)]
+    pub input: Value,
+}
+
+impl JobDescriptor {
+    fn new(row: &JobDescriptorRow) -> Self {
+        JobDescriptor {
+            action: row.kind.clone(),
+            job: DescriptorJob {
+                id: row.id.clone(),
+                accepted: true,
+                queue: row.kind.clone(),
+                schedule: row
+                    .next_retry_at
+                    .clone()
+                    .unwrap_or_else(|| row.created_at.clone()),
+                parallel: Parallel {
+                    sub_queue: None,
+                    tasks: false,
+                },
+                tasks: vec![DescriptorTask {
+                    caption: row.caption.clone(),
+                    header: row.kind.clone(),
+                    steps: None,
+                    input: parse(&row.input),
+                }],
+                state: row.state.clone(),
+            },
+        }
+    }
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub caption: String,
+    pub schedule: String,
+    pub expires: Option<String>,
+    pub events: JobEvents,
+    pub tasks: Vec<Task>,
+    pub hash: Option<String>,
+    pub limit_duplicates: bool,
+    pub creator: Option<String>,
+    pub state: JobStateView,
+    /// Ours: attempts started, the progress counters, the last error, the retry time.
+    pub attempts: i64,
+    pub progress: Progress,
+    pub last_error: Option<String>,
+    pub next_retry_at: Option<String>,
+    pub cancel_requested: bool,
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobEvents {
+    pub queued: String,
+    pub started: Option<String>,
+    pub completed: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Task {
+    pub id: String,
+    pub caption: String,
+    pub header: String,
+    pub events: JobEvents,
+    pub steps: Vec<Step>,
+    pub state: TaskState,
+    #[schema(value_type = Object)]
+    pub input: Value,
+    #[schema(value_type = Object)]
+    pub output: Option<Value>,
+    pub error: Option<ErrorMessage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Step {
+    pub caption: String,
+    pub description: String,
+    pub started: Option<String>,
+    pub completed: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskState {
+    pub current: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStateView {
+    pub current: String,
+    pub changed: String,
+    pub error: Option<ErrorMessage>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorMessage {
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Progress {
+    pub done: i64,
+    pub total: i64,
+    pub step: Option<String>,
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+impl Job {
+    pub fn new(row: &JobDescriptorRow) -> Self {
+        let events = || JobEvents {
+            queued: row.created_at.clone(),
+            started: row.started_at.clone(),
+            completed: row.completed_at.clone(),
+        };
+        let error = match row.state.as_str() {
+            "error" => row
+                .last_error
+                .clone()
+                .map(|message| ErrorMessage { message }),
+            _ => None,
+        };
+        let task_state = match row.state.as_str() {
+            "queued" | "scheduled" => "pending",
+            "running" => "running",
+            "completed" => "completed",
+            _ => "error",
+        };
+        let output = row.output.as_deref().map(parse);
+        let steps = row
+            .progress_step
+            .iter()
+            .map(|s| Step {
+                caption: s.clone(),
+                description: format!("{} of {} steps done", row.progress_done, row.progress_total),
+                started: row.started_at.clone(),
+                completed: row.completed_at.clone(),
+            })
+            .collect();
+        Job {
+            id: row.id.clone(),
+            queue: row.kind.clone(),
+            caption: row.caption.clone(),
+            schedule: row
+                .next_retry_at
+                .clone()
+                .unwrap_or_else(|| row.created_at.clone()),
+            expires: None,
+            events: events(),
+            tasks: vec![Task {
+                id: format!("{}-0", row.id),
+                caption: row.caption.clone(),
+                header: row.kind.clone(),
+                events: events(),
+                steps,
+                state: TaskState {
+                    current: task_state.to_owned(),
+                },
+                input: parse(&row.input),
+                output: output.clone(),
+                error: match row.state.as_str() {
+                    "error" => row
+                        .last_error
+                        .clone()
+                        .map(|message| ErrorMessage { message }),
+                    _ => None,
+                },
+            }],
+            hash: None,
+            limit_duplicates: false,
+            creator: row.creator.clone(),
+            state: JobStateView {
+                current: row.state.clone(),
+                changed: row.updated_at.clone(),
+                error,
+            },
+            attempts: row.attempts,
+            progress: Progress {
+                done: row.progress_done,
+                total: row.progress_total,
+                step: row.progress_step.clone(),
+            },
+            last_error: row.last_error.clone(),
+            next_retry_at: row.next_retry_at.clone(),
+            cancel_requested: row.cancel_requested,
+            output,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Data<T> {
+    pub data: T,
+}
+
+fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
+    (status, Json(json!({ "data": value }))).into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobListParams {
+    #[serde(rename = "page[number]")]
+    #[param(rename = "page[number]")]
+    page_number: Option<String>,
+    #[serde(rename = "page[size]")]
+    #[param(rename = "page[size]")]
+    page_size: Option<String>,
+    /// Comma-separated states.
+    #[serde(rename = "filter[state]")]
+    #[param(rename = "filter[state]")]
+    filter_state: Option<String>,
+    /// Comma-separated kinds (queues).
+    #[serde(rename = "filter[kind]")]
+    #[param(rename = "filter[kind]")]
+    filter_kind: Option<String>,
+    /// `created_at` (default `-created_at`), `updated_at`, `state` or `kind`; `-` for descending.
+    sort: Option<String>,
+}
+
+const STATES: [&str; 7] = [
+    "new",
+    "queued",
+    "scheduled",
+    "running",
+    "completed",
+    "error",
+    "cancelled",
+];
+const MAX_PAGE_SIZE: i64 = 100;
+
+fn number(field: &str, v: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                field,
+                format!("{field} must be an integer from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+fn list(field: &str, v: Option<&str>, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    v.split(',')
+        .map(|s| {
+            if allowed.contains(&s) {
+                Ok(s.to_owned())
+            } else {
+                Err(ApiError::invalid(
+                    field,
+                    format!("unknown value `{s}` (one of {})", allowed.join(", ")),
+                ))
+            }
+        })
+        .collect()
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs", params(JobListParams),
+    summary = "List jobs (jobs-view)",
+    responses((status = 200, description = "A page of jobs", body = Data<Vec<Job>>)),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn list_jobs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Params(p): Params<JobListParams>,
+) -> Result<Response, ApiError> {
+    principal(&state, &headers, Capability::JobsView).await?;
+    let size = number("page[size]", p.page_size.as_deref(), 20, MAX_PAGE_SIZE)?;
+    let page = number("page[number]", p.page_number.as_deref(), 1, 1_000_000)?;
+    let kinds: Vec<&str> = crate::jobs::KINDS.iter().map(|k| k.as_str()).collect();
+    let (desc, sort) = match p.sort.as_deref() {
+        None => (true, JobSort::CreatedAt),
+        Some(s) => {
+            let (desc, key) = s.strip_prefix('-').map_or((false, s), |k| (true, k));
+            let key = match key {
+                "created_at" | "id" => JobSort::CreatedAt,
+                "updated_at" => JobSort::UpdatedAt,
+                "state" => JobSort::State,
+                "kind" => JobSort::Kind,
+                other => {
+                    return Err(ApiError::invalid(
+                        "sort",
+                        format!("cannot sort by `{other}` (created_at, updated_at, state, kind)"),
+                    ));
+                }
+            };
+            (desc, key)
+        }
+    };
+    let query = JobQuery {
+        states: list("filter[state]", p.filter_state.as_deref(), &STATES)?,
+        kinds: list("filter[kind]", p.filter_kind.as_deref(), &kinds)?,
+        sort,
+        desc,
+        limit: size,
+        offset: (page - 1) * size,
+    };
+    let page = state.store().list_jobs(&query).await.map_err(internal)?;
+    let jobs: Vec<Job> = page.items.iter().map(Job::new).collect();
+    Ok((
+        StatusCode::OK,
+        Json(json!({"data": jobs, "meta": {"total": page.total_count}})),
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    summary = "One job (jobs-view)",
+    responses((status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn get_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal(&state, &headers, Capability::JobsView).await?;
+    let row = state
+        .store()
+        .job(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::missing_job(&id))?;
+    Ok(data(StatusCode::OK, Job::new(&row)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    action: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    contents: Value,
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
+    request_body = TaskRequest,
+    summary = "Cancel a job: {\"action\": \"cancel\"} (images-manage)",
+    responses((status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job"), (status = 409, description = "Already finished")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn job_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(req): Body<TaskRequest>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesManage).await?;
+    if req.action != "cancel" {
+        return Err(ApiError::invalid(
+            "action",
+            format!("unknown action `{}` (cancel)", req.action),
+        ));
+    }
+    state
+        .store()
+        .job(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::missing_job(&id))?;
+    let by = Some(format!("token:{}", p.token_id));
+    let meta = Metadata {
+        actor: by.clone(),
+        ..Metadata::default()
+    };
+    state
+        .registry
+        .execute::<JobStream>(&id, JobCommand::RequestCancel { by }, &meta)
+        .await?;
+    let row = state
+        .store()
+        .job(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::missing_job(&id))?;
+    Ok(data(StatusCode::OK, Job::new(&row)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRequest {
+    /// Only `probe`: a diagnostic job (admin).
+    kind: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    input: Value,
+}
+
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs", request_body = ProbeRequest,
+    summary = "Submit a diagnostic probe job (admin)",
+    responses((status = 202, description = "Accepted", body = Data<JobDescriptor>)),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<ProbeRequest>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::Admin).await?;
+    if req.kind != JobKind::Probe.as_str() {
+        return Err(ApiError::invalid(
+            "kind",
+            "only `probe` jobs are submitted here",
+        ));
+    }
+    let input = if req.input.is_null() {
+        json!({})
+    } else {
+        req.input
+    };
+    let sub = Submission {
+        kind: JobKind::Probe,
+        caption: "probe".to_owned(),
+        input,
+        creator: Some(format!("token:{}", p.token_id)),
+        idempotency_key: idempotency_key(&headers)?,
+        marks: None,
+    };
+    accepted(&state, sub, StatusCode::ACCEPTED).await
+}
+
+async fn accepted(
+    state: &AppState,
+    sub: Submission,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let Submitted { job, .. } = submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
+    Ok(data(status, JobDescriptor::new(&job)))
+}
+
+#[utoipa::path(
+    post, path = "/v1/images/tasks", tag = "jobs", request_body = TaskRequest,
+    summary = "Image tasks: {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} (images-manage)",
+    responses((status = 202, description = "Accepted", body = Data<JobDescriptor>)),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn images_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<TaskRequest>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesManage).await?;
+    if req.action != "delete_tags" {
+        return Err(ApiError::invalid(
+            "action",
+            format!("unknown action `{}` (delete_tags)", req.action),
+        ));
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Contents {
+        tag_ids: Vec<String>,
+        #[serde(default)]
+        force: bool,
+    }
+    let c: Contents = serde_json::from_value(req.contents)
+        .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
+    if c.tag_ids.is_empty() || c.tag_ids.len() > 10_000 {
+        return Err(ApiError::invalid("contents/tag_ids", "1 to 10000 tag ids"));
+    }
+    // Tags of projects the token cannot see are refused as unknown.
+    for id in &c.tag_ids {
+        let visible = match state.store().tag(id).await.map_err(internal)? {
+            Some(tag) => match state.store().image(&tag.image_id).await.map_err(internal)? {
+                Some(image) => p.sees(&image.project_id),
+                None => false,
+            },
+            None => false,
+        };
+        if !visible {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "404.tag",
+                "Not found",
+                format!("no tag {id}"),
+            ));
+        }
+    }
+    let sub = Submission {
+        kind: JobKind::DeleteTag,
+        caption: format!("delete {} tag(s)", c.tag_ids.len()),
+        input: json!({"tag_ids": c.tag_ids, "force": c.force}),
+        creator: Some(format!("token:{}", p.token_id)),
+        idempotency_key: idempotency_key(&headers)?,
+        marks: None,
+    };
+    accepted(&state, sub, StatusCode::ACCEPTED).await
+}
+
+#[utoipa::path(
+    delete, path = "/v1/images/{id}", tag = "jobs", params(("id" = String, Path)),
+    summary = "Delete an image with a job (images-manage)",
+    responses((status = 200, description = "The delete job", body = Data<JobDescriptor>), (status = 404, description = "No such image")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn delete_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesManage).await?;
+    let image = state.store().image(&id).await.map_err(internal)?;
+    let Some(image) = image.filter(|i| p.sees(&i.project_id)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.image",
+            "Not found",
+            format!("no image {id}"),
+        ));
+    };
+    let sub = delete_image_submission(&image.id, &image.name, &p, idempotency_key(&headers)?);
+    accepted(&state, sub, StatusCode::OK).await
+}
+
+/// The delete job for an image, as every surface submits it.
+pub fn delete_image_submission(
+    id: &str,
+    name: &str,
+    p: &Principal,
+    key: Option<String>,
+) -> Submission {
+    Submission {
+        kind: JobKind::DeleteImage,
+        caption: format!("delete image {name}"),
+        input: json!({"image_id": id}),
+        creator: Some(format!("token:{}", p.token_id)),
+        idempotency_key: key,
+        marks: Some(Mark::Image(id.to_owned())),
+    }
+}
+
+/// The delete job for a namespace and its images.
+pub fn delete_namespace_submission(
+    id: &str,
+    name: &str,
+    p: &Principal,
+    key: Option<String>,
+) -> Submission {
+    Submission {
+        kind: JobKind::DeleteNamespace,
+        caption: format!("delete namespace {name} and its images"),
+        input: json!({"namespace_id": id}),
+        creator: Some(format!("token:{}", p.token_id)),
+        idempotency_key: key,
+        marks: Some(Mark::Namespace(id.to_owned())),
+    }
+}
+
+/// The `Idempotency-Key` of a request, for other surfaces.
+pub fn request_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    idempotency_key(headers)
+}

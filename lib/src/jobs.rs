@@ -1,0 +1,233 @@
+//! Submitting jobs: the port to the job queue, and the one way every API surface starts a job.
+//!
+//! A job is accepted by appending `job.accepted` to its own stream (that is the durable
+//! record), then handed to the queue. The queue is only a doorbell: when handing over fails
+//! or the process dies in between, the dispatcher's sweep finds the job still waiting and
+//! rings again, and a second ring is harmless because attempts are fenced by the job stream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::domain::DomainError;
+use crate::domain::image::ImageCommand;
+use crate::domain::job::{Job, JobAccepted, JobCommand, JobKind};
+use crate::domain::namespace::NamespaceCommand;
+use crate::service::{Registry, ServiceError};
+use crate::store::rows::JobDescriptorRow;
+use crate::store::{EventStore, Metadata, ReadModels, StoreError};
+
+/// Every job kind, for listings' filters.
+pub const KINDS: [JobKind; 7] = [
+    JobKind::Import,
+    JobKind::Prune,
+    JobKind::DeleteImage,
+    JobKind::DeleteNamespace,
+    JobKind::DeleteTag,
+    JobKind::Gc,
+    JobKind::Probe,
+];
+
+/// Largest `Idempotency-Key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+pub type DispatchFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Hands a job to the queue of its kind. Implemented over apalis by `layerline-jobs`.
+pub trait Dispatch: Send + Sync + std::fmt::Debug {
+    /// Queues one run of job `job_id`, not before `run_at` (now when `None`). `takeover`: the
+    /// caller found no live queue task for a job recorded as running, so the run may take
+    /// the job over from the attempt that died.
+    fn dispatch<'a>(
+        &'a self,
+        kind: JobKind,
+        job_id: &'a str,
+        run_at: Option<DateTime<Utc>>,
+        takeover: bool,
+    ) -> DispatchFuture<'a>;
+}
+
+pub type Dispatcher = Arc<dyn Dispatch>;
+
+/// What a client asks for.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub kind: JobKind,
+    pub caption: String,
+    pub input: Value,
+    /// `token:<id>` of the caller.
+    pub creator: Option<String>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// The resource marked `deleting` by a delete job.
+    pub marks: Option<Mark>,
+}
+
+/// A resource a delete job marks as `deleting` when it is accepted.
+#[derive(Debug, Clone)]
+pub enum Mark {
+    Image(String),
+    Namespace(String),
+}
+
+/// The job a submission led to, and whether this submission created it.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub job: JobDescriptorRow,
+    pub created: bool,
+}
+
+/// Accepts a job (or finds the one submitted before with the same idempotency key, or the
+/// delete job already running for the same resource) and queues it.
+pub async fn submit<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    dispatcher: &dyn Dispatch,
+    sub: Submission,
+) -> Result<Submitted, ServiceError> {
+    // Keys are the caller's own: two tokens using the same key do not meet.
+    let key = sub
+        .idempotency_key
+        .as_ref()
+        .map(|k| format!("{}:{k}", sub.creator.as_deref().unwrap_or("")));
+    if let Some(key) = &key
+        && let Some(job) = by_key(registry, key).await?
+    {
+        return Ok(Submitted {
+            job,
+            created: false,
+        });
+    }
+    if let Some(existing) = running_delete(registry, sub.marks.as_ref()).await? {
+        return Ok(Submitted {
+            job: existing,
+            created: false,
+        });
+    }
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let meta = Metadata {
+        actor: sub.creator.clone(),
+        job_id: Some(job_id.clone()),
+        ..Metadata::default()
+    };
+    let accepted = JobAccepted {
+        job_id: job_id.clone(),
+        kind: sub.kind,
+        caption: sub.caption,
+        input: sub.input,
+        creator: sub.creator,
+        idempotency_key: key.clone(),
+    };
+    match registry
+        .execute::<Job>(&job_id, JobCommand::Accept(accepted), &meta)
+        .await
+    {
+        Ok(_) => {}
+        // Another request with the same key won the race: answer its job.
+        Err(ServiceError::Store(StoreError::Unique { .. })) if key.is_some() => {
+            let key = key.as_deref().unwrap_or_default();
+            if let Some(job) = by_key(registry, key).await? {
+                return Ok(Submitted {
+                    job,
+                    created: false,
+                });
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let marked = match sub.marks {
+        Some(Mark::Image(id)) => registry
+            .image(
+                &id,
+                ImageCommand::RequestDelete {
+                    job_id: job_id.clone(),
+                },
+                &meta,
+            )
+            .await
+            .map(drop),
+        Some(Mark::Namespace(id)) => registry
+            .namespace(
+                &id,
+                NamespaceCommand::RequestDelete {
+                    job_id: job_id.clone(),
+                },
+                &meta,
+            )
+            .await
+            .map(drop),
+        None => Ok(()),
+    };
+    // The resource went away in between: the job then finds nothing to delete.
+    if let Err(e) = marked
+        && !matches!(e, ServiceError::Domain(DomainError::NotFound { .. }))
+    {
+        return Err(e);
+    }
+    if let Err(error) = dispatcher.dispatch(sub.kind, &job_id, None, false).await {
+        // Accepted all the same: the sweep queues it again.
+        tracing::warn!(
+            job_id,
+            error,
+            "queueing the job failed; the sweep will retry"
+        );
+    }
+    let job = registry
+        .store()
+        .job(&job_id)
+        .await
+        .map_err(ServiceError::Store)?
+        .ok_or_else(|| ServiceError::Domain(DomainError::not_found("job", &job_id)))?;
+    Ok(Submitted { job, created: true })
+}
+
+async fn by_key<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    key: &str,
+) -> Result<Option<JobDescriptorRow>, ServiceError> {
+    registry
+        .store()
+        .job_by_idempotency_key(key)
+        .await
+        .map_err(ServiceError::Store)
+}
+
+/// The unfinished delete job that already marked the resource, if any.
+async fn running_delete<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    mark: Option<&Mark>,
+) -> Result<Option<JobDescriptorRow>, ServiceError> {
+    let job_id = match mark {
+        Some(Mark::Image(id)) => registry.load_image(id).await?.deleting,
+        Some(Mark::Namespace(id)) => registry.load_namespace(id).await?.deleting,
+        None => None,
+    };
+    let Some(job_id) = job_id else {
+        return Ok(None);
+    };
+    let job = registry
+        .store()
+        .job(&job_id)
+        .await
+        .map_err(ServiceError::Store)?;
+    Ok(job.filter(|j| !matches!(j.state.as_str(), "completed" | "error" | "cancelled")))
+}
+
+/// A dispatcher that queues nothing, for a process that only reads (and for tests of the
+/// API alone): accepted jobs wait until a worker process's sweep queues them.
+#[derive(Debug, Default)]
+pub struct NoDispatch;
+
+impl Dispatch for NoDispatch {
+    fn dispatch<'a>(
+        &'a self,
+        _kind: JobKind,
+        _job_id: &'a str,
+        _run_at: Option<DateTime<Utc>>,
+        _takeover: bool,
+    ) -> DispatchFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}

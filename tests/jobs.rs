@@ -1,0 +1,484 @@
+//! The job system with real processes on real databases: the binary's workers (apalis on
+//! SQLite and PostgreSQL), killed with SIGKILL, restarted, and raced against each other.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, Server, TestDb};
+use layerline_core::domain::DomainEvent;
+use layerline_core::store::{Backend, EventStore, ReadModels, Store};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    scaleway_delete_shows_deleting_until_a_worker_removes_it,
+    a_worker_killed_mid_job_is_taken_over_and_each_effect_happens_once,
+    transient_failures_back_off_and_the_retry_survives_a_restart,
+    a_permanent_failure_ends_in_error_after_one_attempt,
+    cancel_stops_at_a_step_boundary_and_describes_the_work_done,
+    an_idempotency_key_returns_the_same_job,
+);
+
+/// Starts `layerline serve` on `db` with `args`, in a temp dir, logging to a file there.
+fn serve(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Server {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .unwrap();
+    let mut all = vec!["--database-url", db.url.as_str()];
+    all.extend_from_slice(args);
+    Server::start_logging_to(
+        dir,
+        &all,
+        &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)],
+        Stdio::from(log),
+    )
+}
+
+async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("X-Auth-Token", ADMIN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn job(server: &Server, id: &str) -> Value {
+    let (status, body) = call(Method::GET, &format!("{}/v1/jobs/{id}", server.base), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// Polls job `id` until `done(job)` holds, failing after `limit`.
+async fn wait_for(
+    server: &Server,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let j = job(server, id).await;
+        if done(&j) {
+            return j;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {id} did not get there in {limit:?}: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn state(j: &Value) -> &str {
+    j["state"]["current"].as_str().unwrap_or_default()
+}
+
+async fn submit_probe(server: &Server, input: Value) -> String {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs", server.base),
+        Some(json!({"kind": "probe", "input": input})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    body["data"]["job"]["id"].as_str().unwrap().to_owned()
+}
+
+/// An image with `tags` tags, each on its own manifest.
+async fn big_image(fx: &Fixture, ns: &str, name: &str, tags: u64) -> String {
+    let image = fx.image(ns, name).await;
+    for n in 0..tags {
+        fx.manifest(&image, 10_000 + n, &[(n, 100)]).await;
+        fx.tag(&image, &format!("t{n:05}"), 10_000 + n).await;
+    }
+    image
+}
+
+/// The events of `stream` by type name.
+async fn event_counts(store: &Store, stream: &str) -> HashMap<&'static str, usize> {
+    let mut counts = HashMap::new();
+    for e in store.read_stream(stream).await.unwrap() {
+        *counts.entry(e.event.event_type()).or_insert(0) += 1;
+    }
+    counts
+}
+
+async fn scaleway_delete_shows_deleting_until_a_worker_removes_it(db: &TestDb) {
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("doomed").await;
+    let image = big_image(&fx, &ns, "app", 3).await;
+    let keep_ns = fx.namespace("kept").await;
+    let other = big_image(&fx, &keep_ns, "lib", 2).await;
+
+    // An API-only process: jobs are accepted and wait for a worker.
+    let dir = tempfile::tempdir().unwrap();
+    let api = serve(db, dir.path(), &["--role", "api"]);
+    let base = format!("{}/registry/v1/regions/fr-par", api.base);
+    let (status, body) = call(Method::DELETE, &format!("{base}/images/{other}"), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("deleting")));
+    let (status, body) = call(Method::DELETE, &format!("{base}/namespaces/{ns}"), None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("deleting")));
+    for path in [format!("/images/{other}"), format!("/namespaces/{ns}")] {
+        let (status, body) = call(Method::GET, &format!("{base}{path}"), None).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("deleting")),
+            "{path}"
+        );
+    }
+    // Deleting again answers the same job instead of a second one.
+    call(Method::DELETE, &format!("{base}/images/{other}"), None).await;
+    let (_, jobs) = call(
+        Method::GET,
+        &format!("{}/v1/jobs?filter[state]=queued", api.base),
+        None,
+    )
+    .await;
+    assert_eq!(jobs["meta"]["total"], 2, "{jobs}");
+
+    // A worker process picks them up; polling GET ends in 404.
+    let _worker = serve(db, dir.path(), &["--role", "worker"]);
+    for path in [
+        format!("/images/{other}"),
+        format!("/namespaces/{ns}"),
+        format!("/images/{image}"),
+    ] {
+        let started = Instant::now();
+        loop {
+            let (status, body) = call(Method::GET, &format!("{base}{path}"), None).await;
+            if status == 404 {
+                break;
+            }
+            assert_eq!(body["status"], "deleting", "{path}: {body}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{path} still there"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (_, jobs) = call(
+        Method::GET,
+        &format!(
+            "{}/v1/jobs?filter[state]=completed&sort=created_at",
+            api.base
+        ),
+        None,
+    )
+    .await;
+    let jobs = jobs["data"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["queue"], "delete_image");
+    assert_eq!(jobs[0]["output"]["tags_deleted"], 2);
+    assert_eq!(jobs[1]["queue"], "delete_namespace");
+    assert_eq!(jobs[1]["output"]["images_deleted"], 1);
+    // The namespace that was not deleted is still there.
+    let (status, _) = call(Method::GET, &format!("{base}/namespaces/{keep_ns}"), None).await;
+    assert_eq!(status, 200);
+}
+
+async fn a_worker_killed_mid_job_is_taken_over_and_each_effect_happens_once(db: &TestDb) {
+    const TAGS: u64 = 1200;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("bulky").await;
+    let image = big_image(&fx, &ns, "app", TAGS).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let timing = ["--orphan-timeout-secs", "4"];
+    let first = serve(db, dir.path(), &timing);
+    let (status, body) = call(
+        Method::DELETE,
+        &format!("{}/v1/images/{image}", first.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(&first, &id, Duration::from_secs(60), |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
+    drop(first); // SIGKILL: no chance to finish or hand anything back.
+    let mid = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(mid.state, "running", "killed in the middle");
+    assert!(mid.progress_done < mid.progress_total);
+
+    // SQLite: the same machine restarts it. PostgreSQL: another worker process takes over
+    // while an API-only process answers.
+    let (_api, _worker, watcher) = match db.backend {
+        Backend::Sqlite => (None, None, serve(db, dir.path(), &timing)),
+        Backend::Postgres => {
+            let worker = serve(
+                db,
+                dir.path(),
+                &["--role", "worker", "--orphan-timeout-secs", "4"],
+            );
+            (
+                Some(worker),
+                None::<Server>,
+                serve(db, dir.path(), &["--role", "api"]),
+            )
+        }
+    };
+    let done = wait_for(&watcher, &id, Duration::from_secs(90), |j| {
+        state(j) != "running"
+    })
+    .await;
+    assert_eq!(state(&done), "completed", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["output"]["tags_deleted"], TAGS);
+
+    // Every effect exactly once in the log.
+    let stream = format!("image-{image}");
+    let mut names = HashMap::new();
+    for e in store.read_stream(&stream).await.unwrap() {
+        if let DomainEvent::TagDeleted(t) = &e.event {
+            *names.entry(t.name.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(names.len() as u64, TAGS);
+    assert!(names.values().all(|&n| n == 1), "a tag deleted twice");
+    let counts = event_counts(&store, &stream).await;
+    assert_eq!(counts.get("manifest.deleted"), Some(&(TAGS as usize)));
+    assert_eq!(counts.get("image.deleted"), Some(&1));
+    let job_events = event_counts(&store, &format!("job-{id}")).await;
+    assert_eq!(job_events.get("job.started"), Some(&2));
+    assert_eq!(job_events.get("job.succeeded"), Some(&1));
+}
+
+async fn transient_failures_back_off_and_the_retry_survives_a_restart(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--retry-base-ms", "1500"];
+    let first = serve(db, dir.path(), &args);
+    let id = submit_probe(&first, json!({"steps": 1, "fail_attempts": 2})).await;
+    let waiting = wait_for(&first, &id, Duration::from_secs(20), |j| {
+        state(j) == "scheduled"
+    })
+    .await;
+    assert_eq!(waiting["attempts"], 1);
+    assert!(waiting["next_retry_at"].is_string());
+    // Stop the process while the retry waits; the retry lives in the database.
+    assert!(first.terminate(), "clean stop");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = serve(db, dir.path(), &args);
+    let done = wait_for(&second, &id, Duration::from_secs(30), |j| {
+        state(j) == "completed"
+    })
+    .await;
+    assert_eq!(done["attempts"], 3, "{done}");
+    assert_eq!(done["last_error"], "probe fails attempt 2 on purpose");
+
+    // Each retry waited until its time, and the second wait was longer than the first.
+    let store = db.store().await;
+    let mut failed_at = Vec::new();
+    let mut retry_at = Vec::new();
+    let mut started_at = Vec::new();
+    let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    for e in store.read_stream(&format!("job-{id}")).await.unwrap() {
+        match &e.event {
+            DomainEvent::JobRetried(r) => {
+                failed_at.push(time(&e.recorded_at));
+                retry_at.push(time(&r.retry_at));
+            }
+            DomainEvent::JobStarted(_) => started_at.push(time(&e.recorded_at)),
+            _ => {}
+        }
+    }
+    assert_eq!((failed_at.len(), started_at.len()), (2, 3));
+    let waits: Vec<_> = (0..2).map(|i| retry_at[i] - failed_at[i]).collect();
+    assert!(waits[1] > waits[0], "backoff grows: {waits:?}");
+    for i in 0..2 {
+        assert!(
+            started_at[i + 1] >= retry_at[i],
+            "attempt {} ran before its retry time",
+            i + 2
+        );
+    }
+}
+
+async fn a_permanent_failure_ends_in_error_after_one_attempt(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(db, dir.path(), &["--retry-base-ms", "100"]);
+    let id = submit_probe(
+        &server,
+        json!({"steps": 2, "fail_attempts": 5, "failure": "permanent"}),
+    )
+    .await;
+    let done = wait_for(&server, &id, Duration::from_secs(20), |j| {
+        state(j) == "error"
+    })
+    .await;
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(
+        done["state"]["error"]["message"],
+        "probe fails attempt 1 on purpose"
+    );
+    // Bad input is permanent too, and named.
+    let id = submit_probe(&server, json!({"steps": -1})).await;
+    let done = wait_for(&server, &id, Duration::from_secs(20), |j| {
+        state(j) == "error"
+    })
+    .await;
+    assert_eq!(done["attempts"], 1);
+    assert!(
+        done["state"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("steps")
+    );
+    // Nothing comes back later.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(job(&server, &id).await["attempts"], 1);
+}
+
+async fn cancel_stops_at_a_step_boundary_and_describes_the_work_done(db: &TestDb) {
+    const TAGS: u64 = 1000;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("half").await;
+    let image = big_image(&fx, &ns, "app", TAGS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(db, dir.path(), &[]);
+    let (_, body) = call(
+        Method::DELETE,
+        &format!("{}/v1/images/{image}", server.base),
+        None,
+    )
+    .await;
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(&server, &id, Duration::from_secs(30), |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 20
+    })
+    .await;
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs/{id}/tasks", server.base),
+        Some(json!({"action": "cancel"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_for(&server, &id, Duration::from_secs(30), |j| {
+        state(j) != "running"
+    })
+    .await;
+    assert_eq!(state(&done), "cancelled", "{done}");
+    let described = done["progress"]["done"].as_i64().unwrap();
+    assert!(described > 0 && described < TAGS as i64 + 1, "{done}");
+
+    // The work done is exactly what the descriptor says; nothing after it was applied.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deleted = event_counts(&store, &format!("image-{image}")).await;
+    let tags_deleted = *deleted.get("tag.deleted").unwrap_or(&0) as i64;
+    assert_eq!(tags_deleted, described);
+    assert_eq!(deleted.get("image.deleted"), None);
+    assert_eq!(
+        fx.tag_names(&image).await.len() as i64,
+        TAGS as i64 - described
+    );
+    // A finished job cannot be cancelled again.
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs/{id}/tasks", server.base),
+        Some(json!({"action": "cancel"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("409.conflict"))
+    );
+}
+
+async fn an_idempotency_key_returns_the_same_job(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(db, dir.path(), &["--role", "api"]);
+    let submit = |key: &'static str| {
+        let url = format!("{}/v1/jobs", server.base);
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .header("X-Auth-Token", ADMIN)
+                .header("Idempotency-Key", key)
+                .json(&json!({"kind": "probe", "input": {"steps": 1}}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = res.json().await.unwrap();
+            body["data"]["job"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (a, b) = tokio::join!(submit("k-1"), submit("k-1"));
+    assert_eq!(a, b, "concurrent submissions with one key make one job");
+    assert_eq!(submit("k-1").await, a);
+    assert_ne!(submit("k-2").await, a);
+    let (_, jobs) = call(Method::GET, &format!("{}/v1/jobs", server.base), None).await;
+    assert_eq!(jobs["meta"]["total"], 2);
+    // Bad input is refused in the Cycle error shape and creates nothing.
+    let (status, body) = call(
+        Method::GET,
+        &format!("{}/v1/jobs?page[size]=1000", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("422.invalid-argument"))
+    );
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs", server.base),
+        Some(json!({"kind": "import"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("422.invalid-argument"))
+    );
+    let (status, _) = call(Method::GET, &format!("{}/v1/jobs/nope", server.base), None).await;
+    assert_eq!(status, 404);
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/jobs", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let (_, jobs) = call(Method::GET, &format!("{}/v1/jobs", server.base), None).await;
+    assert_eq!(jobs["meta"]["total"], 2);
+}
