@@ -194,16 +194,24 @@ async fn scaleway_delete_shows_deleting_until_a_worker_removes_it(db: &TestDb) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let (_, jobs) = call(
-        Method::GET,
-        &format!(
-            "{}/v1/jobs?filter[state]=completed&sort=created_at",
-            api.base
-        ),
-        None,
-    )
-    .await;
-    let jobs = jobs["data"].as_array().unwrap().clone();
+    // The jobs record their success just after their last effect.
+    let started = Instant::now();
+    let jobs = loop {
+        let (_, jobs) = call(
+            Method::GET,
+            &format!(
+                "{}/v1/jobs?filter[state]=completed&sort=created_at",
+                api.base
+            ),
+            None,
+        )
+        .await;
+        let jobs = jobs["data"].as_array().unwrap().clone();
+        if jobs.len() == 2 || started.elapsed() > Duration::from_secs(10) {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0]["queue"], "delete_image");
     assert_eq!(jobs[0]["output"]["tags_deleted"], 2);
