@@ -116,6 +116,23 @@ impl Env {
             .await
     }
 
+    /// Polls `path` until it answers 404 (a delete job finished), failing after 30 s.
+    async fn gone(&self, path: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == 404 {
+                return;
+            }
+            assert_eq!(
+                body["status"], "deleting",
+                "{path} while its delete job runs"
+            );
+            assert!(started.elapsed().as_secs() < 30, "{path} was never deleted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     async fn send(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
         self.call(method, &self.url(path), Some(ADMIN), Some(body))
             .await
@@ -306,6 +323,7 @@ async fn namespaces_round_trip_with_every_field(env: Env) {
         (status, deleted["status"].as_str()),
         (200, Some("deleting"))
     );
+    env.gone(&format!("/namespaces/{id}")).await;
     let (status, body) = env.get(&format!("/namespaces/{id}")).await;
     assert_eq!(
         (status, body["type"].as_str(), body["resource"].as_str()),
@@ -669,6 +687,7 @@ async fn images_and_tags_show_sizes_that_follow_pushes_moves_and_deletes(env: En
         .send(Method::DELETE, &format!("/images/{b}"), json!({}))
         .await;
     assert_eq!((status, gone["status"].as_str()), (200, Some("deleting")));
+    env.gone(&format!("/images/{b}")).await;
     let (_, ns) = env.get(&format!("/namespaces/{ns_id}")).await;
     assert_eq!(
         (ns["size"].as_i64(), ns["image_count"].as_i64()),

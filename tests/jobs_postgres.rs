@@ -26,7 +26,12 @@ fn serve(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Server {
         .unwrap();
     let mut all = vec!["--database-url", db.url.as_str()];
     all.extend_from_slice(args);
-    Server::start_logging_to(dir, &all, &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)], Stdio::from(log))
+    Server::start_logging_to(
+        dir,
+        &all,
+        &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)],
+        Stdio::from(log),
+    )
 }
 
 async fn count(store: &Store, state: &str) -> i64 {
@@ -59,7 +64,10 @@ async fn wait_final(store: &Store, id: &str, limit: Duration) -> String {
         {
             return job.state;
         }
-        assert!(started.elapsed() < limit, "job {id} not finished within {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "job {id} not finished within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -72,7 +80,12 @@ fn pg_ctl(action: &str) {
         .unwrap()
         .file_name();
     let status = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", version.to_str().unwrap(), "main", action])
+        .args([
+            "--skip-systemctl-redirect",
+            version.to_str().unwrap(),
+            "main",
+            action,
+        ])
         .status()
         .expect("pg_ctlcluster");
     assert!(status.success(), "pg_ctlcluster {action}");
@@ -80,7 +93,9 @@ fn pg_ctl(action: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
     let store = db.store().await;
     let queues = Queues::new(store.clone(), PoolConfig::default());
     queues.migrate().await.unwrap();
@@ -104,7 +119,10 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
     let b = serve(&db, dir.path(), &["--role", "worker", "--workers", "8"]);
     let started = Instant::now();
     while count(&store, "completed").await < JOBS as i64 {
-        assert!(started.elapsed() < Duration::from_secs(120), "drain too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "drain too slow"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let mut per_job: HashMap<String, (usize, usize)> = HashMap::new();
@@ -122,10 +140,18 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
             }
         }
     }
-    let jobs: Vec<_> = per_job.iter().filter(|(s, _)| s.starts_with("job-")).collect();
+    let jobs: Vec<_> = per_job
+        .iter()
+        .filter(|(s, _)| s.starts_with("job-"))
+        .collect();
     assert_eq!(jobs.len(), JOBS);
-    assert!(jobs.iter().all(|(_, counts)| **counts == (1, 1)), "a job ran twice");
-    let Store::Postgres(pg) = &store else { unreachable!() };
+    assert!(
+        jobs.iter().all(|(_, counts)| **counts == (1, 1)),
+        "a job ran twice"
+    );
+    let Store::Postgres(pg) = &store else {
+        unreachable!()
+    };
     let workers: i64 = sqlx::query_scalar(
         "SELECT COUNT(DISTINCT lock_by) FROM apalis.jobs WHERE job_type = 'probe'",
     )
@@ -138,7 +164,10 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
     // PostgreSQL goes away for 5 s while one job runs and the other queues are idle.
     let server = serve(&db, dir.path(), &["--orphan-timeout-secs", "8"]);
     let quick = probe(&server.base, json!({"steps": 1})).await;
-    assert_eq!(wait_final(&store, &quick, Duration::from_secs(30)).await, "completed");
+    assert_eq!(
+        wait_final(&store, &quick, Duration::from_secs(30)).await,
+        "completed"
+    );
     let long = probe(&server.base, json!({"steps": 40, "step_ms": 150})).await;
     let started = Instant::now();
     while store.job(&long).await.unwrap().unwrap().state != "running" {
@@ -151,7 +180,10 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
     pg_ctl("start");
     let store = db.store().await;
     // Nothing stays running: the interrupted job finishes, and the same process takes new work.
-    assert_eq!(wait_final(&store, &long, Duration::from_secs(120)).await, "completed");
+    assert_eq!(
+        wait_final(&store, &long, Duration::from_secs(120)).await,
+        "completed"
+    );
     let started = Instant::now();
     let after_restart = loop {
         // The API may need a moment to get connections back.
@@ -166,9 +198,15 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
             let body: Value = res.json().await.unwrap();
             break body["data"]["job"]["id"].as_str().unwrap().to_owned();
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "API did not come back");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "API did not come back"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(wait_final(&store, &after_restart, Duration::from_secs(60)).await, "completed");
+    assert_eq!(
+        wait_final(&store, &after_restart, Duration::from_secs(60)).await,
+        "completed"
+    );
     assert_eq!(count(&store, "running").await, 0);
 }

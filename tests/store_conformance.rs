@@ -876,7 +876,15 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
     );
     assert_eq!(row.input, r#"{"image_id":"i1"}"#);
 
-    run("j1", JobCommand::Start).await.unwrap();
+    run(
+        "j1",
+        JobCommand::Start {
+            task: "t".into(),
+            takeover: false,
+        },
+    )
+    .await
+    .unwrap();
     let progress = |attempt, done| JobCommand::Progress {
         attempt,
         done,
@@ -901,7 +909,15 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
     );
     assert_eq!(row.last_error.as_deref(), Some("database away"));
 
-    run("j1", JobCommand::Start).await.unwrap();
+    run(
+        "j1",
+        JobCommand::Start {
+            task: "t".into(),
+            takeover: false,
+        },
+    )
+    .await
+    .unwrap();
     // The first attempt's worker wakes up late: its effects are refused.
     let stale = run("j1", progress(1, 2)).await.unwrap_err();
     assert!(
@@ -953,7 +969,15 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
     assert!(matches!(err, StoreError::Unique { .. }), "{err:?}");
 
     run("j3", accept("j3", None)).await.unwrap();
-    run("j3", JobCommand::Start).await.unwrap();
+    run(
+        "j3",
+        JobCommand::Start {
+            task: "t".into(),
+            takeover: false,
+        },
+    )
+    .await
+    .unwrap();
     run(
         "j3",
         JobCommand::RequestCancel {
