@@ -524,7 +524,7 @@ fn list(field: &str, v: Option<&str>, allowed: &[&str]) -> Result<Vec<String>, A
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs", params(JobListParams),
     summary = "List jobs (jobs-view)",
-    responses((status = 200, description = "A page of jobs", body = Data<Vec<Job>>)),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "A page of jobs", body = Data<Vec<Job>>)),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn list_jobs(
@@ -575,7 +575,7 @@ pub(crate) async fn list_jobs(
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
     summary = "One job (jobs-view)",
-    responses((status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn get_job(
@@ -606,7 +606,7 @@ pub struct TaskRequest {
     post, path = "/v1/jobs/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
     request_body = TaskRequest,
     summary = "Cancel a job: {\"action\": \"cancel\"} (images-manage)",
-    responses((status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job"), (status = 409, description = "Already finished")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The job", body = Data<Job>), (status = 404, description = "No such job"), (status = 409, description = "Already finished")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn job_task(
@@ -659,7 +659,7 @@ pub struct ProbeRequest {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs", request_body = ProbeRequest,
     summary = "Submit a diagnostic probe job (admin)",
-    responses((status = 202, description = "Accepted", body = Data<JobDescriptor>)),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 202, description = "Accepted", body = Data<JobDescriptor>)),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn create_job(
@@ -702,7 +702,7 @@ async fn accepted(
 #[utoipa::path(
     post, path = "/v1/images/tasks", tag = "jobs", request_body = TaskRequest,
     summary = "Image tasks: {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} (images-manage)",
-    responses((status = 202, description = "Accepted", body = Data<JobDescriptor>)),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 202, description = "Accepted", body = Data<JobDescriptor>)),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn images_task(
@@ -761,7 +761,7 @@ pub(crate) async fn images_task(
 #[utoipa::path(
     delete, path = "/v1/images/{id}", tag = "jobs", params(("id" = String, Path)),
     summary = "Delete an image with a job (images-manage)",
-    responses((status = 200, description = "The delete job", body = Data<JobDescriptor>), (status = 404, description = "No such image")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The delete job", body = Data<JobDescriptor>), (status = 404, description = "No such image")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn delete_image(
