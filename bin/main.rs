@@ -252,17 +252,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     layerline_core::metric::describe();
     metrics::gauge!(layerline_core::metric::EVENT_LOG_HEAD).set(store.head().await? as f64);
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+    // A worker-only process serves no API, so it takes no API port.
+    let listener = match settings.role.serves_api() {
+        true => Some(
+            TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?,
+        ),
+        false => None,
+    };
     let metrics_listener = TcpListener::bind(settings.metrics_listen)
         .await
         .with_context(|| format!("binding {}", settings.metrics_listen))?;
-    let local = listener.local_addr()?;
     let metrics_local = metrics_listener.local_addr()?;
-    tracing::info!(listen = %local, metrics = %metrics_local, database = %redact(&settings.database_url), "serving");
-    // Plain lines on stdout say where we listen (useful with `--listen 127.0.0.1:0`).
-    println!("listening on http://{local}");
+    tracing::info!(role = ?settings.role, metrics = %metrics_local, database = %redact(&settings.database_url), "serving");
+    // Plain lines on stdout say where we listen (useful with `--listen 127.0.0.1:0`); the
+    // metrics line comes last.
+    if let Some(listener) = &listener {
+        println!("listening on http://{}", listener.local_addr()?);
+    }
     println!("metrics on http://{metrics_local}/metrics");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -300,16 +308,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
-    if settings.role.serves_api() {
-        let api = ApiConfig {
-            regions: settings.regions.clone(),
-            registry_endpoint: settings.registry_endpoint.clone(),
-        };
-        let state = AppState::new(store.clone(), api).with_dispatcher(Arc::new(queues));
-        http::serve(listener, state, stopped()).await?;
-    } else {
-        drop(listener);
-        stopped().await;
+    match listener {
+        Some(listener) => {
+            let api = ApiConfig {
+                regions: settings.regions.clone(),
+                registry_endpoint: settings.registry_endpoint.clone(),
+            };
+            let state = AppState::new(store.clone(), api).with_dispatcher(Arc::new(queues));
+            http::serve(listener, state, stopped()).await?;
+        }
+        None => stopped().await,
     }
     if let Some(workers) = workers {
         workers.await?;

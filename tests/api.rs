@@ -6,14 +6,13 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Fixture, Server, TestDb, digest};
+use common::{ADMIN, Fixture, Server, TestDb, digest};
 use layerline_core::domain::event::ManifestRecorded;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::store::{Backend, Metadata, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const ADMIN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 const REGION: &str = "fr-par";
 
 macro_rules! on_both_backends {

@@ -4,16 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, Server, TestDb};
+use common::{ADMIN, Fixture, Server, TestDb};
 use layerline_core::domain::DomainEvent;
 use layerline_core::store::{Backend, EventStore, ReadModels, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const ADMIN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -47,24 +44,8 @@ on_both_backends!(
     a_permanent_failure_ends_in_error_after_one_attempt,
     cancel_stops_at_a_step_boundary_and_describes_the_work_done,
     an_idempotency_key_returns_the_same_job,
+    a_job_accepted_but_never_queued_is_found_by_the_sweep,
 );
-
-/// Starts `layerline serve` on `db` with `args`, in a temp dir, logging to a file there.
-fn serve(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Server {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("serve.log"))
-        .unwrap();
-    let mut all = vec!["--database-url", db.url.as_str()];
-    all.extend_from_slice(args);
-    Server::start_logging_to(
-        dir,
-        &all,
-        &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)],
-        Stdio::from(log),
-    )
-}
 
 async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
@@ -149,7 +130,7 @@ async fn scaleway_delete_shows_deleting_until_a_worker_removes_it(db: &TestDb) {
 
     // An API-only process: jobs are accepted and wait for a worker.
     let dir = tempfile::tempdir().unwrap();
-    let api = serve(db, dir.path(), &["--role", "api"]);
+    let api = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
     let base = format!("{}/registry/v1/regions/fr-par", api.base);
     let (status, body) = call(Method::DELETE, &format!("{base}/images/{other}"), None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("deleting")));
@@ -167,14 +148,18 @@ async fn scaleway_delete_shows_deleting_until_a_worker_removes_it(db: &TestDb) {
     call(Method::DELETE, &format!("{base}/images/{other}"), None).await;
     let (_, jobs) = call(
         Method::GET,
-        &format!("{}/v1/jobs?filter[state]=queued", api.base),
+        &format!("{}/v1/jobs?filter[state]=queued&meta=total", api.base),
         None,
     )
     .await;
     assert_eq!(jobs["meta"]["total"], 2, "{jobs}");
 
     // A worker process picks them up; polling GET ends in 404.
-    let _worker = serve(db, dir.path(), &["--role", "worker"]);
+    let worker = Server::on_database(&db.url, dir.path(), &["--role", "worker"]);
+    assert!(
+        worker.base.is_empty(),
+        "a worker-only process serves no API"
+    );
     for path in [
         format!("/images/{other}"),
         format!("/namespaces/{ns}"),
@@ -231,7 +216,7 @@ async fn a_worker_killed_mid_job_is_taken_over_and_each_effect_happens_once(db: 
 
     let dir = tempfile::tempdir().unwrap();
     let timing = ["--orphan-timeout-secs", "4"];
-    let first = serve(db, dir.path(), &timing);
+    let first = Server::on_database(&db.url, dir.path(), &timing);
     let (status, body) = call(
         Method::DELETE,
         &format!("{}/v1/images/{image}", first.base),
@@ -251,18 +236,13 @@ async fn a_worker_killed_mid_job_is_taken_over_and_each_effect_happens_once(db: 
 
     // SQLite: the same machine restarts it. PostgreSQL: another worker process takes over
     // while an API-only process answers.
-    let (_api, _worker, watcher) = match db.backend {
-        Backend::Sqlite => (None, None, serve(db, dir.path(), &timing)),
+    let (_worker, watcher) = match db.backend {
+        Backend::Sqlite => (None, Server::on_database(&db.url, dir.path(), &timing)),
         Backend::Postgres => {
-            let worker = serve(
-                db,
-                dir.path(),
-                &["--role", "worker", "--orphan-timeout-secs", "4"],
-            );
+            let worker = ["--role", "worker", "--orphan-timeout-secs", "4"];
             (
-                Some(worker),
-                None::<Server>,
-                serve(db, dir.path(), &["--role", "api"]),
+                Some(Server::on_database(&db.url, dir.path(), &worker)),
+                Server::on_database(&db.url, dir.path(), &["--role", "api"]),
             )
         }
     };
@@ -295,7 +275,7 @@ async fn a_worker_killed_mid_job_is_taken_over_and_each_effect_happens_once(db: 
 async fn transient_failures_back_off_and_the_retry_survives_a_restart(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--retry-base-ms", "1500"];
-    let first = serve(db, dir.path(), &args);
+    let first = Server::on_database(&db.url, dir.path(), &args);
     let id = submit_probe(&first, json!({"steps": 1, "fail_attempts": 2})).await;
     let waiting = wait_for(&first, &id, Duration::from_secs(20), |j| {
         state(j) == "scheduled"
@@ -306,7 +286,7 @@ async fn transient_failures_back_off_and_the_retry_survives_a_restart(db: &TestD
     // Stop the process while the retry waits; the retry lives in the database.
     assert!(first.terminate(), "clean stop");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = serve(db, dir.path(), &args);
+    let second = Server::on_database(&db.url, dir.path(), &args);
     let done = wait_for(&second, &id, Duration::from_secs(30), |j| {
         state(j) == "completed"
     })
@@ -344,7 +324,7 @@ async fn transient_failures_back_off_and_the_retry_survives_a_restart(db: &TestD
 
 async fn a_permanent_failure_ends_in_error_after_one_attempt(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(db, dir.path(), &["--retry-base-ms", "100"]);
+    let server = Server::on_database(&db.url, dir.path(), &["--retry-base-ms", "100"]);
     let id = submit_probe(
         &server,
         json!({"steps": 2, "fail_attempts": 5, "failure": "permanent"}),
@@ -384,7 +364,7 @@ async fn cancel_stops_at_a_step_boundary_and_describes_the_work_done(db: &TestDb
     let ns = fx.namespace("half").await;
     let image = big_image(&fx, &ns, "app", TAGS).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(db, dir.path(), &[]);
+    let server = Server::on_database(&db.url, dir.path(), &[]);
     let (_, body) = call(
         Method::DELETE,
         &format!("{}/v1/images/{image}", server.base),
@@ -436,7 +416,7 @@ async fn cancel_stops_at_a_step_boundary_and_describes_the_work_done(db: &TestDb
 
 async fn an_idempotency_key_returns_the_same_job(db: &TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(db, dir.path(), &["--role", "api"]);
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
     let submit = |key: &'static str| {
         let url = format!("{}/v1/jobs", server.base);
         async move {
@@ -457,6 +437,18 @@ async fn an_idempotency_key_returns_the_same_job(db: &TestDb) {
     assert_eq!(submit("k-1").await, a);
     assert_ne!(submit("k-2").await, a);
     let (_, jobs) = call(Method::GET, &format!("{}/v1/jobs", server.base), None).await;
+    assert_eq!(
+        jobs.as_object().unwrap().len(),
+        1,
+        "a list is only its data: {jobs}"
+    );
+    assert_eq!(jobs["data"].as_array().unwrap().len(), 2);
+    let (_, jobs) = call(
+        Method::GET,
+        &format!("{}/v1/jobs?meta=total", server.base),
+        None,
+    )
+    .await;
     assert_eq!(jobs["meta"]["total"], 2);
     // Bad input is refused in the Cycle error shape and creates nothing.
     let (status, body) = call(
@@ -487,6 +479,37 @@ async fn an_idempotency_key_returns_the_same_job(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
-    let (_, jobs) = call(Method::GET, &format!("{}/v1/jobs", server.base), None).await;
+    let (_, jobs) = call(
+        Method::GET,
+        &format!("{}/v1/jobs?meta=total", server.base),
+        None,
+    )
+    .await;
     assert_eq!(jobs["meta"]["total"], 2);
+}
+
+async fn a_job_accepted_but_never_queued_is_found_by_the_sweep(db: &TestDb) {
+    // As if the process died between recording the job and queueing it.
+    let store = db.store().await;
+    let registry = layerline_core::service::Registry::new(store.clone());
+    let sub = layerline_core::jobs::Submission {
+        kind: layerline_core::domain::job::JobKind::Probe,
+        caption: "lost".to_owned(),
+        input: json!({"steps": 1}),
+        creator: None,
+        idempotency_key: None,
+        marks: None,
+    };
+    let job = layerline_core::jobs::submit(&registry, &layerline_core::jobs::NoDispatch, sub)
+        .await
+        .unwrap();
+    assert_eq!(job.state, "queued");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    // The sweep looks at jobs unchanged for 10 s, every 5 s.
+    let done = wait_for(&server, &job.id, Duration::from_secs(40), |j| {
+        state(j) == "completed"
+    })
+    .await;
+    assert_eq!(done["attempts"], 1);
 }

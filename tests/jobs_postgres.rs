@@ -5,34 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Server, TestDb};
+use common::{ADMIN, Server, TestDb};
 use layerline_core::domain::job::JobKind;
 use layerline_core::jobs::{Submission, submit};
 use layerline_core::service::Registry;
 use layerline_core::store::{Backend, EventStore, JobQuery, ReadModels, Store};
 use layerline_jobs::{PoolConfig, Queues};
 use serde_json::{Value, json};
-
-const ADMIN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
-
-fn serve(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Server {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("serve.log"))
-        .unwrap();
-    let mut all = vec!["--database-url", db.url.as_str()];
-    all.extend_from_slice(args);
-    Server::start_logging_to(
-        dir,
-        &all,
-        &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)],
-        Stdio::from(log),
-    )
-}
 
 async fn count(store: &Store, state: &str) -> i64 {
     let query = JobQuery {
@@ -115,8 +96,8 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
         submit(&registry, &queues, sub).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let a = serve(&db, dir.path(), &["--role", "worker", "--workers", "8"]);
-    let b = serve(&db, dir.path(), &["--role", "worker", "--workers", "8"]);
+    let a = Server::on_database(&db.url, dir.path(), &["--role", "worker", "--workers", "8"]);
+    let b = Server::on_database(&db.url, dir.path(), &["--role", "worker", "--workers", "8"]);
     let started = Instant::now();
     while count(&store, "completed").await < JOBS as i64 {
         assert!(
@@ -162,7 +143,7 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
     drop((a, b));
 
     // PostgreSQL goes away for 5 s while one job runs and the other queues are idle.
-    let server = serve(&db, dir.path(), &["--orphan-timeout-secs", "8"]);
+    let server = Server::on_database(&db.url, dir.path(), &["--orphan-timeout-secs", "8"]);
     let quick = probe(&server.base, json!({"steps": 1})).await;
     assert_eq!(
         wait_final(&store, &quick, Duration::from_secs(30)).await,

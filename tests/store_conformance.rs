@@ -451,7 +451,7 @@ async fn deleting_a_namespace_deletes_its_images(store: Store) {
         matches!(err, ServiceError::Domain(DomainError::Conflict { .. })),
         "{err:?}"
     );
-    f.registry.delete_namespace(&ns, &f.meta).await.unwrap();
+    f.delete_namespace(&ns).await.unwrap();
     let rows = f.store().read_model_rows().await.unwrap();
     assert_eq!(rows.namespaces.len(), 1);
     assert_eq!(rows.images.len(), 1);
@@ -664,7 +664,7 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
                 f.registry.namespace(&ns, cmd, &f.meta).await.map(drop)
             }
             (7..8, Some(ns), _) => {
-                let r = f.registry.delete_namespace(&ns, &f.meta).await;
+                let r = f.delete_namespace(&ns).await;
                 if r.is_ok() {
                     namespaces.retain(|n| *n != ns);
                     images.retain(|(_, n)| *n != ns);
@@ -714,7 +714,28 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
                     .await
                     .map(drop)
             }
-            (46..80 | 94.., _, Some(id)) => {
+            (94..96, _, Some(id)) => {
+                let job_id = format!("job-{}", rng.random_range(0..1000));
+                f.image_cmd(&id, ImageCommand::RequestDelete { job_id })
+                    .await
+                    .map(drop)
+            }
+            (96..97, Some(ns), _) => {
+                let job_id = format!("job-{}", rng.random_range(0..1000));
+                f.registry
+                    .namespace(&ns, NamespaceCommand::RequestDelete { job_id }, &f.meta)
+                    .await
+                    .map(drop)
+            }
+            (97..99, _, Some(id)) => {
+                let names = (0..2)
+                    .map(|_| tag_names[rng.random_range(0..tag_names.len())].to_owned())
+                    .collect();
+                f.image_cmd(&id, ImageCommand::DeleteTags { names })
+                    .await
+                    .map(drop)
+            }
+            (46..80 | 99.., _, Some(id)) => {
                 let name = tag_names[rng.random_range(0..tag_names.len())];
                 f.image_cmd(&id, push(name, rng.random_range(1..11)))
                     .await
@@ -769,6 +790,18 @@ async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
             .await
             .unwrap();
     }
+    // Whatever the random marks left standing, one image and one namespace end `deleting`.
+    let rows = store.read_model_rows().await.unwrap();
+    let f = Fixture::new(store.clone());
+    let job_id = "job-last".to_owned();
+    let image = rows.images.last().expect("an image survives");
+    let cmd = ImageCommand::RequestDelete {
+        job_id: job_id.clone(),
+    };
+    f.image_cmd(&image.id, cmd).await.unwrap();
+    let cmd = NamespaceCommand::RequestDelete { job_id };
+    let ns = &rows.namespaces[0].id;
+    f.registry.namespace(ns, cmd, &f.meta).await.unwrap();
     let incremental = store.read_model_rows().await.unwrap();
     let counts = (
         incremental.images.len(),
@@ -783,6 +816,14 @@ async fn rebuild_reproduces_random_workloads_row_for_row(store: Store) {
             && counts.3 >= 1
             && incremental.api_tokens.len() == 3,
         "workload too thin to test anything: (images, tags, manifests, children) = {counts:?}"
+    );
+    assert!(
+        incremental.images.iter().any(|i| i.status == "deleting")
+            && incremental
+                .namespaces
+                .iter()
+                .any(|n| n.status == "deleting"),
+        "the workload leaves an image and a namespace marked for deletion"
     );
 
     // Sizes agree with the blobs the rows say each image has.

@@ -169,7 +169,7 @@ async fn delete_namespace(d: DeleteNamespace, ctx: &mut Ctx<'_>) -> Outcome {
 
 async fn delete_tags(d: DeleteTags, ctx: &mut Ctx<'_>) -> Outcome {
     let total = d.tag_ids.len() as i64;
-    let mut skipped = Vec::new();
+    let mut refused = Vec::new();
     for (i, tag_id) in d.tag_ids.iter().enumerate() {
         ctx.boundary(i as i64, total, &format!("delete tag {tag_id}"), false)
             .await?;
@@ -190,13 +190,13 @@ async fn delete_tags(d: DeleteTags, ctx: &mut Ctx<'_>) -> Outcome {
         match ctx.registry().image(&tag.image_id, cmd, &ctx.meta).await {
             Ok(_) | Err(ServiceError::Domain(DomainError::NotFound { .. })) => {}
             Err(ServiceError::Domain(e)) => {
-                skipped.push(json!({"tag_id": tag_id, "error": e.to_string()}))
+                refused.push(json!({"tag_id": tag_id, "error": e.to_string()}))
             }
             Err(e) => return Err(e.into()),
         }
     }
     ctx.boundary(total, total, "done", true).await?;
-    Ok(json!({"tags_requested": total, "refused": skipped}))
+    Ok(json!({"tags_requested": total, "refused": refused}))
 }
 
 fn live_tags(image: &Image) -> Vec<String> {
@@ -257,9 +257,12 @@ async fn effects(
         .read_stream(&Image::stream(id))
         .await
         .map_err(|e| Failure::Transient(e.to_string()))?;
-    let ours = format!("\"job_id\":\"{}\"", ctx.job_id);
+    let ours = |metadata: &str| {
+        serde_json::from_str::<Value>(metadata)
+            .is_ok_and(|m| m["job_id"].as_str() == Some(ctx.job_id.as_str()))
+    };
     Ok(events
         .iter()
-        .filter(|e| which(&e.event) && e.metadata.contains(&ours))
+        .filter(|e| which(&e.event) && ours(&e.metadata))
         .count() as i64)
 }

@@ -15,24 +15,16 @@ pub use runner::{RetryPolicy, Runner, Ticket};
 pub mod queue {
     use layerline_core::domain::job::JobKind;
 
-    pub const IMPORT: &str = JobKind::Import.as_str();
-    pub const PRUNE: &str = JobKind::Prune.as_str();
-    pub const DELETE_IMAGE: &str = JobKind::DeleteImage.as_str();
-    pub const DELETE_NAMESPACE: &str = JobKind::DeleteNamespace.as_str();
-    pub const DELETE_TAG: &str = JobKind::DeleteTag.as_str();
-    pub const GC: &str = JobKind::Gc.as_str();
-    pub const PROBE: &str = JobKind::Probe.as_str();
-
-    /// Every queue, for workers that serve them all.
-    pub const ALL: [&str; 7] = [
-        IMPORT,
-        PRUNE,
-        DELETE_IMAGE,
-        DELETE_NAMESPACE,
-        DELETE_TAG,
-        GC,
-        PROBE,
-    ];
+    /// Every queue, for workers that serve them all: each kind's `JobKind::as_str`.
+    pub const ALL: [&str; JobKind::ALL.len()] = {
+        let mut names = [""; JobKind::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = JobKind::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! * the sweep re-queues any unfinished job without a live apalis task, whatever lost it;
 //! * SQLite pragmas come from our connect options; only apalis's migrations are run.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, Strategy};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
+use layerline_core::config;
+use layerline_core::domain::format_time;
 use layerline_core::domain::job::JobKind;
 use layerline_core::jobs::{Dispatch, DispatchFuture};
 use layerline_core::store::{ReadModels, Store};
@@ -48,9 +51,9 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            workers: 4,
+            workers: config::DEFAULT_WORKERS,
             poll: Duration::from_millis(100),
-            orphan_after: Duration::from_secs(20),
+            orphan_after: Duration::from_secs(config::DEFAULT_ORPHAN_TIMEOUT_SECS),
             sweep_every: Duration::from_secs(5),
             stale_after: Duration::from_secs(10),
         }
@@ -140,68 +143,64 @@ impl Queues {
         }
     }
 
-    /// Whether job `job_id` has a task on `queue` that is still waiting or running.
-    async fn has_live_task(&self, queue: &str, job_id: &str) -> Result<bool, sqlx::Error> {
-        let pattern = format!("{job_id}:%");
-        match &self.store {
-            Store::Sqlite(s) => {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM Jobs WHERE job_type = $1 \
-                     AND idempotency_key LIKE $2 AND status NOT IN ('Done', 'Failed', 'Killed'))",
+    /// The jobs that have a queue task still waiting or running (the job id is the part of
+    /// the task's idempotency key before `:`), in one pass over apalis's table.
+    async fn jobs_with_live_tasks(&self) -> Result<HashSet<String>, sqlx::Error> {
+        let ids: Vec<String> =
+            match &self.store {
+                Store::Sqlite(s) => sqlx::query_scalar(
+                    "SELECT DISTINCT substr(idempotency_key, 1, instr(idempotency_key, ':') - 1) \
+                     FROM Jobs WHERE idempotency_key IS NOT NULL \
+                     AND status NOT IN ('Done', 'Failed', 'Killed')",
                 )
-                .bind(queue)
-                .bind(pattern)
-                .fetch_one(s.pool())
-                .await
-            }
-            Store::Postgres(s) => {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM apalis.jobs WHERE job_type = $1 \
-                     AND idempotency_key LIKE $2 AND status NOT IN ('Done', 'Failed', 'Killed'))",
-                )
-                .bind(queue)
-                .bind(pattern)
-                .fetch_one(s.pool())
-                .await
-            }
-        }
+                .fetch_all(s.pool())
+                .await?,
+                Store::Postgres(s) => {
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT split_part(idempotency_key, ':', 1) FROM apalis.jobs \
+                     WHERE idempotency_key IS NOT NULL \
+                     AND status NOT IN ('Done', 'Failed', 'Killed')",
+                    )
+                    .fetch_all(s.pool())
+                    .await?
+                }
+            };
+        Ok(ids.into_iter().collect())
     }
 
     /// One pass of the sweep: every unfinished job unchanged for `stale_after` that is due
     /// and has no live task gets one. Returns how many were queued.
     pub async fn sweep(&self) -> Result<usize, String> {
+        let stale =
+            Utc::now() - chrono::Duration::from_std(self.config.stale_after).unwrap_or_default();
         let jobs = self
             .store
-            .unfinished_jobs(500)
+            .unfinished_jobs(&format_time(stale), 500)
             .await
             .map_err(|e| e.to_string())?;
-        let now = Utc::now();
-        let stale = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or_default();
-        let mut queued = 0;
-        for job in jobs {
-            let changed = parse_time(&job.updated_at).unwrap_or(now);
-            if changed > stale {
-                continue;
-            }
-            let due = match job.state.as_str() {
+        let due: Vec<_> = jobs
+            .into_iter()
+            .filter(|job| match job.state.as_str() {
                 "scheduled" => job
                     .next_retry_at
                     .as_deref()
                     .and_then(parse_time)
                     .is_none_or(|t| t <= stale),
                 _ => true,
-            };
-            let Some(kind) = kind_of(&job.kind) else {
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let live = self
+            .jobs_with_live_tasks()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut queued = 0;
+        for job in due.iter().filter(|j| !live.contains(&j.id)) {
+            let Some(kind) = JobKind::parse(&job.kind) else {
                 continue;
             };
-            if !due
-                || self
-                    .has_live_task(kind.as_str(), &job.id)
-                    .await
-                    .map_err(|e| e.to_string())?
-            {
-                continue;
-            }
             let takeover = job.state == "running";
             tracing::info!(
                 job_id = job.id,
@@ -219,10 +218,6 @@ fn parse_time(t: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(t)
         .ok()
         .map(|t| t.with_timezone(&Utc))
-}
-
-fn kind_of(name: &str) -> Option<JobKind> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
 impl Dispatch for Queues {

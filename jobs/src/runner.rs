@@ -5,7 +5,6 @@
 //! stream's current state and appended at the version it was decided on, so running a step
 //! twice (a rerun after a crash, a duplicate delivery) finds it done and changes nothing.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,7 +12,7 @@ use layerline_core::domain::DomainError;
 use layerline_core::domain::job::{Job, JobCommand, JobKind, JobState};
 use layerline_core::jobs::Dispatcher;
 use layerline_core::service::{Registry, ServiceError};
-use layerline_core::store::{Metadata, Store};
+use layerline_core::store::{Metadata, ReadModels, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -43,7 +42,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            base: Duration::from_secs(2),
+            base: Duration::from_millis(layerline_core::config::DEFAULT_RETRY_BASE_MS),
             max_delay: Duration::from_secs(600),
             max_attempts: 5,
         }
@@ -270,15 +269,23 @@ impl Ctx<'_> {
         step: &str,
         force: bool,
     ) -> Result<(), Failure> {
-        let job: Job = self.registry().load(&self.job_id).await?;
-        if job.state != Some(JobState::Running) || job.attempts != self.attempt {
+        // The descriptor row (projected in the same transaction as the job's events) answers
+        // without folding the job's stream at every step.
+        let job = self
+            .registry()
+            .store()
+            .job(&self.job_id)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .ok_or(Failure::Stale)?;
+        if job.state != JobState::Running.as_str() || job.attempts != self.attempt {
             return Err(Failure::Stale);
         }
         if job.cancel_requested {
             let cmd = JobCommand::ConfirmCancel {
                 attempt: self.attempt,
             };
-            if !(done == job.done && total == job.total) {
+            if !(done == job.progress_done && total == job.progress_total) {
                 self.progress(done, total, step).await?;
             }
             return match self
@@ -321,5 +328,3 @@ impl Ctx<'_> {
         }
     }
 }
-
-pub type SharedRunner = Arc<Runner>;

@@ -17,19 +17,8 @@ use crate::domain::image::ImageCommand;
 use crate::domain::job::{Job, JobAccepted, JobCommand, JobKind};
 use crate::domain::namespace::NamespaceCommand;
 use crate::service::{Registry, ServiceError};
-use crate::store::rows::JobDescriptorRow;
+use crate::store::rows::{JobDescriptorRow, STATUS_DELETING};
 use crate::store::{EventStore, Metadata, ReadModels, StoreError};
-
-/// Every job kind, for listings' filters.
-pub const KINDS: [JobKind; 7] = [
-    JobKind::Import,
-    JobKind::Prune,
-    JobKind::DeleteImage,
-    JobKind::DeleteNamespace,
-    JobKind::DeleteTag,
-    JobKind::Gc,
-    JobKind::Probe,
-];
 
 /// Largest `Idempotency-Key` accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -66,6 +55,38 @@ pub struct Submission {
     pub marks: Option<Mark>,
 }
 
+impl Submission {
+    /// The delete job of an image or a namespace (with its images), as every surface
+    /// submits it: it marks the resource `deleting`.
+    pub fn delete(
+        mark: Mark,
+        name: &str,
+        creator: String,
+        idempotency_key: Option<String>,
+    ) -> Self {
+        let (kind, caption, input) = match &mark {
+            Mark::Image(id) => (
+                JobKind::DeleteImage,
+                format!("delete image {name}"),
+                serde_json::json!({"image_id": id}),
+            ),
+            Mark::Namespace(id) => (
+                JobKind::DeleteNamespace,
+                format!("delete namespace {name} and its images"),
+                serde_json::json!({"namespace_id": id}),
+            ),
+        };
+        Submission {
+            kind,
+            caption,
+            input,
+            creator: Some(creator),
+            idempotency_key,
+            marks: Some(mark),
+        }
+    }
+}
+
 /// A resource a delete job marks as `deleting` when it is accepted.
 #[derive(Debug, Clone)]
 pub enum Mark {
@@ -73,20 +94,13 @@ pub enum Mark {
     Namespace(String),
 }
 
-/// The job a submission led to, and whether this submission created it.
-#[derive(Debug, Clone)]
-pub struct Submitted {
-    pub job: JobDescriptorRow,
-    pub created: bool,
-}
-
 /// Accepts a job (or finds the one submitted before with the same idempotency key, or the
-/// delete job already running for the same resource) and queues it.
+/// delete job already running for the same resource) and queues it. Returns that job.
 pub async fn submit<S: EventStore + ReadModels>(
     registry: &Registry<S>,
     dispatcher: &dyn Dispatch,
     sub: Submission,
-) -> Result<Submitted, ServiceError> {
+) -> Result<JobDescriptorRow, ServiceError> {
     // Keys are the caller's own: two tokens using the same key do not meet.
     let key = sub
         .idempotency_key
@@ -95,16 +109,10 @@ pub async fn submit<S: EventStore + ReadModels>(
     if let Some(key) = &key
         && let Some(job) = by_key(registry, key).await?
     {
-        return Ok(Submitted {
-            job,
-            created: false,
-        });
+        return Ok(job);
     }
     if let Some(existing) = running_delete(registry, sub.marks.as_ref()).await? {
-        return Ok(Submitted {
-            job: existing,
-            created: false,
-        });
+        return Ok(existing);
     }
     let job_id = uuid::Uuid::now_v7().to_string();
     let meta = Metadata {
@@ -129,10 +137,7 @@ pub async fn submit<S: EventStore + ReadModels>(
         Err(ServiceError::Store(StoreError::Unique { .. })) if key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
             if let Some(job) = by_key(registry, key).await? {
-                return Ok(Submitted {
-                    job,
-                    created: false,
-                });
+                return Ok(job);
             }
         }
         Err(e) => return Err(e),
@@ -180,7 +185,7 @@ pub async fn submit<S: EventStore + ReadModels>(
         .await
         .map_err(ServiceError::Store)?
         .ok_or_else(|| ServiceError::Domain(DomainError::not_found("job", &job_id)))?;
-    Ok(Submitted { job, created: true })
+    Ok(job)
 }
 
 async fn by_key<S: EventStore + ReadModels>(
@@ -194,11 +199,22 @@ async fn by_key<S: EventStore + ReadModels>(
         .map_err(ServiceError::Store)
 }
 
-/// The unfinished delete job that already marked the resource, if any.
+/// The unfinished delete job that already marked the resource, if any. The read model
+/// says whether it is marked; only then is its stream folded to learn the job.
 async fn running_delete<S: EventStore + ReadModels>(
     registry: &Registry<S>,
     mark: Option<&Mark>,
 ) -> Result<Option<JobDescriptorRow>, ServiceError> {
+    let store = registry.store();
+    let status = match mark {
+        Some(Mark::Image(id)) => store.image(id).await.map(|r| r.map(|r| r.status)),
+        Some(Mark::Namespace(id)) => store.namespace(id).await.map(|r| r.map(|r| r.status)),
+        None => return Ok(None),
+    }
+    .map_err(ServiceError::Store)?;
+    if status.as_deref() != Some(STATUS_DELETING) {
+        return Ok(None);
+    }
     let job_id = match mark {
         Some(Mark::Image(id)) => registry.load_image(id).await?.deleting,
         Some(Mark::Namespace(id)) => registry.load_namespace(id).await?.deleting,
@@ -207,11 +223,7 @@ async fn running_delete<S: EventStore + ReadModels>(
     let Some(job_id) = job_id else {
         return Ok(None);
     };
-    let job = registry
-        .store()
-        .job(&job_id)
-        .await
-        .map_err(ServiceError::Store)?;
+    let job = store.job(&job_id).await.map_err(ServiceError::Store)?;
     Ok(job.filter(|j| !matches!(j.state.as_str(), "completed" | "error" | "cancelled")))
 }
 

@@ -123,29 +123,6 @@ impl<S: EventStore + ReadModels> Registry<S> {
             .await
             .map(drop)
     }
-
-    /// Deletes every image of the namespace, then the namespace. Each image is its own
-    /// append; a failure part-way leaves the namespace with fewer images, and running the
-    /// delete again finishes it.
-    pub async fn delete_namespace(&self, id: &str, meta: &Metadata) -> Result<(), ServiceError> {
-        self.load_namespace(id)
-            .await?
-            .decide(id, NamespaceCommand::Delete)?;
-        let images = self
-            .store
-            .image_ids(id)
-            .await
-            .map_err(ServiceError::Store)?;
-        for image_id in images {
-            match self.image(&image_id, ImageCommand::Delete, meta).await {
-                Ok(_) | Err(ServiceError::Domain(DomainError::NotFound { .. })) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.namespace(id, NamespaceCommand::Delete, meta)
-            .await
-            .map(drop)
-    }
 }
 
 /// A token just created: its id, and its secret, which is never shown again.

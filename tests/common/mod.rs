@@ -11,9 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use layerline_core::domain::DomainEvent;
 use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated};
 use layerline_core::domain::image::ImageCommand;
+use layerline_core::domain::namespace::NamespaceCommand;
+use layerline_core::domain::{DomainError, DomainEvent};
 use layerline_core::service::{Registry, ServiceError};
 use layerline_core::store::scratch::Scratch;
 use layerline_core::store::{Backend, Metadata, ReadModels, Store};
@@ -93,6 +94,9 @@ pub fn digest(n: u64) -> String {
     format!("sha256:{n:064x}")
 }
 
+/// The admin token test servers are bootstrapped with (`LAYERLINE_BOOTSTRAP_TOKEN`).
+pub const ADMIN: &str = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+
 /// A running `layerline serve` and the address it announced.
 pub struct Server {
     child: Child,
@@ -107,6 +111,24 @@ impl Server {
 
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         Server::start_logging_to(dir, args, env, Stdio::inherit())
+    }
+
+    /// Serves database `url` with the `ADMIN` token, its log appended to `serve.log` in `dir`
+    /// (several processes of one test share it).
+    pub fn on_database(url: &str, dir: &Path, args: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .expect("log file");
+        let mut all = vec!["--database-url", url];
+        all.extend_from_slice(args);
+        Server::start_logging_to(
+            dir,
+            &all,
+            &[("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN)],
+            Stdio::from(log),
+        )
     }
 
     /// Starts the server with its log (stderr) going to `log`.
@@ -128,17 +150,23 @@ impl Server {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 for prefix in ["listening on ", "metrics on "] {
                     if let Some(url) = line.strip_prefix(prefix) {
-                        let _ = tx.send(url.to_owned());
+                        let _ = tx.send((prefix, url.to_owned()));
                     }
                 }
             }
         });
-        let announced = || {
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("the server announced its addresses")
+        // The API line comes first, unless the process runs no API (`--role worker`); the
+        // metrics line always comes, last.
+        let mut base = String::new();
+        let metrics = loop {
+            let (prefix, url) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the server announced its addresses");
+            match prefix {
+                "listening on " => base = url,
+                _ => break url,
+            }
         };
-        let base = announced();
-        let metrics = announced();
         Server {
             child,
             base,
@@ -247,6 +275,30 @@ impl Fixture {
         self.image_cmd(image_id, push(name, n))
             .await
             .expect("push tag");
+    }
+
+    /// Deletes every image of the namespace, then the namespace, as the delete job does
+    /// (without its steps).
+    pub async fn delete_namespace(&self, id: &str) -> Result<(), ServiceError> {
+        for image_id in self
+            .store()
+            .image_ids(id)
+            .await
+            .map_err(ServiceError::Store)?
+        {
+            match self
+                .registry
+                .image(&image_id, ImageCommand::Delete, &self.meta)
+                .await
+            {
+                Ok(_) | Err(ServiceError::Domain(DomainError::NotFound { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.registry
+            .namespace(id, NamespaceCommand::Delete, &self.meta)
+            .await
+            .map(drop)
     }
 
     pub async fn image_size(&self, id: &str) -> i64 {

@@ -28,6 +28,22 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 7] = [
+        JobKind::Import,
+        JobKind::Prune,
+        JobKind::DeleteImage,
+        JobKind::DeleteNamespace,
+        JobKind::DeleteTag,
+        JobKind::Gc,
+        JobKind::Probe,
+    ];
+
+    /// The kind persisted as `name`.
+    pub fn parse(name: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             JobKind::Import => "import",

@@ -29,6 +29,11 @@ pub enum AuthError {
 }
 
 impl Principal {
+    /// How the log names this caller (`actor` in event metadata, a job's `creator`).
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
+
     /// Succeeds when the token has `capability` (or `admin`).
     pub fn require(&self, capability: Capability) -> Result<(), AuthError> {
         if self.capabilities.contains(&capability) || self.capabilities.contains(&Capability::Admin)

@@ -15,7 +15,7 @@ use super::{AppState, Params};
 use crate::domain::DomainError;
 use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
 use crate::domain::token::Capability;
-use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, Submitted, submit};
+use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
 use crate::store::rows::JobDescriptorRow;
 use crate::store::{JobQuery, JobSort, Metadata, ReadModels};
@@ -204,7 +204,8 @@ async fn principal(
     Ok(p)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// The request's `Idempotency-Key`, checked (other surfaces map the error to their shape).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -479,6 +480,8 @@ pub struct JobListParams {
     filter_kind: Option<String>,
     /// `created_at` (default `-created_at`), `updated_at`, `state` or `kind`; `-` for descending.
     sort: Option<String>,
+    /// `total`: also answer `"meta": {"total": N}`, the number of jobs matching the filters.
+    meta: Option<String>,
 }
 
 const STATES: [&str; 7] = [
@@ -535,7 +538,7 @@ pub(crate) async fn list_jobs(
     principal(&state, &headers, Capability::JobsView).await?;
     let size = number("page[size]", p.page_size.as_deref(), 20, MAX_PAGE_SIZE)?;
     let page = number("page[number]", p.page_number.as_deref(), 1, 1_000_000)?;
-    let kinds: Vec<&str> = crate::jobs::KINDS.iter().map(|k| k.as_str()).collect();
+    let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
     let (desc, sort) = match p.sort.as_deref() {
         None => (true, JobSort::CreatedAt),
         Some(s) => {
@@ -565,11 +568,18 @@ pub(crate) async fn list_jobs(
     };
     let page = state.store().list_jobs(&query).await.map_err(internal)?;
     let jobs: Vec<Job> = page.items.iter().map(Job::new).collect();
-    Ok((
-        StatusCode::OK,
-        Json(json!({"data": jobs, "meta": {"total": page.total_count}})),
-    )
-        .into_response())
+    // A list is `{"data": […]}`; the count only when asked for.
+    let body = match p.meta.as_deref() {
+        None => json!({ "data": jobs }),
+        Some("total") => json!({"data": jobs, "meta": {"total": page.total_count}}),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "meta",
+                format!("unknown meta `{other}` (total)"),
+            ));
+        }
+    };
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 #[utoipa::path(
@@ -628,7 +638,7 @@ pub(crate) async fn job_task(
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::missing_job(&id))?;
-    let by = Some(format!("token:{}", p.token_id));
+    let by = Some(p.actor());
     let meta = Metadata {
         actor: by.clone(),
         ..Metadata::default()
@@ -683,7 +693,7 @@ pub(crate) async fn create_job(
         kind: JobKind::Probe,
         caption: "probe".to_owned(),
         input,
-        creator: Some(format!("token:{}", p.token_id)),
+        creator: Some(p.actor()),
         idempotency_key: idempotency_key(&headers)?,
         marks: None,
     };
@@ -695,7 +705,7 @@ async fn accepted(
     sub: Submission,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let Submitted { job, .. } = submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
+    let job = submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     Ok(data(status, JobDescriptor::new(&job)))
 }
 
@@ -751,7 +761,7 @@ pub(crate) async fn images_task(
         kind: JobKind::DeleteTag,
         caption: format!("delete {} tag(s)", c.tag_ids.len()),
         input: json!({"tag_ids": c.tag_ids, "force": c.force}),
-        creator: Some(format!("token:{}", p.token_id)),
+        creator: Some(p.actor()),
         idempotency_key: idempotency_key(&headers)?,
         marks: None,
     };
@@ -779,45 +789,11 @@ pub(crate) async fn delete_image(
             format!("no image {id}"),
         ));
     };
-    let sub = delete_image_submission(&image.id, &image.name, &p, idempotency_key(&headers)?);
+    let sub = Submission::delete(
+        Mark::Image(image.id),
+        &image.name,
+        p.actor(),
+        idempotency_key(&headers)?,
+    );
     accepted(&state, sub, StatusCode::OK).await
-}
-
-/// The delete job for an image, as every surface submits it.
-pub fn delete_image_submission(
-    id: &str,
-    name: &str,
-    p: &Principal,
-    key: Option<String>,
-) -> Submission {
-    Submission {
-        kind: JobKind::DeleteImage,
-        caption: format!("delete image {name}"),
-        input: json!({"image_id": id}),
-        creator: Some(format!("token:{}", p.token_id)),
-        idempotency_key: key,
-        marks: Some(Mark::Image(id.to_owned())),
-    }
-}
-
-/// The delete job for a namespace and its images.
-pub fn delete_namespace_submission(
-    id: &str,
-    name: &str,
-    p: &Principal,
-    key: Option<String>,
-) -> Submission {
-    Submission {
-        kind: JobKind::DeleteNamespace,
-        caption: format!("delete namespace {name} and its images"),
-        input: json!({"namespace_id": id}),
-        creator: Some(format!("token:{}", p.token_id)),
-        idempotency_key: key,
-        marks: Some(Mark::Namespace(id.to_owned())),
-    }
-}
-
-/// The `Idempotency-Key` of a request, for other surfaces.
-pub fn request_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    idempotency_key(headers)
 }

@@ -20,6 +20,7 @@ use crate::domain::event::{NamespaceCreated, NamespaceUpdated};
 use crate::domain::image::ImageCommand;
 use crate::domain::namespace::NamespaceCommand;
 use crate::domain::token::Capability;
+use crate::jobs::{Mark, Submission};
 use crate::service::ServiceError;
 use crate::store::rows::{ImageRow, NamespaceRow, TagRow};
 use crate::store::{
@@ -390,7 +391,7 @@ fn scoped(principal: &Principal, requested: Option<String>) -> Option<Option<Str
 
 /// The request's `Idempotency-Key`: a repeated delete answers the same job.
 fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    super::cycle::request_idempotency_key(headers).map_err(|_| ApiError::Invalid {
+    super::cycle::idempotency_key(headers).map_err(|_| ApiError::Invalid {
         argument: "Idempotency-Key".to_owned(),
         help: "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
     })
@@ -398,7 +399,7 @@ fn key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 fn meta(principal: &Principal) -> Metadata {
     Metadata {
-        actor: Some(format!("token:{}", principal.token_id)),
+        actor: Some(principal.actor()),
         ..Metadata::default()
     }
 }
@@ -827,7 +828,12 @@ pub(crate) async fn delete_namespace(
     .await?;
     check_region(&state, &region)?;
     let n = visible_namespace(&state, &principal, &region, &id).await?;
-    let sub = super::cycle::delete_namespace_submission(&id, &n.name, &principal, key(&headers)?);
+    let sub = Submission::delete(
+        Mark::Namespace(id.clone()),
+        &n.name,
+        principal.actor(),
+        key(&headers)?,
+    );
     crate::jobs::submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     Ok(Json(Namespace::new(&state, &n, "deleting")))
 }
@@ -1016,7 +1022,12 @@ pub(crate) async fn delete_image(
     .await?;
     check_region(&state, &region)?;
     let v = visible_image(&state, &principal, &region, &id).await?;
-    let sub = super::cycle::delete_image_submission(&id, &v.image.name, &principal, key(&headers)?);
+    let sub = Submission::delete(
+        Mark::Image(id.clone()),
+        &v.image.name,
+        principal.actor(),
+        key(&headers)?,
+    );
     crate::jobs::submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     Ok(Json(Image::new(&v, "deleting")))
 }

@@ -231,9 +231,11 @@ pub trait ReadModels: Send + Sync {
         key: &str,
     ) -> impl Future<Output = Result<Option<rows::JobDescriptorRow>, StoreError>> + Send;
 
-    /// Jobs not in a final state (queued, scheduled, running), least recently changed first.
+    /// Jobs not in a final state (queued, scheduled, running) and unchanged since
+    /// `changed_before` (a stored timestamp), least recently changed first.
     fn unfinished_jobs(
         &self,
+        changed_before: &str,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<rows::JobDescriptorRow>, StoreError>> + Send;
 
@@ -470,8 +472,12 @@ impl ReadModels for Store {
         dispatch!(self, s => s.job_by_idempotency_key(key).await)
     }
 
-    async fn unfinished_jobs(&self, limit: i64) -> Result<Vec<rows::JobDescriptorRow>, StoreError> {
-        dispatch!(self, s => s.unfinished_jobs(limit).await)
+    async fn unfinished_jobs(
+        &self,
+        changed_before: &str,
+        limit: i64,
+    ) -> Result<Vec<rows::JobDescriptorRow>, StoreError> {
+        dispatch!(self, s => s.unfinished_jobs(changed_before, limit).await)
     }
 
     async fn list_jobs(

@@ -276,13 +276,20 @@ impl SqlStore {
         Ok(row.as_ref().map(job_descriptor_row).transpose()?)
     }
 
-    /// Jobs not yet in a final state, least recently changed first.
-    pub async fn unfinished_jobs(&self, limit: i64) -> Result<Vec<JobDescriptorRow>, StoreError> {
+    /// Jobs not yet in a final state and unchanged since `changed_before`, least recently
+    /// changed first.
+    pub async fn unfinished_jobs(
+        &self,
+        changed_before: &str,
+        limit: i64,
+    ) -> Result<Vec<JobDescriptorRow>, StoreError> {
         let sql = format!(
             "SELECT {JOB_DESCRIPTOR_COLUMNS} FROM job_descriptors \
-             WHERE state IN ('queued', 'scheduled', 'running') ORDER BY updated_at, id LIMIT $1"
+             WHERE state IN ('queued', 'scheduled', 'running') AND updated_at <= $1 \
+             ORDER BY updated_at, id LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(changed_before)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
