@@ -16,11 +16,23 @@ use layerline_core::service::Registry;
 use layerline_core::store::scratch::Scratch;
 use layerline_core::store::{EventStore, Expected, Metadata, Store};
 
+mod jobs;
+
+/// The median and the 99th percentile of `samples` (sorted in place).
+fn quantiles(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Event appends (batches of 100 and single events) vs plain INSERTs of the same rows
     /// into a bare table; then `rebuild` throughput over the log written.
     Append(AppendArgs),
+    /// No-op jobs through our worker pool vs a bare apalis worker on the same database, and
+    /// the pool's idle pickup latency.
+    Jobs(jobs::JobsArgs),
     /// Latency of the registry APIs over HTTP at two scales of the same run: 10 000 images
     /// with 10 000 tags, then 100 000 images with 1 000 000 tags (seeded in bulk).
     Api(ApiArgs),
@@ -64,6 +76,12 @@ pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Append(args) => {
             let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
             let result = append(&args, &scratch.url, settings.max_connections).await;
+            scratch.drop_database().await;
+            result
+        }
+        BenchCommand::Jobs(args) => {
+            let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
+            let result = jobs::run(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
         }
@@ -560,13 +578,8 @@ mod api {
                 samples.push(elapsed);
             }
         }
-        samples.sort_by(|a, b| a.total_cmp(b));
-        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-        Ok(Measured {
-            name,
-            p50: at(0.50),
-            p99: at(0.99),
-        })
+        let (p50, p99) = quantiles(&mut samples);
+        Ok(Measured { name, p50, p99 })
     }
 
     const TOKEN: &str = "0b8e4f8a-3c1d-4e2f-9a6b-7c8d9e0f1a2b";
