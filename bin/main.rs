@@ -2,6 +2,7 @@
 //! library; everything with behaviour lives in `layerline-core` or in `bin/` modules below.
 
 mod bench;
+mod jobs_cli;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// List, show, follow and cancel jobs of a running service (over its HTTP API).
+    Jobs(jobs_cli::JobsArgs),
     /// Measure throughput against a plain-SQL baseline on the configured database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -191,6 +194,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", token.secret);
             Ok(())
         }
+        Command::Jobs(args) => jobs_cli::run(args).await,
         Command::Bench(cmd) => bench::run(cmd, &settings).await,
     }
 }

@@ -120,6 +120,9 @@ fn every_command_explains_itself_with_help() {
         vec!["migrate", "--help"],
         vec!["rebuild", "--help"],
         vec!["bench", "append", "--help"],
+        vec!["bench", "jobs", "--help"],
+        vec!["jobs", "--help"],
+        vec!["jobs", "watch", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -142,6 +145,19 @@ fn every_command_explains_itself_with_help() {
         "127.0.0.1:8080",
     ] {
         assert!(text.contains(flag), "serve --help mentions {flag}");
+    }
+    let out = Command::new(BIN).args(["jobs", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--url",
+        "--token",
+        "LAYERLINE_TOKEN",
+        "list",
+        "show",
+        "watch",
+        "cancel",
+    ] {
+        assert!(text.contains(word), "jobs --help mentions {word}");
     }
 }
 

@@ -47,6 +47,73 @@ on_both_backends!(
     a_job_accepted_but_never_queued_is_found_by_the_sweep,
 );
 
+/// `layerline jobs …` against `server`, with the admin token from the environment.
+async fn cli(server: &Server, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(common::BIN)
+        .arg("jobs")
+        .args(["--url", &server.base])
+        .args(args)
+        .env("LAYERLINE_TOKEN", ADMIN)
+        .output()
+        .await
+        .expect("run layerline jobs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_command_lists_shows_watches_and_cancels() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--retry-base-ms", "200"]);
+
+    // watch follows a job to its end and succeeds only when it completed.
+    let id = submit_probe(&server, json!({"steps": 5, "step_ms": 100})).await;
+    let out = cli(&server, &["watch", &id]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("{id}: completed")), "{stdout}");
+    let failing = submit_probe(&server, json!({"fail_attempts": 1, "failure": "permanent"})).await;
+    let out = cli(&server, &["watch", &failing]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("probe fails attempt 1 on purpose"));
+
+    // cancel stops a running job; list and show see it.
+    let long = submit_probe(&server, json!({"steps": 100, "step_ms": 100})).await;
+    wait_for(&server, &long, Duration::from_secs(20), |j| {
+        state(j) == "running"
+    })
+    .await;
+    let out = cli(&server, &["cancel", &long]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(&server, &long, Duration::from_secs(20), |j| {
+        state(j) == "cancelled"
+    })
+    .await;
+    let out = cli(&server, &["list", "--state", "cancelled"]).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.contains(&long) && listed.contains("cancelled"),
+        "{listed}"
+    );
+    let out = cli(&server, &["show", &id]).await;
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("show prints JSON");
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["progress"]["done"], 5);
+
+    // A bad token is refused with the API's message.
+    let out = tokio::process::Command::new(common::BIN)
+        .args(["jobs", "--url", &server.base, "--token", "nope", "list"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
 async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .request(method, url)

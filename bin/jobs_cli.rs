@@ -1,0 +1,169 @@
+//! `layerline jobs …`: the jobs API from the command line, over HTTP like any client.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    /// Base URL of a running `layerline serve`.
+    #[arg(long, env = "LAYERLINE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (needs jobs-view; images-manage to cancel).
+    #[arg(long, env = "LAYERLINE_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(subcommand)]
+    command: JobsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCommand {
+    /// List jobs, newest first: id, kind, state, progress, caption.
+    List {
+        /// Only these states, comma-separated (queued, scheduled, running, completed, error,
+        /// cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only these kinds, comma-separated (delete_image, delete_namespace, …).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Jobs shown (1–100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Print one job as JSON.
+    Show { id: String },
+    /// Follow a job with a progress bar until it ends; exits non-zero unless it completed.
+    Watch { id: String },
+    /// Ask a job to stop (at its next step boundary when running).
+    Cancel { id: String },
+}
+
+pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
+    let api = Api {
+        client: reqwest::Client::new(),
+        base: args.url.trim_end_matches('/').to_owned(),
+        token: args.token,
+    };
+    match args.command {
+        JobsCommand::List { state, kind, limit } => {
+            let mut query = vec![("page[size]", limit.to_string())];
+            query.extend(state.map(|s| ("filter[state]", s)));
+            query.extend(kind.map(|k| ("filter[kind]", k)));
+            let jobs = api
+                .call(reqwest::Method::GET, "/v1/jobs", &query, None)
+                .await?;
+            for j in jobs.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<16} {:<10} {:>6}/{:<6} {}",
+                    j["id"].as_str().unwrap_or_default(),
+                    j["queue"].as_str().unwrap_or_default(),
+                    j["state"]["current"].as_str().unwrap_or_default(),
+                    j["progress"]["done"],
+                    j["progress"]["total"],
+                    j["caption"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+        JobsCommand::Show { id } => {
+            let job = api.job(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
+        JobsCommand::Watch { id } => watch(&api, &id).await?,
+        JobsCommand::Cancel { id } => {
+            let path = format!("/v1/jobs/{id}/tasks");
+            let body = json!({"action": "cancel"});
+            let job = api
+                .call(reqwest::Method::POST, &path, &[], Some(body))
+                .await?;
+            println!(
+                "{id}: {}",
+                job["state"]["current"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// Sends a request and returns its `data`, or the API's error detail as the error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .query(query);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        let status = res.status();
+        let mut body: Value = res
+            .json()
+            .await
+            .with_context(|| format!("{url} answered {status} without JSON"))?;
+        if !status.is_success() {
+            let detail = body["error"]["detail"].as_str().unwrap_or("no detail");
+            bail!("{url} answered {status}: {detail}");
+        }
+        Ok(body["data"].take())
+    }
+
+    async fn job(&self, id: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), &[], None)
+            .await
+    }
+}
+
+async fn watch(api: &Api, id: &str) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    loop {
+        let job = api.job(id).await?;
+        let state = job["state"]["current"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        bar.set_length(job["progress"]["total"].as_u64().unwrap_or(0));
+        bar.set_position(job["progress"]["done"].as_u64().unwrap_or(0));
+        let step = job["progress"]["step"].as_str().unwrap_or_default();
+        bar.set_message(format!("{state} (attempt {}) {step}", job["attempts"]));
+        if matches!(state.as_str(), "completed" | "error" | "cancelled") {
+            bar.finish();
+            println!("{id}: {state}");
+            if !job["output"].is_null() {
+                println!("{}", job["output"]);
+            }
+            return match state.as_str() {
+                "completed" => Ok(()),
+                _ => bail!(
+                    "job {id} ended {state}: {}",
+                    job["last_error"].as_str().unwrap_or("cancelled")
+                ),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
