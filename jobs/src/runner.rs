@@ -112,21 +112,32 @@ impl Runner {
             .await
             .expect("the semaphore is never closed");
         let id = ticket.job_id.as_str();
-        let job: Job = self.registry.load(id).await?;
-        let (Some(state), Some(accepted)) = (job.state, job.accepted.as_ref()) else {
+        // The descriptor row answers the checks before the attempt; `Start` folds the stream.
+        let Some(job) = self
+            .registry
+            .store()
+            .job(id)
+            .await
+            .map_err(ServiceError::Store)?
+        else {
             tracing::warn!(job_id = id, "queued job has no stream; dropped");
             return Ok(());
         };
-        if state.is_final() {
+        let Some(kind) = JobKind::parse(&job.kind) else {
+            tracing::warn!(job_id = id, kind = job.kind, "unknown job kind; dropped");
             return Ok(());
-        }
-        if state == JobState::Scheduled && due_later(job.retry_at.as_deref()) {
+        };
+        match job.state.as_str() {
+            "completed" | "error" | "cancelled" => return Ok(()),
             // An early duplicate: the retry's own delivery is queued for its time.
-            return Ok(());
+            "scheduled" if due_later(job.next_retry_at.as_deref()) => return Ok(()),
+            _ => {}
         }
+        // Stored by us as JSON; should it not parse, the handler refuses it as bad input.
+        let input: Value = serde_json::from_str(&job.input).unwrap_or(Value::Null);
         let meta = Metadata {
             job_id: Some(id.to_owned()),
-            actor: Some(format!("job:{}", accepted.kind.as_str())),
+            actor: Some(format!("job:{}", kind.as_str())),
             ..Metadata::default()
         };
         let start = JobCommand::Start {
@@ -145,7 +156,6 @@ impl Runner {
             }
             Err(e) => return Err(e),
         };
-        let kind = accepted.kind;
         let span = tracing::info_span!("job", job_id = id, kind = kind.as_str(), attempt);
         async {
             tracing::info!("attempt started");
@@ -156,7 +166,7 @@ impl Runner {
                 meta,
                 last_progress: None,
             };
-            let outcome = handlers::run(kind, &accepted.input, &mut ctx).await;
+            let outcome = handlers::run(kind, &input, &mut ctx).await;
             self.finish(kind, &ctx, outcome).await
         }
         .instrument(span)
