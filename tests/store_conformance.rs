@@ -60,6 +60,7 @@ conformance!(
     a_blob_size_disagreeing_within_a_namespace_is_refused,
     concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order,
     concurrent_appends_to_one_stream_let_exactly_one_win_per_version,
+    a_refused_append_among_concurrent_ones_fails_alone,
     rebuild_reproduces_random_workloads_row_for_row,
     an_event_stored_with_an_older_schema_version_still_replays,
     job_descriptors_follow_their_streams_and_survive_rebuild,
@@ -620,6 +621,55 @@ async fn concurrent_appends_to_one_stream_let_exactly_one_win_per_version(store:
     let events = store.read_stream(&stream).await.unwrap();
     assert_eq!(events.len() as i64, ROUNDS);
     assert_eq!(store.head().await.unwrap(), ROUNDS);
+}
+
+/// Appends arriving together are written as groups in one transaction; a read model
+/// refusing one of them (a namespace name already taken) must fail that append alone.
+async fn a_refused_append_among_concurrent_ones_fails_alone(store: Store) {
+    const OTHERS: usize = 48;
+    const SAME_NAME: usize = 8;
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..OTHERS + SAME_NAME {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every append creates a namespace of its own; the last few all want one name.
+            let name = if i < OTHERS {
+                format!("ns-{i}")
+            } else {
+                "taken".to_owned()
+            };
+            let id = format!("n{i}");
+            let event = DomainEvent::NamespaceCreated(namespace_created(&id, &name));
+            let appended = store
+                .append(
+                    &streams::namespace(&id),
+                    Expected::Version(0),
+                    &[event],
+                    &Metadata::default(),
+                )
+                .await;
+            (i, appended)
+        }));
+    }
+    let mut positions = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (_, Ok(a)) => positions.push(a.first_position),
+            (i, Err(StoreError::Unique { .. })) if i >= OTHERS => refused += 1,
+            (i, Err(other)) => panic!("append {i} failed: {other:?}"),
+        }
+    }
+    assert_eq!(positions.len(), OTHERS + 1, "every other append lands");
+    assert_eq!(refused, SAME_NAME - 1, "one of the same-named appends wins");
+    positions.sort_unstable();
+    let dense: Vec<i64> = (1..=positions.len() as i64).collect();
+    assert_eq!(positions, dense, "positions stay dense");
+    let log = store.read_all(0, 1000).await.unwrap();
+    assert_eq!(log.len(), OTHERS + 1);
+    let listed = store.head().await.unwrap();
+    assert_eq!(listed, OTHERS as i64 + 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        dispatch!(self, s => s.pool.close().await)
+        dispatch!(self, s => s.close().await)
     }
 }
 

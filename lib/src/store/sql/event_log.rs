@@ -1,7 +1,12 @@
 // The event log: append with optimistic concurrency, stream and global reads, migrations.
 // Included by `backend.rs` once per backend, with `Db` naming the driver.
 
-use sqlx::{Pool, QueryBuilder, Row};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, Pool, QueryBuilder, Row};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::domain::{DomainEvent, format_time};
 use crate::store::{Appended, Expected, Metadata, RecordedEvent, StoreError};
@@ -20,11 +25,15 @@ const EVENTS_PER_INSERT: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct SqlStore {
     pub(crate) pool: Pool<Db>,
+    batcher: Arc<Batcher>,
 }
 
 impl SqlStore {
     pub fn new(pool: Pool<Db>) -> Self {
-        SqlStore { pool }
+        SqlStore {
+            pool,
+            batcher: Arc::default(),
+        }
     }
 
     /// The connection pool, shared with the job queue's storage.
@@ -60,6 +69,12 @@ impl SqlStore {
         Ok(done)
     }
 
+    /// Closes the pool, once the appends under way are written.
+    pub async fn close(&self) {
+        *self.batcher.writer.lock().await = None;
+        self.pool.close().await;
+    }
+
     pub async fn ready(&self) -> Result<bool, StoreError> {
         let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM layerline_migrations")
             .fetch_one(&self.pool)
@@ -67,6 +82,9 @@ impl SqlStore {
         Ok(applied == MIGRATIONS.len() as i64)
     }
 
+    /// Appends `events` to `stream_id`. Appends arriving while another is being written are
+    /// grouped and written together in the next transaction (see [`Batcher`]); each keeps its
+    /// own version check and its own outcome.
     pub async fn append(
         &self,
         stream_id: &str,
@@ -85,48 +103,35 @@ impl SqlStore {
                 stream_version: version,
             });
         }
-        let count = events.len() as i64;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        // The head row stays locked until commit: appends commit in position order.
-        let last: i64 = sqlx::query_scalar(
-            "UPDATE event_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
-        )
-        .bind(count)
-        .fetch_one(&mut *tx)
-        .await?;
-        let first = last - count + 1;
-        let base = claim_versions(&mut tx, stream_id, expected, count).await?;
-
-        let at = format_time(chrono::Utc::now());
-        project_batch(&mut tx, stream_id, base, first, events, &at).await?;
-
-        let metadata = serde_json::to_string(metadata).expect("metadata serialises");
-        for (chunk_index, chunk) in events.chunks(EVENTS_PER_INSERT).enumerate() {
-            let offset = (chunk_index * EVENTS_PER_INSERT) as i64;
-            let mut insert = QueryBuilder::<Db>::new(
-                "INSERT INTO events (position, stream_id, stream_version, event_type, \
-                 schema_version, payload, metadata, recorded_at) ",
-            );
-            insert.push_values(chunk.iter().enumerate(), |mut row, (i, event)| {
-                let n = offset + i as i64;
-                row.push_bind(first + n)
-                    .push_bind(stream_id.to_owned())
-                    .push_bind(base + n + 1)
-                    .push_bind(event.event_type())
-                    .push_bind(event.schema_version())
-                    .push_bind(event.payload())
-                    .push_bind(metadata.clone())
-                    .push_bind(at.clone());
-            });
-            insert.build().execute(&mut *tx).await?;
+        let (reply, mut outcome) = oneshot::channel();
+        let request = Request {
+            stream_id: stream_id.to_owned(),
+            expected,
+            events: events.to_vec(),
+            metadata: serde_json::to_string(metadata).expect("metadata serialises"),
+            reply,
+        };
+        self.batcher
+            .waiting
+            .lock()
+            .expect("never poisoned")
+            .push(request);
+        // Either an earlier writer takes our request along, or we become the writer.
+        let writer = tokio::select! {
+            biased;
+            done = &mut outcome => return done.unwrap_or_else(|_| Err(lost())),
+            writer = self.batcher.writer.clone().lock_owned() => writer,
+        };
+        let batch = self.batcher.take();
+        if batch.is_empty() {
+            // Ours went with an earlier group, which answers before it lets the lock go.
+            drop(writer);
+        } else {
+            // Written by a task of its own, holding the writer's lock: should this caller be
+            // cancelled (a client went away), the others in the group still get their answer.
+            tokio::spawn(write_batch(self.pool.clone(), batch, writer));
         }
-        tx.commit().await?;
-        crate::metric::appended(events.iter().map(DomainEvent::event_type), last);
-        Ok(Appended {
-            first_position: first,
-            last_position: last,
-            stream_version: base + count,
-        })
+        outcome.await.unwrap_or_else(|_| Err(lost()))
     }
 
     pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -161,12 +166,13 @@ impl SqlStore {
         payload: &str,
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Stream row first, then the head: the order every append takes its locks in.
+        let version = claim_versions(&mut tx, stream_id, Expected::Any, 1).await? + 1;
         let position: i64 = sqlx::query_scalar(
             "UPDATE event_log_head SET position = position + 1 WHERE id = 1 RETURNING position",
         )
         .fetch_one(&mut *tx)
         .await?;
-        let version = claim_versions(&mut tx, stream_id, Expected::Any, 1).await? + 1;
         sqlx::query(
             "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, \
              payload, metadata, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, '{}', $7)",
@@ -183,6 +189,220 @@ impl SqlStore {
         tx.commit().await?;
         Ok(position)
     }
+}
+
+/// Appends grouped into one transaction at most (events across the group).
+const BATCH_EVENTS: usize = 10_000;
+
+/// Group commit. Every append locks the log head from its position claim to its commit
+/// (so commits happen in position order), which makes the commit — a disk flush on
+/// PostgreSQL — the log's bottleneck when appends are written one by one. Instead, appends
+/// wait here while a transaction is being written, and the next transaction writes all that
+/// gathered: one head claim, one events insert and one flush for the group, while each
+/// append keeps its own stream-version check, projections and outcome.
+#[derive(Debug, Default)]
+struct Batcher {
+    waiting: std::sync::Mutex<Vec<Request>>,
+    /// Held while a group is written: one at a time per process, on a connection kept for
+    /// the purpose (taken from the pool when missing, dropped after an error).
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+}
+
+impl Batcher {
+    /// The waiting appends, oldest first, up to [`BATCH_EVENTS`] events (at least one) and
+    /// up to the first that names a stream already in the group: a group touches each
+    /// stream once, so its version checks are independent of one another.
+    fn take(&self) -> Vec<Request> {
+        let mut waiting = self.waiting.lock().expect("never poisoned");
+        let mut events = 0;
+        let mut streams = HashSet::new();
+        let n = waiting
+            .iter()
+            .take_while(|r| {
+                let fits = events == 0 || events + r.events.len() <= BATCH_EVENTS;
+                events += r.events.len();
+                fits && streams.insert(r.stream_id.as_str())
+            })
+            .count();
+        waiting.drain(..n).collect()
+    }
+}
+
+/// One append waiting for the writer.
+#[derive(Debug)]
+struct Request {
+    stream_id: String,
+    expected: Expected,
+    events: Vec<DomainEvent>,
+    metadata: String,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// How writing a group failed.
+enum Failed {
+    /// Nothing was committed: each append may be tried on its own.
+    Before(StoreError),
+    /// The commit itself failed: whether it took effect is unknown.
+    AtCommit(StoreError),
+}
+
+impl From<sqlx::Error> for Failed {
+    fn from(err: sqlx::Error) -> Self {
+        Failed::Before(err.into())
+    }
+}
+
+/// The answer for an append whose writer went away without answering.
+fn lost() -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::other(
+        "the append's writer stopped before answering; whether it was written is unknown",
+    )))
+}
+
+/// Writes `batch` and answers each append in it. Should the group fail before its commit
+/// (a read model's rule refused one append, say), each append is written on its own, so
+/// one refusal never fails the others.
+async fn write_batch(pool: Pool<Db>, batch: Vec<Request>, mut writer: OwnedMutexGuard<Writer>) {
+    if batch.len() > 1 {
+        match write_on(&pool, &mut writer, &batch).await {
+            Ok(outcomes) => {
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(outcome);
+                }
+                return;
+            }
+            Err(Failed::AtCommit(err)) => {
+                let message = format!("commit of a group of appends failed: {err}");
+                for request in batch {
+                    let err = std::io::Error::other(message.clone());
+                    let _ = request.reply.send(Err(StoreError::Database(err.into())));
+                }
+                return;
+            }
+            Err(Failed::Before(err)) => {
+                tracing::debug!(%err, size = batch.len(), "group append refused; one by one");
+            }
+        }
+    }
+    for request in batch {
+        let outcome = match write_on(&pool, &mut writer, std::slice::from_ref(&request)).await {
+            Ok(mut outcomes) => outcomes.remove(0),
+            Err(Failed::Before(err) | Failed::AtCommit(err)) => Err(err),
+        };
+        let _ = request.reply.send(outcome);
+    }
+}
+
+/// The writer's connection.
+type Writer = Option<PoolConnection<Db>>;
+
+/// Writes `batch` on the writer's connection; a failed write drops the connection, which may
+/// be the reason it failed.
+async fn write_on(
+    pool: &Pool<Db>,
+    writer: &mut Writer,
+    batch: &[Request],
+) -> Result<Vec<Result<Appended, StoreError>>, Failed> {
+    let conn = match writer {
+        Some(conn) => conn,
+        None => writer.insert(pool.acquire().await?),
+    };
+    let written = write_group(conn, batch).await;
+    if written.is_err() {
+        *writer = None;
+    }
+    written
+}
+
+/// One transaction for the group: stream versions claimed in stream order, then the head,
+/// then projections and events in arrival order. An append whose stream moved gets its
+/// conflict and writes nothing.
+async fn write_group(
+    conn: &mut Conn,
+    batch: &[Request],
+) -> Result<Vec<Result<Appended, StoreError>>, Failed> {
+    let mut tx = conn.begin_with(BEGIN_WRITE).await?;
+    let mut bases: Vec<Option<i64>> = vec![None; batch.len()];
+    let mut conflicts: Vec<Option<StoreError>> = (0..batch.len()).map(|_| None).collect();
+    // In stream order, so that concurrent groups tend to lock streams in one order (should
+    // two ever deadlock, PostgreSQL aborts one and its appends are retried one by one).
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| batch[a].stream_id.cmp(&batch[b].stream_id));
+    for i in order {
+        let r = &batch[i];
+        match claim_versions(&mut tx, &r.stream_id, r.expected, r.events.len() as i64).await {
+            Ok(base) => bases[i] = Some(base),
+            Err(e @ StoreError::Conflict { .. }) => conflicts[i] = Some(e),
+            Err(e) => return Err(Failed::Before(e)),
+        }
+    }
+
+    let total: i64 = batch
+        .iter()
+        .zip(&bases)
+        .filter(|(_, base)| base.is_some())
+        .map(|(r, _)| r.events.len() as i64)
+        .sum();
+    let mut next = 0;
+    if total > 0 {
+        // The head row stays locked until commit: groups commit in position order.
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
+        )
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await?;
+        next = last - total + 1;
+    }
+    let at = format_time(chrono::Utc::now());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut rows = Vec::with_capacity(total as usize);
+    for (i, r) in batch.iter().enumerate() {
+        let Some(base) = bases[i] else {
+            outcomes.push(Err(conflicts[i].take().expect("a conflict or a base")));
+            continue;
+        };
+        let count = r.events.len() as i64;
+        project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
+            .await
+            .map_err(Failed::Before)?;
+        for (n, event) in r.events.iter().enumerate() {
+            rows.push((next + n as i64, r, base + n as i64 + 1, event));
+        }
+        outcomes.push(Ok(Appended {
+            first_position: next,
+            last_position: next + count - 1,
+            stream_version: base + count,
+        }));
+        next += count;
+    }
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO events (position, stream_id, stream_version, event_type, \
+             schema_version, payload, metadata, recorded_at) ",
+        );
+        insert.push_values(chunk, |mut row, (position, r, version, event)| {
+            row.push_bind(*position)
+                .push_bind(r.stream_id.clone())
+                .push_bind(*version)
+                .push_bind(event.event_type())
+                .push_bind(event.schema_version())
+                .push_bind(event.payload())
+                .push_bind(r.metadata.clone())
+                .push_bind(at.clone());
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
+    for (r, outcome) in batch.iter().zip(&outcomes) {
+        if let Ok(appended) = outcome {
+            crate::metric::appended(
+                r.events.iter().map(DomainEvent::event_type),
+                appended.last_position,
+            );
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Moves the stream from its expected version to `expected + count` and returns the version
@@ -232,12 +452,21 @@ async fn claim_versions(
     if claimed == 1 {
         return Ok(expected);
     }
+    Err(conflict(conn, stream_id, expected).await?)
+}
+
+/// The conflict for an append to `stream_id` that expected version `expected`.
+async fn conflict(
+    conn: &mut Conn,
+    stream_id: &str,
+    expected: i64,
+) -> Result<StoreError, sqlx::Error> {
     let actual: Option<i64> =
         sqlx::query_scalar("SELECT version FROM event_streams WHERE stream_id = $1")
             .bind(stream_id)
             .fetch_optional(&mut *conn)
             .await?;
-    Err(StoreError::Conflict {
+    Ok(StoreError::Conflict {
         stream_id: stream_id.to_owned(),
         expected,
         actual: actual.unwrap_or(0),
