@@ -1,0 +1,402 @@
+//! Prune selection (design §8): which tags and manifests of one image a policy's rules
+//! delete. A pure function of the image's state, the rules and the time, so a dry run and a
+//! real run on the same state choose the same set.
+//!
+//! For each image:
+//!
+//! 1. **Candidates** are the tags whose name matches `tag_pattern` and does not match
+//!    `keep_tag_pattern` (patterns search the name, as regexes do: anchor them to match all
+//!    of it; an empty pattern matches every name). Every other tag is kept.
+//! 2. Of the candidates, the `keep_last` most recently pushed are kept. A tag moved to
+//!    another manifest counts as pushed when it moved.
+//! 3. Of the rest, those pushed before `now - older_than` are deleted (all of the rest when
+//!    there is no `older_than`).
+//! 4. A manifest no index lists is deleted when every tag that pointed to it is deleted;
+//!    with `untagged`, also when no tag points to it and it was recorded before
+//!    `now - older_than`. A manifest an index lists is deleted only once every index
+//!    listing it is, and then goes with them.
+//! 5. Never deleted: a manifest a kept tag points to, and any child (at any depth) of such a
+//!    manifest.
+//!
+//! The bytes a deletion frees are those of the blobs no remaining manifest of the image
+//! references; each such blob is counted once, against the first deleted manifest (by
+//! digest) that held it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use regex::{Regex, RegexBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::DomainError;
+use super::image::{Image, distinct_blobs};
+
+/// The longest pattern accepted, in bytes.
+pub const MAX_PATTERN_LEN: usize = 256;
+/// The most memory a compiled pattern may take (the regex engine runs in linear time; this
+/// bounds its size).
+const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
+
+/// The rules as a policy states them (the `rules` object of a policy body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSpec {
+    /// Tags considered for deletion (a regex); absent: every tag.
+    pub tag_pattern: Option<String>,
+    /// Tags always kept (a regex).
+    pub keep_tag_pattern: Option<String>,
+    /// Candidates kept per image, most recently pushed first.
+    pub keep_last: Option<u32>,
+    /// Only what was pushed longer ago than this goes (`90s`, `15m`, `12h`, `30d`, `2w`).
+    pub older_than: Option<String>,
+    /// Also delete manifests no tag points to.
+    #[serde(default)]
+    pub untagged: bool,
+}
+
+/// Rules ready to select with.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub tag_pattern: Regex,
+    pub keep_tag_pattern: Option<Regex>,
+    pub keep_last: usize,
+    pub older_than: Option<Duration>,
+    pub untagged: bool,
+}
+
+impl Rules {
+    /// Checks and compiles `spec`; an error names the field at fault.
+    pub fn compile(spec: &RulesSpec) -> Result<Rules, DomainError> {
+        let tag_pattern = match &spec.tag_pattern {
+            Some(p) => pattern("rules.tag_pattern", p)?,
+            None => pattern("rules.tag_pattern", "")?,
+        };
+        let keep_tag_pattern = spec
+            .keep_tag_pattern
+            .as_deref()
+            .map(|p| pattern("rules.keep_tag_pattern", p))
+            .transpose()?;
+        let older_than = spec
+            .older_than
+            .as_deref()
+            .map(|d| parse_duration(d).map_err(|r| DomainError::invalid("rules.older_than", r)))
+            .transpose()?;
+        Ok(Rules {
+            tag_pattern,
+            keep_tag_pattern,
+            keep_last: spec.keep_last.unwrap_or(0) as usize,
+            older_than,
+            untagged: spec.untagged,
+        })
+    }
+}
+
+fn pattern(field: &'static str, p: &str) -> Result<Regex, DomainError> {
+    if p.len() > MAX_PATTERN_LEN {
+        return Err(DomainError::invalid(
+            field,
+            format!("at most {MAX_PATTERN_LEN} bytes"),
+        ));
+    }
+    RegexBuilder::new(p)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| DomainError::invalid(field, format!("not a valid regex: {e}")))
+}
+
+/// Parses `<number><unit>`, unit one of `s`, `m`, `h`, `d`, `w`, into a duration of at most
+/// 100 years.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let expected = || format!("{text:?} is not a duration like 90s, 15m, 12h, 30d or 2w");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(expected)?;
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(expected()),
+    };
+    const MAX_SECONDS: i64 = 100 * 366 * 86_400;
+    match n.checked_mul(seconds) {
+        Some(s) if s <= MAX_SECONDS => Ok(Duration::seconds(s)),
+        _ => Err(format!("{text:?} is longer than 100 years")),
+    }
+}
+
+/// A tag as selection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagState {
+    pub name: String,
+    pub digest: String,
+    /// When the tag was last pushed or moved.
+    pub pushed_at: DateTime<Utc>,
+    /// The image stream version of that push: orders pushes made at one instant, and tells
+    /// a run whether the tag moved after its plan.
+    pub pushed_version: i64,
+}
+
+/// A manifest as selection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestState {
+    pub digest: String,
+    pub recorded_at: DateTime<Utc>,
+    /// The manifests an index lists; empty for an image manifest.
+    pub children: Vec<String>,
+    /// Its distinct blobs, `(digest, size)`.
+    pub blobs: Vec<(String, i64)>,
+}
+
+/// One image's tags and manifests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageState {
+    pub tags: Vec<TagState>,
+    pub manifests: Vec<ManifestState>,
+}
+
+impl ImageState {
+    /// The state of a folded image stream. A time that does not parse reads as `now`: such
+    /// an item counts as recent, which can only keep it.
+    pub fn of(image: &Image, now: DateTime<Utc>) -> ImageState {
+        let time = |t: &str| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now)
+        };
+        ImageState {
+            tags: image
+                .tags
+                .iter()
+                .map(|(name, t)| TagState {
+                    name: name.clone(),
+                    digest: t.digest.clone(),
+                    pushed_at: time(&t.updated_at),
+                    pushed_version: t.pushed_version,
+                })
+                .collect(),
+            manifests: image
+                .manifests
+                .values()
+                .map(|m| ManifestState {
+                    digest: m.recorded.digest.clone(),
+                    recorded_at: time(&m.created_at),
+                    children: m.recorded.children.clone(),
+                    blobs: distinct_blobs(&m.recorded)
+                        .into_iter()
+                        .map(|b| (b.digest.clone(), b.size))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The rule that chose an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A candidate tag, with neither `keep_last` nor `older_than` to spare it.
+    TagPattern,
+    /// A candidate tag beyond the `keep_last` most recent (no `older_than`).
+    KeepLast,
+    /// A candidate tag beyond `keep_last`, pushed before the `older_than` cut-off.
+    OlderThan,
+    /// A manifest every tag of which is deleted.
+    TagsDeleted,
+    /// A manifest without tags, by the `untagged` rule.
+    Untagged,
+    /// A child of a deleted index that no remaining index lists.
+    ChildOfDeleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTag {
+    pub name: String,
+    pub digest: String,
+    pub pushed_version: i64,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedManifest {
+    pub digest: String,
+    pub reason: Reason,
+    /// Bytes of blobs only this deletion frees.
+    pub bytes: i64,
+}
+
+/// What the rules delete from one image, tags by name and manifests by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    pub tags: Vec<PlannedTag>,
+    pub manifests: Vec<PlannedManifest>,
+}
+
+impl ImagePlan {
+    pub fn deletions(&self) -> usize {
+        self.tags.len() + self.manifests.len()
+    }
+
+    pub fn bytes(&self) -> i64 {
+        self.manifests.iter().map(|m| m.bytes).sum()
+    }
+}
+
+/// Selects what `rules` delete from `image` at time `now`.
+pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePlan {
+    let cutoff = rules.older_than.map(|d| now - d);
+    // 1–3: tags.
+    let mut candidates: Vec<&TagState> = image
+        .tags
+        .iter()
+        .filter(|t| rules.tag_pattern.is_match(&t.name))
+        .filter(|t| {
+            !rules
+                .keep_tag_pattern
+                .as_ref()
+                .is_some_and(|k| k.is_match(&t.name))
+        })
+        .collect();
+    candidates.sort_by(|a, b| {
+        (b.pushed_at, b.pushed_version)
+            .cmp(&(a.pushed_at, a.pushed_version))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let reason = match (rules.older_than, rules.keep_last) {
+        (Some(_), _) => Reason::OlderThan,
+        (None, 0) => Reason::TagPattern,
+        (None, _) => Reason::KeepLast,
+    };
+    let mut tags: Vec<PlannedTag> = candidates
+        .into_iter()
+        .skip(rules.keep_last)
+        .filter(|t| cutoff.is_none_or(|c| t.pushed_at < c))
+        .map(|t| PlannedTag {
+            name: t.name.clone(),
+            digest: t.digest.clone(),
+            pushed_version: t.pushed_version,
+            reason,
+        })
+        .collect();
+    tags.sort_by(|a, b| a.name.cmp(&b.name));
+    let deleted_tags: BTreeSet<&str> = tags.iter().map(|t| t.name.as_str()).collect();
+
+    // 4–5: manifests.
+    let manifests: BTreeMap<&str, &ManifestState> = image
+        .manifests
+        .iter()
+        .map(|m| (m.digest.as_str(), m))
+        .collect();
+    let mut protected: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = image
+        .tags
+        .iter()
+        .filter(|t| !deleted_tags.contains(t.name.as_str()))
+        .map(|t| t.digest.as_str())
+        .collect();
+    while let Some(digest) = stack.pop() {
+        if protected.insert(digest)
+            && let Some(m) = manifests.get(digest)
+        {
+            stack.extend(m.children.iter().map(String::as_str));
+        }
+    }
+    let tagged: BTreeSet<&str> = image.tags.iter().map(|t| t.digest.as_str()).collect();
+    let mut parents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in manifests.values() {
+        for c in &m.children {
+            parents
+                .entry(c.as_str())
+                .or_default()
+                .push(m.digest.as_str());
+        }
+    }
+    // Manifests no index lists: by their tags, or by the untagged rule.
+    let mut deleted: BTreeMap<&str, Reason> = BTreeMap::new();
+    for m in manifests.values() {
+        let digest = m.digest.as_str();
+        if protected.contains(digest) || parents.contains_key(digest) {
+            continue;
+        }
+        if tagged.contains(digest) {
+            // Not protected, so every tag pointing here is deleted.
+            deleted.insert(digest, Reason::TagsDeleted);
+        } else if rules.untagged && cutoff.is_none_or(|c| m.recorded_at < c) {
+            deleted.insert(digest, Reason::Untagged);
+        }
+    }
+    // Listed manifests, once every index listing them is deleted (nested indexes included).
+    loop {
+        let freed: Vec<&str> = parents
+            .iter()
+            .filter(|(c, _)| manifests.contains_key(*c))
+            .filter(|(c, _)| !deleted.contains_key(*c) && !protected.contains(*c))
+            .filter(|(_, ps)| ps.iter().all(|p| deleted.contains_key(p)))
+            .map(|(c, _)| *c)
+            .collect();
+        if freed.is_empty() {
+            break;
+        }
+        for c in freed {
+            let reason = if tagged.contains(c) {
+                Reason::TagsDeleted
+            } else {
+                Reason::ChildOfDeleted
+            };
+            deleted.insert(c, reason);
+        }
+    }
+
+    // Bytes: blobs no remaining manifest holds, each once.
+    let remaining: BTreeSet<&str> = manifests
+        .values()
+        .filter(|m| !deleted.contains_key(m.digest.as_str()))
+        .flat_map(|m| m.blobs.iter().map(|(d, _)| d.as_str()))
+        .collect();
+    let mut counted: BTreeSet<&str> = BTreeSet::new();
+    let manifests = deleted
+        .into_iter()
+        .map(|(digest, reason)| {
+            let bytes = manifests[digest]
+                .blobs
+                .iter()
+                .filter(|(d, _)| !remaining.contains(d.as_str()) && counted.insert(d.as_str()))
+                .map(|(_, size)| size)
+                .sum();
+            PlannedManifest {
+                digest: digest.to_owned(),
+                reason,
+                bytes,
+            }
+        })
+        .collect();
+    ImagePlan { tags, manifests }
+}
+
+/// The run's guard: more deletions planned than `max_deletions` stops the run before it
+/// deletes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the plan deletes {planned} items, more than max_deletions ({max}); nothing was deleted")]
+pub struct GuardExceeded {
+    pub planned: usize,
+    pub max: usize,
+}
+
+/// Checks a run's plans against `max_deletions`; returns the deletions planned.
+pub fn check_guard(plans: &[ImagePlan], max_deletions: usize) -> Result<usize, GuardExceeded> {
+    let planned = plans.iter().map(ImagePlan::deletions).sum();
+    if planned > max_deletions {
+        return Err(GuardExceeded {
+            planned,
+            max: max_deletions,
+        });
+    }
+    Ok(planned)
+}
+
+#[cfg(test)]
+mod tests;

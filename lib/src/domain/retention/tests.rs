@@ -1,0 +1,330 @@
+//! Selection, given an image, when a policy's rules run, then exactly these go. One test per
+//! rule and per hazard; no database.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+}
+
+fn days_ago(d: i64) -> DateTime<Utc> {
+    now() - Duration::days(d)
+}
+
+/// An image built tag by tag and manifest by manifest.
+#[derive(Default)]
+struct Given(ImageState);
+
+impl Given {
+    /// An image manifest holding `blobs` (`(name, size)`), recorded `age` days ago.
+    fn manifest(mut self, digest: &str, age: i64, blobs: &[(&str, i64)]) -> Self {
+        self.0.manifests.push(ManifestState {
+            digest: digest.into(),
+            recorded_at: days_ago(age),
+            children: vec![],
+            blobs: blobs.iter().map(|(d, s)| (d.to_string(), *s)).collect(),
+        });
+        self
+    }
+
+    /// An index listing `children`, recorded `age` days ago.
+    fn index(mut self, digest: &str, age: i64, children: &[&str]) -> Self {
+        self.0.manifests.push(ManifestState {
+            digest: digest.into(),
+            recorded_at: days_ago(age),
+            children: children.iter().map(|c| c.to_string()).collect(),
+            blobs: vec![],
+        });
+        self
+    }
+
+    /// Tag `name` on `digest`, (last) pushed `age` days ago.
+    fn tag(mut self, name: &str, digest: &str, age: i64) -> Self {
+        let version = self.0.tags.len() as i64 + 100;
+        self.0.tags.push(TagState {
+            name: name.into(),
+            digest: digest.into(),
+            pushed_at: days_ago(age),
+            pushed_version: version,
+        });
+        self
+    }
+
+    fn when(&self, rules: RulesSpec) -> ImagePlan {
+        let rules = Rules::compile(&rules).expect("valid rules");
+        select(&rules, &self.0, now())
+    }
+}
+
+fn rules(json: serde_json::Value) -> RulesSpec {
+    serde_json::from_value(json).expect("a rules object")
+}
+
+fn tags(plan: &ImagePlan) -> Vec<&str> {
+    plan.tags.iter().map(|t| t.name.as_str()).collect()
+}
+
+fn manifests(plan: &ImagePlan) -> Vec<&str> {
+    plan.manifests.iter().map(|m| m.digest.as_str()).collect()
+}
+
+/// Five tags on five manifests, `v1` the oldest (50 days) to `v5` the newest (10 days).
+fn five_versions() -> Given {
+    let mut g = Given::default();
+    for i in 1..=5 {
+        let age = 60 - 10 * i;
+        let m = format!("m{i}");
+        g = g
+            .manifest(&m, age, &[(&format!("layer{i}"), 10 * i)])
+            .tag(&format!("v{i}"), &m, age);
+    }
+    g
+}
+
+#[test]
+fn tag_pattern_alone_deletes_every_matching_tag_and_only_those() {
+    let given = five_versions()
+        .manifest("mx", 90, &[("lx", 1)])
+        .tag("latest", "mx", 90);
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "^v"})));
+    assert_eq!(tags(&plan), ["v1", "v2", "v3", "v4", "v5"]);
+    assert!(plan.tags.iter().all(|t| t.reason == Reason::TagPattern));
+    assert_eq!(manifests(&plan), ["m1", "m2", "m3", "m4", "m5"]);
+}
+
+#[test]
+fn keep_tag_pattern_spares_matching_tags() {
+    let plan = five_versions().when(rules(serde_json::json!({
+        "tag_pattern": ".*", "keep_tag_pattern": "^v(2|4)$"
+    })));
+    assert_eq!(tags(&plan), ["v1", "v3", "v5"]);
+    assert_eq!(manifests(&plan), ["m1", "m3", "m5"]);
+}
+
+#[test]
+fn keep_last_keeps_the_most_recently_pushed_candidates() {
+    let plan = five_versions().when(rules(serde_json::json!({"keep_last": 2})));
+    assert_eq!(tags(&plan), ["v1", "v2", "v3"]);
+    assert!(plan.tags.iter().all(|t| t.reason == Reason::KeepLast));
+}
+
+#[test]
+fn keep_last_larger_than_the_candidates_deletes_nothing() {
+    let plan = five_versions().when(rules(serde_json::json!({"keep_last": 50})));
+    assert_eq!(plan, ImagePlan::default());
+}
+
+#[test]
+fn older_than_spares_recent_tags_beyond_keep_last() {
+    // v1 50 days, v2 40, v3 30, v4 20, v5 10: keep v5, then only those older than 35 days.
+    let plan = five_versions().when(rules(serde_json::json!({
+        "keep_last": 1, "older_than": "35d"
+    })));
+    assert_eq!(tags(&plan), ["v1", "v2"]);
+    assert!(plan.tags.iter().all(|t| t.reason == Reason::OlderThan));
+}
+
+#[test]
+fn a_tag_moved_recently_counts_as_recent_and_its_old_manifest_is_only_untagged() {
+    // `stable` pointed at m-old 100 days ago and was moved to m-new yesterday.
+    let given = Given::default()
+        .manifest("m-old", 100, &[("a", 5)])
+        .manifest("m-new", 1, &[("b", 7)])
+        .tag("stable", "m-new", 1)
+        .tag("old", "m-old", 100);
+    let plan = given.when(rules(serde_json::json!({
+        "tag_pattern": "^(stable|old)$", "keep_last": 1, "older_than": "30d"
+    })));
+    assert_eq!(tags(&plan), ["old"], "the moved tag is the most recent");
+    assert_eq!(manifests(&plan), ["m-old"]);
+
+    // With no tag left on m-old, only the untagged rule removes it.
+    let given = Given::default()
+        .manifest("m-old", 100, &[("a", 5)])
+        .manifest("m-new", 1, &[("b", 7)])
+        .tag("stable", "m-new", 1);
+    let keep = rules(serde_json::json!({"older_than": "30d"}));
+    assert_eq!(given.when(keep), ImagePlan::default());
+    let plan = given.when(rules(
+        serde_json::json!({"older_than": "30d", "untagged": true}),
+    ));
+    assert_eq!(manifests(&plan), ["m-old"]);
+    assert_eq!(plan.manifests[0].reason, Reason::Untagged);
+}
+
+#[test]
+fn a_manifest_shared_with_a_kept_tag_survives_its_deleted_tag() {
+    let given = Given::default()
+        .manifest("m", 40, &[("a", 5)])
+        .tag("build-17", "m", 40)
+        .tag("release", "m", 40);
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "^build-"})));
+    assert_eq!(tags(&plan), ["build-17"]);
+    assert!(plan.manifests.is_empty(), "release still points at m");
+    assert_eq!(plan.bytes(), 0);
+}
+
+#[test]
+fn the_children_of_a_kept_index_are_never_deleted() {
+    let given = Given::default()
+        .manifest("amd64", 90, &[("la", 10)])
+        .manifest("arm64", 90, &[("lb", 20)])
+        .index("idx", 90, &["amd64", "arm64"])
+        .tag("latest", "idx", 90);
+    // Untagged children of a kept index are not "untagged" manifests.
+    let plan = given.when(rules(serde_json::json!({
+        "tag_pattern": "^nothing$", "untagged": true
+    })));
+    assert_eq!(plan, ImagePlan::default());
+}
+
+#[test]
+fn a_deleted_index_takes_its_children_except_those_another_kept_index_lists() {
+    let given = Given::default()
+        .manifest("amd64", 90, &[("base", 100), ("la", 10)])
+        .manifest("arm64", 90, &[("base", 100), ("lb", 20)])
+        .manifest("amd64-v2", 5, &[("base", 100), ("lc", 30)])
+        .index("idx-v1", 90, &["amd64", "arm64"])
+        .index("idx-v2", 5, &["amd64-v2", "arm64"])
+        .tag("v1", "idx-v1", 90)
+        .tag("v2", "idx-v2", 5);
+    let plan = given.when(rules(serde_json::json!({"keep_last": 1})));
+    assert_eq!(tags(&plan), ["v1"]);
+    assert_eq!(
+        manifests(&plan),
+        ["amd64", "idx-v1"],
+        "arm64 is still listed by idx-v2"
+    );
+    let reasons: Vec<Reason> = plan.manifests.iter().map(|m| m.reason).collect();
+    assert_eq!(reasons, [Reason::ChildOfDeleted, Reason::TagsDeleted]);
+    // Only `la` is freed: `base` and `lb` are still held by amd64-v2 and arm64.
+    assert_eq!(plan.bytes(), 10);
+}
+
+#[test]
+fn a_tagged_child_of_an_index_that_stays_is_kept_though_its_tag_goes() {
+    let given = Given::default()
+        .manifest("amd64", 90, &[("la", 10)])
+        .index("idx", 90, &["amd64"])
+        .tag("latest", "idx", 90)
+        .tag("amd64-only", "amd64", 90);
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "-only$"})));
+    assert_eq!(tags(&plan), ["amd64-only"]);
+    assert!(plan.manifests.is_empty());
+}
+
+#[test]
+fn untagged_manifests_go_only_with_the_rule_and_only_when_old_enough() {
+    let given = Given::default()
+        .manifest("kept", 1, &[("a", 1)])
+        .tag("latest", "kept", 1)
+        .manifest("dangling-old", 60, &[("b", 2)])
+        .manifest("dangling-new", 2, &[("c", 3)]);
+    assert_eq!(
+        given.when(rules(serde_json::json!({"older_than": "7d"}))),
+        ImagePlan::default()
+    );
+    let plan = given.when(rules(
+        serde_json::json!({"older_than": "7d", "untagged": true}),
+    ));
+    assert_eq!(tags(&plan), Vec::<&str>::new());
+    assert_eq!(manifests(&plan), ["dangling-old"]);
+    assert_eq!(plan.bytes(), 2);
+}
+
+#[test]
+fn an_empty_tag_pattern_matches_every_tag_and_an_empty_keep_pattern_keeps_every_tag() {
+    let all = five_versions().when(rules(serde_json::json!({"tag_pattern": ""})));
+    assert_eq!(all.tags.len(), 5);
+    let none = five_versions().when(rules(serde_json::json!({
+        "tag_pattern": "", "keep_tag_pattern": ""
+    })));
+    assert_eq!(none, ImagePlan::default());
+}
+
+#[test]
+fn bytes_count_each_freed_blob_once() {
+    // m1 and m2 share `base`; both go; `base` is freed once.
+    let given = Given::default()
+        .manifest("m1", 50, &[("base", 100), ("l1", 1)])
+        .manifest("m2", 50, &[("base", 100), ("l2", 2)])
+        .manifest("m3", 1, &[("l3", 3)])
+        .tag("a", "m1", 50)
+        .tag("b", "m2", 50)
+        .tag("c", "m3", 1);
+    let plan = given.when(rules(serde_json::json!({"keep_last": 1})));
+    assert_eq!(manifests(&plan), ["m1", "m2"]);
+    assert_eq!(plan.bytes(), 103);
+}
+
+#[test]
+fn max_deletions_exceeded_stops_the_run() {
+    let plan = five_versions().when(rules(serde_json::json!({"keep_last": 1})));
+    assert_eq!(plan.deletions(), 8, "four tags and their four manifests");
+    assert_eq!(check_guard(std::slice::from_ref(&plan), 8), Ok(8));
+    assert_eq!(
+        check_guard(&[plan.clone(), plan], 10),
+        Err(GuardExceeded {
+            planned: 16,
+            max: 10
+        })
+    );
+}
+
+#[test]
+fn bad_rules_name_their_field() {
+    let field = |json| match Rules::compile(&rules(json)) {
+        Err(DomainError::Invalid { field, .. }) => field,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        field(serde_json::json!({"tag_pattern": "("})),
+        "rules.tag_pattern"
+    );
+    assert_eq!(
+        field(serde_json::json!({"keep_tag_pattern": "x".repeat(MAX_PATTERN_LEN + 1)})),
+        "rules.keep_tag_pattern"
+    );
+    // A pattern whose compiled form would be huge is refused, not built.
+    assert_eq!(
+        field(serde_json::json!({"tag_pattern": "\\w{1000}{1000}"})),
+        "rules.tag_pattern"
+    );
+    assert_eq!(
+        field(serde_json::json!({"older_than": "30 days"})),
+        "rules.older_than"
+    );
+    assert_eq!(
+        field(serde_json::json!({"older_than": "99999999w"})),
+        "rules.older_than"
+    );
+}
+
+#[test]
+fn durations_read_their_unit() {
+    assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
+    assert_eq!(parse_duration("15m"), Ok(Duration::minutes(15)));
+    assert_eq!(parse_duration("12h"), Ok(Duration::hours(12)));
+    assert_eq!(parse_duration("30d"), Ok(Duration::days(30)));
+    assert_eq!(parse_duration("2w"), Ok(Duration::weeks(2)));
+    assert!(parse_duration("d").is_err());
+    assert!(parse_duration("-3d").is_err());
+    assert!(parse_duration("3").is_err());
+}
+
+#[test]
+fn a_child_also_listed_by_an_untagged_index_that_stays_is_kept() {
+    // idx-old goes with its tag; idx-loose has no tag but the untagged rule is off, so it
+    // stays, and so does `shared`, which it lists.
+    let given = Given::default()
+        .manifest("shared", 90, &[("s", 10)])
+        .manifest("own", 90, &[("o", 20)])
+        .index("idx-old", 90, &["shared", "own"])
+        .index("idx-loose", 90, &["shared"])
+        .tag("old", "idx-old", 90);
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "^old$"})));
+    assert_eq!(manifests(&plan), ["idx-old", "own"]);
+    assert_eq!(plan.bytes(), 20);
+}
