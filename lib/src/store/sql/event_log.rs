@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Pool, QueryBuilder, Row};
-use tokio::sync::{OwnedMutexGuard, oneshot};
+use tokio::sync::oneshot;
 
 use crate::domain::{DomainEvent, format_time};
 use crate::store::{Appended, Expected, Metadata, RecordedEvent, StoreError};
@@ -103,7 +103,7 @@ impl SqlStore {
                 stream_version: version,
             });
         }
-        let (reply, mut outcome) = oneshot::channel();
+        let (reply, outcome) = oneshot::channel();
         let request = Request {
             stream_id: stream_id.to_owned(),
             expected,
@@ -116,21 +116,9 @@ impl SqlStore {
             .lock()
             .expect("never poisoned")
             .push(request);
-        // Either an earlier writer takes our request along, or we become the writer.
-        let writer = tokio::select! {
-            biased;
-            done = &mut outcome => return done.unwrap_or_else(|_| Err(lost())),
-            writer = self.batcher.writer.clone().lock_owned() => writer,
-        };
-        let batch = self.batcher.take();
-        if batch.is_empty() {
-            // Ours went with an earlier group, which answers before it lets the lock go.
-            drop(writer);
-        } else {
-            // Written by a task of its own, holding the writer's lock: should this caller be
-            // cancelled (a client went away), the others in the group still get their answer.
-            tokio::spawn(write_batch(self.pool.clone(), batch, writer));
-        }
+        // Written by a task of its own, so that a caller cancelled meanwhile (a client went
+        // away) neither strands its append nor the others in its group.
+        tokio::spawn(drive(self.batcher.clone(), self.pool.clone()));
         outcome.await.unwrap_or_else(|_| Err(lost()))
     }
 
@@ -259,12 +247,26 @@ fn lost() -> StoreError {
     )))
 }
 
+/// Spawned for every append once it is queued: waits for the writer, then writes groups
+/// until nothing waits. Whichever task holds the writer when an append is queued, or the
+/// append's own task after it, writes it.
+async fn drive(batcher: Arc<Batcher>, pool: Pool<Db>) {
+    let mut writer = batcher.writer.clone().lock_owned().await;
+    loop {
+        let batch = batcher.take();
+        if batch.is_empty() {
+            return;
+        }
+        write_batch(&pool, batch, &mut writer).await;
+    }
+}
+
 /// Writes `batch` and answers each append in it. Should the group fail before its commit
 /// (a read model's rule refused one append, say), each append is written on its own, so
 /// one refusal never fails the others.
-async fn write_batch(pool: Pool<Db>, batch: Vec<Request>, mut writer: OwnedMutexGuard<Writer>) {
+async fn write_batch(pool: &Pool<Db>, batch: Vec<Request>, writer: &mut Writer) {
     if batch.len() > 1 {
-        match write_on(&pool, &mut writer, &batch).await {
+        match write_on(pool, writer, &batch).await {
             Ok(outcomes) => {
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = request.reply.send(outcome);
@@ -285,7 +287,7 @@ async fn write_batch(pool: Pool<Db>, batch: Vec<Request>, mut writer: OwnedMutex
         }
     }
     for request in batch {
-        let outcome = match write_on(&pool, &mut writer, std::slice::from_ref(&request)).await {
+        let outcome = match write_on(pool, writer, std::slice::from_ref(&request)).await {
             Ok(mut outcomes) => outcomes.remove(0),
             Err(Failed::Before(err) | Failed::AtCommit(err)) => Err(err),
         };
