@@ -324,8 +324,8 @@ async fn write_group(
     batch: &[Request],
 ) -> Result<Vec<Result<Appended, StoreError>>, Failed> {
     let mut tx = conn.begin_with(BEGIN_WRITE).await?;
-    let mut bases: Vec<Option<i64>> = vec![None; batch.len()];
-    let mut conflicts: Vec<Option<StoreError>> = (0..batch.len()).map(|_| None).collect();
+    // Per append: the version it found (its base), or its conflict.
+    let mut claims: Vec<Option<Result<i64, StoreError>>> = (0..batch.len()).map(|_| None).collect();
     // In stream order, so that concurrent groups tend to lock streams in one order (should
     // two ever deadlock, PostgreSQL aborts one and its appends are retried one by one).
     let mut order: Vec<usize> = (0..batch.len()).collect();
@@ -333,16 +333,15 @@ async fn write_group(
     for i in order {
         let r = &batch[i];
         match claim_versions(&mut tx, &r.stream_id, r.expected, r.events.len() as i64).await {
-            Ok(base) => bases[i] = Some(base),
-            Err(e @ StoreError::Conflict { .. }) => conflicts[i] = Some(e),
-            Err(e) => return Err(Failed::Before(e)),
+            Err(e) if !matches!(e, StoreError::Conflict { .. }) => return Err(Failed::Before(e)),
+            claim => claims[i] = Some(claim),
         }
     }
 
     let total: i64 = batch
         .iter()
-        .zip(&bases)
-        .filter(|(_, base)| base.is_some())
+        .zip(&claims)
+        .filter(|(_, claim)| matches!(claim, Some(Ok(_))))
         .map(|(r, _)| r.events.len() as i64)
         .sum();
     let mut next = 0;
@@ -359,10 +358,13 @@ async fn write_group(
     let at = format_time(chrono::Utc::now());
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rows = Vec::with_capacity(total as usize);
-    for (i, r) in batch.iter().enumerate() {
-        let Some(base) = bases[i] else {
-            outcomes.push(Err(conflicts[i].take().expect("a conflict or a base")));
-            continue;
+    for (r, claim) in batch.iter().zip(claims) {
+        let base = match claim.expect("every append was claimed") {
+            Ok(base) => base,
+            Err(conflict) => {
+                outcomes.push(Err(conflict));
+                continue;
+            }
         };
         let count = r.events.len() as i64;
         project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
@@ -454,21 +456,12 @@ async fn claim_versions(
     if claimed == 1 {
         return Ok(expected);
     }
-    Err(conflict(conn, stream_id, expected).await?)
-}
-
-/// The conflict for an append to `stream_id` that expected version `expected`.
-async fn conflict(
-    conn: &mut Conn,
-    stream_id: &str,
-    expected: i64,
-) -> Result<StoreError, sqlx::Error> {
     let actual: Option<i64> =
         sqlx::query_scalar("SELECT version FROM event_streams WHERE stream_id = $1")
             .bind(stream_id)
             .fetch_optional(&mut *conn)
             .await?;
-    Ok(StoreError::Conflict {
+    Err(StoreError::Conflict {
         stream_id: stream_id.to_owned(),
         expected,
         actual: actual.unwrap_or(0),
