@@ -24,8 +24,8 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
 use layerline_core::config;
-use layerline_core::domain::format_time;
 use layerline_core::domain::job::JobKind;
+use layerline_core::domain::{format_time, parse_time};
 use layerline_core::jobs::{Dispatch, DispatchFuture};
 use layerline_core::store::{ReadModels, Store};
 use tokio::sync::watch;
@@ -212,12 +212,6 @@ impl Queues {
         }
         Ok(queued)
     }
-}
-
-fn parse_time(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Dispatch for Queues {

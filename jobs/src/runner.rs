@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use layerline_core::domain::DomainError;
+use chrono::Utc;
 use layerline_core::domain::job::{Job, JobCommand, JobKind, JobState};
+use layerline_core::domain::{DomainError, parse_time};
 use layerline_core::jobs::Dispatcher;
 use layerline_core::service::{Registry, ServiceError};
 use layerline_core::store::{Metadata, ReadModels, Store};
@@ -247,8 +247,8 @@ impl Runner {
 /// Whether an RFC 3339 retry time is still more than a moment away.
 fn due_later(retry_at: Option<&str>) -> bool {
     retry_at
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| t.with_timezone(&Utc) > Utc::now() + chrono::Duration::milliseconds(500))
+        .and_then(parse_time)
+        .is_some_and(|t| t > Utc::now() + chrono::Duration::milliseconds(500))
 }
 
 /// How often progress is recorded at most (every step is still a cancel boundary).

@@ -90,3 +90,10 @@ impl DomainError {
 pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
+
+/// Reads an RFC 3339 time (as [`format_time`] writes them) in UTC; `None` when it is not one.
+pub fn parse_time(t: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}

@@ -29,7 +29,6 @@ use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::DomainError;
-use super::image::{Image, distinct_blobs};
 
 /// The longest pattern accepted, in bytes.
 pub const MAX_PATTERN_LEN: usize = 256;
@@ -67,10 +66,10 @@ pub struct Rules {
 impl Rules {
     /// Checks and compiles `spec`; an error names the field at fault.
     pub fn compile(spec: &RulesSpec) -> Result<Rules, DomainError> {
-        let tag_pattern = match &spec.tag_pattern {
-            Some(p) => pattern("rules.tag_pattern", p)?,
-            None => pattern("rules.tag_pattern", "")?,
-        };
+        let tag_pattern = pattern(
+            "rules.tag_pattern",
+            spec.tag_pattern.as_deref().unwrap_or(""),
+        )?;
         let keep_tag_pattern = spec
             .keep_tag_pattern
             .as_deref()
@@ -156,43 +155,6 @@ pub struct ManifestState {
 pub struct ImageState {
     pub tags: Vec<TagState>,
     pub manifests: Vec<ManifestState>,
-}
-
-impl ImageState {
-    /// The state of a folded image stream. A time that does not parse reads as `now`: such
-    /// an item counts as recent, which can only keep it.
-    pub fn of(image: &Image, now: DateTime<Utc>) -> ImageState {
-        let time = |t: &str| {
-            DateTime::parse_from_rfc3339(t)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or(now)
-        };
-        ImageState {
-            tags: image
-                .tags
-                .iter()
-                .map(|(name, t)| TagState {
-                    name: name.clone(),
-                    digest: t.digest.clone(),
-                    pushed_at: time(&t.updated_at),
-                    pushed_version: t.pushed_version,
-                })
-                .collect(),
-            manifests: image
-                .manifests
-                .values()
-                .map(|m| ManifestState {
-                    digest: m.recorded.digest.clone(),
-                    recorded_at: time(&m.created_at),
-                    children: m.recorded.children.clone(),
-                    blobs: distinct_blobs(&m.recorded)
-                        .into_iter()
-                        .map(|b| (b.digest.clone(), b.size))
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// The rule that chose an item.
