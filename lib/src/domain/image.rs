@@ -85,6 +85,16 @@ pub enum ImageCommand {
     DeleteManifest {
         digest: String,
     },
+    /// Applies a prune plan made at an earlier state: deletes each planned tag only while it
+    /// still points where it did (`pushed_version` unchanged), then each planned manifest
+    /// only while no tag points at it and no remaining manifest lists it. Whatever changed
+    /// since the plan is left alone; what is already gone is skipped.
+    Prune {
+        /// `(name, pushed_version)` as planned.
+        tags: Vec<(String, i64)>,
+        /// Digests, in any order (a child waits for its planned index).
+        manifests: Vec<String>,
+    },
     /// Marks the image `deleting` for delete job `job_id`; nothing when already marked.
     RequestDelete {
         job_id: String,
@@ -353,6 +363,37 @@ impl Aggregate for Image {
                 }
                 plan.untag(&digest);
                 plan.delete_manifest(&digest);
+            }
+            ImageCommand::Prune { tags, manifests } => {
+                for (name, pushed_version) in tags {
+                    let Some(tag) = plan.state.tags.get(&name) else {
+                        continue;
+                    };
+                    if tag.pushed_version == pushed_version {
+                        let tag_id = tag.id.clone();
+                        plan.emit(DomainEvent::TagDeleted(TagDeleted { tag_id, name }));
+                    }
+                }
+                // Until nothing more can go: an index's deletion frees its planned children.
+                let mut pending = manifests;
+                loop {
+                    let before = pending.len();
+                    pending.retain(|digest| {
+                        if !plan.state.manifests.contains_key(digest) {
+                            return false;
+                        }
+                        if plan.state.is_tagged(digest) || plan.state.is_child(digest) {
+                            return true;
+                        }
+                        plan.emit(DomainEvent::ManifestDeleted(ManifestDeleted {
+                            digest: digest.clone(),
+                        }));
+                        false
+                    });
+                    if pending.len() == before {
+                        break;
+                    }
+                }
             }
             ImageCommand::RequestDelete { job_id } => {
                 if self.deleting.is_none() {
@@ -732,5 +773,87 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    fn prune(tags: &[(&str, i64)], manifests: &[u32]) -> ImageCommand {
+        ImageCommand::Prune {
+            tags: tags.iter().map(|(n, v)| ((*n).into(), *v)).collect(),
+            manifests: manifests.iter().map(|m| digest(*m)).collect(),
+        }
+    }
+
+    fn deleted(events: &[DomainEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                DomainEvent::TagDeleted(t) => format!("tag {}", t.name),
+                DomainEvent::ManifestDeleted(m) => format!("manifest {}", m.digest),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prune_deletes_planned_tags_and_then_their_manifests() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .tag("old", 1)
+            .record(manifest(2, &[(101, 1)]))
+            .tag("new", 2);
+        let v = g.0.tags["old"].pushed_version;
+        let events = g.when(prune(&[("old", v)], &[1])).unwrap();
+        assert_eq!(
+            deleted(&events),
+            ["tag old", format!("manifest {}", digest(1)).as_str()]
+        );
+        assert!(g.0.tags.contains_key("new"));
+    }
+
+    #[test]
+    fn prune_leaves_a_tag_moved_since_the_plan_and_its_new_manifest() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(manifest(2, &[(101, 1)]))
+            .tag("v1", 1);
+        let planned = g.0.tags["v1"].pushed_version;
+        // After planning, v1 is pushed again (moved to manifest 2).
+        let mut g = Given(g.0).tag("v1", 2);
+        let events = g.when(prune(&[("v1", planned)], &[1])).unwrap();
+        // The tag survives; manifest 1 (untagged now, as planned) still goes.
+        assert_eq!(deleted(&events), [format!("manifest {}", digest(1))]);
+        assert_eq!(g.0.tags["v1"].digest, digest(2));
+    }
+
+    #[test]
+    fn prune_keeps_a_planned_manifest_that_a_new_tag_points_at() {
+        let mut g = given().record(manifest(1, &[(100, 1)])).tag("a", 1);
+        let planned = g.0.tags["a"].pushed_version;
+        let mut g = Given(g.0).tag("b", 1);
+        let events = g.when(prune(&[("a", planned)], &[1])).unwrap();
+        assert_eq!(deleted(&events), ["tag a"]);
+        assert!(g.0.manifests.contains_key(&digest(1)));
+    }
+
+    #[test]
+    fn prune_deletes_a_planned_child_after_its_index_in_any_order() {
+        let mut g = given()
+            .record(manifest(1, &[(100, 1)]))
+            .record(manifest(2, &[(101, 1)]))
+            .record(index(3, &[1, 2]))
+            .tag("multi", 3);
+        let v = g.0.tags["multi"].pushed_version;
+        // Children listed first: they wait for the index.
+        let events = g.when(prune(&[("multi", v)], &[1, 2, 3])).unwrap();
+        assert_eq!(events.len(), 4);
+        assert!(g.0.manifests.is_empty());
+        assert_eq!(g.0.size, 0);
+    }
+
+    #[test]
+    fn prune_run_twice_changes_nothing_the_second_time() {
+        let mut g = given().record(manifest(1, &[(100, 1)])).tag("a", 1);
+        let v = g.0.tags["a"].pushed_version;
+        assert_eq!(g.when(prune(&[("a", v)], &[1])).unwrap().len(), 2);
+        assert_eq!(g.when(prune(&[("a", v)], &[1])), Ok(vec![]));
     }
 }
