@@ -5,6 +5,7 @@ pub mod event;
 pub mod image;
 pub mod job;
 pub mod namespace;
+pub mod policy;
 pub mod retention;
 pub mod token;
 pub mod validate;

@@ -348,9 +348,8 @@ pub struct GuardExceeded {
     pub max: usize,
 }
 
-/// Checks a run's plans against `max_deletions`; returns the deletions planned.
-pub fn check_guard(plans: &[ImagePlan], max_deletions: usize) -> Result<usize, GuardExceeded> {
-    let planned = plans.iter().map(ImagePlan::deletions).sum();
+/// Checks the deletions a run planned (over all its images) against `max_deletions`.
+pub fn check_guard(planned: usize, max_deletions: usize) -> Result<usize, GuardExceeded> {
     if planned > max_deletions {
         return Err(GuardExceeded {
             planned,
