@@ -13,6 +13,8 @@ pub mod sqlite {
     const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
     /// The write lock taken by `BEGIN IMMEDIATE` already serialises migrations.
     const LOCK_MIGRATIONS: Option<&str> = None;
+    /// A read transaction: in WAL mode it reads one snapshot from its first read on.
+    const BEGIN_SNAPSHOT: &str = "BEGIN";
 
     /// `INSERT … SELECT` from a JSON array bound as `$1` (one object per row, keys named as
     /// the columns).
@@ -31,6 +33,7 @@ pub mod sqlite {
     include!("sql/projection.rs");
     include!("sql/read_model.rs");
     include!("sql/rebuild.rs");
+    include!("sql/prune.rs");
 }
 
 pub mod postgres {
@@ -42,6 +45,8 @@ pub mod postgres {
     const BEGIN_WRITE: &str = "BEGIN";
     /// Several processes may start at once; one migrates while the others wait.
     const LOCK_MIGRATIONS: Option<&str> = Some("SELECT pg_advisory_xact_lock(7215081342)");
+    /// Every statement of the transaction reads the snapshot its first one saw.
+    const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
     /// `INSERT … SELECT` from a JSON array bound as `$1`; PostgreSQL maps the keys onto the
     /// table's columns by name.
@@ -56,4 +61,5 @@ pub mod postgres {
     include!("sql/projection.rs");
     include!("sql/read_model.rs");
     include!("sql/rebuild.rs");
+    include!("sql/prune.rs");
 }

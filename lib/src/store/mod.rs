@@ -12,6 +12,7 @@
 
 mod backend;
 pub mod migrate;
+pub mod plans;
 pub mod rows;
 pub mod scratch;
 
@@ -383,6 +384,36 @@ impl Store {
 
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
+    }
+
+    /// Namespace `namespace_id`'s images (not those being deleted) with their tags and
+    /// manifests, read in one transaction, and the log position they reflect.
+    pub async fn prune_snapshot(&self, namespace_id: &str) -> Result<plans::Snapshot, StoreError> {
+        dispatch!(self, s => s.prune_snapshot(namespace_id).await)
+    }
+
+    /// Stores a prune job's plan with its items unless it has one; whether this stored it.
+    pub async fn save_plan(
+        &self,
+        header: &plans::PlanHeader,
+        items: &[plans::PlanItem],
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.save_plan(header, items).await)
+    }
+
+    /// Job `job_id`'s stored plan, if it has one.
+    pub async fn plan(&self, job_id: &str) -> Result<Option<plans::PlanHeader>, StoreError> {
+        dispatch!(self, s => s.plan(job_id).await)
+    }
+
+    /// Items `from..from + limit` of job `job_id`'s plan, in plan order.
+    pub async fn plan_items(
+        &self,
+        job_id: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<plans::PlanItem>, StoreError> {
+        dispatch!(self, s => s.plan_items(job_id, from, limit).await)
     }
 }
 

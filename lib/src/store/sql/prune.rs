@@ -1,0 +1,234 @@
+// Prune plans: the snapshot a plan is made from, and the stored plan. Included by
+// `backend.rs` once per backend.
+
+use crate::domain::parse_time;
+use crate::domain::retention::{ImageState, ManifestState, TagState};
+use crate::store::plans::{PlanHeader, PlanItem, Snapshot, SnapshotImage};
+
+const PLAN_ITEM_COLUMNS: &str =
+    "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
+
+impl SqlStore {
+    /// Reads namespace `namespace_id`'s images (not those being deleted), tags and manifests
+    /// in one transaction, with the log position they reflect: read models are written in
+    /// the append's own transaction, so the head read with them is their position.
+    pub async fn prune_snapshot(&self, namespace_id: &str) -> Result<Snapshot, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
+        let position: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let images = sqlx::query("SELECT id, name, status FROM images WHERE namespace_id = $1")
+            .bind(namespace_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(images.len());
+        for r in &images {
+            let status: String = r.try_get("status")?;
+            if status == STATUS_DELETING {
+                continue;
+            }
+            let id: String = r.try_get("id")?;
+            index.insert(id.clone(), out.len());
+            out.push(SnapshotImage {
+                id,
+                name: r.try_get("name")?,
+                state: ImageState::default(),
+            });
+        }
+        let time = |t: String| {
+            parse_time(&t).ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Decode(format!("bad stored time {t}").into()))
+            })
+        };
+        let tags = sqlx::query(
+            "SELECT t.image_id, t.name, t.digest, t.updated_at, t.pushed_version FROM tags t \
+             JOIN images i ON i.id = t.image_id WHERE i.namespace_id = $1",
+        )
+        .bind(namespace_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &tags {
+            let image_id: String = r.try_get("image_id")?;
+            let Some(&i) = index.get(&image_id) else {
+                continue;
+            };
+            out[i].state.tags.push(TagState {
+                name: r.try_get("name")?,
+                digest: r.try_get("digest")?,
+                pushed_at: time(r.try_get("updated_at")?)?,
+                pushed_version: r.try_get("pushed_version")?,
+            });
+        }
+        let manifests = sqlx::query(
+            "SELECT m.image_id, m.digest, m.created_at, m.config_digest, m.config_size \
+             FROM manifests m JOIN images i ON i.id = m.image_id WHERE i.namespace_id = $1",
+        )
+        .bind(namespace_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        // (image, digest) → index into that image's manifests.
+        let mut at: HashMap<(usize, String), usize> = HashMap::new();
+        for r in &manifests {
+            let image_id: String = r.try_get("image_id")?;
+            let Some(&i) = index.get(&image_id) else {
+                continue;
+            };
+            let digest: String = r.try_get("digest")?;
+            let config: Option<String> = r.try_get("config_digest")?;
+            let config_size: Option<i64> = r.try_get("config_size")?;
+            let blobs = config.into_iter().zip(config_size).collect();
+            let list = &mut out[i].state.manifests;
+            at.insert((i, digest.clone()), list.len());
+            list.push(ManifestState {
+                digest,
+                recorded_at: time(r.try_get("created_at")?)?,
+                children: Vec::new(),
+                blobs,
+            });
+        }
+        let layers = sqlx::query(
+            "SELECT l.image_id, l.manifest_digest, l.digest, l.size FROM manifest_layers l \
+             JOIN images i ON i.id = l.image_id WHERE i.namespace_id = $1",
+        )
+        .bind(namespace_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &layers {
+            let image_id: String = r.try_get("image_id")?;
+            let Some(&i) = index.get(&image_id) else {
+                continue;
+            };
+            if let Some(&m) = at.get(&(i, r.try_get("manifest_digest")?)) {
+                let blob = (r.try_get("digest")?, r.try_get("size")?);
+                out[i].state.manifests[m].blobs.push(blob);
+            }
+        }
+        let children = sqlx::query(
+            "SELECT c.image_id, c.parent_digest, c.child_digest FROM manifest_children c \
+             JOIN images i ON i.id = c.image_id WHERE i.namespace_id = $1 ORDER BY c.idx",
+        )
+        .bind(namespace_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &children {
+            let image_id: String = r.try_get("image_id")?;
+            let Some(&i) = index.get(&image_id) else {
+                continue;
+            };
+            if let Some(&m) = at.get(&(i, r.try_get("parent_digest")?)) {
+                out[i].state.manifests[m]
+                    .children
+                    .push(r.try_get("child_digest")?);
+            }
+        }
+        tx.commit().await?;
+        Ok(Snapshot {
+            position,
+            images: out,
+        })
+    }
+
+    /// Stores job `header.job_id`'s plan with all its items, unless one is stored already;
+    /// returns whether this call stored it.
+    pub async fn save_plan(
+        &self,
+        header: &PlanHeader,
+        items: &[PlanItem],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO prune_plans (job_id, position, policy_id, policy_version, images, \
+             tags, manifests, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(&header.job_id)
+        .bind(header.position)
+        .bind(&header.policy_id)
+        .bind(header.policy_version)
+        .bind(header.images)
+        .bind(header.tags)
+        .bind(header.manifests)
+        .bind(header.bytes)
+        .bind(&header.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let sql = bulk_insert_sql("prune_plan_items", PLAN_ITEM_COLUMNS);
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|item| {
+                    let mut row = serde_json::to_value(item).unwrap_or_default();
+                    row["job_id"] = header.job_id.clone().into();
+                    row
+                })
+                .collect();
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(serde_json::Value::Array(rows).to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn plan(&self, job_id: &str) -> Result<Option<PlanHeader>, StoreError> {
+        let row = sqlx::query(
+            "SELECT job_id, position, policy_id, policy_version, images, tags, manifests, \
+             bytes, created_at FROM prune_plans WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(PlanHeader {
+            job_id: r.try_get("job_id")?,
+            position: r.try_get("position")?,
+            policy_id: r.try_get("policy_id")?,
+            policy_version: r.try_get("policy_version")?,
+            images: r.try_get("images")?,
+            tags: r.try_get("tags")?,
+            manifests: r.try_get("manifests")?,
+            bytes: r.try_get("bytes")?,
+            created_at: r.try_get("created_at")?,
+        }))
+    }
+
+    /// Items `from..from + limit` of job `job_id`'s plan, in plan order.
+    pub async fn plan_items(
+        &self,
+        job_id: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<PlanItem>, StoreError> {
+        let sql = format!(
+            "SELECT {PLAN_ITEM_COLUMNS} FROM prune_plan_items \
+             WHERE job_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(job_id)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PlanItem {
+                    idx: r.try_get("idx")?,
+                    image_id: r.try_get("image_id")?,
+                    image_name: r.try_get("image_name")?,
+                    kind: r.try_get("kind")?,
+                    tag: r.try_get("tag")?,
+                    digest: r.try_get("digest")?,
+                    pushed_version: r.try_get("pushed_version")?,
+                    reason: r.try_get("reason")?,
+                    bytes: r.try_get("bytes")?,
+                })
+            })
+            .collect()
+    }
+}
