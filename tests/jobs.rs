@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Fixture, Server, TestDb};
+use common::{ADMIN, Fixture, Server, TestDb, call, job, state, wait_for};
 use layerline_core::domain::DomainEvent;
 use layerline_core::store::{Backend, EventStore, ReadModels, Store};
 use reqwest::Method;
@@ -112,49 +112,6 @@ async fn the_jobs_command_lists_shows_watches_and_cancels() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-}
-
-async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, url)
-        .header("X-Auth-Token", ADMIN);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn job(server: &Server, id: &str) -> Value {
-    let (status, body) = call(Method::GET, &format!("{}/v1/jobs/{id}", server.base), None).await;
-    assert_eq!(status, 200, "{body}");
-    body["data"].clone()
-}
-
-/// Polls job `id` until `done(job)` holds, failing after `limit`.
-async fn wait_for(
-    server: &Server,
-    id: &str,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let started = Instant::now();
-    loop {
-        let j = job(server, id).await;
-        if done(&j) {
-            return j;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "job {id} did not get there in {limit:?}: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn state(j: &Value) -> &str {
-    j["state"]["current"].as_str().unwrap_or_default()
 }
 
 async fn submit_probe(server: &Server, input: Value) -> String {

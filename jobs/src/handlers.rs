@@ -22,7 +22,8 @@ pub(crate) async fn run(kind: JobKind, input: &Value, ctx: &mut Ctx<'_>) -> Outc
         JobKind::DeleteNamespace => delete_namespace(parse(input)?, ctx).await,
         JobKind::DeleteTag => delete_tags(parse(input)?, ctx).await,
         JobKind::Probe => probe(parse(input)?, ctx).await,
-        JobKind::Import | JobKind::Prune | JobKind::Gc => Err(Failure::Permanent(format!(
+        JobKind::Prune => crate::prune::prune(parse(input)?, ctx).await,
+        JobKind::Import | JobKind::Gc => Err(Failure::Permanent(format!(
             "{} jobs are not supported by this version",
             kind.as_str()
         ))),
@@ -251,18 +252,24 @@ async fn effects(
     id: &str,
     which: impl Fn(&DomainEvent) -> bool,
 ) -> Result<i64, Failure> {
+    Ok(ours(ctx, id).await?.iter().filter(|e| which(e)).count() as i64)
+}
+
+/// The events on image `id`'s stream that this job recorded, over all its attempts.
+pub(crate) async fn ours(ctx: &Ctx<'_>, id: &str) -> Result<Vec<DomainEvent>, Failure> {
     let events = ctx
         .registry()
         .store()
         .read_stream(&Image::stream(id))
         .await
         .map_err(|e| Failure::Transient(e.to_string()))?;
-    let ours = |metadata: &str| {
+    let mine = |metadata: &str| {
         serde_json::from_str::<Value>(metadata)
             .is_ok_and(|m| m["job_id"].as_str() == Some(ctx.job_id.as_str()))
     };
     Ok(events
-        .iter()
-        .filter(|e| which(&e.event) && ours(&e.metadata))
-        .count() as i64)
+        .into_iter()
+        .filter(|e| mine(&e.metadata))
+        .map(|e| e.event)
+        .collect())
 }

@@ -6,6 +6,7 @@
 
 pub mod handlers;
 pub mod pool;
+pub mod prune;
 pub mod runner;
 
 pub use pool::{PoolConfig, Queues};

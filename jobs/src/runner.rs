@@ -264,8 +264,8 @@ pub struct Ctx<'a> {
     last_progress: Option<Instant>,
 }
 
-impl Ctx<'_> {
-    pub fn registry(&self) -> &Registry<Store> {
+impl<'a> Ctx<'a> {
+    pub fn registry(&self) -> &'a Registry<Store> {
         &self.runner.registry
     }
 

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use layerline_core::domain::event::{Blob, ManifestRecorded, NamespaceCreated};
 use layerline_core::domain::image::ImageCommand;
@@ -18,6 +18,8 @@ use layerline_core::domain::{DomainError, DomainEvent};
 use layerline_core::service::{Registry, ServiceError};
 use layerline_core::store::scratch::Scratch;
 use layerline_core::store::{Backend, Metadata, ReadModels, Store};
+use reqwest::Method;
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_layerline");
 
@@ -383,4 +385,51 @@ pub fn push(name: &str, n: u64) -> ImageCommand {
         digest: digest(n),
         new_tag_id: uuid::Uuid::new_v4().to_string(),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The HTTP API as the admin sees it
+
+/// `method url` with the admin token and a JSON body; the status and the JSON answer.
+pub async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, url)
+        .header("X-Auth-Token", ADMIN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn job(server: &Server, id: &str) -> Value {
+    let (status, body) = call(Method::GET, &format!("{}/v1/jobs/{id}", server.base), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// Polls job `id` until `done(job)` holds, failing after `limit`.
+pub async fn wait_for(
+    server: &Server,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let j = job(server, id).await;
+        if done(&j) {
+            return j;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {id} did not get there in {limit:?}: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn state(j: &Value) -> &str {
+    j["state"]["current"].as_str().unwrap_or_default()
 }

@@ -14,6 +14,7 @@ use super::auth::{AuthError, Principal, authenticate};
 use super::{AppState, Params};
 use crate::domain::DomainError;
 use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
+use crate::domain::policy::{Policy, PolicySpec, PruneInput};
 use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs", get(list_jobs).post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/tasks", post(job_task))
+        .route("/v1/jobs/{id}/plan", get(job_plan))
         .route("/v1/images/tasks", post(images_task))
         .route("/v1/images/{id}", delete(delete_image))
 }
@@ -143,7 +145,9 @@ impl From<ServiceError> for ApiError {
                 "Duplicate",
                 format!("{resource} {id} already exists"),
             ),
-            ServiceError::Domain(e) => ApiError::invalid("data", e.to_string()),
+            ServiceError::Domain(e @ DomainError::Invalid { field, .. }) => {
+                ApiError::invalid(field, e.to_string())
+            }
             ServiceError::Contention { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503.not-ready",
@@ -711,7 +715,7 @@ async fn accepted(
 
 #[utoipa::path(
     post, path = "/v1/images/tasks", tag = "jobs", request_body = TaskRequest,
-    summary = "Image tasks: {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} (images-manage)",
+    summary = "Image tasks (images-manage): {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} or {\"action\": \"prune\", \"contents\": {\"policy\": {...}, \"dry_run\": true}}",
     responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 202, description = "Accepted", body = Data<JobDescriptor>)),
     security(("token" = []), ("bearer" = []))
 )]
@@ -721,12 +725,22 @@ pub(crate) async fn images_task(
     Body(req): Body<TaskRequest>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers, Capability::ImagesManage).await?;
-    if req.action != "delete_tags" {
-        return Err(ApiError::invalid(
+    match req.action.as_str() {
+        "delete_tags" => delete_tags_task(&state, &headers, &p, req.contents).await,
+        "prune" => prune_task(&state, &headers, &p, req.contents).await,
+        other => Err(ApiError::invalid(
             "action",
-            format!("unknown action `{}` (delete_tags)", req.action),
-        ));
+            format!("unknown action `{other}` (delete_tags, prune)"),
+        )),
     }
+}
+
+async fn delete_tags_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Principal,
+    contents: Value,
+) -> Result<Response, ApiError> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Contents {
@@ -734,7 +748,7 @@ pub(crate) async fn images_task(
         #[serde(default)]
         force: bool,
     }
-    let c: Contents = serde_json::from_value(req.contents)
+    let c: Contents = serde_json::from_value(contents)
         .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
     if c.tag_ids.is_empty() || c.tag_ids.len() > 10_000 {
         return Err(ApiError::invalid("contents/tag_ids", "1 to 10000 tag ids"));
@@ -762,10 +776,126 @@ pub(crate) async fn images_task(
         caption: format!("delete {} tag(s)", c.tag_ids.len()),
         input: json!({"tag_ids": c.tag_ids, "force": c.force}),
         creator: Some(p.actor()),
-        idempotency_key: idempotency_key(&headers)?,
+        idempotency_key: idempotency_key(headers)?,
         marks: None,
     };
-    accepted(&state, sub, StatusCode::ACCEPTED).await
+    accepted(state, sub, StatusCode::ACCEPTED).await
+}
+
+/// A prune run of an inline policy body: checked here (bad input is refused before a job
+/// exists), planned and applied by the job.
+async fn prune_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Principal,
+    contents: Value,
+) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Contents {
+        policy: Option<PolicySpec>,
+        #[serde(default)]
+        dry_run: bool,
+    }
+    let c: Contents = serde_json::from_value(contents)
+        .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
+    let Some(policy) = c.policy else {
+        return Err(ApiError::invalid(
+            "contents/policy",
+            "name the policy to run: `policy` (a policy body)",
+        ));
+    };
+    Policy::compile(&policy).map_err(ServiceError::Domain)?;
+    let namespace = state
+        .store()
+        .namespace(&policy.namespace_id)
+        .await
+        .map_err(internal)?;
+    let Some(namespace) = namespace.filter(|n| p.sees(&n.project_id)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.namespace",
+            "Not found",
+            format!("no namespace {}", policy.namespace_id),
+        ));
+    };
+    let input = PruneInput {
+        policy_id: None,
+        policy_version: None,
+        policy,
+        dry_run: c.dry_run,
+    };
+    let sub = Submission {
+        kind: JobKind::Prune,
+        caption: format!(
+            "prune namespace {}{}",
+            namespace.name,
+            if c.dry_run { " (dry run)" } else { "" }
+        ),
+        input: serde_json::to_value(&input).map_err(internal)?,
+        creator: Some(p.actor()),
+        idempotency_key: idempotency_key(headers)?,
+        marks: None,
+    };
+    accepted(state, sub, StatusCode::ACCEPTED).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PlanParams {
+    #[serde(rename = "page[number]")]
+    #[param(rename = "page[number]")]
+    page_number: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[serde(rename = "page[size]")]
+    #[param(rename = "page[size]")]
+    page_size: Option<String>,
+}
+
+const MAX_PLAN_PAGE: i64 = 1_000;
+
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/plan", tag = "jobs", params(("id" = String, Path), PlanParams),
+    summary = "A prune job's stored plan, a page of its items at a time (jobs-view)",
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The plan's summary and a page of items"), (status = 404, description = "No such job, or it has no plan (yet)")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn job_plan(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Params(q): Params<PlanParams>,
+) -> Result<Response, ApiError> {
+    principal(&state, &headers, Capability::JobsView).await?;
+    let size = number("page[size]", q.page_size.as_deref(), 100, MAX_PLAN_PAGE)?;
+    let page = number("page[number]", q.page_number.as_deref(), 1, 1_000_000)?;
+    state
+        .store()
+        .job(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::missing_job(&id))?;
+    let Some(header) = state.store().plan(&id).await.map_err(internal)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.plan",
+            "No plan",
+            format!("job {id} has no plan (not a prune job, or not planned yet)"),
+        ));
+    };
+    let items = state
+        .store()
+        .plan_items(&id, (page - 1) * size, size)
+        .await
+        .map_err(internal)?;
+    let total = header.tags + header.manifests;
+    let mut plan = serde_json::to_value(&header).map_err(internal)?;
+    plan["items"] = serde_json::to_value(&items).map_err(internal)?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"data": plan, "meta": {"total": total}})),
+    )
+        .into_response())
 }
 
 #[utoipa::path(

@@ -39,6 +39,7 @@ use super::{cycle, scaleway, yandex};
         cycle::create_job,
         cycle::get_job,
         cycle::job_task,
+        cycle::job_plan,
         cycle::images_task,
         cycle::delete_image,
     ),

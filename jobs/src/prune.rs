@@ -1,0 +1,205 @@
+//! Prune runs (design §8): plan at one log position, store the plan, then (unless a dry run)
+//! delete what it chose, image by image, leaving whatever changed since the plan.
+//!
+//! The plan is made once per job: a rerun after a crash or a retry reads the stored plan
+//! back, so every attempt deletes from the same list, and a dry run and a real run of the
+//! same policy on the same state store the same items.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use layerline_core::domain::DomainError;
+use layerline_core::domain::event::DomainEvent;
+use layerline_core::domain::format_time;
+use layerline_core::domain::image::ImageCommand;
+use layerline_core::domain::policy::{Policy, PruneInput};
+use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, select};
+use layerline_core::service::ServiceError;
+use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot};
+use serde_json::{Value, json};
+
+use crate::handlers::ours;
+use crate::runner::{Ctx, Failure, Outcome};
+
+/// What `policy` deletes from `snapshot` at time `now`: the plan's summary and its items,
+/// images in name order, each image's tags and then its manifests.
+pub fn make_plan(
+    job_id: &str,
+    input: &PruneInput,
+    policy: &Policy,
+    snapshot: &Snapshot,
+    now: DateTime<Utc>,
+) -> (PlanHeader, Vec<PlanItem>) {
+    let mut images: Vec<_> = snapshot
+        .images
+        .iter()
+        .filter(|i| policy.covers(&i.name))
+        .collect();
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut items = Vec::new();
+    let (mut touched, mut tags, mut manifests, mut bytes) = (0, 0, 0, 0);
+    for image in images {
+        let plan = select(&policy.rules, &image.state, now);
+        if plan.deletions() == 0 {
+            continue;
+        }
+        touched += 1;
+        tags += plan.tags.len() as i64;
+        manifests += plan.manifests.len() as i64;
+        bytes += plan.bytes();
+        let item =
+            |kind: &str, tag: Option<String>, digest: String, pushed, reason, bytes| PlanItem {
+                idx: 0,
+                image_id: image.id.clone(),
+                image_name: image.name.clone(),
+                kind: kind.to_owned(),
+                tag,
+                digest,
+                pushed_version: pushed,
+                reason: reason_name(reason),
+                bytes,
+            };
+        for t in plan.tags {
+            items.push(item(
+                KIND_TAG,
+                Some(t.name),
+                t.digest,
+                Some(t.pushed_version),
+                t.reason,
+                0,
+            ));
+        }
+        for m in plan.manifests {
+            items.push(item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes));
+        }
+    }
+    for (i, item) in items.iter_mut().enumerate() {
+        item.idx = i as i64;
+    }
+    let header = PlanHeader {
+        job_id: job_id.to_owned(),
+        position: snapshot.position,
+        policy_id: input.policy_id.clone(),
+        policy_version: input.policy_version,
+        images: touched,
+        tags,
+        manifests,
+        bytes,
+        created_at: format_time(now),
+    };
+    (header, items)
+}
+
+fn reason_name(reason: Reason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
+    let policy = Policy::compile(&input.policy).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let store = ctx.registry().store();
+    let transient = |e: layerline_core::store::StoreError| Failure::Transient(e.to_string());
+    let header = match store.plan(&ctx.job_id).await.map_err(transient)? {
+        Some(header) => header,
+        None => {
+            ctx.boundary(0, 1, "plan", true).await?;
+            let snapshot = store
+                .prune_snapshot(&policy.namespace_id)
+                .await
+                .map_err(transient)?;
+            let (header, items) = make_plan(&ctx.job_id, &input, &policy, &snapshot, Utc::now());
+            store.save_plan(&header, &items).await.map_err(transient)?;
+            // Another attempt may have stored its plan first: the stored one is the plan.
+            store
+                .plan(&ctx.job_id)
+                .await
+                .map_err(transient)?
+                .ok_or_else(|| Failure::Transient("the stored plan vanished".to_owned()))?
+        }
+    };
+    let planned = json!({
+        "position": header.position,
+        "images": header.images,
+        "tags": header.tags,
+        "manifests": header.manifests,
+        "bytes": header.bytes,
+    });
+    let mut summary = json!({
+        "policy_id": header.policy_id,
+        "policy_version": header.policy_version,
+        "dry_run": input.dry_run,
+        "planned": planned,
+    });
+    if input.dry_run {
+        ctx.boundary(1, 1, "planned (dry run)", true).await?;
+        return Ok(summary);
+    }
+    let deletions = (header.tags + header.manifests) as usize;
+    check_guard(deletions, policy.max_deletions as usize)
+        .map_err(|e: GuardExceeded| Failure::Permanent(e.to_string()))?;
+
+    let items = store
+        .plan_items(&ctx.job_id, 0, i64::MAX)
+        .await
+        .map_err(transient)?;
+    let mut by_image: Vec<(String, String, Vec<PlanItem>)> = Vec::new();
+    for item in items {
+        match by_image.last_mut() {
+            Some((id, _, list)) if *id == item.image_id => list.push(item),
+            _ => by_image.push((item.image_id.clone(), item.image_name.clone(), vec![item])),
+        }
+    }
+    let total = by_image.len() as i64;
+    let (mut tags_deleted, mut manifests_deleted, mut bytes_freed) = (0_i64, 0_i64, 0_i64);
+    for (n, (image_id, name, list)) in by_image.iter().enumerate() {
+        ctx.boundary(n as i64, total, &format!("prune image {name}"), false)
+            .await?;
+        let tags = list
+            .iter()
+            .filter(|i| i.kind == KIND_TAG)
+            .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
+            .collect();
+        let bytes: HashMap<&str, i64> = list
+            .iter()
+            .filter(|i| i.kind == KIND_MANIFEST)
+            .map(|i| (i.digest.as_str(), i.bytes))
+            .collect();
+        let manifests = bytes.keys().map(|d| (*d).to_owned()).collect();
+        let cmd = ImageCommand::Prune { tags, manifests };
+        let appended = match ctx.registry().image(image_id, cmd, &ctx.meta).await {
+            Ok(events) => events,
+            Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // A rerun counts what every attempt of this job deleted, not only its own.
+        let events = if ctx.attempt == 1 {
+            appended
+        } else {
+            ours(ctx, image_id).await?
+        };
+        for e in &events {
+            match e {
+                DomainEvent::TagDeleted(_) => tags_deleted += 1,
+                DomainEvent::ManifestDeleted(m) => {
+                    manifests_deleted += 1;
+                    bytes_freed += bytes.get(m.digest.as_str()).copied().unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    ctx.boundary(total, total, "done", true).await?;
+    let skipped = deletions as i64 - tags_deleted - manifests_deleted;
+    let result: BTreeMap<&str, Value> = BTreeMap::from([
+        ("tags_deleted", tags_deleted.into()),
+        ("manifests_deleted", manifests_deleted.into()),
+        ("bytes_freed", bytes_freed.into()),
+        ("skipped", skipped.into()),
+    ]);
+    for (k, v) in result {
+        summary[k] = v;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,369 @@
+//! Prune runs through the real binary on both backends: the plan a run stores, what it
+//! deletes, its guard, and a tag moved between planning and deleting.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Fixture, Server, TestDb, call, digest, state, wait_for};
+use layerline_core::domain::policy::{Policy, PruneInput};
+use layerline_core::store::{Backend, ReadModels};
+use layerline_jobs::prune::make_plan;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_dry_run_and_a_real_run_delete_exactly_the_planned_set,
+    a_tag_moved_after_planning_survives_the_run,
+    a_plan_over_max_deletions_deletes_nothing,
+);
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Namespace `team`: `app` with tags v1…v5 (pushed in that order, each on its own manifest
+/// 1…5), `latest` on manifest 5 and untagged manifest 6; `api-gw` with v1…v3 on manifests
+/// 11…13; `other` with v1…v3 on manifests 21…23. Every manifest: a 10-byte config and one
+/// 100-byte layer of its own.
+struct Team {
+    ns: String,
+    app: String,
+    gw: String,
+    other: String,
+}
+
+async fn team(fx: &Fixture) -> Team {
+    let ns = fx.namespace("team").await;
+    let app = fx.image(&ns, "app").await;
+    for n in 1..=6 {
+        fx.manifest(&app, n, &[(100 + n, 100)]).await;
+    }
+    for n in 1..=5 {
+        fx.tag(&app, &format!("v{n}"), n).await;
+    }
+    fx.tag(&app, "latest", 5).await;
+    let gw = fx.image(&ns, "api-gw").await;
+    let other = fx.image(&ns, "other").await;
+    for (image, base) in [(&gw, 10), (&other, 20)] {
+        for n in 1..=3 {
+            fx.manifest(image, base + n, &[(100 + base + n, 100)]).await;
+            fx.tag(image, &format!("v{n}"), base + n).await;
+        }
+    }
+    Team { ns, app, gw, other }
+}
+
+/// Keep the two most recent `v…` tags of `app` and `api-*` images, and no untagged manifest.
+fn policy(ns: &str, max_deletions: u64) -> Value {
+    json!({
+        "namespace_id": ns,
+        "image_names": ["app", "api-*"],
+        "rules": {"tag_pattern": "^v", "keep_last": 2, "untagged": true},
+        "max_deletions": max_deletions,
+    })
+}
+
+async fn submit_prune(server: &Server, policy: Value, dry_run: bool) -> String {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "prune", "contents": {"policy": policy, "dry_run": dry_run}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"]["action"], "prune", "{body}");
+    body["data"]["job"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn finished(server: &Server, id: &str) -> Value {
+    wait_for(server, id, LIMIT, |j| {
+        matches!(state(j), "completed" | "error" | "cancelled")
+    })
+    .await
+}
+
+/// Every item of job `id`'s plan, read `size` at a time; checks the pages add up.
+async fn plan_items(server: &Server, id: &str, size: usize) -> (Value, Vec<Value>) {
+    let mut items = Vec::new();
+    let mut header = Value::Null;
+    for page in 1.. {
+        let url = format!(
+            "{}/v1/jobs/{id}/plan?page[number]={page}&page[size]={size}",
+            server.base
+        );
+        let (status, body) = call(Method::GET, &url, None).await;
+        assert_eq!(status, 200, "{body}");
+        let got = body["data"]["items"].as_array().unwrap().clone();
+        header = body["data"].clone();
+        header["total"] = body["meta"]["total"].clone();
+        let last = got.len() < size;
+        items.extend(got);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(header["total"], items.len(), "meta.total counts every item");
+    (header, items)
+}
+
+/// An item as `image tag-or-manifest`, for comparing plans.
+fn key(item: &Value) -> String {
+    match item["kind"].as_str() {
+        Some("tag") => format!("{} tag {}", item["image_name"], item["tag"]),
+        _ => format!("{} manifest {}", item["image_name"], item["digest"]),
+    }
+}
+
+async fn a_dry_run_and_a_real_run_delete_exactly_the_planned_set(db: &TestDb) {
+    let fx = Fixture::new(db.store().await);
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+
+    let dry = submit_prune(&server, policy(&t.ns, 100), true).await;
+    let j = finished(&server, &dry).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["dry_run"], true);
+    let (header, dry_items) = plan_items(&server, &dry, 2).await;
+    let planned: BTreeSet<String> = dry_items.iter().map(key).collect();
+    let expected: BTreeSet<String> = [
+        "\"app\" tag \"v1\"".to_owned(),
+        "\"app\" tag \"v2\"".to_owned(),
+        "\"app\" tag \"v3\"".to_owned(),
+        "\"api-gw\" tag \"v1\"".to_owned(),
+    ]
+    .into_iter()
+    .chain([1, 2, 3, 6].map(|n| format!("\"app\" manifest \"{}\"", digest(n))))
+    .chain([format!("\"api-gw\" manifest \"{}\"", digest(11))])
+    .collect();
+    assert_eq!(planned, expected);
+    // Each deleted manifest frees its own config and layer.
+    assert_eq!(header["bytes"], 5 * 110);
+    let reasons: BTreeSet<&str> = dry_items
+        .iter()
+        .map(|i| i["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        BTreeSet::from(["keep_last", "tags_deleted", "untagged"])
+    );
+    // A dry run deletes nothing.
+    assert_eq!(fx.tag_names(&t.app).await.len(), 6);
+    assert_eq!(fx.image_size(&t.app).await, 6 * 110);
+
+    let real = submit_prune(&server, policy(&t.ns, 100), false).await;
+    let j = finished(&server, &real).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let (_, real_items) = plan_items(&server, &real, 1000).await;
+    let applied: BTreeSet<String> = real_items.iter().map(key).collect();
+    assert_eq!(
+        applied, planned,
+        "the real run planned what the dry run did"
+    );
+    let out = &j["output"];
+    assert_eq!(out["tags_deleted"], 4, "{out}");
+    assert_eq!(out["manifests_deleted"], 5, "{out}");
+    assert_eq!(out["bytes_freed"], 5 * 110, "{out}");
+    assert_eq!(out["skipped"], 0, "{out}");
+
+    // Exactly the planned set is gone.
+    assert_eq!(fx.tag_names(&t.app).await, ["latest", "v4", "v5"]);
+    assert_eq!(fx.tag_names(&t.gw).await, ["v2", "v3"]);
+    assert_eq!(fx.tag_names(&t.other).await, ["v1", "v2", "v3"]);
+    assert_eq!(fx.image_size(&t.app).await, 2 * 110);
+    assert_eq!(fx.image_size(&t.gw).await, 2 * 110);
+    assert_eq!(fx.image_size(&t.other).await, 3 * 110);
+    server.terminate();
+}
+
+async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // An API-only process accepts the run; no worker takes it yet.
+    let api = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let id = submit_prune(&api, policy(&t.ns, 100), false).await;
+    assert!(api.terminate());
+
+    // The run's planning step, as a worker that planned and then died would leave it: the
+    // plan is stored at the current log position.
+    let input = PruneInput {
+        policy_id: None,
+        policy_version: None,
+        policy: serde_json::from_value(policy(&t.ns, 100)).unwrap(),
+        dry_run: false,
+    };
+    let compiled = Policy::compile(&input.policy).unwrap();
+    let snapshot = store.prune_snapshot(&t.ns).await.unwrap();
+    let (header, items) = make_plan(&id, &input, &compiled, &snapshot, Utc::now());
+    assert!(store.save_plan(&header, &items).await.unwrap());
+    assert!(items.iter().any(|i| i.tag.as_deref() == Some("v2")));
+
+    // After the plan: v2 is pushed again (moved to manifest 5), and a new tag points at the
+    // planned manifest 3.
+    fx.tag(&t.app, "v2", 5).await;
+    fx.tag(&t.app, "hotfix", 3).await;
+
+    // A worker runs the job from its stored plan.
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let j = finished(&server, &id).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(
+        fx.tag_names(&t.app).await,
+        ["hotfix", "latest", "v2", "v4", "v5"]
+    );
+    let v2 = fx
+        .store()
+        .list_tags(&layerline_core::store::TagQuery {
+            image_id: t.app.clone(),
+            name: Some("v2".to_owned()),
+            sort: None,
+            limit: 10,
+            offset: 0,
+        })
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|tag| tag.name == "v2")
+        .unwrap();
+    assert_eq!(
+        v2.digest,
+        digest(5),
+        "the moved tag still points where it moved"
+    );
+    let out = &j["output"];
+    // v1 and v3 went; v2 (moved) and manifest 3 (tagged again) were skipped.
+    assert_eq!(out["tags_deleted"], 3, "v1, v3 and api-gw's v1: {out}");
+    assert_eq!(out["skipped"], 2, "{out}");
+    assert_eq!(out["planned"]["position"], header.position);
+    // Manifest 3 stays (hotfix); 1, 2 (untagged once v2 moved, as planned) and 6 went.
+    assert_eq!(
+        fx.image_size(&t.app).await,
+        3 * 110,
+        "manifests 3, 4, 5 remain"
+    );
+    server.terminate();
+}
+
+async fn a_plan_over_max_deletions_deletes_nothing(db: &TestDb) {
+    let fx = Fixture::new(db.store().await);
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+
+    let id = submit_prune(&server, policy(&t.ns, 8), false).await;
+    let j = finished(&server, &id).await;
+    assert_eq!(state(&j), "error", "{j}");
+    assert_eq!(j["attempts"], 1, "a guard is not retried: {j}");
+    let error = j["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("9 items, more than max_deletions (8)"),
+        "{error}"
+    );
+    // The plan is kept, to show what the run would have done; nothing was deleted.
+    let (header, items) = plan_items(&server, &id, 100).await;
+    assert_eq!(items.len(), 9);
+    assert_eq!(header["tags"], 4);
+    assert_eq!(fx.tag_names(&t.app).await.len(), 6);
+    assert_eq!(fx.tag_names(&t.gw).await.len(), 3);
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_prune_requests_are_refused_and_nothing_is_queued() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("team").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let url = format!("{}/v1/images/tasks", server.base);
+
+    let refused = |contents: Value| {
+        let url = url.clone();
+        async move {
+            let body = json!({"action": "prune", "contents": contents});
+            call(Method::POST, &url, Some(body)).await
+        }
+    };
+    let mut bad_regex = policy(&ns, 10);
+    bad_regex["rules"]["tag_pattern"] = json!("(unclosed");
+    let (status, body) = refused(json!({"policy": bad_regex})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/rules.tag_pattern", "{body}");
+
+    let mut bad_age = policy(&ns, 10);
+    bad_age["rules"]["older_than"] = json!("30 days");
+    let (status, body) = refused(json!({"policy": bad_age})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/rules.older_than", "{body}");
+
+    let (status, body) = refused(json!({"dry_run": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/contents/policy", "{body}");
+
+    let (status, body) = refused(json!({"policy": policy(&ns, 10), "dryrun": true})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["detail"].as_str().unwrap().contains("dryrun"),
+        "{body}"
+    );
+
+    let (status, body) = refused(json!({"policy": policy("no-such-namespace", 10)})).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "404.namespace", "{body}");
+
+    // A token that may only read jobs cannot start one.
+    let viewer = fx
+        .registry
+        .create_token("viewer", &["jobs-view".to_owned()], None, None, &fx.meta)
+        .await
+        .unwrap()
+        .unwrap();
+    let res = reqwest::Client::new()
+        .post(&url)
+        .header("X-Auth-Token", &viewer.secret)
+        .json(&json!({"action": "prune", "contents": {"policy": policy(&ns, 10)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+
+    let (status, body) = call(
+        Method::GET,
+        &format!("{}/v1/jobs?meta=total", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["meta"]["total"], 0, "no job was accepted: {body}");
+    server.terminate();
+}
