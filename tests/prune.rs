@@ -43,6 +43,7 @@ on_both_backends!(
     a_dry_run_and_a_real_run_delete_exactly_the_planned_set,
     a_tag_moved_after_planning_survives_the_run,
     a_plan_over_max_deletions_deletes_nothing,
+    policies_are_versioned_checked_and_run_by_id,
 );
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -365,5 +366,120 @@ async fn bad_prune_requests_are_refused_and_nothing_is_queued() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(body["meta"]["total"], 0, "no job was accepted: {body}");
+    server.terminate();
+}
+
+async fn policies_are_versioned_checked_and_run_by_id(db: &TestDb) {
+    let fx = Fixture::new(db.store().await);
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let url = format!("{}/v1/prune-policies", server.base);
+    let mut body = policy(&t.ns, 100);
+    body["name"] = json!("keep-2");
+    body["schedule"] = json!("0 3 * * *");
+    body["timezone"] = json!("Europe/Paris");
+
+    let (status, created) = call(Method::POST, &url, Some(body.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let p = &created["data"];
+    let id = p["id"].as_str().unwrap().to_owned();
+    assert_eq!(p["version"], 1);
+    assert_eq!(p["rules"]["keep_last"], 2);
+    assert_eq!(p["enabled"], true);
+    assert!(
+        p["next_run_at"]
+            .as_str()
+            .unwrap()
+            .ends_with(":00:00.000000Z"),
+        "{p}"
+    );
+    assert_eq!(p["last_run"], Value::Null);
+
+    // Each bad field is refused by name, and nothing is recorded.
+    for (field, value, source) in [
+        ("schedule", json!("every night"), "/schedule"),
+        ("timezone", json!("Mars/Olympus"), "/timezone"),
+        ("rules", json!({"tag_pattern": "("}), "/rules.tag_pattern"),
+        (
+            "rules",
+            json!({"older_than": "a while"}),
+            "/rules.older_than",
+        ),
+        ("max_deletions", json!(0), "/max_deletions"),
+        ("name", json!(""), "/name"),
+    ] {
+        let mut bad = body.clone();
+        bad["name"] = json!("other");
+        bad[field] = value;
+        let (status, answer) = call(Method::POST, &url, Some(bad)).await;
+        assert_eq!(status, 422, "{field}: {answer}");
+        assert_eq!(answer["error"]["source"], source, "{answer}");
+    }
+    let (status, answer) = call(Method::POST, &url, Some(body.clone())).await;
+    assert_eq!(status, 409, "the name is taken: {answer}");
+    let mut elsewhere = body.clone();
+    elsewhere["namespace_id"] = json!("no-such-namespace");
+    let (status, _) = call(Method::POST, &url, Some(elsewhere)).await;
+    assert_eq!(status, 404);
+    let (status, list) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["meta"]["total"], 1, "{list}");
+
+    // A change is a new version; the same body again records nothing.
+    body["max_deletions"] = json!(50);
+    let one = format!("{url}/{id}");
+    let (status, updated) = call(Method::PUT, &one, Some(body.clone())).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["data"]["version"], 2);
+    assert_eq!(updated["data"]["max_deletions"], 50);
+    let (_, again) = call(Method::PUT, &one, Some(body.clone())).await;
+    assert_eq!(again["data"]["version"], 2);
+
+    // A run by id uses the current version and shows as the policy's last run.
+    let (status, answer) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "prune", "contents": {"policy_id": id, "dry_run": true}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let job = answer["data"]["job"]["id"].as_str().unwrap().to_owned();
+    let j = finished(&server, &job).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["policy_id"], id.as_str());
+    assert_eq!(j["output"]["policy_version"], 2);
+    assert_eq!(j["output"]["planned"]["tags"], 4);
+    let (_, shown) = call(Method::GET, &one, None).await;
+    assert_eq!(shown["data"]["last_run"]["job_id"], job.as_str(), "{shown}");
+    assert_eq!(shown["data"]["last_run"]["state"], "completed");
+
+    // Only policies-manage may touch policies.
+    let viewer = fx
+        .registry
+        .create_token("viewer", &["jobs-view".to_owned()], None, None, &fx.meta)
+        .await
+        .unwrap()
+        .unwrap();
+    let res = reqwest::Client::new()
+        .get(&one)
+        .header("X-Auth-Token", &viewer.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+
+    let (status, _) = call(Method::DELETE, &one, None).await;
+    assert_eq!(status, 204);
+    let (status, gone) = call(Method::GET, &one, None).await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["error"]["code"], "404.policy");
+    let (status, _) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "prune", "contents": {"policy_id": id}})),
+    )
+    .await;
+    assert_eq!(status, 404);
     server.terminate();
 }

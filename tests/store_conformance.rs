@@ -64,6 +64,7 @@ conformance!(
     rebuild_reproduces_random_workloads_row_for_row,
     an_event_stored_with_an_older_schema_version_still_replays,
     job_descriptors_follow_their_streams_and_survive_rebuild,
+    prune_policies_follow_their_streams_and_survive_rebuild,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1095,6 +1096,103 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
     assert_eq!(
         materialize([], [], [], jobs.iter()).job_descriptors,
         before.job_descriptors
+    );
+    f.store().rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(f.store().read_model_rows().await.unwrap(), before);
+}
+
+async fn prune_policies_follow_their_streams_and_survive_rebuild(store: Store) {
+    use layerline_core::domain::job::{Job, JobAccepted, JobCommand, JobKind};
+    use layerline_core::domain::policy::{PolicyCommand, PolicySpec, PrunePolicy};
+    use layerline_core::store::rows::materialize_policies;
+    let f = Fixture::new(store);
+    let ns = f.namespace("team").await;
+    let body = |name: &str, keep_last: u32| -> PolicySpec {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "namespace_id": ns, "rules": {"keep_last": keep_last},
+            "schedule": "0 3 * * *", "timezone": "Europe/Paris",
+        }))
+        .unwrap()
+    };
+    let policy = |id: &'static str, cmd: PolicyCommand| {
+        let registry = f.registry.clone();
+        async move {
+            registry
+                .execute::<PrunePolicy>(id, cmd, &Metadata::default())
+                .await
+        }
+    };
+    policy("p1", PolicyCommand::Create(body("keep-3", 3)))
+        .await
+        .unwrap();
+    // Names are unique per namespace.
+    let taken = policy("p2", PolicyCommand::Create(body("keep-3", 5)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            taken,
+            ServiceError::Domain(DomainError::Conflict {
+                resource: "policy",
+                ..
+            })
+        ),
+        "{taken:?}"
+    );
+    assert!(f.store().policy("p2").await.unwrap().is_none());
+    policy("p2", PolicyCommand::Create(body("keep-5", 5)))
+        .await
+        .unwrap();
+    policy("p1", PolicyCommand::Update(body("keep-3", 4)))
+        .await
+        .unwrap();
+    policy("p2", PolicyCommand::Delete).await.unwrap();
+
+    let row = f.store().policy("p1").await.unwrap().unwrap();
+    assert_eq!(row.version, 2);
+    assert_eq!(row.schedule.as_deref(), Some("0 3 * * *"));
+    assert_eq!(row.timezone, "Europe/Paris");
+    let stored: PolicySpec = serde_json::from_str(&row.body).unwrap();
+    assert_eq!(stored, body("keep-3", 4));
+    assert!(f.store().policy("p2").await.unwrap().is_none());
+    assert_eq!(row.last_run_job_id, None);
+
+    // Runs naming the policy: the newest is its last run, whatever order they land in.
+    let accept = |id: &'static str| {
+        let registry = f.registry.clone();
+        async move {
+            let cmd = JobCommand::Accept(JobAccepted {
+                job_id: id.into(),
+                kind: JobKind::Prune,
+                caption: "prune".into(),
+                input: serde_json::json!({"policy_id": "p1"}),
+                creator: None,
+                idempotency_key: None,
+            });
+            registry
+                .execute::<Job>(id, cmd, &Metadata::default())
+                .await
+                .unwrap();
+        }
+    };
+    accept("0190-b").await;
+    accept("0190-a").await;
+    let row = f.store().policy("p1").await.unwrap().unwrap();
+    assert_eq!(row.last_run_job_id.as_deref(), Some("0190-b"));
+
+    let before = f.store().read_model_rows().await.unwrap();
+    assert_eq!(before.prune_policies.len(), 1);
+    let policies = [
+        f.registry.load::<PrunePolicy>("p1").await.unwrap(),
+        f.registry.load::<PrunePolicy>("p2").await.unwrap(),
+    ];
+    let jobs = [
+        f.registry.load::<Job>("0190-a").await.unwrap(),
+        f.registry.load::<Job>("0190-b").await.unwrap(),
+    ];
+    assert_eq!(
+        materialize_policies(policies.iter(), jobs.iter()),
+        before.prune_policies
     );
     f.store().rebuild(&|_, _| {}).await.unwrap();
     assert_eq!(f.store().read_model_rows().await.unwrap(), before);

@@ -166,6 +166,16 @@ impl<S: EventStore + ReadModels> Registry<S> {
     }
 }
 
+fn policy_name_taken(body: &crate::domain::policy::PolicySpec) -> DomainError {
+    DomainError::Conflict {
+        resource: "policy",
+        message: format!(
+            "a policy named {} already exists in namespace {}",
+            body.name, body.namespace_id
+        ),
+    }
+}
+
 /// Turns a read model rule that refused an append into the domain error it stands for.
 fn refusal(err: StoreError, events: &[DomainEvent]) -> ServiceError {
     let first = events.first();
@@ -194,6 +204,12 @@ fn refusal(err: StoreError, events: &[DomainEvent]) -> ServiceError {
                 resource: "namespace",
                 message: "the namespace still has images".to_owned(),
             }
+        }
+        (StoreError::Unique { .. }, Some(DomainEvent::PolicyCreated(c))) => {
+            policy_name_taken(&c.body)
+        }
+        (StoreError::Unique { .. }, Some(DomainEvent::PolicyUpdated(u))) => {
+            policy_name_taken(&u.body)
         }
         (StoreError::BlobSize { .. }, _) => DomainError::Invalid {
             field: "blob",

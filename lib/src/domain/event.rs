@@ -10,6 +10,7 @@ pub use super::job::{
     JobAccepted, JobCancelRequested, JobCancelled, JobFailed, JobProgressed, JobRetried,
     JobStarted, JobSucceeded,
 };
+pub use super::policy::{PolicyCreated, PolicyUpdated};
 
 /// Stable event type names (persisted in `events.event_type`).
 pub mod types {
@@ -34,6 +35,9 @@ pub mod types {
     pub const JOB_FAILED: &str = "job.failed";
     pub const JOB_CANCEL_REQUESTED: &str = "job.cancel_requested";
     pub const JOB_CANCELLED: &str = "job.cancelled";
+    pub const POLICY_CREATED: &str = "policy.created";
+    pub const POLICY_UPDATED: &str = "policy.updated";
+    pub const POLICY_DELETED: &str = "policy.deleted";
 }
 
 /// A content-addressed blob (layer or config) as a manifest references it.
@@ -158,6 +162,9 @@ pub enum DomainEvent {
     JobFailed(JobFailed),
     JobCancelRequested(JobCancelRequested),
     JobCancelled(JobCancelled),
+    PolicyCreated(PolicyCreated),
+    PolicyUpdated(PolicyUpdated),
+    PolicyDeleted,
 }
 
 /// Why a stored event could not be read back.
@@ -201,6 +208,9 @@ impl DomainEvent {
             DomainEvent::JobFailed(_) => JOB_FAILED,
             DomainEvent::JobCancelRequested(_) => JOB_CANCEL_REQUESTED,
             DomainEvent::JobCancelled(_) => JOB_CANCELLED,
+            DomainEvent::PolicyCreated(_) => POLICY_CREATED,
+            DomainEvent::PolicyUpdated(_) => POLICY_UPDATED,
+            DomainEvent::PolicyDeleted => POLICY_DELETED,
         }
     }
 
@@ -232,7 +242,11 @@ impl DomainEvent {
             DomainEvent::JobFailed(p) => serde_json::to_string(p),
             DomainEvent::JobCancelRequested(p) => serde_json::to_string(p),
             DomainEvent::JobCancelled(p) => serde_json::to_string(p),
-            DomainEvent::NamespaceDeleted | DomainEvent::ImageDeleted => Ok("{}".to_owned()),
+            DomainEvent::PolicyCreated(p) => serde_json::to_string(p),
+            DomainEvent::PolicyUpdated(p) => serde_json::to_string(p),
+            DomainEvent::NamespaceDeleted
+            | DomainEvent::ImageDeleted
+            | DomainEvent::PolicyDeleted => Ok("{}".to_owned()),
         };
         // Serialising plain structs of strings, numbers and options cannot fail.
         value.expect("event payloads always serialise")
@@ -296,6 +310,9 @@ impl DomainEvent {
             JOB_FAILED => DomainEvent::JobFailed(parse(payload).map_err(err)?),
             JOB_CANCEL_REQUESTED => DomainEvent::JobCancelRequested(parse(payload).map_err(err)?),
             JOB_CANCELLED => DomainEvent::JobCancelled(parse(payload).map_err(err)?),
+            POLICY_CREATED => DomainEvent::PolicyCreated(parse(payload).map_err(err)?),
+            POLICY_UPDATED => DomainEvent::PolicyUpdated(parse(payload).map_err(err)?),
+            POLICY_DELETED => DomainEvent::PolicyDeleted,
             _ => unreachable!("current_schema_version knows every type"),
         };
         Ok(event)
@@ -328,7 +345,10 @@ pub fn current_schema_version(event_type: &str) -> i32 {
         | JOB_RETRIED
         | JOB_FAILED
         | JOB_CANCEL_REQUESTED
-        | JOB_CANCELLED => 1,
+        | JOB_CANCELLED
+        | POLICY_CREATED
+        | POLICY_UPDATED
+        | POLICY_DELETED => 1,
         // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
         TAG_PUSHED | TAG_DELETED => 2,
         _ => 0,

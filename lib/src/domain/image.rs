@@ -811,7 +811,7 @@ mod tests {
 
     #[test]
     fn prune_leaves_a_tag_moved_since_the_plan_and_its_new_manifest() {
-        let mut g = given()
+        let g = given()
             .record(manifest(1, &[(100, 1)]))
             .record(manifest(2, &[(101, 1)]))
             .tag("v1", 1);
@@ -826,7 +826,7 @@ mod tests {
 
     #[test]
     fn prune_keeps_a_planned_manifest_that_a_new_tag_points_at() {
-        let mut g = given().record(manifest(1, &[(100, 1)])).tag("a", 1);
+        let g = given().record(manifest(1, &[(100, 1)])).tag("a", 1);
         let planned = g.0.tags["a"].pushed_version;
         let mut g = Given(g.0).tag("b", 1);
         let events = g.when(prune(&[("a", planned)], &[1])).unwrap();

@@ -7,6 +7,7 @@ pub mod job;
 pub mod namespace;
 pub mod policy;
 pub mod retention;
+pub mod schedule;
 pub mod token;
 pub mod validate;
 
@@ -18,6 +19,7 @@ pub mod streams {
     pub const IMAGE: &str = "image-";
     pub const TOKEN: &str = "token-";
     pub const JOB: &str = "job-";
+    pub const POLICY: &str = "policy-";
 
     pub fn namespace(id: &str) -> String {
         format!("{NAMESPACE}{id}")
@@ -33,6 +35,10 @@ pub mod streams {
 
     pub fn job(id: &str) -> String {
         format!("{JOB}{id}")
+    }
+
+    pub fn policy(id: &str) -> String {
+        format!("{POLICY}{id}")
     }
 }
 

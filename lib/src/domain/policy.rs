@@ -1,12 +1,15 @@
-//! Prune policies: what a policy body says (scope, rules, guard) and its checked form.
+//! Prune policies: what a policy body says (scope, rules, schedule, guard), its checked
+//! form, and the policy aggregate (each change a new version of its stream).
 //!
 //! A run uses a policy's body as it was at one version, or an inline body of the same shape.
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::DomainError;
+use super::event::DomainEvent;
 use super::retention::{Rules, RulesSpec};
+use super::schedule::Schedule;
+use super::{Aggregate, DomainError, streams};
 
 /// Most image-name globs a policy may list.
 pub const MAX_IMAGE_NAMES: usize = 100;
@@ -16,11 +19,16 @@ pub const MAX_GLOB_LEN: usize = 256;
 pub const DEFAULT_MAX_DELETIONS: u64 = 1_000;
 /// The largest guard accepted.
 pub const MAX_MAX_DELETIONS: u64 = 10_000_000;
+/// Longest policy name, in bytes.
+pub const MAX_NAME_LEN: usize = 100;
 
-/// A policy body's scope, rules and guard (the fields a run needs).
+/// A policy body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
+    /// Required for a stored policy; an inline body of a run may leave it out.
+    #[serde(default)]
+    pub name: String,
     /// Images of this namespace are in scope.
     pub namespace_id: String,
     /// Globs on image names (`*` any run of characters, `?` one); empty: every image.
@@ -30,10 +38,27 @@ pub struct PolicySpec {
     /// A run planning more deletions than this deletes nothing.
     #[serde(default = "default_max_deletions")]
     pub max_deletions: u64,
+    /// When runs start by themselves (see [`Schedule`]); none: only when asked.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The schedule's time zone (IANA name).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// A disabled policy is not scheduled; it can still be run by hand.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
 }
 
 fn default_max_deletions() -> u64 {
     DEFAULT_MAX_DELETIONS
+}
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+fn default_enabled() -> bool {
+    true
 }
 
 /// A prune job's input: the policy body it runs (inline, or a stored policy's body at
@@ -57,6 +82,7 @@ pub struct Policy {
     image_names: Vec<Regex>,
     pub rules: Rules,
     pub max_deletions: u64,
+    pub schedule: Option<Schedule>,
 }
 
 impl Policy {
@@ -82,11 +108,30 @@ impl Policy {
                 format!("from 1 to {MAX_MAX_DELETIONS}"),
             ));
         }
+        if spec.name.len() > MAX_NAME_LEN || spec.name.chars().any(char::is_control) {
+            return Err(DomainError::invalid(
+                "name",
+                format!("at most {MAX_NAME_LEN} bytes, no control characters"),
+            ));
+        }
+        let rules = Rules::compile(&spec.rules)?;
+        let schedule = spec
+            .schedule
+            .as_deref()
+            .map(|e| Schedule::parse(e, &spec.timezone))
+            .transpose()
+            .map_err(|(field, reason)| DomainError::invalid(field, reason))?;
+        if schedule.is_none() {
+            // Checked all the same, so a stored body never holds a zone it cannot use.
+            Schedule::parse("@daily", &spec.timezone)
+                .map_err(|(field, reason)| DomainError::invalid(field, reason))?;
+        }
         Ok(Policy {
             namespace_id: spec.namespace_id.clone(),
             image_names,
-            rules: Rules::compile(&spec.rules)?,
+            rules,
             max_deletions: spec.max_deletions,
+            schedule,
         })
     }
 
@@ -116,16 +161,127 @@ fn glob(pattern: &str) -> Result<Regex, DomainError> {
     Regex::new(&re).map_err(|e| DomainError::invalid("image_names", e.to_string()))
 }
 
+/// The state of one policy stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrunePolicy {
+    pub id: String,
+    pub body: Option<PolicySpec>,
+    pub deleted: bool,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyCommand {
+    Create(PolicySpec),
+    /// Replaces the body; nothing is recorded when it is unchanged.
+    Update(PolicySpec),
+    Delete,
+}
+
+/// A policy's first version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCreated {
+    pub policy_id: String,
+    pub body: PolicySpec,
+}
+
+/// A policy's next version: its whole new body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdated {
+    pub body: PolicySpec,
+}
+
+/// Checks a body a stored policy may hold.
+fn check(body: &PolicySpec) -> Result<(), DomainError> {
+    if body.name.is_empty() {
+        return Err(DomainError::invalid("name", "a policy needs a name"));
+    }
+    Policy::compile(body).map(drop)
+}
+
+impl PrunePolicy {
+    fn live(&self, id: &str) -> Result<&PolicySpec, DomainError> {
+        match &self.body {
+            Some(body) if !self.deleted => Ok(body),
+            _ => Err(DomainError::not_found("policy", id)),
+        }
+    }
+}
+
+impl Aggregate for PrunePolicy {
+    type Command = PolicyCommand;
+
+    fn stream(id: &str) -> String {
+        streams::policy(id)
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn apply(&mut self, event: &DomainEvent, at: &str, _position: i64) {
+        self.version += 1;
+        self.updated_at = at.to_owned();
+        match event {
+            DomainEvent::PolicyCreated(c) => {
+                self.id = c.policy_id.clone();
+                self.body = Some(c.body.clone());
+                self.created_at = at.to_owned();
+            }
+            DomainEvent::PolicyUpdated(u) => self.body = Some(u.body.clone()),
+            DomainEvent::PolicyDeleted => self.deleted = true,
+            _ => {}
+        }
+    }
+
+    fn decide(&self, id: &str, cmd: PolicyCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        match cmd {
+            PolicyCommand::Create(body) => {
+                if self.body.is_some() {
+                    return Err(DomainError::AlreadyExists {
+                        resource: "policy",
+                        id: id.to_owned(),
+                    });
+                }
+                check(&body)?;
+                Ok(vec![DomainEvent::PolicyCreated(PolicyCreated {
+                    policy_id: id.to_owned(),
+                    body,
+                })])
+            }
+            PolicyCommand::Update(body) => {
+                if *self.live(id)? == body {
+                    return Ok(vec![]);
+                }
+                check(&body)?;
+                Ok(vec![DomainEvent::PolicyUpdated(PolicyUpdated { body })])
+            }
+            PolicyCommand::Delete => {
+                self.live(id)?;
+                Ok(vec![DomainEvent::PolicyDeleted])
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(image_names: &[&str]) -> PolicySpec {
         PolicySpec {
+            name: "keep-3".into(),
             namespace_id: "ns".into(),
             image_names: image_names.iter().map(|s| (*s).into()).collect(),
             rules: RulesSpec::default(),
             max_deletions: 10,
+            schedule: Some("0 3 * * *".into()),
+            timezone: "UTC".into(),
+            enabled: true,
         }
     }
 
@@ -172,5 +328,81 @@ mod tests {
         let mut s = spec(&[]);
         s.rules.tag_pattern = Some("(".into());
         assert_eq!(field(s), "rules.tag_pattern");
+        let mut s = spec(&[]);
+        s.schedule = Some("every day".into());
+        assert_eq!(field(s), "schedule");
+        let mut s = spec(&[]);
+        s.schedule = None;
+        s.timezone = "Nowhere/Else".into();
+        assert_eq!(field(s), "timezone");
+    }
+
+    /// Given a stream's events, a command decides these events or this error.
+    fn decide(given: &[DomainEvent], cmd: PolicyCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        let mut state = PrunePolicy::default();
+        given.iter().for_each(|e| state.apply(e, "t", 0));
+        state.decide("p1", cmd)
+    }
+
+    #[test]
+    fn each_change_is_a_new_version_and_an_unchanged_body_records_nothing() {
+        let created = decide(&[], PolicyCommand::Create(spec(&[]))).unwrap();
+        assert_eq!(created.len(), 1);
+        let mut changed = spec(&[]);
+        changed.max_deletions = 20;
+        let updated = decide(&created, PolicyCommand::Update(changed.clone())).unwrap();
+        assert_eq!(
+            updated,
+            [DomainEvent::PolicyUpdated(PolicyUpdated { body: changed })]
+        );
+        assert_eq!(
+            decide(&created, PolicyCommand::Update(spec(&[]))),
+            Ok(vec![])
+        );
+        let mut state = PrunePolicy::default();
+        created
+            .iter()
+            .chain(&updated)
+            .for_each(|e| state.apply(e, "t", 0));
+        assert_eq!(state.version, 2);
+        assert_eq!(state.body.unwrap().max_deletions, 20);
+    }
+
+    #[test]
+    fn stored_policies_need_a_name_and_a_valid_body() {
+        let mut unnamed = spec(&[]);
+        unnamed.name.clear();
+        assert!(matches!(
+            decide(&[], PolicyCommand::Create(unnamed)),
+            Err(DomainError::Invalid { field: "name", .. })
+        ));
+        let created = decide(&[], PolicyCommand::Create(spec(&[]))).unwrap();
+        let mut bad = spec(&[]);
+        bad.rules.older_than = Some("soon".into());
+        assert!(matches!(
+            decide(&created, PolicyCommand::Update(bad)),
+            Err(DomainError::Invalid {
+                field: "rules.older_than",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_deleted_policy_is_gone() {
+        let mut events = decide(&[], PolicyCommand::Create(spec(&[]))).unwrap();
+        events.extend(decide(&events, PolicyCommand::Delete).unwrap());
+        assert!(matches!(
+            decide(&events, PolicyCommand::Update(spec(&[]))),
+            Err(DomainError::NotFound { .. })
+        ));
+        assert!(matches!(
+            decide(&events, PolicyCommand::Delete),
+            Err(DomainError::NotFound { .. })
+        ));
+        assert!(matches!(
+            decide(&events, PolicyCommand::Create(spec(&[]))),
+            Err(DomainError::AlreadyExists { .. })
+        ));
     }
 }

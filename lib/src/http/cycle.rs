@@ -67,7 +67,7 @@ impl ApiError {
         self
     }
 
-    fn invalid(field: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &str, detail: impl Into<String>) -> Self {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "422.invalid-argument",
@@ -131,6 +131,7 @@ impl From<ServiceError> for ApiError {
                 match resource {
                     "image" => "404.image",
                     "namespace" => "404.namespace",
+                    "policy" => "404.policy",
                     _ => "404.job",
                 },
                 "Not found",
@@ -159,7 +160,7 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-fn internal(err: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(err: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %err, "store failure");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -198,7 +199,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
-async fn principal(
+pub(crate) async fn principal(
     state: &AppState,
     headers: &HeaderMap,
     cap: Capability,
@@ -458,7 +459,7 @@ pub struct Data<T> {
     pub data: T,
 }
 
-fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
+pub(crate) fn data<T: Serialize>(status: StatusCode, value: T) -> Response {
     (status, Json(json!({ "data": value }))).into_response()
 }
 
@@ -499,7 +500,12 @@ const STATES: [&str; 7] = [
 ];
 const MAX_PAGE_SIZE: i64 = 100;
 
-fn number(field: &str, v: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+pub(crate) fn number(
+    field: &str,
+    v: Option<&str>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     match v {
         None => Ok(default),
         Some(s) => match s.parse::<i64>() {
@@ -715,7 +721,7 @@ async fn accepted(
 
 #[utoipa::path(
     post, path = "/v1/images/tasks", tag = "jobs", request_body = TaskRequest,
-    summary = "Image tasks (images-manage): {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} or {\"action\": \"prune\", \"contents\": {\"policy\": {...}, \"dry_run\": true}}",
+    summary = "Image tasks (images-manage): {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} or {\"action\": \"prune\", \"contents\": {\"policy_id\": \"...\" or \"policy\": {...}, \"dry_run\": true}}",
     responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 202, description = "Accepted", body = Data<JobDescriptor>)),
     security(("token" = []), ("bearer" = []))
 )]
@@ -793,17 +799,40 @@ async fn prune_task(
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Contents {
+        policy_id: Option<String>,
         policy: Option<PolicySpec>,
         #[serde(default)]
         dry_run: bool,
     }
     let c: Contents = serde_json::from_value(contents)
         .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
-    let Some(policy) = c.policy else {
-        return Err(ApiError::invalid(
-            "contents/policy",
-            "name the policy to run: `policy` (a policy body)",
-        ));
+    // A stored policy runs the body of its current version, and the run records which.
+    let (policy_id, policy_version, policy) = match (c.policy_id, c.policy) {
+        (Some(id), None) => {
+            let row = state
+                .store()
+                .policy(&id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "404.policy",
+                        "Not found",
+                        format!("no policy {id}"),
+                    )
+                })?;
+            let body: PolicySpec = serde_json::from_str(&row.body).map_err(internal)?;
+            (Some(id), Some(row.version), body)
+        }
+        (None, Some(policy)) => (None, None, policy),
+        _ => {
+            return Err(ApiError::invalid(
+                "contents/policy",
+                "name the policy to run: `policy_id` (a stored policy) or `policy` (a body), \
+                 not both",
+            ));
+        }
     };
     Policy::compile(&policy).map_err(ServiceError::Domain)?;
     let namespace = state
@@ -812,26 +841,37 @@ async fn prune_task(
         .await
         .map_err(internal)?;
     let Some(namespace) = namespace.filter(|n| p.sees(&n.project_id)) else {
+        // A stored policy of another project is as unknown as its namespace.
+        let (code, what) = match &policy_id {
+            Some(id) => ("404.policy", format!("no policy {id}")),
+            None => (
+                "404.namespace",
+                format!("no namespace {}", policy.namespace_id),
+            ),
+        };
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "404.namespace",
+            code,
             "Not found",
-            format!("no namespace {}", policy.namespace_id),
+            what,
         ));
     };
+    let caption = match &policy_id {
+        Some(_) => format!(
+            "prune namespace {} by policy {}",
+            namespace.name, policy.name
+        ),
+        None => format!("prune namespace {}", namespace.name),
+    };
     let input = PruneInput {
-        policy_id: None,
-        policy_version: None,
+        policy_id,
+        policy_version,
         policy,
         dry_run: c.dry_run,
     };
     let sub = Submission {
         kind: JobKind::Prune,
-        caption: format!(
-            "prune namespace {}{}",
-            namespace.name,
-            if c.dry_run { " (dry run)" } else { "" }
-        ),
+        caption: format!("{caption}{}", if c.dry_run { " (dry run)" } else { "" }),
         input: serde_json::to_value(&input).map_err(internal)?,
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(headers)?,

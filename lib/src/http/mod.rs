@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cycle;
 pub mod openapi;
+pub mod policies;
 pub mod scaleway;
 pub mod yandex;
 
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(scaleway::router())
         .merge(yandex::router())
         .merge(cycle::router())
+        .merge(policies::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cycle, scaleway, yandex};
+use super::{cycle, policies, scaleway, yandex};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,12 +42,18 @@ use super::{cycle, scaleway, yandex};
         cycle::job_plan,
         cycle::images_task,
         cycle::delete_image,
+        policies::list_policies,
+        policies::create_policy,
+        policies::get_policy,
+        policies::update_policy,
+        policies::delete_policy,
     ),
     modifiers(&TokenSchemes),
     tags(
         (name = "scaleway", description = "Scaleway Container Registry v1"),
         (name = "yandex", description = "Yandex/Nebius-style manifest listing"),
         (name = "jobs", description = "Cycle-style jobs and image tasks"),
+        (name = "policies", description = "Prune policies"),
         (name = "service", description = "Health, readiness and this description")
     )
 )]

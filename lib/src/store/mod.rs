@@ -401,6 +401,23 @@ impl Store {
         dispatch!(self, s => s.save_plan(header, items).await)
     }
 
+    /// Prune policy `id`'s read model row.
+    pub async fn policy(&self, id: &str) -> Result<Option<rows::PolicyRow>, StoreError> {
+        dispatch!(self, s => s.policy(id).await)
+    }
+
+    /// A page of policies (oldest first), of `project`'s namespaces and of `namespace_id`
+    /// when given.
+    pub async fn list_policies(
+        &self,
+        project: Option<&str>,
+        namespace_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page<rows::PolicyRow>, StoreError> {
+        dispatch!(self, s => s.list_policies(project, namespace_id, limit, offset).await)
+    }
+
     /// Job `job_id`'s stored plan, if it has one.
     pub async fn plan(&self, job_id: &str) -> Result<Option<plans::PlanHeader>, StoreError> {
         dispatch!(self, s => s.plan(job_id).await)

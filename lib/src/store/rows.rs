@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::domain::image::{Image, distinct_blobs};
-use crate::domain::job::Job;
+use crate::domain::job::{Job, JobKind};
 use crate::domain::namespace::Namespace;
+use crate::domain::policy::PrunePolicy;
 use crate::domain::token::Token;
 
 /// Status of a live namespace or image (Scaleway's enum).
@@ -163,6 +164,23 @@ pub struct JobDescriptorRow {
     pub version: i64,
 }
 
+/// A prune policy's latest version, and the newest run started for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRow {
+    pub id: String,
+    pub name: String,
+    pub namespace_id: String,
+    /// The body, as JSON.
+    pub body: String,
+    pub enabled: bool,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub last_run_job_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
 /// Every read model row, each table sorted by its primary key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadModelRows {
@@ -176,6 +194,7 @@ pub struct ReadModelRows {
     pub namespace_blobs: Vec<NamespaceBlobRow>,
     pub api_tokens: Vec<ApiTokenRow>,
     pub job_descriptors: Vec<JobDescriptorRow>,
+    pub prune_policies: Vec<PolicyRow>,
 }
 
 impl ReadModelRows {
@@ -198,7 +217,48 @@ impl ReadModelRows {
             .sort_by(|a, b| (&a.namespace_id, &a.digest).cmp(&(&b.namespace_id, &b.digest)));
         self.api_tokens.sort_by(|a, b| a.id.cmp(&b.id));
         self.job_descriptors.sort_by(|a, b| a.id.cmp(&b.id));
+        self.prune_policies.sort_by(|a, b| a.id.cmp(&b.id));
     }
+}
+
+/// The policy rows that follow from folded policies and jobs: a live policy's latest body,
+/// with the newest prune job (by id: ids are time-ordered) whose input names it.
+pub fn materialize_policies<'a>(
+    policies: impl IntoIterator<Item = &'a PrunePolicy>,
+    jobs: impl IntoIterator<Item = &'a Job>,
+) -> Vec<PolicyRow> {
+    let mut last_run: BTreeMap<&str, &str> = BTreeMap::new();
+    for job in jobs {
+        let Some(a) = job.accepted.as_ref().filter(|a| a.kind == JobKind::Prune) else {
+            continue;
+        };
+        if let Some(policy) = a.input["policy_id"].as_str() {
+            let newest = last_run.entry(policy).or_insert(&a.job_id);
+            if a.job_id.as_str() > *newest {
+                *newest = &a.job_id;
+            }
+        }
+    }
+    policies
+        .into_iter()
+        .filter(|p| !p.deleted)
+        .filter_map(|p| {
+            let body = p.body.as_ref()?;
+            Some(PolicyRow {
+                id: p.id.clone(),
+                name: body.name.clone(),
+                namespace_id: body.namespace_id.clone(),
+                body: serde_json::to_string(body).unwrap_or_default(),
+                enabled: body.enabled,
+                schedule: body.schedule.clone(),
+                timezone: body.timezone.clone(),
+                last_run_job_id: last_run.get(p.id.as_str()).map(|s| (*s).to_owned()),
+                created_at: p.created_at.clone(),
+                updated_at: p.updated_at.clone(),
+                version: p.version,
+            })
+        })
+        .collect()
 }
 
 /// The read model rows that follow from folded aggregates (deleted ones contribute nothing).

@@ -251,6 +251,49 @@ async fn project(
             let job_id = stream_id.strip_prefix(streams::JOB).unwrap_or_default();
             project_job(conn, job_id, version, event, at).await?;
         }
+        DomainEvent::PolicyCreated(c) => {
+            sqlx::query(
+                "INSERT INTO prune_policies (id, name, namespace_id, body, enabled, schedule, \
+                 timezone, created_at, updated_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+            )
+            .bind(&c.policy_id)
+            .bind(&c.body.name)
+            .bind(&c.body.namespace_id)
+            .bind(policy_body(&c.body))
+            .bind(c.body.enabled)
+            .bind(&c.body.schedule)
+            .bind(&c.body.timezone)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::PolicyUpdated(u) => {
+            let policy_id = stream_id.strip_prefix(streams::POLICY).unwrap_or_default();
+            sqlx::query(
+                "UPDATE prune_policies SET name = $2, namespace_id = $3, body = $4, enabled = $5, \
+                 schedule = $6, timezone = $7, updated_at = $8, version = $9 WHERE id = $1",
+            )
+            .bind(policy_id)
+            .bind(&u.body.name)
+            .bind(&u.body.namespace_id)
+            .bind(policy_body(&u.body))
+            .bind(u.body.enabled)
+            .bind(&u.body.schedule)
+            .bind(&u.body.timezone)
+            .bind(at)
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+        }
+        DomainEvent::PolicyDeleted => {
+            let policy_id = stream_id.strip_prefix(streams::POLICY).unwrap_or_default();
+            sqlx::query("DELETE FROM prune_policies WHERE id = $1")
+                .bind(policy_id)
+                .execute(&mut *conn)
+                .await?;
+        }
         DomainEvent::TagDeleted(t) => {
             sqlx::query("DELETE FROM tags WHERE id = $1")
                 .bind(&t.tag_id)
@@ -260,6 +303,10 @@ async fn project(
         }
     }
     Ok(None)
+}
+
+fn policy_body(body: &crate::domain::policy::PolicySpec) -> String {
+    serde_json::to_string(body).unwrap_or_default()
 }
 
 /// Moves a job's descriptor along with its stream.
@@ -279,6 +326,20 @@ async fn project_job(
         .bind(version)
         .bind(job_id.to_owned())
     };
+    if let DomainEvent::JobAccepted(a) = event
+        && a.kind == crate::domain::job::JobKind::Prune
+        && let Some(policy_id) = a.input["policy_id"].as_str()
+    {
+        // The newest run of the policy (job ids are time-ordered).
+        sqlx::query(
+            "UPDATE prune_policies SET last_run_job_id = $2 \
+             WHERE id = $1 AND (last_run_job_id IS NULL OR last_run_job_id < $2)",
+        )
+        .bind(policy_id)
+        .bind(&a.job_id)
+        .execute(&mut *conn)
+        .await?;
+    }
     let query = match event {
         DomainEvent::JobAccepted(a) => {
             sqlx::query(

@@ -2,7 +2,7 @@
 
 use crate::store::rows::{
     ApiTokenRow, ImageBlobRow, ImageRow, JobDescriptorRow, ManifestChildRow, ManifestLayerRow,
-    ManifestRow, NamespaceBlobRow, NamespaceRow, ReadModelRows, TagRow,
+    ManifestRow, NamespaceBlobRow, NamespaceRow, PolicyRow, ReadModelRows, TagRow,
 };
 
 const NAMESPACE_COLUMNS: &str = "id, name, region, description, organization_id, project_id, \
@@ -24,6 +24,25 @@ const API_TOKEN_COLUMNS: &str = "id, name, secret_hash, capabilities, project_id
 const JOB_DESCRIPTOR_COLUMNS: &str = "id, kind, state, caption, creator, input, output, \
     attempts, progress_done, progress_total, progress_step, last_error, next_retry_at, \
     cancel_requested, idempotency_key, created_at, started_at, completed_at, updated_at, version";
+
+const POLICY_COLUMNS: &str = "id, name, namespace_id, body, enabled, schedule, timezone, \
+    last_run_job_id, created_at, updated_at, version";
+
+fn policy_row(r: &DbRow) -> Result<PolicyRow, sqlx::Error> {
+    Ok(PolicyRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        namespace_id: r.try_get("namespace_id")?,
+        body: r.try_get("body")?,
+        enabled: r.try_get("enabled")?,
+        schedule: r.try_get("schedule")?,
+        timezone: r.try_get("timezone")?,
+        last_run_job_id: r.try_get("last_run_job_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
+    })
+}
 
 fn namespace_row(r: &DbRow) -> Result<NamespaceRow, sqlx::Error> {
     Ok(NamespaceRow {
@@ -223,7 +242,57 @@ impl SqlStore {
                     job_descriptor_row,
                 )
                 .await?,
+            prune_policies: self
+                .all_rows("SELECT * FROM prune_policies ORDER BY id", policy_row)
+                .await?,
         })
+    }
+
+    pub async fn policy(&self, id: &str) -> Result<Option<PolicyRow>, StoreError> {
+        let sql = format!("SELECT {POLICY_COLUMNS} FROM prune_policies WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(policy_row).transpose()?)
+    }
+
+    /// Policies oldest first, of namespaces of `project` when given, of `namespace_id` when
+    /// given.
+    pub async fn list_policies(
+        &self,
+        project: Option<&str>,
+        namespace_id: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page<PolicyRow>, StoreError> {
+        fn filters(q: &mut QueryBuilder<Db>, project: Option<&str>, ns: Option<&str>) {
+            if let Some(project) = project {
+                q.push(" AND n.project_id = ").push_bind(project.to_owned());
+            }
+            if let Some(ns) = ns {
+                q.push(" AND p.namespace_id = ").push_bind(ns.to_owned());
+            }
+        }
+        const FROM: &str =
+            " FROM prune_policies p JOIN namespaces n ON n.id = p.namespace_id WHERE 1 = 1";
+        let mut count = QueryBuilder::<Db>::new(format!("SELECT COUNT(*){FROM}"));
+        filters(&mut count, project, namespace_id);
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let mut list = QueryBuilder::<Db>::new(format!("SELECT p.*{FROM}"));
+        filters(&mut list, project, namespace_id);
+        list.push(" ORDER BY p.created_at, p.id LIMIT ")
+            .push_bind(limit)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let items = list
+            .build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(policy_row)
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total_count })
     }
 
     pub async fn namespace(&self, id: &str) -> Result<Option<NamespaceRow>, StoreError> {

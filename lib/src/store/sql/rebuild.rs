@@ -9,12 +9,14 @@ use crate::domain::Aggregate;
 use crate::domain::image::Image;
 use crate::domain::job::Job;
 use crate::domain::namespace::Namespace;
+use crate::domain::policy::PrunePolicy;
 use crate::domain::token::Token;
 use crate::store::Progress;
-use crate::store::rows::materialize;
+use crate::store::rows::{materialize, materialize_policies};
 
 /// Read model tables, children before parents (the order rows are deleted in).
-const READ_MODEL_TABLES: [&str; 10] = [
+const READ_MODEL_TABLES: [&str; 11] = [
+    "DELETE FROM prune_policies",
     "DELETE FROM job_descriptors",
     "DELETE FROM api_tokens",
     "DELETE FROM namespace_blobs",
@@ -49,6 +51,7 @@ impl SqlStore {
         let mut images: HashMap<String, Image> = HashMap::new();
         let mut tokens: HashMap<String, Token> = HashMap::new();
         let mut jobs: HashMap<String, Job> = HashMap::new();
+        let mut policies: HashMap<String, PrunePolicy> = HashMap::new();
         let (mut after, mut replayed) = (0_i64, 0_u64);
         loop {
             let page = read_page(&mut *tx, after, REPLAY_PAGE).await?;
@@ -65,18 +68,21 @@ impl SqlStore {
                     fold(&mut jobs, &e);
                 } else if stream.starts_with(streams::TOKEN) {
                     fold(&mut tokens, &e);
+                } else if stream.starts_with(streams::POLICY) {
+                    fold(&mut policies, &e);
                 }
                 replayed += 1;
             }
             progress(replayed, head as u64);
         }
 
-        let rows = materialize(
+        let mut rows = materialize(
             namespaces.values(),
             images.values(),
             tokens.values(),
             jobs.values(),
         );
+        rows.prune_policies = materialize_policies(policies.values(), jobs.values());
         insert_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(replayed)
@@ -137,7 +143,8 @@ async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreE
         JOB_DESCRIPTOR_COLUMNS,
         &rows.job_descriptors,
     )
-    .await
+    .await?;
+    bulk_insert(conn, "prune_policies", POLICY_COLUMNS, &rows.prune_policies).await
 }
 
 /// Inserts `rows` into `table`, [`ROWS_PER_INSERT`] at a time, each batch sent as one JSON
