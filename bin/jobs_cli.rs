@@ -1,4 +1,5 @@
-//! `layerline jobs …`: the jobs API from the command line, over HTTP like any client.
+//! `layerline jobs …` and `layerline prune …`: the jobs API from the command line, over HTTP
+//! like any client.
 
 use std::time::Duration;
 
@@ -42,12 +43,69 @@ enum JobsCommand {
     Cancel { id: String },
 }
 
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Base URL of a running `layerline serve`.
+    #[arg(long, env = "LAYERLINE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (needs images-manage, and jobs-view to follow the run).
+    #[arg(long, env = "LAYERLINE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The stored policy to run (its current version).
+    #[arg(long)]
+    policy: String,
+    /// Only plan: store and print what the run would delete, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Plan items printed when the run ends (0: only the summary).
+    #[arg(long, default_value_t = 20)]
+    show: u32,
+}
+
+/// Starts a run of a stored policy, follows it to its end and prints its plan.
+pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.url, args.token);
+    let body = json!({
+        "action": "prune",
+        "contents": {"policy_id": args.policy, "dry_run": args.dry_run},
+    });
+    let descriptor = api
+        .call(reqwest::Method::POST, "/v1/images/tasks", &[], Some(body))
+        .await?;
+    let id = descriptor["job"]["id"]
+        .as_str()
+        .context("the service answered without a job id")?
+        .to_owned();
+    eprintln!("started job {id}");
+    let outcome = watch(&api, &id).await;
+    // The plan is stored even when the run stopped at its guard: show it either way.
+    if args.show > 0 {
+        let query = [("page[size]", args.show.min(1000).to_string())];
+        let path = format!("/v1/jobs/{id}/plan");
+        if let Ok(plan) = api.call(reqwest::Method::GET, &path, &query, None).await {
+            println!(
+                "plan at log position {}: {} tag(s), {} manifest(s), {} bytes",
+                plan["position"], plan["tags"], plan["manifests"], plan["bytes"]
+            );
+            for item in plan["items"].as_array().into_iter().flatten() {
+                let what = match item["kind"].as_str() {
+                    Some("tag") => format!("tag {}", item["tag"].as_str().unwrap_or_default()),
+                    _ => format!("manifest {}", item["digest"].as_str().unwrap_or_default()),
+                };
+                println!(
+                    "  {}: {what} ({}, {} bytes)",
+                    item["image_name"].as_str().unwrap_or_default(),
+                    item["reason"].as_str().unwrap_or_default(),
+                    item["bytes"]
+                );
+            }
+        }
+    }
+    outcome
+}
+
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let api = Api {
-        client: reqwest::Client::new(),
-        base: args.url.trim_end_matches('/').to_owned(),
-        token: args.token,
-    };
+    let api = Api::new(&args.url, args.token);
     match args.command {
         JobsCommand::List { state, kind, limit } => {
             let mut query = vec![("page[size]", limit.to_string())];
@@ -95,6 +153,14 @@ struct Api {
 }
 
 impl Api {
+    fn new(url: &str, token: String) -> Self {
+        Api {
+            client: reqwest::Client::new(),
+            base: url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
     /// Sends a request and returns its `data`, or the API's error detail as the error.
     async fn call(
         &self,

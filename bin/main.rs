@@ -15,6 +15,7 @@ use layerline_core::config::{Layer, LogFormat, Role, Settings};
 use layerline_core::http::{self, ApiConfig, AppState};
 use layerline_core::service::Registry;
 use layerline_core::store::{EventStore, Metadata, Store};
+use layerline_jobs::scheduler::Scheduler;
 use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
 use tokio::net::TcpListener;
 
@@ -66,6 +67,9 @@ enum Command {
     Token(TokenCommand),
     /// List, show, follow and cancel jobs of a running service (over its HTTP API).
     Jobs(jobs_cli::JobsArgs),
+    /// Run a stored prune policy now (or only plan it with --dry-run) and follow the run
+    /// to its end, printing what it planned.
+    Prune(jobs_cli::PruneArgs),
     /// Measure throughput against a plain-SQL baseline on the configured database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,6 +105,11 @@ struct ServeArgs {
     /// each attempt (at most 5 attempts). [default: 2000]
     #[arg(long, env = "LAYERLINE_RETRY_BASE_MS")]
     retry_base_ms: Option<u64>,
+    /// How often this process's prune scheduler looks for policies due to run, in
+    /// milliseconds (50 to 60000). Every worker process schedules; each scheduled instant
+    /// of a policy still starts one job. [default: 500]
+    #[arg(long, env = "LAYERLINE_SCHEDULER_TICK_MS")]
+    scheduler_tick_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +146,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         workers: serve.and_then(|a| a.workers),
         orphan_timeout_secs: serve.and_then(|a| a.orphan_timeout_secs),
         retry_base_ms: serve.and_then(|a| a.retry_base_ms),
+        scheduler_tick_ms: serve.and_then(|a| a.scheduler_tick_ms),
         database_url: cli.global.database_url.clone(),
         max_connections: cli.global.max_connections,
         log_format: cli.global.log_format,
@@ -195,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Jobs(args) => jobs_cli::run(args).await,
+        Command::Prune(args) => jobs_cli::prune(args).await,
         Command::Bench(cmd) => bench::run(cmd, &settings).await,
     }
 }
@@ -306,11 +317,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             settings.workers,
         );
         tracing::info!(workers = settings.workers, "job workers started");
-        tokio::spawn(layerline_jobs::pool::run(
+        let scheduler = Scheduler::new(store.clone(), Arc::new(queues.clone()));
+        let scheduler = tokio::spawn(layerline_jobs::scheduler::run(
+            scheduler,
+            Duration::from_millis(settings.scheduler_tick_ms),
+            stop_rx.clone(),
+        ));
+        let pool = tokio::spawn(layerline_jobs::pool::run(
             queues.clone(),
             Arc::new(runner),
             stop_rx.clone(),
-        ))
+        ));
+        (pool, scheduler)
     });
     match listener {
         Some(listener) => {
@@ -323,8 +341,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => stopped().await,
     }
-    if let Some(workers) = workers {
-        workers.await?;
+    if let Some((pool, scheduler)) = workers {
+        pool.await?;
+        scheduler.await?;
     }
     metrics_task.await??;
     store.close().await;

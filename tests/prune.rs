@@ -44,6 +44,7 @@ on_both_backends!(
     a_tag_moved_after_planning_survives_the_run,
     a_plan_over_max_deletions_deletes_nothing,
     policies_are_versioned_checked_and_run_by_id,
+    schedulers_start_one_run_per_instant_and_catch_up_once,
 );
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -221,6 +222,7 @@ async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
         policy_version: None,
         policy: serde_json::from_value(policy(&t.ns, 100)).unwrap(),
         dry_run: false,
+        scheduled_for: None,
     };
     let compiled = Policy::compile(&input.policy).unwrap();
     let snapshot = store.prune_snapshot(&t.ns).await.unwrap();
@@ -481,5 +483,233 @@ async fn policies_are_versioned_checked_and_run_by_id(db: &TestDb) {
     )
     .await;
     assert_eq!(status, 404);
+    server.terminate();
+}
+
+/// The scheduled instants of the scheduler's prune jobs, in order.
+async fn scheduled_instants(store: &layerline_core::store::Store) -> Vec<String> {
+    let rows = store.read_model_rows().await.unwrap();
+    let mut instants: Vec<String> = rows
+        .job_descriptors
+        .iter()
+        .filter(|j| j.creator.as_deref() == Some(layerline_jobs::scheduler::CREATOR))
+        .map(|j| {
+            let input: Value = serde_json::from_str(&j.input).unwrap();
+            input["scheduled_for"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    instants.sort();
+    instants
+}
+
+fn seconds(a: &str, b: &str) -> i64 {
+    let t = |s: &str| layerline_core::domain::parse_time(s).unwrap();
+    (t(b) - t(a)).num_seconds()
+}
+
+/// A policy on an every-second schedule that deletes nothing.
+async fn every_second(fx: &Fixture, ns: &str) -> String {
+    use layerline_core::domain::policy::{PolicyCommand, PrunePolicy};
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut body = policy(ns, 100);
+    body["name"] = json!("tick");
+    body["schedule"] = json!("* * * * * *");
+    body["rules"] = json!({"tag_pattern": "^none$"});
+    let body = serde_json::from_value(body).unwrap();
+    fx.registry
+        .execute::<PrunePolicy>(&id, PolicyCommand::Create(body), &fx.meta)
+        .await
+        .unwrap();
+    id
+}
+
+async fn schedulers_start_one_run_per_instant_and_catch_up_once(db: &TestDb) {
+    use layerline_core::jobs::NoDispatch;
+    use layerline_jobs::scheduler::Scheduler;
+    use std::sync::Arc;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let t = team(&fx).await;
+    let id = every_second(&fx, &t.ns).await;
+    let created = fx.store().policy(&id).await.unwrap().unwrap().updated_at;
+    let t0 = layerline_core::domain::parse_time(&created).unwrap() + chrono::Duration::seconds(10);
+    let second = chrono::Duration::seconds(1);
+
+    // Two replicas tick at the same moments: each instant gets one job.
+    let mut a = Scheduler::new(store.clone(), Arc::new(NoDispatch));
+    let mut b = Scheduler::new(store.clone(), Arc::new(NoDispatch));
+    for i in 0..6 {
+        let now = t0 + second * i;
+        let (ra, rb) = tokio::join!(a.tick(now), b.tick(now));
+        ra.unwrap();
+        rb.unwrap();
+    }
+    let instants = scheduled_instants(&store).await;
+    assert_eq!(instants.len(), 6, "{instants:?}");
+    for pair in instants.windows(2) {
+        assert_eq!(
+            seconds(&pair[0], &pair[1]),
+            1,
+            "no gap, no duplicate: {instants:?}"
+        );
+    }
+    // The first run is for the latest instant before the first tick, not for every instant
+    // since the policy was created.
+    let first = layerline_core::domain::parse_time(&instants[0]).unwrap();
+    assert!(first > t0 - second * 2 && first < t0, "{first} vs {t0}");
+
+    // Ten instants pass with no tick (every replica down): the next tick runs once.
+    let later = t0 + second * 16;
+    assert_eq!(a.tick(later).await.unwrap(), 1);
+    assert_eq!(
+        a.tick(later).await.unwrap(),
+        0,
+        "the same moment again starts nothing"
+    );
+    // A replica that starts afresh knows the last run from the jobs.
+    let mut fresh = Scheduler::new(store.clone(), Arc::new(NoDispatch));
+    assert_eq!(fresh.tick(later).await.unwrap(), 0);
+    let instants = scheduled_instants(&store).await;
+    assert_eq!(instants.len(), 7, "{instants:?}");
+    assert_eq!(seconds(&instants[5], &instants[6]), 11);
+
+    // Each of those runs is a real prune job of the policy's current version.
+    let row = fx.store().policy(&id).await.unwrap().unwrap();
+    let last = fx
+        .store()
+        .job(row.last_run_job_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let input: Value = serde_json::from_str(&last.input).unwrap();
+    assert_eq!(input["scheduled_for"], instants[6].as_str());
+    assert_eq!(input["policy_version"], 1);
+    assert_eq!(last.kind, "prune");
+}
+
+/// Checks `instants` are one-second steps; returns where the steps break (the index after
+/// each break).
+fn breaks(instants: &[String]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, pair) in instants.windows(2).enumerate() {
+        let step = seconds(&pair[0], &pair[1]);
+        assert!(step >= 1, "a duplicate instant: {instants:?}");
+        if step > 1 {
+            out.push(i + 1);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_on_postgres_start_each_scheduled_run_once() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--scheduler-tick-ms", "200"];
+    let a = Server::on_database(&db.url, dir.path(), &args);
+    let b = Server::on_database(&db.url, dir.path(), &args);
+    every_second(&fx, &t.ns).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // One replica stops; the other goes on alone.
+    assert!(a.terminate());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(b.terminate());
+    let instants = scheduled_instants(&store).await;
+    assert!(instants.len() >= 11, "{instants:?}");
+    assert_eq!(breaks(&instants), Vec::<usize>::new(), "{instants:?}");
+
+    // Every scheduler down across several instants, then one back: one run for all of them.
+    let before = instants.len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = Server::on_database(&db.url, dir.path(), &args);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(c.terminate());
+    let instants = scheduled_instants(&store).await;
+    assert_eq!(breaks(&instants), vec![before], "{instants:?}");
+    assert!(
+        seconds(&instants[before - 1], &instants[before]) >= 4,
+        "several instants were missed: {instants:?}"
+    );
+
+    // The runs themselves went through the workers.
+    let rows = store.read_model_rows().await.unwrap();
+    let prune_jobs: Vec<_> = rows
+        .job_descriptors
+        .iter()
+        .filter(|j| j.kind == "prune")
+        .collect();
+    assert_eq!(prune_jobs.len(), instants.len());
+    let completed = prune_jobs.iter().filter(|j| j.state == "completed").count();
+    assert!(
+        completed >= instants.len() - 2,
+        "{completed} of {}",
+        instants.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prune_command_runs_a_policy_and_prints_its_plan() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let fx = Fixture::new(db.store().await);
+    let t = team(&fx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let mut body = policy(&t.ns, 8);
+    body["name"] = json!("keep-2");
+    let (status, created) = call(
+        Method::POST,
+        &format!("{}/v1/prune-policies", server.base),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let prune = |extra: &'static [&'static str]| {
+        let (base, id) = (server.base.clone(), id.clone());
+        async move {
+            tokio::process::Command::new(common::BIN)
+                .args(["prune", "--url", &base, "--policy", &id])
+                .args(extra)
+                .env("LAYERLINE_TOKEN", common::ADMIN)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    let out = prune(&["--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": completed"), "{stdout}");
+    assert!(
+        stdout.contains("4 tag(s), 5 manifest(s), 550 bytes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("app: tag v1 (keep_last, 0 bytes)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        fx.tag_names(&t.app).await.len(),
+        6,
+        "a dry run deletes nothing"
+    );
+
+    // Nine deletions planned, eight allowed: the run fails, deletes nothing, shows its plan.
+    let out = prune(&[]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than max_deletions (8)"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 tag(s)"));
+    assert_eq!(fx.tag_names(&t.app).await.len(), 6);
     server.terminate();
 }

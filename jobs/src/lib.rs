@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod pool;
 pub mod prune;
 pub mod runner;
+pub mod scheduler;
 
 pub use pool::{PoolConfig, Queues};
 pub use runner::{RetryPolicy, Runner, Ticket};

@@ -16,6 +16,8 @@ pub const DEFAULT_WORKERS: usize = 4;
 /// A killed worker's job is picked up again within about this long (plus one sweep).
 pub const DEFAULT_ORPHAN_TIMEOUT_SECS: u64 = 20;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 2000;
+/// How often the prune scheduler looks for due policies.
+pub const DEFAULT_SCHEDULER_TICK_MS: u64 = 500;
 
 /// One layer of settings, every field optional: what the flags and environment gave, or what
 /// the TOML file says. Unknown keys in the file are an error, so a typo is not ignored.
@@ -33,6 +35,7 @@ pub struct Layer {
     pub workers: Option<usize>,
     pub orphan_timeout_secs: Option<u64>,
     pub retry_base_ms: Option<u64>,
+    pub scheduler_tick_ms: Option<u64>,
 }
 
 /// What a `serve` process runs: the HTTP API, the job workers, or both.
@@ -102,6 +105,7 @@ pub struct Settings {
     pub workers: usize,
     pub orphan_timeout_secs: u64,
     pub retry_base_ms: u64,
+    pub scheduler_tick_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +152,7 @@ impl Layer {
             workers: self.workers.or(lower.workers),
             orphan_timeout_secs: self.orphan_timeout_secs.or(lower.orphan_timeout_secs),
             retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
+            scheduler_tick_ms: self.scheduler_tick_ms.or(lower.scheduler_tick_ms),
         }
     }
 
@@ -184,6 +189,10 @@ impl Layer {
                 .unwrap_or(DEFAULT_ORPHAN_TIMEOUT_SECS)
                 .max(2),
             retry_base_ms: self.retry_base_ms.unwrap_or(DEFAULT_RETRY_BASE_MS),
+            scheduler_tick_ms: self
+                .scheduler_tick_ms
+                .unwrap_or(DEFAULT_SCHEDULER_TICK_MS)
+                .clamp(50, 60_000),
         })
     }
 }

@@ -73,6 +73,9 @@ pub struct PruneInput {
     pub policy: PolicySpec,
     #[serde(default)]
     pub dry_run: bool,
+    /// The scheduled instant a run started by the scheduler is for.
+    #[serde(default)]
+    pub scheduled_for: Option<String>,
 }
 
 /// A policy checked and ready to plan with.

@@ -45,6 +45,14 @@ impl Schedule {
         Ok(Schedule { cron, tz })
     }
 
+    /// The last instant strictly before `t`.
+    pub fn latest_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .after(&t.with_timezone(&self.tz))
+            .next_back()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
     /// The first instant strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
@@ -174,6 +182,18 @@ mod tests {
         assert_eq!(next("@daily"), at(24, 0, 0, 0));
         assert_eq!(next("@hourly"), at(23, 13, 0, 0));
         assert_eq!(next("@weekly").weekday(), Weekday::Sun);
+    }
+
+    #[test]
+    fn the_latest_instant_before_a_time_is_found_without_walking_from_the_start() {
+        let daily = Schedule::parse("0 3 * * *", "UTC").unwrap();
+        assert_eq!(daily.latest_before(monday_noon()), Some(at(23, 3, 0, 0)));
+        assert_eq!(daily.latest_before(at(23, 3, 0, 0)), Some(at(22, 3, 0, 0)));
+        let every_second = Schedule::parse("* * * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_second.latest_before(monday_noon()),
+            Some(at(23, 11, 59, 59))
+        );
     }
 
     #[test]

@@ -868,6 +868,7 @@ async fn prune_task(
         policy_version,
         policy,
         dry_run: c.dry_run,
+        scheduled_for: None,
     };
     let sub = Submission {
         kind: JobKind::Prune,

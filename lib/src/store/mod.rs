@@ -418,6 +418,16 @@ impl Store {
         dispatch!(self, s => s.list_policies(project, namespace_id, limit, offset).await)
     }
 
+    /// Every enabled policy with a schedule.
+    pub async fn scheduled_policies(&self) -> Result<Vec<rows::PolicyRow>, StoreError> {
+        dispatch!(self, s => s.scheduled_policies().await)
+    }
+
+    /// The greatest idempotency key of a job starting with `prefix` (taken literally).
+    pub async fn last_job_key(&self, prefix: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.last_job_key(prefix).await)
+    }
+
     /// Job `job_id`'s stored plan, if it has one.
     pub async fn plan(&self, job_id: &str) -> Result<Option<plans::PlanHeader>, StoreError> {
         dispatch!(self, s => s.plan(job_id).await)

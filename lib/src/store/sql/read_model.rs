@@ -257,6 +257,36 @@ impl SqlStore {
         Ok(row.as_ref().map(policy_row).transpose()?)
     }
 
+    /// Every enabled policy with a schedule.
+    pub async fn scheduled_policies(&self) -> Result<Vec<PolicyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {POLICY_COLUMNS} FROM prune_policies \
+             WHERE enabled = TRUE AND schedule IS NOT NULL ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(policy_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The greatest idempotency key of a job starting with `prefix`.
+    pub async fn last_job_key(&self, prefix: &str) -> Result<Option<String>, StoreError> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(idempotency_key) FROM job_descriptors \
+             WHERE idempotency_key LIKE $1 ESCAPE '\\'",
+        )
+        .bind(pattern)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Policies oldest first, of namespaces of `project` when given, of `namespace_id` when
     /// given.
     pub async fn list_policies(
