@@ -1145,6 +1145,12 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
         ),
         ("post", "/v1/images/tasks".to_owned(), Some("TaskRequest")),
         ("delete", "/v1/images/{id}".to_owned(), None),
+        ("get", "/v1/jobs/{id}/plan".to_owned(), None),
+        ("get", "/v1/prune-policies".to_owned(), None),
+        ("post", "/v1/prune-policies".to_owned(), None),
+        ("get", "/v1/prune-policies/{id}".to_owned(), None),
+        ("put", "/v1/prune-policies/{id}".to_owned(), None),
+        ("delete", "/v1/prune-policies/{id}".to_owned(), None),
     ];
     let described: usize = doc["paths"]
         .as_object()
@@ -1156,13 +1162,21 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
     for (method, path, request) in &routes {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} is described");
-        // Job submissions answer 202 Accepted; everything else 200.
-        let ok = match &op["responses"]["200"] {
-            Value::Null => &op["responses"]["202"],
-            ok => ok,
-        };
+        // Job submissions answer 202 Accepted, creations 201, deletions without a body 204;
+        // everything else 200.
+        let ok = ["200", "201", "202", "204"]
+            .iter()
+            .map(|code| &op["responses"][code])
+            .find(|r| r.is_object())
+            .unwrap_or(&Value::Null);
         assert!(ok.is_object(), "{method} {path} documents its success");
-        if path.starts_with("/registry")
+        if op["responses"]["204"].is_object() {
+            assert!(ok["content"].is_null(), "{method} {path}: 204 has no body");
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path} documents 401"
+            );
+        } else if path.starts_with("/registry")
             || path.starts_with("/container-registry")
             || path.starts_with("/v1/")
         {

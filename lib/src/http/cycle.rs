@@ -18,6 +18,7 @@ use crate::domain::policy::{Policy, PolicySpec, PruneInput};
 use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
+use crate::store::plans::PlanItem;
 use crate::store::rows::JobDescriptorRow;
 use crate::store::{JobQuery, JobSort, Metadata, ReadModels};
 
@@ -895,10 +896,31 @@ pub struct PlanParams {
 
 const MAX_PLAN_PAGE: i64 = 1_000;
 
+/// A stored prune plan: its summary and one page of its items.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanPage {
+    job_id: String,
+    /// The log position the plan was made at.
+    position: i64,
+    policy_id: Option<String>,
+    policy_version: Option<i64>,
+    /// Images with at least one deletion.
+    images: i64,
+    tags: i64,
+    manifests: i64,
+    /// Bytes the planned deletions free.
+    bytes: i64,
+    created_at: String,
+    /// `{idx, image_id, image_name, kind: tag|manifest, tag, digest, pushed_version, reason,
+    /// bytes}`, in plan order.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<PlanItem>,
+}
+
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/plan", tag = "jobs", params(("id" = String, Path), PlanParams),
     summary = "A prune job's stored plan, a page of its items at a time (jobs-view)",
-    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The plan's summary and a page of items"), (status = 404, description = "No such job, or it has no plan (yet)")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The plan's summary and a page of items, with meta.total", body = Data<PlanPage>), (status = 404, description = "No such job, or it has no plan (yet)")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn job_plan(
@@ -930,8 +952,18 @@ pub(crate) async fn job_plan(
         .await
         .map_err(internal)?;
     let total = header.tags + header.manifests;
-    let mut plan = serde_json::to_value(&header).map_err(internal)?;
-    plan["items"] = serde_json::to_value(&items).map_err(internal)?;
+    let plan = PlanPage {
+        job_id: header.job_id,
+        position: header.position,
+        policy_id: header.policy_id,
+        policy_version: header.policy_version,
+        images: header.images,
+        tags: header.tags,
+        manifests: header.manifests,
+        bytes: header.bytes,
+        created_at: header.created_at,
+        items,
+    };
     Ok((
         StatusCode::OK,
         Json(json!({"data": plan, "meta": {"total": total}})),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::auth::Principal;
-use super::cycle::{ApiError, Body, data, internal, number, principal};
+use super::cycle::{ApiError, Body, Data, data, internal, number, principal};
 use super::{AppState, Params};
 use crate::domain::format_time;
 use crate::domain::policy::{PolicyCommand, PolicySpec, PrunePolicy};
@@ -164,7 +164,7 @@ pub struct PolicyListParams {
 #[utoipa::path(
     get, path = "/v1/prune-policies", tag = "policies", params(PolicyListParams),
     summary = "List prune policies, oldest first (policies-manage)",
-    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "A page of policies, with meta.total", body = Vec<PolicyView>)),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "A page of policies, with meta.total", body = Data<Vec<PolicyView>>)),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn list_policies(
@@ -196,7 +196,7 @@ pub(crate) async fn list_policies(
 #[utoipa::path(
     post, path = "/v1/prune-policies", tag = "policies", request_body(content = Object, description = "A policy body: name, namespace_id, image_names, rules, schedule, timezone, enabled, max_deletions"),
     summary = "Create a prune policy (policies-manage)",
-    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 201, description = "The policy, version 1", body = PolicyView), (status = 404, description = "No such namespace"), (status = 409, description = "The namespace has a policy of that name"), (status = 422, description = "A field is invalid; `source` names it")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 201, description = "The policy, version 1", body = Data<PolicyView>), (status = 404, description = "No such namespace"), (status = 409, description = "The namespace has a policy of that name"), (status = 422, description = "A field is invalid; `source` names it")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn create_policy(
@@ -219,7 +219,7 @@ pub(crate) async fn create_policy(
 #[utoipa::path(
     get, path = "/v1/prune-policies/{id}", tag = "policies", params(("id" = String, Path)),
     summary = "One prune policy (policies-manage)",
-    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The policy", body = PolicyView), (status = 404, description = "No such policy")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The policy", body = Data<PolicyView>), (status = 404, description = "No such policy")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn get_policy(
@@ -236,7 +236,7 @@ pub(crate) async fn get_policy(
     put, path = "/v1/prune-policies/{id}", tag = "policies", params(("id" = String, Path)),
     request_body(content = Object, description = "The whole new body"),
     summary = "Replace a prune policy's body: a new version (policies-manage)",
-    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The policy", body = PolicyView), (status = 404, description = "No such policy or namespace"), (status = 422, description = "A field is invalid; `source` names it")),
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The policy", body = Data<PolicyView>), (status = 404, description = "No such policy or namespace"), (status = 422, description = "A field is invalid; `source` names it")),
     security(("token" = []), ("bearer" = []))
 )]
 pub(crate) async fn update_policy(
