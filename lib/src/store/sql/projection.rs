@@ -3,7 +3,7 @@
 // removes it when its last one goes; nothing is ever summed by scanning.
 // Included by `backend.rs` once per backend.
 
-use crate::domain::event::{ManifestDeleted, ManifestRecorded, TagPushed};
+use crate::domain::event::{ManifestRecorded, TagPushed};
 use crate::domain::image::distinct_blobs;
 use crate::domain::streams;
 use crate::store::rows::{STATUS_DELETING, STATUS_READY};
@@ -11,8 +11,9 @@ use crate::store::rows::{STATUS_DELETING, STATUS_READY};
 /// Applies `events`, appended to `stream_id` after version `base` at log positions from
 /// `first`, recorded at `at`.
 ///
-/// Runs of tag pushes are written with one statement per run, and the image row (size,
-/// version, time) is updated once for the whole batch: a batch of 100 pushes costs a few
+/// Runs of tag pushes are written with one statement per run, runs of tag and manifest
+/// deletions with a few statements per run, and the image row (size, version, time) is
+/// updated once for the whole batch: a batch of 100 pushes or of 100 deletions costs a few
 /// statements, not a hundred.
 async fn project_batch(
     conn: &mut Conn,
@@ -25,24 +26,91 @@ async fn project_batch(
     let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
     let mut image_change: Option<i64> = None;
     let mut pushes: Vec<(&TagPushed, i64)> = Vec::new();
+    let mut deletes = Deletions::default();
     for (i, event) in events.iter().enumerate() {
         let version = base + i as i64 + 1;
-        if let DomainEvent::TagPushed(t) = event {
-            pushes.push((t, version));
-            image_change.get_or_insert(0);
-            continue;
+        match event {
+            DomainEvent::TagPushed(t) => {
+                *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+                pushes.push((t, version));
+                continue;
+            }
+            DomainEvent::TagDeleted(t) => {
+                upsert_tags(conn, image_id, &mut pushes, at).await?;
+                image_change.get_or_insert(0);
+                deletes.tags.push(&t.tag_id);
+                continue;
+            }
+            DomainEvent::ManifestDeleted(d) => {
+                upsert_tags(conn, image_id, &mut pushes, at).await?;
+                image_change.get_or_insert(0);
+                deletes.manifests.push(&d.digest);
+                continue;
+            }
+            _ => {}
         }
         upsert_tags(conn, image_id, &mut pushes, at).await?;
+        *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
         let position = first + i as i64;
         if let Some(delta) = project(conn, stream_id, version, position, event, at).await? {
             *image_change.get_or_insert(0) += delta;
         }
     }
+    if !pushes.is_empty() {
+        image_change.get_or_insert(0);
+    }
     upsert_tags(conn, image_id, &mut pushes, at).await?;
+    let freed = deletes.flush(conn, image_id).await?;
     if let Some(delta) = image_change {
-        touch_image(conn, image_id, delta, base + events.len() as i64, at).await?;
+        touch_image(
+            conn,
+            image_id,
+            delta + freed,
+            base + events.len() as i64,
+            at,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// A run of tag and manifest deletions of one image, written together. Within a run the
+/// order does not matter: tag rows and manifest rows do not depend on each other, and each
+/// manifest is deleted at most once.
+#[derive(Default)]
+struct Deletions<'a> {
+    tags: Vec<&'a str>,
+    manifests: Vec<&'a str>,
+}
+
+/// Digests per statement in a deletion run (well under both backends' bind limits).
+const DIGESTS_PER_STATEMENT: usize = 1_000;
+
+impl Deletions<'_> {
+    /// Writes the run and empties it; returns how much the image's size changed.
+    async fn flush(&mut self, conn: &mut Conn, image_id: &str) -> Result<i64, StoreError> {
+        for chunk in self.tags.chunks(DIGESTS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Db>::new("DELETE FROM tags WHERE id IN (");
+            push_list(&mut q, chunk);
+            q.build().execute(&mut *conn).await?;
+        }
+        self.tags.clear();
+        let mut delta = 0;
+        for chunk in self.manifests.chunks(DIGESTS_PER_STATEMENT) {
+            delta += delete_manifests(conn, image_id, chunk).await?;
+        }
+        self.manifests.clear();
+        Ok(delta)
+    }
+}
+
+/// Pushes `(v1, v2, …)` as bound values, closing the parenthesis.
+fn push_list(q: &mut QueryBuilder<Db>, values: &[&str]) {
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind((*v).to_owned());
+    }
+    list.push_unseparated(")");
 }
 
 /// Writes a run of tag pushes (new tags or moves) in one statement and empties `pushes`.
@@ -219,9 +287,8 @@ async fn project(
                 .await
                 .map(Some);
         }
-        DomainEvent::ManifestDeleted(d) => {
-            return delete_manifest(conn, image_id, d).await.map(Some);
-        }
+        // Written in runs by `project_batch`.
+        DomainEvent::ManifestDeleted(_) | DomainEvent::TagDeleted(_) => {}
         DomainEvent::TagPushed(t) => {
             upsert_tags(conn, image_id, &mut vec![(t, version)], at).await?;
             return Ok(Some(0));
@@ -293,13 +360,6 @@ async fn project(
                 .bind(policy_id)
                 .execute(&mut *conn)
                 .await?;
-        }
-        DomainEvent::TagDeleted(t) => {
-            sqlx::query("DELETE FROM tags WHERE id = $1")
-                .bind(&t.tag_id)
-                .execute(&mut *conn)
-                .await?;
-            return Ok(Some(0));
         }
     }
     Ok(None)
@@ -533,90 +593,120 @@ async fn record_manifest(
     Ok(added)
 }
 
-async fn delete_manifest(
+/// Deletes manifests `digests` of image `image_id` and releases the blobs they held:
+/// a blob leaves the image when no remaining manifest of it references it, and leaves the
+/// namespace's stored blobs when no image of it does. Returns the change in image size.
+async fn delete_manifests(
     conn: &mut Conn,
     image_id: &str,
-    d: &ManifestDeleted,
+    digests: &[&str],
 ) -> Result<i64, StoreError> {
-    let mut blobs: Vec<(String, i64)> = sqlx::query(
-        "SELECT digest, size FROM manifest_layers WHERE image_id = $1 AND manifest_digest = $2 \
-         UNION SELECT config_digest, config_size FROM manifests \
-         WHERE image_id = $1 AND digest = $2 AND config_digest IS NOT NULL",
+    // Each blob with the number of the deleted manifests referencing it (a manifest counts
+    // once however often it lists the blob: UNION keeps distinct triples).
+    let mut q = QueryBuilder::<Db>::new(
+        "SELECT digest, MAX(size) AS size, COUNT(*) AS refs FROM (\
+         SELECT manifest_digest AS m, digest, size FROM manifest_layers WHERE image_id = ",
+    );
+    q.push_bind(image_id.to_owned())
+        .push(" AND manifest_digest IN (");
+    push_list(&mut q, digests);
+    q.push(
+        " UNION SELECT digest AS m, config_digest AS digest, config_size AS size FROM manifests \
+         WHERE config_digest IS NOT NULL AND image_id = ",
     )
-    .bind(image_id)
-    .bind(&d.digest)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-    .collect::<Result<_, sqlx::Error>>()?;
-    blobs.sort();
-    blobs.dedup_by(|a, b| a.0 == b.0);
+    .push_bind(image_id.to_owned())
+    .push(" AND digest IN (");
+    push_list(&mut q, digests);
+    q.push(") x GROUP BY digest");
+    let released: Vec<(String, i64, i64)> = q
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("digest")?, r.try_get("size")?, r.try_get("refs")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
 
-    for table_sql in [
-        "DELETE FROM manifest_layers WHERE image_id = $1 AND manifest_digest = $2",
-        "DELETE FROM manifest_children WHERE image_id = $1 AND parent_digest = $2",
-        "DELETE FROM manifests WHERE image_id = $1 AND digest = $2",
+    for (table, column) in [
+        ("manifest_layers", "manifest_digest"),
+        ("manifest_children", "parent_digest"),
+        ("manifests", "digest"),
     ] {
-        sqlx::query(table_sql)
-            .bind(image_id)
-            .bind(&d.digest)
-            .execute(&mut *conn)
-            .await?;
+        let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE image_id = "));
+        q.push_bind(image_id.to_owned())
+            .push(format!(" AND {column} IN ("));
+        push_list(&mut q, digests);
+        q.build().execute(&mut *conn).await?;
+    }
+    if released.is_empty() {
+        return Ok(0);
     }
 
-    let namespace_id = namespace_of(conn, image_id).await?;
-    let (mut removed, mut stored_removed) = (0, 0);
-    for (digest, size) in blobs {
-        if release(conn, IMAGE_BLOB_REFS, image_id, &digest).await? {
-            removed += size;
-            if release(conn, NAMESPACE_BLOB_REFS, &namespace_id, &digest).await? {
-                stored_removed += size;
-            }
-        }
+    let gone = release(conn, "image_blobs", "image_id", image_id, &released).await?;
+    let removed: i64 = gone.iter().map(|(_, size)| size).sum();
+    if gone.is_empty() {
+        return Ok(0);
     }
+    let namespace_id = namespace_of(conn, image_id).await?;
+    let once: Vec<(String, i64, i64)> = gone.into_iter().map(|(d, size)| (d, size, 1)).collect();
+    let stored_gone = release(
+        conn,
+        "namespace_blobs",
+        "namespace_id",
+        &namespace_id,
+        &once,
+    )
+    .await?;
+    let stored_removed: i64 = stored_gone.iter().map(|(_, size)| size).sum();
     add_to_namespace(conn, &namespace_id, -removed, -stored_removed).await?;
     Ok(-removed)
 }
 
-/// The two statements that drop one reference to a blob and remove its row at zero.
-struct BlobRefs {
-    decrement: &'static str,
-    remove: &'static str,
-}
-
-const IMAGE_BLOB_REFS: BlobRefs = BlobRefs {
-    decrement: "UPDATE image_blobs SET refs = refs - 1 WHERE image_id = $1 AND digest = $2 \
-                RETURNING refs",
-    remove: "DELETE FROM image_blobs WHERE image_id = $1 AND digest = $2",
-};
-
-const NAMESPACE_BLOB_REFS: BlobRefs = BlobRefs {
-    decrement: "UPDATE namespace_blobs SET refs = refs - 1 \
-                WHERE namespace_id = $1 AND digest = $2 RETURNING refs",
-    remove: "DELETE FROM namespace_blobs WHERE namespace_id = $1 AND digest = $2",
-};
-
-/// Drops one reference of `owner` to `digest`; returns whether it was the last (the row is
-/// then deleted).
+/// Drops `refs` references of `owner` to each blob in `table` (`image_blobs` or
+/// `namespace_blobs`, keyed by `owner_column`) and removes the rows left at zero; returns
+/// those blobs with their sizes.
 async fn release(
     conn: &mut Conn,
-    refs: BlobRefs,
+    table: &'static str,
+    owner_column: &'static str,
     owner: &str,
-    digest: &str,
-) -> Result<bool, StoreError> {
-    let left: i64 = sqlx::query_scalar(refs.decrement)
-        .bind(owner)
-        .bind(digest)
-        .fetch_one(&mut *conn)
-        .await?;
-    if left > 0 {
-        return Ok(false);
+    blobs: &[(String, i64, i64)],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut gone = Vec::new();
+    for chunk in blobs.chunks(DIGESTS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - CASE digest"));
+        for (digest, _, refs) in chunk {
+            q.push(" WHEN ")
+                .push_bind(digest.clone())
+                .push(" THEN ")
+                .push_bind(*refs);
+        }
+        q.push(format!(" ELSE 0 END WHERE {owner_column} = "))
+            .push_bind(owner.to_owned())
+            .push(" AND digest IN (");
+        let digests: Vec<&str> = chunk.iter().map(|(d, _, _)| d.as_str()).collect();
+        push_list(&mut q, &digests);
+        q.push(" RETURNING digest, size, refs");
+        let zeroed: Vec<(String, i64)> = q
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .filter_map(|r| match r.try_get::<i64, _>("refs") {
+                Ok(left) if left > 0 => None,
+                Ok(_) => Some(Ok((r.try_get("digest").ok()?, r.try_get("size").ok()?))),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        if zeroed.is_empty() {
+            continue;
+        }
+        let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE {owner_column} = "));
+        q.push_bind(owner.to_owned()).push(" AND digest IN (");
+        let digests: Vec<&str> = zeroed.iter().map(|(d, _)| d.as_str()).collect();
+        push_list(&mut q, &digests);
+        q.build().execute(&mut *conn).await?;
+        gone.extend(zeroed);
     }
-    sqlx::query(refs.remove)
-        .bind(owner)
-        .bind(digest)
-        .execute(&mut *conn)
-        .await?;
-    Ok(true)
+    Ok(gone)
 }
