@@ -17,6 +17,7 @@ use layerline_core::store::scratch::Scratch;
 use layerline_core::store::{EventStore, Expected, Metadata, Store};
 
 mod jobs;
+mod prune;
 
 /// The median and the 99th percentile of `samples` (sorted in place).
 fn quantiles(samples: &mut [f64]) -> (f64, f64) {
@@ -33,6 +34,9 @@ pub enum BenchCommand {
     /// No-op jobs through our worker pool vs a bare apalis worker on the same database, and
     /// the pool's idle pickup latency.
     Jobs(jobs::JobsArgs),
+    /// A prune policy over 10 000 images × 100 tags: planning time, and deletion rate of
+    /// a real prune job against plain SQL deleting the same rows.
+    Prune(prune::PruneArgs),
     /// Latency of the registry APIs over HTTP at two scales of the same run: 10 000 images
     /// with 10 000 tags, then 100 000 images with 1 000 000 tags (seeded in bulk).
     Api(ApiArgs),
@@ -82,6 +86,12 @@ pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Jobs(args) => {
             let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
             let result = jobs::run(&args, &scratch.url, settings.max_connections).await;
+            scratch.drop_database().await;
+            result
+        }
+        BenchCommand::Prune(args) => {
+            let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
+            let result = prune::run(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
         }

@@ -65,6 +65,7 @@ conformance!(
     an_event_stored_with_an_older_schema_version_still_replays,
     job_descriptors_follow_their_streams_and_survive_rebuild,
     prune_policies_follow_their_streams_and_survive_rebuild,
+    a_job_keeps_the_first_plan_stored_and_only_its_items,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1196,4 +1197,48 @@ async fn prune_policies_follow_their_streams_and_survive_rebuild(store: Store) {
     );
     f.store().rebuild(&|_, _| {}).await.unwrap();
     assert_eq!(f.store().read_model_rows().await.unwrap(), before);
+}
+
+async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
+    use layerline_core::store::plans::{PlanHeader, PlanItem};
+    let header = |attempt: i64, tags: i64| PlanHeader {
+        job_id: "j1".into(),
+        position: 10 * attempt,
+        policy_id: None,
+        policy_version: None,
+        attempt,
+        images: 1,
+        tags,
+        manifests: 0,
+        bytes: 0,
+        created_at: "2026-11-23T00:00:00.000000Z".into(),
+    };
+    let items = |attempt: i64, n: i64| -> Vec<PlanItem> {
+        (0..n)
+            .map(|idx| PlanItem {
+                idx,
+                image_id: "i1".into(),
+                image_name: "app".into(),
+                kind: "tag".into(),
+                tag: Some(format!("a{attempt}-t{idx}")),
+                digest: digest(idx as u64),
+                pushed_version: Some(idx + 1),
+                reason: "keep_last".into(),
+                bytes: 0,
+            })
+            .collect()
+    };
+    // Two attempts plan (a takeover): the first summary stored makes the plan.
+    assert!(store.save_plan(&header(1, 12_000), &items(1, 12_000)).await.unwrap());
+    assert!(!store.save_plan(&header(2, 3), &items(2, 3)).await.unwrap());
+    let plan = store.plan("j1").await.unwrap().unwrap();
+    assert_eq!((plan.attempt, plan.tags, plan.position), (1, 12_000, 10));
+    let page = store.plan_items("j1", 11_998, 10).await.unwrap();
+    let tags: Vec<_> = page.iter().map(|i| i.tag.clone().unwrap()).collect();
+    assert_eq!(tags, ["a1-t11998", "a1-t11999"]);
+    let all = store.plan_items("j1", 0, i64::MAX).await.unwrap();
+    assert_eq!(all.len(), 12_000);
+    assert!(all.iter().all(|i| i.tag.as_deref().unwrap().starts_with("a1-")));
+    assert!(store.plan("j2").await.unwrap().is_none());
+    assert!(store.plan_items("j2", 0, 10).await.unwrap().is_empty());
 }

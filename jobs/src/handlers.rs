@@ -9,8 +9,8 @@ use layerline_core::domain::image::{Image, ImageCommand};
 use layerline_core::domain::job::JobKind;
 use layerline_core::domain::namespace::{Namespace, NamespaceCommand};
 use layerline_core::domain::{Aggregate, DomainEvent};
-use layerline_core::service::ServiceError;
-use layerline_core::store::{EventStore, ReadModels};
+use layerline_core::service::{Registry, ServiceError};
+use layerline_core::store::{EventStore, ReadModels, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -252,20 +252,23 @@ async fn effects(
     id: &str,
     which: impl Fn(&DomainEvent) -> bool,
 ) -> Result<i64, Failure> {
-    Ok(ours(ctx, id).await?.iter().filter(|e| which(e)).count() as i64)
+    let events = ours(ctx.registry(), &ctx.job_id, id).await?;
+    Ok(events.iter().filter(|e| which(e)).count() as i64)
 }
 
-/// The events on image `id`'s stream that this job recorded, over all its attempts.
-pub(crate) async fn ours(ctx: &Ctx<'_>, id: &str) -> Result<Vec<DomainEvent>, Failure> {
-    let events = ctx
-        .registry()
+/// The events on image `id`'s stream that job `job_id` recorded, over all its attempts.
+pub(crate) async fn ours(
+    registry: &Registry<Store>,
+    job_id: &str,
+    id: &str,
+) -> Result<Vec<DomainEvent>, Failure> {
+    let events = registry
         .store()
         .read_stream(&Image::stream(id))
         .await
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let mine = |metadata: &str| {
-        serde_json::from_str::<Value>(metadata)
-            .is_ok_and(|m| m["job_id"].as_str() == Some(ctx.job_id.as_str()))
+        serde_json::from_str::<Value>(metadata).is_ok_and(|m| m["job_id"].as_str() == Some(job_id))
     };
     Ok(events
         .into_iter()

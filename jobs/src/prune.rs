@@ -6,6 +6,7 @@
 //! same policy on the same state store the same items.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use layerline_core::domain::DomainError;
@@ -81,6 +82,7 @@ pub fn make_plan(
         position: snapshot.position,
         policy_id: input.policy_id.clone(),
         policy_version: input.policy_version,
+        attempt: 0,
         images: touched,
         tags,
         manifests,
@@ -97,20 +99,34 @@ fn reason_name(reason: Reason) -> String {
         .unwrap_or_default()
 }
 
+/// Images whose deletions are written at once (their appends share the writer's group
+/// commits); a cancel is seen between such groups.
+const IMAGES_AT_ONCE: usize = 4;
+
 pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     let policy = Policy::compile(&input.policy).map_err(|e| Failure::Permanent(e.to_string()))?;
     let store = ctx.registry().store();
     let transient = |e: layerline_core::store::StoreError| Failure::Transient(e.to_string());
+    // What this attempt spent planning, storing the plan and deleting, in milliseconds.
+    let mut timings = serde_json::Map::new();
+    let ms = |since: Instant| Value::from(since.elapsed().as_millis() as u64);
     let header = match store.plan(&ctx.job_id).await.map_err(transient)? {
         Some(header) => header,
         None => {
             ctx.boundary(0, 1, "plan", true).await?;
+            let started = Instant::now();
             let snapshot = store
                 .prune_snapshot(&policy.namespace_id)
                 .await
                 .map_err(transient)?;
-            let (header, items) = make_plan(&ctx.job_id, &input, &policy, &snapshot, Utc::now());
+            let (mut header, items) =
+                make_plan(&ctx.job_id, &input, &policy, &snapshot, Utc::now());
+            header.attempt = ctx.attempt;
+            drop(snapshot);
+            timings.insert("plan".into(), ms(started));
+            let started = Instant::now();
             store.save_plan(&header, &items).await.map_err(transient)?;
+            timings.insert("store".into(), ms(started));
             // Another attempt may have stored its plan first: the stored one is the plan.
             store
                 .plan(&ctx.job_id)
@@ -134,12 +150,14 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     });
     if input.dry_run {
         ctx.boundary(1, 1, "planned (dry run)", true).await?;
+        summary["timings_ms"] = timings.into();
         return Ok(summary);
     }
     let deletions = (header.tags + header.manifests) as usize;
     check_guard(deletions, policy.max_deletions as usize)
         .map_err(|e: GuardExceeded| Failure::Permanent(e.to_string()))?;
 
+    let started = Instant::now();
     let items = store
         .plan_items(&ctx.job_id, 0, i64::MAX)
         .await
@@ -153,44 +171,62 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     }
     let total = by_image.len() as i64;
     let (mut tags_deleted, mut manifests_deleted, mut bytes_freed) = (0_i64, 0_i64, 0_i64);
-    for (n, (image_id, name, list)) in by_image.iter().enumerate() {
-        ctx.boundary(n as i64, total, &format!("prune image {name}"), false)
+    let mut done = 0;
+    for group in by_image.chunks(IMAGES_AT_ONCE) {
+        ctx.boundary(done, total, &format!("prune image {}", group[0].1), false)
             .await?;
-        let tags = list
-            .iter()
-            .filter(|i| i.kind == KIND_TAG)
-            .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
-            .collect();
-        let bytes: HashMap<&str, i64> = list
-            .iter()
-            .filter(|i| i.kind == KIND_MANIFEST)
-            .map(|i| (i.digest.as_str(), i.bytes))
-            .collect();
-        let manifests = bytes.keys().map(|d| (*d).to_owned()).collect();
-        let cmd = ImageCommand::Prune { tags, manifests };
-        let appended = match ctx.registry().image(image_id, cmd, &ctx.meta).await {
-            Ok(events) => events,
-            Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        // A rerun counts what every attempt of this job deleted, not only its own.
-        let events = if ctx.attempt == 1 {
-            appended
-        } else {
-            ours(ctx, image_id).await?
-        };
-        for e in &events {
-            match e {
-                DomainEvent::TagDeleted(_) => tags_deleted += 1,
-                DomainEvent::ManifestDeleted(m) => {
-                    manifests_deleted += 1;
-                    bytes_freed += bytes.get(m.digest.as_str()).copied().unwrap_or(0);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (image_id, _, list) in group {
+            let registry = ctx.registry().clone();
+            let meta = ctx.meta.clone();
+            let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
+            let (image_id, list) = (image_id.clone(), list.clone());
+            tasks.spawn(async move {
+                let tags = list
+                    .iter()
+                    .filter(|i| i.kind == KIND_TAG)
+                    .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
+                    .collect();
+                let bytes: HashMap<String, i64> = list
+                    .iter()
+                    .filter(|i| i.kind == KIND_MANIFEST)
+                    .map(|i| (i.digest.clone(), i.bytes))
+                    .collect();
+                let manifests = bytes.keys().cloned().collect();
+                let cmd = ImageCommand::Prune { tags, manifests };
+                let appended = match registry.image(&image_id, cmd, &meta).await {
+                    Ok(events) => events,
+                    Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
+                    Err(e) => return Err(Failure::from(e)),
+                };
+                // A rerun counts what every attempt of this job deleted, not only its own.
+                let events = if rerun {
+                    ours(&registry, &job_id, &image_id).await?
+                } else {
+                    appended
+                };
+                Ok((events, bytes))
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (events, bytes) =
+                joined.map_err(|e| Failure::Transient(format!("an image's task died: {e}")))??;
+            for e in &events {
+                match e {
+                    DomainEvent::TagDeleted(_) => tags_deleted += 1,
+                    DomainEvent::ManifestDeleted(m) => {
+                        manifests_deleted += 1;
+                        bytes_freed += bytes.get(&m.digest).copied().unwrap_or(0);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
+        done += group.len() as i64;
     }
     ctx.boundary(total, total, "done", true).await?;
+    timings.insert("apply".into(), ms(started));
+    summary["timings_ms"] = timings.into();
     let skipped = deletions as i64 - tags_deleted - manifests_deleted;
     let result: BTreeMap<&str, Value> = BTreeMap::from([
         ("tags_deleted", tags_deleted.into()),

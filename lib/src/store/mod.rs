@@ -382,6 +382,17 @@ impl Store {
         dispatch!(self, s => s.bulk_load(rows).await)
     }
 
+    /// Appends whole new streams (each from version 1) in one transaction, without
+    /// projecting them. Only for benchmarks that seed the read models separately from the
+    /// same aggregates ([`Store::bulk_load`]).
+    #[doc(hidden)]
+    pub async fn bulk_load_events(
+        &self,
+        streams: &[(String, Vec<DomainEvent>)],
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.bulk_load_events(streams).await)
+    }
+
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
     }

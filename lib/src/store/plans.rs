@@ -27,6 +27,8 @@ pub struct PlanHeader {
     pub position: i64,
     pub policy_id: Option<String>,
     pub policy_version: Option<i64>,
+    /// The job attempt that made the plan.
+    pub attempt: i64,
     /// Images with at least one deletion.
     pub images: i64,
     pub tags: i64,

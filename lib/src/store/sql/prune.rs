@@ -7,6 +7,8 @@ use crate::store::plans::{PlanHeader, PlanItem, Snapshot, SnapshotImage};
 
 const PLAN_ITEM_COLUMNS: &str =
     "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
+const PLAN_ITEM_INSERT_COLUMNS: &str = "job_id, attempt, idx, image_id, image_name, kind, tag, \
+    digest, pushed_version, reason, bytes";
 
 impl SqlStore {
     /// Reads namespace `namespace_id`'s images (not those being deleted), tags and manifests
@@ -129,23 +131,50 @@ impl SqlStore {
         })
     }
 
-    /// Stores job `header.job_id`'s plan with all its items, unless one is stored already;
-    /// returns whether this call stored it.
+    /// Stores job `header.job_id`'s plan, made by attempt `header.attempt`, unless the job
+    /// has one; returns whether this call stored it. The items go first, a few thousand per
+    /// transaction, so a large plan never holds the write lock for long; the summary row goes
+    /// last and makes them the plan (items of an attempt that lost the race are deleted).
     pub async fn save_plan(
         &self,
         header: &PlanHeader,
         items: &[PlanItem],
     ) -> Result<bool, StoreError> {
+        if self.plan(&header.job_id).await?.is_some() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "{} WHERE TRUE ON CONFLICT (job_id, attempt, idx) DO NOTHING",
+            bulk_insert_sql("prune_plan_items", PLAN_ITEM_INSERT_COLUMNS)
+        );
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|item| {
+                    let mut row = serde_json::to_value(item).unwrap_or_default();
+                    row["job_id"] = header.job_id.clone().into();
+                    row["attempt"] = header.attempt.into();
+                    row
+                })
+                .collect();
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(serde_json::Value::Array(rows).to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(
-            "INSERT INTO prune_plans (job_id, position, policy_id, policy_version, images, \
-             tags, manifests, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (job_id) DO NOTHING",
+            "INSERT INTO prune_plans (job_id, position, policy_id, policy_version, attempt, \
+             images, tags, manifests, bytes, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(&header.job_id)
         .bind(header.position)
         .bind(&header.policy_id)
         .bind(header.policy_version)
+        .bind(header.attempt)
         .bind(header.images)
         .bind(header.tags)
         .bind(header.manifests)
@@ -154,32 +183,22 @@ impl SqlStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         if inserted == 0 {
-            return Ok(false);
-        }
-        let sql = bulk_insert_sql("prune_plan_items", PLAN_ITEM_COLUMNS);
-        for chunk in items.chunks(ROWS_PER_INSERT) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|item| {
-                    let mut row = serde_json::to_value(item).unwrap_or_default();
-                    row["job_id"] = header.job_id.clone().into();
-                    row
-                })
-                .collect();
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(serde_json::Value::Array(rows).to_string())
-                .execute(&mut *tx)
+            // Another attempt's plan won: ours is not the plan.
+            sqlx::query("DELETE FROM prune_plan_items WHERE job_id = $1 AND attempt = $2")
+                .bind(&header.job_id)
+                .bind(header.attempt)
+                .execute(&self.pool)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(true)
+        Ok(inserted > 0)
     }
 
     pub async fn plan(&self, job_id: &str) -> Result<Option<PlanHeader>, StoreError> {
         let row = sqlx::query(
-            "SELECT job_id, position, policy_id, policy_version, images, tags, manifests, \
-             bytes, created_at FROM prune_plans WHERE job_id = $1",
+            "SELECT job_id, position, policy_id, policy_version, attempt, images, tags, \
+             manifests, bytes, created_at FROM prune_plans WHERE job_id = $1",
         )
         .bind(job_id)
         .fetch_optional(&self.pool)
@@ -190,6 +209,7 @@ impl SqlStore {
             position: r.try_get("position")?,
             policy_id: r.try_get("policy_id")?,
             policy_version: r.try_get("policy_version")?,
+            attempt: r.try_get("attempt")?,
             images: r.try_get("images")?,
             tags: r.try_get("tags")?,
             manifests: r.try_get("manifests")?,
@@ -198,7 +218,8 @@ impl SqlStore {
         }))
     }
 
-    /// Items `from..from + limit` of job `job_id`'s plan, in plan order.
+    /// Items `from..from + limit` of job `job_id`'s plan (the attempt its summary names), in
+    /// plan order.
     pub async fn plan_items(
         &self,
         job_id: &str,
@@ -206,8 +227,9 @@ impl SqlStore {
         limit: i64,
     ) -> Result<Vec<PlanItem>, StoreError> {
         let sql = format!(
-            "SELECT {PLAN_ITEM_COLUMNS} FROM prune_plan_items \
-             WHERE job_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3"
+            "SELECT {PLAN_ITEM_COLUMNS} FROM prune_plan_items WHERE job_id = $1 \
+             AND attempt = (SELECT attempt FROM prune_plans WHERE job_id = $1) \
+             AND idx >= $2 ORDER BY idx LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(job_id)

@@ -90,6 +90,93 @@ impl SqlStore {
 }
 
 impl SqlStore {
+    /// Appends whole new streams in bulk, without projecting them (benchmarks seed the read
+    /// models with `bulk_load` from the same aggregates).
+    pub async fn bulk_load_events(
+        &self,
+        streams: &[(String, Vec<DomainEvent>)],
+    ) -> Result<(), StoreError> {
+        #[derive(serde::Serialize)]
+        struct EventRow<'a> {
+            position: i64,
+            stream_id: &'a str,
+            stream_version: i64,
+            event_type: &'static str,
+            schema_version: i32,
+            payload: String,
+            metadata: &'static str,
+            recorded_at: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct StreamRow<'a> {
+            stream_id: &'a str,
+            version: i64,
+        }
+        let total: i64 = streams.iter().map(|(_, e)| e.len() as i64).sum();
+        let at = format_time(chrono::Utc::now());
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let last: i64 = sqlx::query_scalar(
+            "UPDATE event_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
+        )
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut position = last - total;
+        let mut rows = Vec::with_capacity(ROWS_PER_INSERT);
+        let events_sql = bulk_insert_sql(
+            "events",
+            "position, stream_id, stream_version, event_type, schema_version, payload, \
+             metadata, recorded_at",
+        );
+        for (stream_id, events) in streams {
+            for (i, event) in events.iter().enumerate() {
+                position += 1;
+                rows.push(EventRow {
+                    position,
+                    stream_id,
+                    stream_version: i as i64 + 1,
+                    event_type: event.event_type(),
+                    schema_version: event.schema_version(),
+                    payload: event.payload(),
+                    metadata: "{}",
+                    recorded_at: &at,
+                });
+                if rows.len() == ROWS_PER_INSERT {
+                    let json = serde_json::to_string(&rows).expect("rows serialise");
+                    sqlx::query(sqlx::AssertSqlSafe(events_sql.clone()))
+                        .bind(json)
+                        .execute(&mut *tx)
+                        .await?;
+                    rows.clear();
+                }
+            }
+        }
+        if !rows.is_empty() {
+            let json = serde_json::to_string(&rows).expect("rows serialise");
+            sqlx::query(sqlx::AssertSqlSafe(events_sql))
+                .bind(json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let versions: Vec<StreamRow> = streams
+            .iter()
+            .map(|(stream_id, events)| StreamRow {
+                stream_id,
+                version: events.len() as i64,
+            })
+            .collect();
+        let sql = bulk_insert_sql("event_streams", "stream_id, version");
+        for chunk in versions.chunks(ROWS_PER_INSERT) {
+            let json = serde_json::to_string(chunk).expect("rows serialise");
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(json)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn bulk_load(&self, rows: &ReadModelRows) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         insert_rows(&mut tx, rows).await?;
