@@ -1,6 +1,7 @@
 //! The job system with real processes on real databases: the binary's workers (apalis on
 //! SQLite and PostgreSQL), killed with SIGKILL, restarted, and raced against each other.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -11,31 +12,6 @@ use layerline_core::domain::DomainEvent;
 use layerline_core::store::{Backend, EventStore, ReadModels, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     scaleway_delete_shows_deleting_until_a_worker_removes_it,

@@ -1,6 +1,7 @@
 //! Prune runs through the real binary on both backends: the plan a run stores, what it
 //! deletes, its guard, and a tag moved between planning and deleting.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -13,31 +14,6 @@ use layerline_core::store::{Backend, ReadModels};
 use layerline_jobs::prune::make_plan;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
-                    super::$name(&db).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
-                    super::$name(&db).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     a_dry_run_and_a_real_run_delete_exactly_the_planned_set,

@@ -1229,7 +1229,12 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
             .collect()
     };
     // Two attempts plan (a takeover): the first summary stored makes the plan.
-    assert!(store.save_plan(&header(1, 12_000), &items(1, 12_000)).await.unwrap());
+    assert!(
+        store
+            .save_plan(&header(1, 12_000), &items(1, 12_000))
+            .await
+            .unwrap()
+    );
     assert!(!store.save_plan(&header(2, 3), &items(2, 3)).await.unwrap());
     let plan = store.plan("j1").await.unwrap().unwrap();
     assert_eq!((plan.attempt, plan.tags, plan.position), (1, 12_000, 10));
@@ -1238,7 +1243,10 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
     assert_eq!(tags, ["a1-t11998", "a1-t11999"]);
     let all = store.plan_items("j1", 0, i64::MAX).await.unwrap();
     assert_eq!(all.len(), 12_000);
-    assert!(all.iter().all(|i| i.tag.as_deref().unwrap().starts_with("a1-")));
+    assert!(
+        all.iter()
+            .all(|i| i.tag.as_deref().unwrap().starts_with("a1-"))
+    );
     assert!(store.plan("j2").await.unwrap().is_none());
     assert!(store.plan_items("j2", 0, 10).await.unwrap().is_empty());
 }

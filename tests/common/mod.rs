@@ -6,6 +6,34 @@
 //! `CI=true` or `LAYERLINE_REQUIRE_POSTGRES=1`, where that is a failure.
 #![allow(dead_code)]
 
+/// Runs each named `async fn(&TestDb)` as a test on SQLite and on PostgreSQL (`sqlite::name`,
+/// `postgres::name`).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = TestDb::new(Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
