@@ -9,5 +9,6 @@ pub mod domain;
 pub mod http;
 pub mod jobs;
 pub mod metric;
+pub mod oci;
 pub mod service;
 pub mod store;

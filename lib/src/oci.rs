@@ -1,0 +1,633 @@
+//! A client for OCI distribution registries: the part of the protocol import and backend
+//! registries use (`api-contract.md` §4), on `reqwest`.
+//!
+//! * Every manifest request sends all four manifest media types in `Accept` (without the OCI
+//!   types CNCF distribution answers 404 for OCI manifests; without the Docker v2 type it may
+//!   convert to schema 1, a different digest).
+//! * A fetched manifest is verified: its bytes must hash to the digest asked for, or to the
+//!   `Docker-Content-Digest` the registry sent, and they are bounded in size.
+//! * Auth: anonymous, basic, and the bearer-token flow (a 401 with `WWW-Authenticate: Bearer
+//!   realm=…,service=…,scope=…` sends us to the realm for a token, with the basic credentials
+//!   when there are some).
+//! * 429 and 5xx answers are retried, honouring `Retry-After` (seconds), a few times.
+//! * Requests in flight are bounded per client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::domain::event::{Blob, ManifestRecorded};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// The `Accept` of every manifest request.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+/// The largest manifest accepted (CNCF distribution refuses to store larger ones).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Entries asked for per catalog or tag list page.
+pub const PAGE: usize = 100;
+
+/// Why a registry request failed. `is_transient` says whether trying later may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OciError {
+    #[error("{what} not found at {registry}")]
+    NotFound { registry: String, what: String },
+    #[error("{registry} refused the credentials ({status})")]
+    Unauthorized { registry: String, status: u16 },
+    #[error("{url} answered {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("manifest {reference}: its bytes hash to {actual}, not {expected}")]
+    DigestMismatch {
+        reference: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("manifest {reference}: {reason}")]
+    BadManifest { reference: String, reason: String },
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl OciError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            OciError::Transport(_) => true,
+            OciError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Anonymous,
+    Basic { username: String, password: String },
+}
+
+// Never print a password.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+        }
+    }
+}
+
+/// A manifest as fetched: its verified digest, media type and bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub digest: String,
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+/// A manifest's content: an image (config and layers) or an index (child manifests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Image {
+        config: Option<Blob>,
+        layers: Vec<Blob>,
+    },
+    /// `(digest, platform)` of each child, `platform` as `os/arch[/variant]`.
+    Index {
+        children: Vec<(String, Option<String>)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credentials: Credentials,
+    token: Arc<Mutex<Option<String>>>,
+    in_flight: Arc<Semaphore>,
+    /// Retries of a 429/5xx/transport failure.
+    retries: u32,
+    /// Entries asked for per catalog or tag list page.
+    page: usize,
+}
+
+impl Client {
+    /// A client of the registry at `base` (`https://host[:port]` or `http://…`), with at most
+    /// `concurrency` requests in flight.
+    pub fn new(base: &str, credentials: Credentials, concurrency: usize) -> Result<Self, OciError> {
+        let base = base.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(OciError::Transport(format!(
+                "registry {base}: expected an http:// or https:// URL"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| OciError::Transport(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: base.to_owned(),
+            credentials,
+            token: Arc::new(Mutex::new(None)),
+            in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
+            retries: 4,
+            page: PAGE,
+        })
+    }
+
+    /// Asks for `n` entries per catalog or tag list page (the registry may send fewer).
+    pub fn with_page_size(mut self, n: usize) -> Self {
+        self.page = n.max(1);
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Checks the registry speaks the distribution API and accepts our credentials.
+    pub async fn probe(&self) -> Result<(), OciError> {
+        self.get("/v2/", None).await.map(drop)
+    }
+
+    /// Every repository of the registry, following `Link` pages.
+    pub async fn catalog(&self) -> Result<Vec<String>, OciError> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut next = Some(format!("/v2/_catalog?n={}", self.page));
+        while let Some(path) = next.take() {
+            let res = self.get(&path, None).await?;
+            next = next_link(&res);
+            let page: Page = json(res, &path).await?;
+            out.extend(page.repositories.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Every tag of `repository`, following `Link` pages.
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, OciError> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut out = Vec::new();
+        let mut next = Some(format!("/v2/{repository}/tags/list?n={}", self.page));
+        while let Some(path) = next.take() {
+            let res = match self.get(&path, None).await {
+                Err(OciError::Status { status: 404, .. }) => {
+                    return Err(OciError::NotFound {
+                        registry: self.base.clone(),
+                        what: format!("repository {repository}"),
+                    });
+                }
+                other => other?,
+            };
+            next = next_link(&res);
+            let page: Page = json(res, &path).await?;
+            out.extend(page.tags.unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Manifest `reference` (a tag or a digest) of `repository`, verified against its digest.
+    pub async fn manifest(&self, repository: &str, reference: &str) -> Result<Fetched, OciError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let named = format!("{repository}:{reference}");
+        let res = match self.get(&path, Some(MANIFEST_ACCEPT)).await {
+            Err(OciError::Status { status: 404, .. }) => {
+                return Err(OciError::NotFound {
+                    registry: self.base.clone(),
+                    what: format!("manifest {named}"),
+                });
+            }
+            other => other?,
+        };
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let media_type = header("content-type")
+            .map(|t| t.split(';').next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default();
+        let sent_digest = header("docker-content-digest");
+        if res
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_MANIFEST_BYTES)
+        {
+            return Err(too_large(&named));
+        }
+        let body = res
+            .bytes()
+            .await
+            .map_err(|e| OciError::Transport(e.to_string()))?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large(&named));
+        }
+        let actual = sha256(&body);
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_owned())
+        } else {
+            sent_digest
+        };
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(OciError::DigestMismatch {
+                reference: named,
+                expected,
+                actual,
+            });
+        }
+        let media_type = if media_type.is_empty() || media_type == "application/json" {
+            // Some registries do not say; the manifest does.
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        } else {
+            media_type
+        };
+        Ok(Fetched {
+            digest: actual,
+            media_type,
+            body: body.to_vec(),
+        })
+    }
+
+    /// Deletes manifest `digest` of `repository`; one already gone is not an error.
+    pub async fn delete_manifest(&self, repository: &str, digest: &str) -> Result<(), OciError> {
+        let path = format!("/v2/{repository}/manifests/{digest}");
+        match self.send(reqwest::Method::DELETE, &path, None).await {
+            Ok(_) | Err(OciError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get(&self, path: &str, accept: Option<&str>) -> Result<reqwest::Response, OciError> {
+        self.send(reqwest::Method::GET, path, accept).await
+    }
+
+    /// Sends a request, fetching a bearer token when challenged and retrying 429/5xx and
+    /// transport failures; any other non-success answer is an error.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, OciError> {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let _permit = self.in_flight.acquire().await.expect("never closed");
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(accept) = accept {
+                req = req.header("accept", accept);
+            }
+            let token = self.token.lock().await.clone();
+            req = match (&token, &self.credentials) {
+                (Some(token), _) => req.bearer_auth(token),
+                (None, Credentials::Basic { username, password }) => {
+                    req.basic_auth(username, Some(password))
+                }
+                (None, Credentials::Anonymous) => req,
+            };
+            let failure = match req.send().await {
+                Ok(res) if res.status().is_success() => return Ok(res),
+                Ok(res) if res.status() == 401 && !challenged => {
+                    challenged = true;
+                    let challenge = res
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match challenge.as_deref().and_then(bearer_challenge) {
+                        Some(c) => {
+                            let token = self.fetch_token(&c).await?;
+                            *self.token.lock().await = Some(token);
+                            continue;
+                        }
+                        None => return Err(self.unauthorized(401)),
+                    }
+                }
+                Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
+                    return Err(self.unauthorized(res.status().as_u16()));
+                }
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let retry_after = res
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let message = res.text().await.unwrap_or_default();
+                    let err = OciError::Status {
+                        url: url.clone(),
+                        status,
+                        message: message.chars().take(300).collect(),
+                    };
+                    (err, retry_after)
+                }
+                Err(e) => (OciError::Transport(format!("{url}: {e}")), None),
+            };
+            let (err, retry_after) = failure;
+            if !err.is_transient() || attempt >= self.retries {
+                return Err(err);
+            }
+            let wait = match retry_after {
+                Some(secs) => Duration::from_secs(secs.min(30)),
+                None => Duration::from_millis(200 << attempt),
+            };
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn unauthorized(&self, status: u16) -> OciError {
+        OciError::Unauthorized {
+            registry: self.base.clone(),
+            status,
+        }
+    }
+
+    /// Asks the challenge's realm for a token (with our basic credentials, if any).
+    async fn fetch_token(&self, c: &Challenge) -> Result<String, OciError> {
+        #[derive(Deserialize)]
+        struct TokenBody {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let mut query = Vec::new();
+        if let Some(service) = &c.service {
+            query.push(("service", service.as_str()));
+        }
+        if let Some(scope) = &c.scope {
+            query.push(("scope", scope.as_str()));
+        }
+        let mut req = self.http.get(&c.realm).query(&query);
+        if let Credentials::Basic { username, password } = &self.credentials {
+            req = req.basic_auth(username, Some(password));
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| OciError::Transport(format!("{}: {e}", c.realm)))?;
+        if !res.status().is_success() {
+            return Err(self.unauthorized(res.status().as_u16()));
+        }
+        let body: TokenBody = res
+            .json()
+            .await
+            .map_err(|e| OciError::Transport(format!("{}: {e}", c.realm)))?;
+        body.token
+            .or(body.access_token)
+            .ok_or_else(|| OciError::Transport(format!("{} sent no token", c.realm)))
+    }
+}
+
+fn too_large(named: &str) -> OciError {
+    OciError::BadManifest {
+        reference: named.to_owned(),
+        reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+    }
+}
+
+async fn json<T: serde::de::DeserializeOwned>(
+    res: reqwest::Response,
+    path: &str,
+) -> Result<T, OciError> {
+    res.json()
+        .await
+        .map_err(|e| OciError::Transport(format!("{path}: not the expected JSON: {e}")))
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The `rel="next"` target of a `Link` header (`</v2/…?last=x&n=100>; rel="next"`).
+fn next_link(res: &reqwest::Response) -> Option<String> {
+    let link = res.headers().get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Challenge {
+    realm: String,
+    service: Option<String>,
+    scope: Option<String>,
+}
+
+/// Reads `Bearer realm="…",service="…",scope="…"`.
+fn bearer_challenge(header: &str) -> Option<Challenge> {
+    let rest = header.trim().strip_prefix("Bearer ")?;
+    let mut realm = None;
+    let (mut service, mut scope) = (None, None);
+    // Values are quoted and may contain commas (scopes do): split on `",`.
+    for part in rest.split("\",") {
+        let (key, value) = part.split_once('=')?;
+        let value = value.trim().trim_matches('"').to_owned();
+        match key.trim() {
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
+            "scope" => scope = Some(value),
+            _ => {}
+        }
+    }
+    Some(Challenge {
+        realm: realm?,
+        service,
+        scope,
+    })
+}
+
+/// Reads a fetched manifest: an image manifest (OCI or Docker v2) or an index (OCI index or
+/// Docker manifest list). Anything else is refused, naming the reference.
+pub fn parse(reference: &str, fetched: &Fetched) -> Result<Parsed, OciError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Descriptor {
+        media_type: Option<String>,
+        digest: String,
+        size: i64,
+        platform: Option<Platform>,
+    }
+    #[derive(Deserialize)]
+    struct Platform {
+        os: String,
+        architecture: String,
+        variant: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        schema_version: Option<i64>,
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let bad = |reason: String| OciError::BadManifest {
+        reference: reference.to_owned(),
+        reason,
+    };
+    let body: Body =
+        serde_json::from_slice(&fetched.body).map_err(|e| bad(format!("not a manifest: {e}")))?;
+    if body.schema_version != Some(2) {
+        return Err(bad(format!(
+            "schema version {:?}; only version 2 is supported",
+            body.schema_version
+        )));
+    }
+    let blob = |d: Descriptor, default: &str| -> Result<Blob, OciError> {
+        check_digest(&d.digest).map_err(&bad)?;
+        if d.size < 0 {
+            return Err(bad(format!("{} has a negative size", d.digest)));
+        }
+        Ok(Blob {
+            digest: d.digest,
+            size: d.size,
+            media_type: d.media_type.unwrap_or_else(|| default.to_owned()),
+        })
+    };
+    match fetched.media_type.as_str() {
+        OCI_MANIFEST | DOCKER_MANIFEST => Ok(Parsed::Image {
+            config: body
+                .config
+                .map(|c| blob(c, "application/octet-stream"))
+                .transpose()?,
+            layers: body
+                .layers
+                .into_iter()
+                .map(|l| blob(l, "application/octet-stream"))
+                .collect::<Result<_, _>>()?,
+        }),
+        OCI_INDEX | DOCKER_LIST => Ok(Parsed::Index {
+            children: body
+                .manifests
+                .into_iter()
+                .map(|m| {
+                    check_digest(&m.digest).map_err(&bad)?;
+                    let platform = m.platform.map(|p| match p.variant {
+                        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                        None => format!("{}/{}", p.os, p.architecture),
+                    });
+                    Ok((m.digest, platform))
+                })
+                .collect::<Result<_, OciError>>()?,
+        }),
+        other => Err(bad(format!("unknown media type `{other}`"))),
+    }
+}
+
+fn check_digest(d: &str) -> Result<(), String> {
+    let hex = d
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("{d}: only sha256 digests are supported"))?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        return Err(format!("{d}: not a sha256 digest"));
+    }
+    Ok(())
+}
+
+/// The event recording `fetched` (parsed as `parsed`), reached through an index with
+/// `platform` when it is a child.
+pub fn recorded(fetched: &Fetched, parsed: Parsed, platform: Option<String>) -> ManifestRecorded {
+    let (config, layers, children) = match parsed {
+        Parsed::Image { config, layers } => (config, layers, Vec::new()),
+        Parsed::Index { children } => (
+            None,
+            Vec::new(),
+            children.into_iter().map(|(d, _)| d).collect(),
+        ),
+    };
+    ManifestRecorded {
+        digest: fetched.digest.clone(),
+        media_type: fetched.media_type.clone(),
+        platform,
+        config,
+        layers,
+        children,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_keep_commas_inside_quoted_scopes() {
+        let c = bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:team/app:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm, "https://auth.example/token");
+        assert_eq!(c.service.as_deref(), Some("registry.example"));
+        assert_eq!(c.scope.as_deref(), Some("repository:team/app:pull,push"));
+        assert_eq!(bearer_challenge(r#"Basic realm="x""#), None);
+    }
+
+    #[test]
+    fn unknown_media_types_and_bad_digests_are_refused_by_reference() {
+        let fetched = |media_type: &str, body: &str| Fetched {
+            digest: sha256(body.as_bytes()),
+            media_type: media_type.into(),
+            body: body.as_bytes().to_vec(),
+        };
+        let err = parse(
+            "team/app:v1",
+            &fetched("application/vnd.example+json", r#"{"schemaVersion":2}"#),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("team/app:v1"), "{err}");
+        assert!(err.to_string().contains("unknown media type"), "{err}");
+        let err = parse(
+            "team/app:v1",
+            &fetched(
+                OCI_MANIFEST,
+                r#"{"schemaVersion":2,"layers":[{"digest":"md5:00","size":1}]}"#,
+            ),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only sha256"), "{err}");
+    }
+}

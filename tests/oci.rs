@@ -1,0 +1,411 @@
+//! The OCI distribution client against a real registry: Debian's `docker-registry` (CNCF
+//! distribution 2.8), started by the test on a free loopback port with its storage in a
+//! temporary directory, and fed fixture images over the OCI API.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use layerline_core::oci::{
+    Client, Credentials, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, OciError, Parsed, parse, sha256,
+};
+use serde_json::json;
+
+/// A `docker-registry` of its own, stopped when dropped.
+struct Registry {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Debian's docker-registry must be installed (.ci/run installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while reqwest::get(format!("{base}/v2/")).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "registry did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Registry {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    /// Uploads `bytes` as a blob of `repo` (monolithic upload); returns its digest.
+    async fn blob(&self, repo: &str, bytes: &[u8]) -> String {
+        let http = reqwest::Client::new();
+        let res = http
+            .post(format!("{}/v2/{repo}/blobs/uploads/", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let location = res.headers()["location"].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location
+        };
+        let digest = sha256(bytes);
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let res = http
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        digest
+    }
+
+    /// Puts manifest `body` under `reference`; returns its digest.
+    async fn manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
+        let res = reqwest::Client::new()
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.base))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        sha256(body)
+    }
+
+    /// An image manifest of `media_type` with a config and `layers` (contents), pushed
+    /// under `tag`; returns its digest and bytes.
+    async fn image(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        layers: &[&str],
+    ) -> (String, Vec<u8>) {
+        let config = json!({"architecture": "amd64", "os": "linux", "tag": tag}).to_string();
+        let config_digest = self.blob(repo, config.as_bytes()).await;
+        let (config_type, layer_type) = if media_type == DOCKER_MANIFEST {
+            (
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+        } else {
+            (
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        };
+        let mut descriptors = Vec::new();
+        for l in layers {
+            let digest = self.blob(repo, l.as_bytes()).await;
+            descriptors.push(json!({"mediaType": layer_type, "digest": digest, "size": l.len()}));
+        }
+        let body = json!({
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
+            "layers": descriptors,
+        })
+        .to_string()
+        .into_bytes();
+        let digest = self.manifest(repo, tag, media_type, &body).await;
+        (digest, body)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_lists_fetches_and_verifies_manifests_of_a_real_registry() {
+    let reg = Registry::start().await;
+    let (v1, v1_body) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base layer", "app v1"])
+        .await;
+    let (v2, _) = reg
+        .image("team/app", "v2", OCI_MANIFEST, &["base layer", "app v2!"])
+        .await;
+    reg.image("team/api", "latest", DOCKER_MANIFEST, &["api layer"])
+        .await;
+    let (amd64, _) = reg
+        .image("team/multi", "amd64", OCI_MANIFEST, &["x86 build"])
+        .await;
+    let (arm64, _) = reg
+        .image("team/multi", "arm64", OCI_MANIFEST, &["arm build"])
+        .await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd64, "size": 1,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm64, "size": 1,
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    })
+    .to_string();
+    let index_digest = reg
+        .manifest("team/multi", "latest", OCI_INDEX, index.as_bytes())
+        .await;
+
+    // Pages of one entry: every page is reached through the Link header.
+    let client = Client::new(&reg.base, Credentials::Anonymous, 4)
+        .unwrap()
+        .with_page_size(1);
+    client.probe().await.unwrap();
+    assert_eq!(
+        client.catalog().await.unwrap(),
+        ["team/api", "team/app", "team/multi"]
+    );
+    assert_eq!(client.tags("team/app").await.unwrap(), ["v1", "v2"]);
+
+    // A manifest by tag and by digest: verified, typed and parsed.
+    let fetched = client.manifest("team/app", "v1").await.unwrap();
+    assert_eq!(fetched.digest, v1);
+    assert_eq!(fetched.body, v1_body);
+    assert_eq!(fetched.media_type, OCI_MANIFEST);
+    match parse("team/app:v1", &fetched).unwrap() {
+        Parsed::Image { config, layers } => {
+            assert!(config.unwrap().size > 0);
+            let sizes: Vec<i64> = layers.iter().map(|l| l.size).collect();
+            assert_eq!(sizes, [10, 6]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.manifest("team/app", &v1).await.unwrap(), fetched);
+    let docker = client.manifest("team/api", "latest").await.unwrap();
+    assert_eq!(docker.media_type, DOCKER_MANIFEST);
+    assert!(matches!(
+        parse("team/api:latest", &docker).unwrap(),
+        Parsed::Image { .. }
+    ));
+    let multi = client.manifest("team/multi", "latest").await.unwrap();
+    assert_eq!(multi.digest, index_digest);
+    assert_eq!(
+        parse("team/multi:latest", &multi).unwrap(),
+        Parsed::Index {
+            children: vec![
+                (amd64, Some("linux/amd64".to_owned())),
+                (arm64, Some("linux/arm64/v8".to_owned())),
+            ]
+        }
+    );
+
+    // What is not there is a NotFound naming it.
+    let err = client.manifest("team/app", "nope").await.unwrap_err();
+    assert!(matches!(err, OciError::NotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("team/app:nope"), "{err}");
+    let err = client.tags("team/none").await.unwrap_err();
+    assert!(matches!(err, OciError::NotFound { .. }), "{err:?}");
+
+    // Deleting a manifest: it is gone, and deleting it again is no error.
+    client.delete_manifest("team/app", &v2).await.unwrap();
+    let err = client.manifest("team/app", &v2).await.unwrap_err();
+    assert!(matches!(err, OciError::NotFound { .. }), "{err:?}");
+    client.delete_manifest("team/app", &v2).await.unwrap();
+}
+
+/// A stand-in registry for what the real one cannot be made to do: serve a manifest whose
+/// bytes do not match its digest, challenge for a bearer token from a realm of its own, and
+/// answer 503 with `Retry-After` before it answers.
+mod fake {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+
+    use super::*;
+
+    pub const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+
+    #[derive(Clone, Default)]
+    pub struct Counts {
+        pub busy: Arc<AtomicUsize>,
+        pub tokens: Arc<AtomicUsize>,
+    }
+
+    /// Serves on a free loopback port; returns its base URL.
+    pub async fn start(counts: Counts) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let realm = format!("{base}/token");
+        let app = Router::new()
+            .route(
+                "/v2/",
+                get(move |headers: HeaderMap| async move { authorized(&headers, &realm) }),
+            )
+            .route("/token", get(token))
+            .route("/v2/team/app/manifests/{reference}", get(tampered))
+            .route("/v2/team/busy/tags/list", get(busy))
+            .with_state(counts);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+
+    /// `{}` with the right bearer token; a challenge naming the realm otherwise.
+    fn authorized(headers: &HeaderMap, realm: &str) -> Response {
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            == Some("Bearer good-token")
+        {
+            return "{}".into_response();
+        }
+        let challenge = format!(
+            r#"Bearer realm="{realm}",service="fake",scope="registry:catalog:*,repository:x:pull""#
+        );
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+        )
+            .into_response()
+    }
+
+    /// Hands out a token for `user:secret` (basic auth) only.
+    async fn token(State(counts): State<Counts>, headers: HeaderMap) -> Response {
+        counts.tokens.fetch_add(1, Ordering::SeqCst);
+        // base64("user:secret")
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some("Basic dXNlcjpzZWNyZXQ=")
+        {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        axum::Json(json!({"token": "good-token"})).into_response()
+    }
+
+    /// The manifest, with a digest header that is not its bytes'.
+    async fn tampered() -> Response {
+        let wrong = sha256(b"something else");
+        (
+            [
+                (header::CONTENT_TYPE, OCI_MANIFEST.to_owned()),
+                (
+                    header::HeaderName::from_static("docker-content-digest"),
+                    wrong,
+                ),
+            ],
+            MANIFEST,
+        )
+            .into_response()
+    }
+
+    /// 503 with `Retry-After: 1` twice, then the tags.
+    async fn busy(State(counts): State<Counts>) -> Response {
+        if counts.busy.fetch_add(1, Ordering::SeqCst) < 2 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+            )
+                .into_response();
+        }
+        axum::Json(json!({"name": "team/busy", "tags": ["v1"]})).into_response()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_manifest_is_refused_naming_its_reference() {
+    let base = fake::start(fake::Counts::default()).await;
+    let client = Client::new(&base, Credentials::Anonymous, 2).unwrap();
+    let err = client.manifest("team/app", "v1").await.unwrap_err();
+    match &err {
+        OciError::DigestMismatch {
+            reference, actual, ..
+        } => {
+            assert_eq!(reference, "team/app:v1");
+            assert_eq!(*actual, sha256(fake::MANIFEST.as_bytes()));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Asked for by digest, the bytes must hash to that digest.
+    let wanted = sha256(b"the manifest I asked for");
+    let err = client.manifest("team/app", &wanted).await.unwrap_err();
+    assert!(matches!(err, OciError::DigestMismatch { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
+    let counts = fake::Counts::default();
+    let base = fake::start(counts.clone()).await;
+    let good = Credentials::Basic {
+        username: "user".into(),
+        password: "secret".into(),
+    };
+    let client = Client::new(&base, good, 2).unwrap();
+    client.probe().await.unwrap();
+    client.probe().await.unwrap();
+    assert_eq!(
+        counts.tokens.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the token is kept"
+    );
+    let bad = Credentials::Basic {
+        username: "user".into(),
+        password: "wrong".into(),
+    };
+    let err = Client::new(&base, bad, 2)
+        .unwrap()
+        .probe()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OciError::Unauthorized { .. }), "{err:?}");
+    // The password never shows in debug output.
+    assert!(
+        !format!(
+            "{:?}",
+            Credentials::Basic {
+                username: "u".into(),
+                password: "p4ss".into()
+            }
+        )
+        .contains("p4ss")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
+    let counts = fake::Counts::default();
+    let base = fake::start(counts.clone()).await;
+    let client = Client::new(&base, Credentials::Anonymous, 2).unwrap();
+    let started = Instant::now();
+    assert_eq!(client.tags("team/busy").await.unwrap(), ["v1"]);
+    assert_eq!(counts.busy.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two waits of Retry-After: 1"
+    );
+}
