@@ -1146,6 +1146,11 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
         ("post", "/v1/images/tasks".to_owned(), Some("TaskRequest")),
         ("delete", "/v1/images/{id}".to_owned(), None),
         ("get", "/v1/jobs/{id}/plan".to_owned(), None),
+        (
+            "post",
+            "/v1/images/{id}/tasks".to_owned(),
+            Some("TaskRequest"),
+        ),
         ("get", "/v1/prune-policies".to_owned(), None),
         ("post", "/v1/prune-policies".to_owned(), None),
         ("get", "/v1/prune-policies/{id}".to_owned(), None),

@@ -2,6 +2,9 @@
 //! distribution 2.8), started by the test on a free loopback port with its storage in a
 //! temporary directory, and fed fixture images over the OCI API.
 
+#[macro_use]
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -408,4 +411,167 @@ async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
         started.elapsed() >= Duration::from_secs(2),
         "two waits of Retry-After: 1"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Import jobs, through the real binary
+
+use common::{Fixture, Server, TestDb, call, state, wait_for};
+use layerline_core::domain::Aggregate;
+use layerline_core::domain::image::Image;
+use layerline_core::store::{Backend, EventStore, ReadModels};
+use reqwest::Method;
+use serde_json::Value;
+
+on_both_backends!(an_import_records_tags_manifests_and_the_registrys_sizes_once,);
+
+/// The size of an image holding `manifests` (bodies as pushed): each distinct blob (config
+/// or layer) once.
+fn expected_size(manifests: &[&[u8]]) -> i64 {
+    let mut blobs = std::collections::BTreeMap::new();
+    for body in manifests {
+        let m: Value = serde_json::from_slice(body).unwrap();
+        let config = m["config"].clone();
+        for d in m["layers"].as_array().unwrap().iter().chain([&config]) {
+            blobs.insert(
+                d["digest"].as_str().unwrap().to_owned(),
+                d["size"].as_i64().unwrap(),
+            );
+        }
+    }
+    blobs.values().sum()
+}
+
+async fn import(server: &Server, image: &str, source: Value) -> Value {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/{image}/tasks", server.base),
+        Some(json!({"action": "import", "contents": {"source": source}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(server, &id, Duration::from_secs(60), |j| {
+        matches!(state(j), "completed" | "error")
+    })
+    .await
+}
+
+async fn an_import_records_tags_manifests_and_the_registrys_sizes_once(db: &TestDb) {
+    let reg = Registry::start().await;
+    let (_, v1) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base layer", "app v1"])
+        .await;
+    let (_, v2) = reg
+        .image(
+            "team/app",
+            "v2",
+            DOCKER_MANIFEST,
+            &["base layer", "app v2!"],
+        )
+        .await;
+    let (amd64, amd64_body) = reg
+        .image("team/multi", "amd64", OCI_MANIFEST, &["x86 build"])
+        .await;
+    let (arm64, arm64_body) = reg
+        .image("team/multi", "arm64", OCI_MANIFEST, &["arm build"])
+        .await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd64, "size": amd64_body.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm64, "size": arm64_body.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    })
+    .to_string();
+    let index_digest = reg
+        .manifest("team/multi", "latest", OCI_INDEX, index.as_bytes())
+        .await;
+
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let app = fx.image(&ns, "app").await;
+    let multi = fx.image(&ns, "multi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+
+    // Every tag of a repository: tags and sizes as the registry has them.
+    let j = import(
+        &server,
+        &app,
+        json!({"registry": reg.base, "repository": "team/app"}),
+    )
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["manifests_recorded"], 2, "{j}");
+    assert_eq!(fx.tag_names(&app).await, ["v1", "v2"]);
+    assert_eq!(fx.image_size(&app).await, expected_size(&[&v1, &v2]));
+
+    // An index with its children, each child with its platform.
+    let j = import(
+        &server,
+        &multi,
+        json!({"registry": reg.base, "repository": "team/multi", "tags": ["latest"]}),
+    )
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["manifests_recorded"], 3, "{j}");
+    let rows = store.read_model_rows().await.unwrap();
+    let mut platforms: Vec<(String, Option<String>)> = rows
+        .manifests
+        .iter()
+        .filter(|m| m.image_id == multi)
+        .map(|m| (m.digest.clone(), m.platform.clone()))
+        .collect();
+    platforms.sort();
+    let mut expected = vec![
+        (amd64.clone(), Some("linux/amd64".to_owned())),
+        (arm64.clone(), Some("linux/arm64/v8".to_owned())),
+        (index_digest.clone(), None),
+    ];
+    expected.sort();
+    assert_eq!(platforms, expected);
+    let tag = rows.tags.iter().find(|t| t.image_id == multi).unwrap();
+    assert_eq!(
+        (tag.name.as_str(), tag.digest.as_str()),
+        ("latest", index_digest.as_str())
+    );
+    assert_eq!(
+        fx.image_size(&multi).await,
+        expected_size(&[&amd64_body, &arm64_body])
+    );
+
+    // Importing the same again records nothing.
+    let version = store.read_stream(&Image::stream(&app)).await.unwrap().len();
+    let j = import(
+        &server,
+        &app,
+        json!({"registry": reg.base, "repository": "team/app"}),
+    )
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["manifests_recorded"], 0, "{j}");
+    assert_eq!(
+        store.read_stream(&Image::stream(&app)).await.unwrap().len(),
+        version
+    );
+
+    // A tag the registry does not have fails the job by name, after one attempt.
+    let j = import(
+        &server,
+        &app,
+        json!({"registry": reg.base, "repository": "team/app", "tags": ["nope"]}),
+    )
+    .await;
+    assert_eq!(state(&j), "error", "{j}");
+    assert_eq!(j["attempts"], 1);
+    assert!(
+        j["last_error"].as_str().unwrap().contains("team/app:nope"),
+        "{j}"
+    );
+    server.terminate();
 }

@@ -23,7 +23,8 @@ pub(crate) async fn run(kind: JobKind, input: &Value, ctx: &mut Ctx<'_>) -> Outc
         JobKind::DeleteTag => delete_tags(parse(input)?, ctx).await,
         JobKind::Probe => probe(parse(input)?, ctx).await,
         JobKind::Prune => crate::prune::prune(parse(input)?, ctx).await,
-        JobKind::Import | JobKind::Gc => Err(Failure::Permanent(format!(
+        JobKind::Import => crate::import::import(parse(input)?, ctx).await,
+        JobKind::Gc => Err(Failure::Permanent(format!(
             "{} jobs are not supported by this version",
             kind.as_str()
         ))),

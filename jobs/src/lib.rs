@@ -5,6 +5,7 @@
 //! job waiting under the old name, so they are explicit constants, never Rust type paths.
 
 pub mod handlers;
+pub mod import;
 pub mod pool;
 pub mod prune;
 pub mod runner;

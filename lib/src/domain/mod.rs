@@ -8,6 +8,7 @@ pub mod namespace;
 pub mod policy;
 pub mod retention;
 pub mod schedule;
+pub mod source;
 pub mod token;
 pub mod validate;
 

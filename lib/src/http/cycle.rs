@@ -15,6 +15,7 @@ use super::{AppState, Params};
 use crate::domain::DomainError;
 use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
 use crate::domain::policy::{Policy, PolicySpec, PruneInput};
+use crate::domain::source::{ImportInput, Source};
 use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/jobs/{id}/plan", get(job_plan))
         .route("/v1/images/tasks", post(images_task))
         .route("/v1/images/{id}", delete(delete_image))
+        .route("/v1/images/{id}/tasks", post(image_task))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -998,5 +1000,63 @@ pub(crate) async fn delete_image(
         p.actor(),
         idempotency_key(&headers)?,
     );
+    accepted(&state, sub, StatusCode::OK).await
+}
+
+#[utoipa::path(
+    post, path = "/v1/images/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
+    request_body = TaskRequest,
+    summary = "Import into an image (images-import): {\"action\": \"import\", \"contents\": {\"source\": {\"registry\", \"repository\", \"tags\", \"credentials\": {\"username\", \"password_env\"}}}}",
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The import job", body = Data<JobDescriptor>), (status = 404, description = "No such image"), (status = 422, description = "A field is invalid; `source` names it")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn image_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(req): Body<TaskRequest>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesImport).await?;
+    if req.action != "import" {
+        return Err(ApiError::invalid(
+            "action",
+            format!("unknown action `{}` (import)", req.action),
+        ));
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Contents {
+        source: Source,
+    }
+    let c: Contents = serde_json::from_value(req.contents)
+        .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
+    c.source.check().map_err(ServiceError::Domain)?;
+    let image = state.store().image(&id).await.map_err(internal)?;
+    let Some(image) = image.filter(|i| p.sees(&i.project_id)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.image",
+            "Not found",
+            format!("no image {id}"),
+        ));
+    };
+    let caption = format!(
+        "import {}/{} into {}",
+        c.source.registry.trim_end_matches('/'),
+        c.source.repository,
+        image.name
+    );
+    let input = ImportInput {
+        image_id: image.id,
+        source: c.source,
+    };
+    let sub = Submission {
+        kind: JobKind::Import,
+        caption,
+        input: serde_json::to_value(&input).map_err(internal)?,
+        creator: Some(p.actor()),
+        idempotency_key: idempotency_key(&headers)?,
+        marks: None,
+    };
     accepted(&state, sub, StatusCode::OK).await
 }

@@ -42,6 +42,7 @@ use super::{cycle, policies, scaleway, yandex};
         cycle::job_plan,
         cycle::images_task,
         cycle::delete_image,
+        cycle::image_task,
         policies::list_policies,
         policies::create_policy,
         policies::get_policy,

@@ -1,0 +1,142 @@
+//! Where an import reads from: a registry, a repository, optionally some tags, and how to
+//! authenticate. Passwords are never stored: a source names the environment variable of the
+//! worker that holds one (`password_env`).
+
+use serde::{Deserialize, Serialize};
+
+use super::DomainError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `https://host[:port]`, or `http://` for a loopback registry.
+    pub registry: String,
+    pub repository: String,
+    /// The tags to import; absent: every tag of the repository.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default)]
+    pub credentials: Option<CredentialsRef>,
+}
+
+/// Basic credentials by reference: the password is read from the worker's environment
+/// variable `password_env` when the job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsRef {
+    pub username: String,
+    pub password_env: String,
+}
+
+/// Most tags one import names.
+pub const MAX_TAGS: usize = 10_000;
+
+impl Source {
+    /// Checks the fields; an error names the field (`source.registry`, …).
+    pub fn check(&self) -> Result<(), DomainError> {
+        let r = self.registry.trim_end_matches('/');
+        let host = r
+            .strip_prefix("https://")
+            .map(|h| (h, true))
+            .or_else(|| r.strip_prefix("http://").map(|h| (h, false)));
+        let Some((host, tls)) = host.filter(|(h, _)| !h.is_empty() && !h.contains('/')) else {
+            return Err(DomainError::invalid(
+                "source.registry",
+                "an https:// URL of a registry (host and optional port, no path)",
+            ));
+        };
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+        if !tls && !loopback {
+            return Err(DomainError::invalid(
+                "source.registry",
+                "plain http:// is only for loopback registries; use https://",
+            ));
+        }
+        let repo_ok = !self.repository.is_empty()
+            && self.repository.len() <= 255
+            && self.repository.split('/').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            });
+        if !repo_ok {
+            return Err(DomainError::invalid(
+                "source.repository",
+                "a repository name: lowercase path components of a-z, 0-9, '.', '_', '-'",
+            ));
+        }
+        if let Some(tags) = &self.tags {
+            if tags.is_empty() || tags.len() > MAX_TAGS {
+                return Err(DomainError::invalid(
+                    "source.tags",
+                    format!("1 to {MAX_TAGS} tags, or leave it out for all"),
+                ));
+            }
+            for t in tags {
+                super::validate::tag_name(t)
+                    .map_err(|_| DomainError::invalid("source.tags", format!("bad tag `{t}`")))?;
+            }
+        }
+        if let Some(c) = &self.credentials {
+            let env_ok = !c.password_env.is_empty()
+                && c.password_env
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if c.username.is_empty() || !env_ok {
+                return Err(DomainError::invalid(
+                    "source.credentials",
+                    "a username and password_env, the name of an environment variable \
+                     (A-Z, 0-9, _) of the workers holding the password",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(registry: &str, repository: &str) -> Source {
+        Source {
+            registry: registry.into(),
+            repository: repository.into(),
+            tags: None,
+            credentials: None,
+        }
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        assert!(
+            source("https://registry.example.com", "team/app")
+                .check()
+                .is_ok()
+        );
+        assert!(source("http://127.0.0.1:5000", "team/app").check().is_ok());
+        assert!(source("http://localhost:5000/", "app").check().is_ok());
+        let field = |s: Source| match s.check() {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(source("http://registry.example.com", "a")),
+            "source.registry"
+        );
+        assert_eq!(field(source("ftp://x", "a")), "source.registry");
+        assert_eq!(field(source("https://x/v2", "a")), "source.registry");
+        assert_eq!(field(source("https://x", "Team/App")), "source.repository");
+        assert_eq!(field(source("https://x", "a//b")), "source.repository");
+    }
+}
+
+/// An import job's input: what to read, and the image it goes into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportInput {
+    pub image_id: String,
+    pub source: Source,
+}
