@@ -104,6 +104,123 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<()> {
     outcome
 }
 
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// What to import: `[http(s)://]host[:port]/repository[:tag]`. Without a scheme, https
+    /// is used except for loopback hosts (as Docker does). Without a tag, every tag.
+    reference: String,
+    /// The namespace (by name) to import into.
+    #[arg(long)]
+    namespace: String,
+    /// The image's name in the namespace. [default: the repository path]
+    #[arg(long)]
+    image: Option<String>,
+    /// The namespace's region.
+    #[arg(long, default_value = "fr-par")]
+    region: String,
+    /// Username for the source registry; its password is read by the workers from the
+    /// environment variable named by --password-env.
+    #[arg(long, requires = "password_env")]
+    username: Option<String>,
+    /// Environment variable of the workers holding the source registry's password.
+    #[arg(long, requires = "username")]
+    password_env: Option<String>,
+    /// Base URL of a running `layerline serve`.
+    #[arg(long, env = "LAYERLINE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (needs images-import and images-view, and jobs-view to follow the job).
+    #[arg(long, env = "LAYERLINE_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+/// A reference split into registry URL, repository and tag.
+fn split_reference(reference: &str) -> anyhow::Result<(String, String, Option<String>)> {
+    let (scheme, rest) = match reference.split_once("://") {
+        Some((s, rest)) if s == "http" || s == "https" => (Some(s), rest),
+        Some((s, _)) => bail!("unsupported scheme {s}:// (http or https)"),
+        None => (None, reference),
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .with_context(|| format!("{reference}: expected host/repository[:tag]"))?;
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+    let scheme = scheme.unwrap_or(if loopback { "http" } else { "https" });
+    // A tag follows the last ':' after the last '/'.
+    let (repository, tag) = match path.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_owned())),
+        _ => (path, None),
+    };
+    if repository.is_empty() {
+        bail!("{reference}: no repository");
+    }
+    Ok((format!("{scheme}://{host}"), repository.to_owned(), tag))
+}
+
+/// Imports a repository (or one tag of it) into an image of a namespace, creating the image
+/// when the namespace has none of that name, and follows the job to its end.
+pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.url, args.token.clone());
+    let (registry, repository, tag) = split_reference(&args.reference)?;
+    let image_name = args.image.clone().unwrap_or_else(|| repository.clone());
+    let base = format!("/registry/v1/regions/{}", args.region);
+    let namespaces = api
+        .raw(
+            reqwest::Method::GET,
+            &format!("{base}/namespaces"),
+            &[("name", args.namespace.clone())],
+        )
+        .await?;
+    let namespace_id = namespaces["namespaces"][0]["id"]
+        .as_str()
+        .with_context(|| format!("no namespace named {} in {}", args.namespace, args.region))?
+        .to_owned();
+    let mut source = json!({"registry": registry, "repository": repository});
+    if let Some(tag) = tag {
+        source["tags"] = json!([tag]);
+    }
+    if let (Some(username), Some(env)) = (&args.username, &args.password_env) {
+        source["credentials"] = json!({"username": username, "password_env": env});
+    }
+    let images = api
+        .raw(
+            reqwest::Method::GET,
+            &format!("{base}/images"),
+            &[
+                ("namespace_id", namespace_id.clone()),
+                ("name", image_name.clone()),
+            ],
+        )
+        .await?;
+    let job_id = match images["images"][0]["id"].as_str() {
+        Some(image_id) => {
+            let body = json!({"action": "import", "contents": {"source": source}});
+            let path = format!("/v1/images/{image_id}/tasks");
+            let job = api
+                .call(reqwest::Method::POST, &path, &[], Some(body))
+                .await?;
+            eprintln!("importing into image {image_name} ({image_id})");
+            job["job"]["id"].as_str().context("no job id")?.to_owned()
+        }
+        None => {
+            let body = json!({"name": image_name, "namespace_id": namespace_id, "source": source});
+            let image = api
+                .call(reqwest::Method::POST, "/v1/images", &[], Some(body))
+                .await?;
+            eprintln!(
+                "created image {image_name} ({})",
+                image["id"].as_str().unwrap_or_default()
+            );
+            image["import_job_id"]
+                .as_str()
+                .context("no job id")?
+                .to_owned()
+        }
+    };
+    eprintln!("started job {job_id}");
+    watch(&api, &job_id).await
+}
+
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.url, args.token);
     match args.command {
@@ -194,6 +311,34 @@ impl Api {
         Ok(body["data"].take())
     }
 
+    /// A request to a surface that answers without `{"data": …}` (Scaleway's).
+    async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let res = self
+            .client
+            .request(method, &url)
+            .header("x-auth-token", &self.token)
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        let status = res.status();
+        let body: Value = res
+            .json()
+            .await
+            .with_context(|| format!("{url} answered {status} without JSON"))?;
+        if !status.is_success() {
+            let message = body["message"].as_str().unwrap_or("no detail");
+            bail!("{url} answered {status}: {message}");
+        }
+        Ok(body)
+    }
+
     async fn job(&self, id: &str) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), &[], None)
             .await
@@ -231,5 +376,45 @@ async fn watch(api: &Api, id: &str) -> anyhow::Result<()> {
             };
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn references_default_to_https_except_for_loopback_hosts() {
+        let split = |r: &str| split_reference(r).unwrap();
+        assert_eq!(
+            split("127.0.0.1:5000/team/app:v1"),
+            (
+                "http://127.0.0.1:5000".into(),
+                "team/app".into(),
+                Some("v1".into())
+            )
+        );
+        assert_eq!(
+            split("registry.example.com/team/app"),
+            (
+                "https://registry.example.com".into(),
+                "team/app".into(),
+                None
+            )
+        );
+        assert_eq!(
+            split("http://registry.internal:5000/app:latest"),
+            (
+                "http://registry.internal:5000".into(),
+                "app".into(),
+                Some("latest".into())
+            )
+        );
+        assert_eq!(
+            split("localhost:5000/a/b"),
+            ("http://localhost:5000".into(), "a/b".into(), None)
+        );
+        assert!(split_reference("ftp://x/a").is_err());
+        assert!(split_reference("just-a-name").is_err());
     }
 }

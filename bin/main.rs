@@ -70,6 +70,9 @@ enum Command {
     /// Run a stored prune policy now (or only plan it with --dry-run) and follow the run
     /// to its end, printing what it planned.
     Prune(jobs_cli::PruneArgs),
+    /// Import a repository (or one tag) from an OCI registry into a namespace, creating the
+    /// image if needed, and follow the import job to its end.
+    Import(jobs_cli::ImportArgs),
     /// Measure throughput against a plain-SQL baseline on the configured database.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -206,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Jobs(args) => jobs_cli::run(args).await,
         Command::Prune(args) => jobs_cli::prune(args).await,
+        Command::Import(args) => jobs_cli::import(args).await,
         Command::Bench(cmd) => bench::run(cmd, &settings).await,
     }
 }

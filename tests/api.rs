@@ -1151,6 +1151,7 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
             "/v1/images/{id}/tasks".to_owned(),
             Some("TaskRequest"),
         ),
+        ("post", "/v1/images".to_owned(), Some("CreateImage")),
         ("get", "/v1/prune-policies".to_owned(), None),
         ("post", "/v1/prune-policies".to_owned(), None),
         ("get", "/v1/prune-policies/{id}".to_owned(), None),

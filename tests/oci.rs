@@ -575,3 +575,87 @@ async fn an_import_records_tags_manifests_and_the_registrys_sizes_once(db: &Test
     );
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_import_command_creates_the_image_and_follows_the_job() {
+    let reg = Registry::start().await;
+    let (_, v1) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base", "one"])
+        .await;
+    let (_, v2) = reg
+        .image("team/app", "v2", OCI_MANIFEST, &["base", "two"])
+        .await;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let host = reg.base.trim_start_matches("http://").to_owned();
+    let run = |args: Vec<String>| {
+        let base = server.base.clone();
+        async move {
+            tokio::process::Command::new(common::BIN)
+                .arg("import")
+                .args(args)
+                .args(["--url", &base])
+                .env("LAYERLINE_TOKEN", common::ADMIN)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+
+    // One tag, into a new image named after the repository (http: a loopback registry).
+    let out = run(vec![
+        format!("{host}/team/app:v1"),
+        "--namespace".into(),
+        "team".into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": completed"), "{stdout}");
+    let image = store
+        .read_model_rows()
+        .await
+        .unwrap()
+        .images
+        .into_iter()
+        .find(|i| i.namespace_id == ns && i.name == "team/app")
+        .expect("the image was created");
+    assert_eq!(fx.tag_names(&image.id).await, ["v1"]);
+
+    // The whole repository into the image that now exists.
+    let out = run(vec![
+        format!("{host}/team/app"),
+        "--namespace".into(),
+        "team".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.tag_names(&image.id).await, ["v1", "v2"]);
+    assert_eq!(fx.image_size(&image.id).await, expected_size(&[&v1, &v2]));
+
+    let out = run(vec![
+        format!("{host}/team/app"),
+        "--namespace".into(),
+        "nope".into(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no namespace named nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.terminate();
+}

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use super::auth::{AuthError, Principal, authenticate};
 use super::{AppState, Params};
 use crate::domain::DomainError;
+use crate::domain::image::ImageCommand;
 use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
 use crate::domain::policy::{Policy, PolicySpec, PruneInput};
 use crate::domain::source::{ImportInput, Source};
@@ -35,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/images/tasks", post(images_task))
         .route("/v1/images/{id}", delete(delete_image))
         .route("/v1/images/{id}/tasks", post(image_task))
+        .route("/v1/images", post(create_image))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1059,4 +1061,106 @@ pub(crate) async fn image_task(
         marks: None,
     };
     accepted(&state, sub, StatusCode::OK).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImage {
+    /// The image's name in its namespace (an OCI repository path).
+    name: String,
+    namespace_id: String,
+    /// Where to import it from: `{"registry", "repository", "tags", "credentials":
+    /// {"username", "password_env"}}`.
+    #[schema(value_type = Object)]
+    source: Source,
+}
+
+/// An image created for an import, with the import job started for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedImage {
+    id: String,
+    name: String,
+    namespace_id: String,
+    status: String,
+    size: i64,
+    created_at: String,
+    import_job_id: String,
+}
+
+#[utoipa::path(
+    post, path = "/v1/images", tag = "jobs", request_body = CreateImage,
+    summary = "Create an image and import it from a registry (images-import)",
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 201, description = "The image, with its import job", body = Data<CreatedImage>), (status = 404, description = "No such namespace"), (status = 409, description = "The namespace has an image of that name"), (status = 422, description = "A field is invalid; `source` names it")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn create_image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<CreateImage>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesImport).await?;
+    req.source.check().map_err(ServiceError::Domain)?;
+    crate::domain::validate::image_name(&req.name).map_err(ServiceError::Domain)?;
+    let key = idempotency_key(&headers)?;
+    let namespace = state
+        .store()
+        .namespace(&req.namespace_id)
+        .await
+        .map_err(internal)?;
+    if !namespace.is_some_and(|n| p.sees(&n.project_id)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.namespace",
+            "Not found",
+            format!("no namespace {}", req.namespace_id),
+        ));
+    }
+    let image_id = uuid::Uuid::now_v7().to_string();
+    let meta = Metadata {
+        actor: Some(p.actor()),
+        ..Metadata::default()
+    };
+    let create = ImageCommand::Create {
+        namespace_id: req.namespace_id.clone(),
+        name: req.name.clone(),
+        visibility: None,
+    };
+    state.registry.image(&image_id, create, &meta).await?;
+    let caption = format!(
+        "import {}/{} into {}",
+        req.source.registry.trim_end_matches('/'),
+        req.source.repository,
+        req.name
+    );
+    let input = ImportInput {
+        image_id: image_id.clone(),
+        source: req.source,
+    };
+    let sub = Submission {
+        kind: JobKind::Import,
+        caption,
+        input: serde_json::to_value(&input).map_err(internal)?,
+        creator: Some(p.actor()),
+        idempotency_key: key,
+        marks: None,
+    };
+    let job = submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
+    let image = state
+        .store()
+        .image(&image_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("the image just created is missing"))?;
+    Ok(data(
+        StatusCode::CREATED,
+        CreatedImage {
+            id: image.id,
+            name: image.name,
+            namespace_id: image.namespace_id,
+            status: image.status,
+            size: image.size,
+            created_at: image.created_at,
+            import_job_id: job.id,
+        },
+    ))
 }

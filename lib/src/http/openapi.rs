@@ -43,6 +43,7 @@ use super::{cycle, policies, scaleway, yandex};
         cycle::images_task,
         cycle::delete_image,
         cycle::image_task,
+        cycle::create_image,
         policies::list_policies,
         policies::create_policy,
         policies::get_policy,
