@@ -423,7 +423,10 @@ use layerline_core::store::{Backend, EventStore, ReadModels};
 use reqwest::Method;
 use serde_json::Value;
 
-on_both_backends!(an_import_records_tags_manifests_and_the_registrys_sizes_once,);
+on_both_backends!(
+    an_import_records_tags_manifests_and_the_registrys_sizes_once,
+    an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once,
+);
 
 /// The size of an image holding `manifests` (bodies as pushed): each distinct blob (config
 /// or layer) once.
@@ -658,4 +661,93 @@ async fn the_import_command_creates_the_image_and_follows_the_job() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.terminate();
+}
+
+async fn an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once(
+    db: &TestDb,
+) {
+    const TAGS: usize = 600;
+    let reg = Registry::start().await;
+    let base_layer = reg.blob("team/big", b"shared base layer").await;
+    for n in 0..TAGS {
+        let config = json!({"architecture": "amd64", "os": "linux", "n": n}).to_string();
+        let config_digest = reg.blob("team/big", config.as_bytes()).await;
+        let layer = format!("layer {n}");
+        let layer_digest = reg.blob("team/big", layer.as_bytes()).await;
+        let body = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config.len()},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                 "digest": base_layer, "size": 17},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                 "digest": layer_digest, "size": layer.len()},
+            ],
+        })
+        .to_string();
+        reg.manifest(
+            "team/big",
+            &format!("t{n:04}"),
+            OCI_MANIFEST,
+            body.as_bytes(),
+        )
+        .await;
+    }
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let image = fx.image(&ns, "big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let timing = ["--orphan-timeout-secs", "4"];
+    let first = Server::on_database(&db.url, dir.path(), &timing);
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/{image}/tasks", first.base),
+        Some(json!({"action": "import", "contents": {"source":
+            {"registry": reg.base, "repository": "team/big"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(&first, &id, Duration::from_secs(60), |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
+    drop(first); // SIGKILL
+    let mid = store.job(&id).await.unwrap().unwrap();
+    assert_eq!(mid.state, "running", "killed in the middle");
+
+    let second = Server::on_database(&db.url, dir.path(), &timing);
+    let done = wait_for(&second, &id, Duration::from_secs(120), |j| {
+        state(j) != "running" && state(j) != "queued"
+    })
+    .await;
+    assert_eq!(state(&done), "completed", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(fx.tag_names(&image).await.len(), TAGS);
+
+    // Each manifest recorded once and each tag pushed once, over both attempts.
+    let mut manifests = std::collections::HashMap::new();
+    let mut tags = std::collections::HashMap::new();
+    for e in store.read_stream(&Image::stream(&image)).await.unwrap() {
+        match &e.event {
+            layerline_core::domain::DomainEvent::ManifestRecorded(m) => {
+                *manifests.entry(m.digest.clone()).or_insert(0) += 1
+            }
+            layerline_core::domain::DomainEvent::TagPushed(t) => {
+                *tags.entry(t.name.clone()).or_insert(0) += 1
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(manifests.len(), TAGS);
+    assert!(
+        manifests.values().all(|&n| n == 1),
+        "a manifest recorded twice"
+    );
+    assert_eq!(tags.len(), TAGS);
+    assert!(tags.values().all(|&n| n == 1), "a tag pushed twice");
+    second.terminate();
 }
