@@ -426,6 +426,7 @@ use serde_json::Value;
 on_both_backends!(
     an_import_records_tags_manifests_and_the_registrys_sizes_once,
     an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once,
+    a_catalog_import_creates_an_image_per_repository_and_a_reimport_records_nothing,
 );
 
 /// The size of an image holding `manifests` (bodies as pushed): each distinct blob (config
@@ -750,4 +751,93 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
     assert_eq!(tags.len(), TAGS);
     assert!(tags.values().all(|&n| n == 1), "a tag pushed twice");
     second.terminate();
+}
+
+async fn a_catalog_import_creates_an_image_per_repository_and_a_reimport_records_nothing(
+    db: &TestDb,
+) {
+    let reg = Registry::start().await;
+    let (_, app1) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base", "app one"])
+        .await;
+    let (_, app2) = reg
+        .image("team/app", "v2", DOCKER_MANIFEST, &["base", "app two"])
+        .await;
+    let (_, api) = reg
+        .image("team/api", "latest", OCI_MANIFEST, &["base", "api"])
+        .await;
+    let (_, util) = reg.image("lib/util", "1.0", OCI_MANIFEST, &["util"]).await;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("mirror").await;
+    // One image exists already under a repository's name: the import fills it.
+    let existing = fx.image(&ns, "team/api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let run = || async {
+        let (status, body) = call(
+            Method::POST,
+            &format!("{}/v1/images/tasks", server.base),
+            Some(json!({"action": "import", "contents": {
+                "namespace_id": ns, "source": {"registry": reg.base}}})),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+        wait_for(&server, &id, Duration::from_secs(60), |j| {
+            matches!(state(j), "completed" | "error")
+        })
+        .await
+    };
+
+    let j = run().await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["repositories"], 3, "{j}");
+    assert_eq!(j["output"]["manifests_recorded"], 4, "{j}");
+    let images: std::collections::BTreeMap<String, String> = store
+        .read_model_rows()
+        .await
+        .unwrap()
+        .images
+        .into_iter()
+        .filter(|i| i.namespace_id == ns)
+        .map(|i| (i.name, i.id))
+        .collect();
+    assert_eq!(
+        images.keys().collect::<Vec<_>>(),
+        ["lib/util", "team/api", "team/app"]
+    );
+    assert_eq!(images["team/api"], existing);
+    assert_eq!(fx.tag_names(&images["team/app"]).await, ["v1", "v2"]);
+    assert_eq!(
+        fx.image_size(&images["team/app"]).await,
+        expected_size(&[&app1, &app2])
+    );
+    assert_eq!(fx.image_size(&existing).await, expected_size(&[&api]));
+    assert_eq!(
+        fx.image_size(&images["lib/util"]).await,
+        expected_size(&[&util])
+    );
+    // The namespace's size is the sum of its images' sizes.
+    let row = fx.namespace_row(&ns).await;
+    assert_eq!(
+        row.size,
+        expected_size(&[&app1, &app2]) + expected_size(&[&api]) + expected_size(&[&util])
+    );
+
+    // The same catalog again: nothing new on any image's stream.
+    let mut lengths = Vec::new();
+    for id in images.values() {
+        lengths.push(store.read_stream(&Image::stream(id)).await.unwrap().len());
+    }
+    let j = run().await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["manifests_recorded"], 0, "{j}");
+    for (id, before) in images.values().zip(lengths) {
+        assert_eq!(
+            store.read_stream(&Image::stream(id)).await.unwrap().len(),
+            before
+        );
+    }
+    server.terminate();
 }

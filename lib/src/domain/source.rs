@@ -140,3 +140,47 @@ pub struct ImportInput {
     pub image_id: String,
     pub source: Source,
 }
+
+/// A namespace-wide import: every repository of a registry's catalog (or the ones named)
+/// into images of the namespace named after them, created as needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogImport {
+    pub namespace_id: String,
+    pub registry: String,
+    /// The repositories to import; absent: the registry's whole catalog.
+    #[serde(default)]
+    pub repositories: Option<Vec<String>>,
+    #[serde(default)]
+    pub credentials: Option<CredentialsRef>,
+}
+
+impl CatalogImport {
+    /// The source of one of its repositories (every tag).
+    pub fn source(&self, repository: &str) -> Source {
+        Source {
+            registry: self.registry.clone(),
+            repository: repository.to_owned(),
+            tags: None,
+            credentials: self.credentials.clone(),
+        }
+    }
+
+    /// Checks the fields as a source of each named repository would be.
+    pub fn check(&self) -> Result<(), DomainError> {
+        let repos = self
+            .repositories
+            .clone()
+            .unwrap_or_else(|| vec!["x".into()]);
+        if repos.is_empty() || repos.len() > MAX_TAGS {
+            return Err(DomainError::invalid(
+                "source.repositories",
+                format!("1 to {MAX_TAGS} repositories, or leave it out for the whole catalog"),
+            ));
+        }
+        for r in &repos {
+            self.source(r).check()?;
+        }
+        Ok(())
+    }
+}

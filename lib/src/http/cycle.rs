@@ -16,7 +16,7 @@ use crate::domain::DomainError;
 use crate::domain::image::ImageCommand;
 use crate::domain::job::{Job as JobStream, JobCommand, JobKind};
 use crate::domain::policy::{Policy, PolicySpec, PruneInput};
-use crate::domain::source::{ImportInput, Source};
+use crate::domain::source::{CatalogImport, CredentialsRef, ImportInput, Source};
 use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
@@ -735,15 +735,83 @@ pub(crate) async fn images_task(
     headers: HeaderMap,
     Body(req): Body<TaskRequest>,
 ) -> Result<Response, ApiError> {
+    if req.action == "import" {
+        let p = principal(&state, &headers, Capability::ImagesImport).await?;
+        return catalog_import_task(&state, &headers, &p, req.contents).await;
+    }
     let p = principal(&state, &headers, Capability::ImagesManage).await?;
     match req.action.as_str() {
         "delete_tags" => delete_tags_task(&state, &headers, &p, req.contents).await,
         "prune" => prune_task(&state, &headers, &p, req.contents).await,
         other => Err(ApiError::invalid(
             "action",
-            format!("unknown action `{other}` (delete_tags, prune)"),
+            format!("unknown action `{other}` (delete_tags, prune, import)"),
         )),
     }
+}
+
+/// A namespace-wide import (images-import): every repository of a registry's catalog, or
+/// the ones named, into images of the namespace named after them.
+async fn catalog_import_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Principal,
+    contents: Value,
+) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CatalogSource {
+        registry: String,
+        #[serde(default)]
+        repositories: Option<Vec<String>>,
+        #[serde(default)]
+        credentials: Option<CredentialsRef>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Contents {
+        namespace_id: String,
+        source: CatalogSource,
+    }
+    let c: Contents = serde_json::from_value(contents)
+        .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
+    let input = CatalogImport {
+        namespace_id: c.namespace_id,
+        registry: c.source.registry,
+        repositories: c.source.repositories,
+        credentials: c.source.credentials,
+    };
+    input.check().map_err(ServiceError::Domain)?;
+    let namespace = state
+        .store()
+        .namespace(&input.namespace_id)
+        .await
+        .map_err(internal)?;
+    let Some(namespace) = namespace.filter(|n| p.sees(&n.project_id)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.namespace",
+            "Not found",
+            format!("no namespace {}", input.namespace_id),
+        ));
+    };
+    let what = match &input.repositories {
+        Some(r) => format!("{} repositories", r.len()),
+        None => "the catalog".to_owned(),
+    };
+    let sub = Submission {
+        kind: JobKind::Import,
+        caption: format!(
+            "import {what} of {} into namespace {}",
+            input.registry.trim_end_matches('/'),
+            namespace.name
+        ),
+        input: serde_json::to_value(&input).map_err(internal)?,
+        creator: Some(p.actor()),
+        idempotency_key: idempotency_key(headers)?,
+        marks: None,
+    };
+    accepted(state, sub, StatusCode::ACCEPTED).await
 }
 
 async fn delete_tags_task(
