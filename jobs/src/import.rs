@@ -7,12 +7,10 @@
 //! rerun after a crash records only what is missing (recording a manifest again, or pushing a
 //! tag to the digest it has, changes nothing).
 
-use layerline_core::domain::image::{Image, ImageCommand};
+use layerline_core::domain::image::Image;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
-use layerline_core::domain::{DomainError, DomainEvent};
-use layerline_core::oci::{Client, Credentials, OciError, Parsed, parse, recorded};
-use layerline_core::service::ServiceError;
-use layerline_core::store::ReadModels;
+use layerline_core::importer::{Failed, image_for, import_manifest};
+use layerline_core::oci::{Client, Credentials};
 use serde_json::json;
 
 use crate::runner::{Ctx, Failure, Outcome};
@@ -20,11 +18,10 @@ use crate::runner::{Ctx, Failure, Outcome};
 /// Requests in flight per import.
 const CONCURRENCY: usize = 8;
 
-fn failure(e: OciError) -> Failure {
-    if e.is_transient() {
-        Failure::Transient(e.to_string())
-    } else {
-        Failure::Permanent(e.to_string())
+fn failure(e: impl Into<Failed>) -> Failure {
+    match e.into() {
+        Failed::Transient(m) => Failure::Transient(m),
+        Failed::Permanent(m) => Failure::Permanent(m),
     }
 }
 
@@ -76,7 +73,17 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
     for (n, tag) in tags.iter().enumerate() {
         ctx.boundary(n as i64, total, &format!("import {repo}:{tag}"), false)
             .await?;
-        recorded_now += import_tag(&client, repo, tag, &input.image_id, ctx).await?;
+        recorded_now += import_manifest(
+            ctx.registry(),
+            &client,
+            repo,
+            tag,
+            Some(tag),
+            &input.image_id,
+            &ctx.meta,
+        )
+        .await
+        .map_err(failure)?;
     }
     ctx.boundary(total, total, "done", true).await?;
     let image: Image = ctx.registry().load(&input.image_id).await?;
@@ -107,10 +114,22 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
             .source(repo)
             .check()
             .map_err(|e| Failure::Permanent(e.to_string()))?;
-        let image_id = image_for(&input.namespace_id, repo, ctx).await?;
+        let image_id = image_for(ctx.registry(), &input.namespace_id, repo, &ctx.meta)
+            .await
+            .map_err(failure)?;
         let tags = client.tags(repo).await.map_err(failure)?;
         for tag in &tags {
-            recorded_now += import_tag(&client, repo, tag, &image_id, ctx).await?;
+            recorded_now += import_manifest(
+                ctx.registry(),
+                &client,
+                repo,
+                tag,
+                Some(tag),
+                &image_id,
+                &ctx.meta,
+            )
+            .await
+            .map_err(failure)?;
         }
         tags_seen += tags.len();
     }
@@ -121,99 +140,4 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         "tags": tags_seen,
         "manifests_recorded": recorded_now,
     }))
-}
-
-/// The image of namespace `namespace_id` named `name`, created when missing. A created image
-/// gets an id derived from the namespace and the name, so a rerun finds the one it made.
-async fn image_for(namespace_id: &str, name: &str, ctx: &Ctx<'_>) -> Result<String, Failure> {
-    let store = ctx.registry().store();
-    for id in store
-        .image_ids(namespace_id)
-        .await
-        .map_err(ServiceError::Store)?
-    {
-        if let Some(row) = store.image(&id).await.map_err(ServiceError::Store)?
-            && row.name == name
-        {
-            return Ok(id);
-        }
-    }
-    let seed = format!("import/{namespace_id}/{name}");
-    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string();
-    let create = ImageCommand::Create {
-        namespace_id: namespace_id.to_owned(),
-        name: name.to_owned(),
-        visibility: None,
-    };
-    match ctx.registry().image(&id, create, &ctx.meta).await {
-        Ok(_) | Err(ServiceError::Domain(DomainError::AlreadyExists { .. })) => Ok(id),
-        Err(ServiceError::Domain(DomainError::NotFound { .. })) => Err(Failure::Permanent(
-            format!("namespace {namespace_id} not found"),
-        )),
-        Err(e) => Err(refused(name, e)),
-    }
-}
-
-/// Imports tag `tag` of `repo` into image `image_id`; returns the manifests it recorded.
-async fn import_tag(
-    client: &Client,
-    repo: &str,
-    tag: &str,
-    image_id: &str,
-    ctx: &Ctx<'_>,
-) -> Result<usize, Failure> {
-    let reference = format!("{repo}:{tag}");
-    let top = client.manifest(repo, tag).await.map_err(failure)?;
-    let parsed = parse(&reference, &top).map_err(failure)?;
-    let mut manifests = Vec::new();
-    if let Parsed::Index { children } = &parsed {
-        for (digest, platform) in children {
-            let child_ref = format!("{repo}@{digest}");
-            let child = client.manifest(repo, digest).await.map_err(failure)?;
-            let child_parsed = parse(&child_ref, &child).map_err(failure)?;
-            if matches!(child_parsed, Parsed::Index { .. }) {
-                return Err(Failure::Permanent(format!(
-                    "manifest {child_ref}: an index inside an index is not supported"
-                )));
-            }
-            manifests.push(recorded(&child, child_parsed, platform.clone()));
-        }
-    }
-    let digest = top.digest.clone();
-    manifests.push(recorded(&top, parsed, None));
-    let mut recorded_now = 0;
-    for m in manifests {
-        let events = ctx
-            .registry()
-            .image(image_id, ImageCommand::RecordManifest(m), &ctx.meta)
-            .await
-            .map_err(|e| refused(&reference, e))?;
-        recorded_now += events
-            .iter()
-            .filter(|e| matches!(e, DomainEvent::ManifestRecorded(_)))
-            .count();
-    }
-    let push = ImageCommand::PushTag {
-        name: tag.to_owned(),
-        digest,
-        new_tag_id: uuid::Uuid::now_v7().to_string(),
-    };
-    ctx.registry()
-        .image(image_id, push, &ctx.meta)
-        .await
-        .map_err(|e| refused(&reference, e))?;
-    Ok(recorded_now)
-}
-
-/// A refusal of the domain (a blob listed with another size than before) fails the job
-/// naming the reference; a store failure is worth retrying.
-fn refused(reference: &str, e: ServiceError) -> Failure {
-    match e {
-        ServiceError::Domain(DomainError::NotFound {
-            resource: "image",
-            id,
-        }) => Failure::Permanent(format!("image {id} not found")),
-        ServiceError::Domain(e) => Failure::Permanent(format!("{reference}: {e}")),
-        e => Failure::Transient(e.to_string()),
-    }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod importer;
 pub mod jobs;
 pub mod metric;
 pub mod oci;

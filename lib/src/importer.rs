@@ -1,0 +1,141 @@
+//! Recording what a registry holds, the steps import jobs and the registry notification hook
+//! share. A manifest (and, for an index, every child manifest) is fetched and verified before
+//! anything is recorded, so bad content records nothing; recording again what is already
+//! there changes nothing.
+
+use crate::domain::image::ImageCommand;
+use crate::domain::{DomainError, DomainEvent};
+use crate::oci::{Client, OciError, Parsed, parse, recorded};
+use crate::service::{Registry, ServiceError};
+use crate::store::{EventStore, Metadata, ReadModels};
+
+/// Why a step failed: worth retrying later, or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    Transient(String),
+    Permanent(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Transient(m) | Failed::Permanent(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<OciError> for Failed {
+    fn from(e: OciError) -> Self {
+        if e.is_transient() {
+            Failed::Transient(e.to_string())
+        } else {
+            Failed::Permanent(e.to_string())
+        }
+    }
+}
+
+/// A refusal of the domain (a blob listed with another size than before) names the
+/// reference and is final; a store failure is worth retrying.
+pub fn refused(reference: &str, e: ServiceError) -> Failed {
+    match e {
+        ServiceError::Domain(DomainError::NotFound {
+            resource: "image",
+            id,
+        }) => Failed::Permanent(format!("image {id} not found")),
+        ServiceError::Domain(e) => Failed::Permanent(format!("{reference}: {e}")),
+        e => Failed::Transient(e.to_string()),
+    }
+}
+
+/// The image of namespace `namespace_id` named `name`, created when missing. A created image
+/// gets an id derived from the namespace and the name, so a rerun finds the one it made.
+pub async fn image_for<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    namespace_id: &str,
+    name: &str,
+    meta: &Metadata,
+) -> Result<String, Failed> {
+    let store = registry.store();
+    let transient = |e: crate::store::StoreError| Failed::Transient(e.to_string());
+    for id in store.image_ids(namespace_id).await.map_err(transient)? {
+        if let Some(row) = store.image(&id).await.map_err(transient)?
+            && row.name == name
+        {
+            return Ok(id);
+        }
+    }
+    let seed = format!("import/{namespace_id}/{name}");
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string();
+    let create = ImageCommand::Create {
+        namespace_id: namespace_id.to_owned(),
+        name: name.to_owned(),
+        visibility: None,
+    };
+    match registry.image(&id, create, meta).await {
+        Ok(_) | Err(ServiceError::Domain(DomainError::AlreadyExists { .. })) => Ok(id),
+        Err(ServiceError::Domain(DomainError::NotFound { .. })) => Err(Failed::Permanent(format!(
+            "namespace {namespace_id} not found"
+        ))),
+        Err(e) => Err(refused(name, e)),
+    }
+}
+
+/// Records manifest `reference` (a tag or a digest) of `repo` into image `image_id`, with
+/// an index's children first, and points `tag` at it when given. Returns the manifests
+/// recorded now (0 when all were there).
+pub async fn import_manifest<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    client: &Client,
+    repo: &str,
+    reference: &str,
+    tag: Option<&str>,
+    image_id: &str,
+    meta: &Metadata,
+) -> Result<usize, Failed> {
+    let named = if reference.starts_with("sha256:") {
+        format!("{repo}@{reference}")
+    } else {
+        format!("{repo}:{reference}")
+    };
+    let top = client.manifest(repo, reference).await?;
+    let parsed = parse(&named, &top)?;
+    let mut manifests = Vec::new();
+    if let Parsed::Index { children } = &parsed {
+        for (digest, platform) in children {
+            let child_ref = format!("{repo}@{digest}");
+            let child = client.manifest(repo, digest).await?;
+            let child_parsed = parse(&child_ref, &child)?;
+            if matches!(child_parsed, Parsed::Index { .. }) {
+                return Err(Failed::Permanent(format!(
+                    "manifest {child_ref}: an index inside an index is not supported"
+                )));
+            }
+            manifests.push(recorded(&child, child_parsed, platform.clone()));
+        }
+    }
+    let digest = top.digest.clone();
+    manifests.push(recorded(&top, parsed, None));
+    let mut recorded_now = 0;
+    for m in manifests {
+        let events = registry
+            .image(image_id, ImageCommand::RecordManifest(m), meta)
+            .await
+            .map_err(|e| refused(&named, e))?;
+        recorded_now += events
+            .iter()
+            .filter(|e| matches!(e, DomainEvent::ManifestRecorded(_)))
+            .count();
+    }
+    if let Some(tag) = tag {
+        let push = ImageCommand::PushTag {
+            name: tag.to_owned(),
+            digest,
+            new_tag_id: uuid::Uuid::now_v7().to_string(),
+        };
+        registry
+            .image(image_id, push, meta)
+            .await
+            .map_err(|e| refused(&named, e))?;
+    }
+    Ok(recorded_now)
+}
