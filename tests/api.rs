@@ -1152,6 +1152,7 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
             Some("TaskRequest"),
         ),
         ("post", "/v1/images".to_owned(), Some("CreateImage")),
+        ("post", "/v1/hooks/registry".to_owned(), None),
         ("get", "/v1/prune-policies".to_owned(), None),
         ("post", "/v1/prune-policies".to_owned(), None),
         ("get", "/v1/prune-policies/{id}".to_owned(), None),

@@ -20,19 +20,28 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Registry {
     async fn start() -> Registry {
+        Registry::start_at(free_port(), "").await
+    }
+
+    /// A registry on `port`, with `extra` appended to its configuration.
+    async fn start_at(port: u16, extra: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -839,5 +848,152 @@ async fn a_catalog_import_creates_an_image_per_repository_and_a_reimport_records
             before
         );
     }
+    server.terminate();
+}
+
+/// Polls `check` until it holds, failing after 30 s.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_notifications_record_pushes_and_deletes_and_redeliveries_change_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let port = free_port();
+    let registry = format!("http://127.0.0.1:{port}");
+    let hook = format!(
+        "{}/v1/hooks/registry?namespace_id={ns}&registry={registry}",
+        server.base
+    );
+    // The real registry reports to us, with a token in its notification headers.
+    let notifications = format!(
+        "notifications:\n  endpoints:\n    - name: layerline\n      url: {hook}\n      headers:\n        Authorization: [Bearer {}]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n",
+        common::ADMIN
+    );
+    let reg = Registry::start_at(port, &notifications).await;
+    let image_of = |name: &'static str| {
+        let store = store.clone();
+        let ns = ns.clone();
+        async move {
+            store
+                .read_model_rows()
+                .await
+                .unwrap()
+                .images
+                .into_iter()
+                .find(|i| i.namespace_id == ns && i.name == name)
+                .map(|i| i.id)
+        }
+    };
+    let tags_of = |name: &'static str| {
+        let fx = &fx;
+        let image_of = &image_of;
+        async move {
+            match image_of(name).await {
+                Some(id) => fx.tag_names(&id).await,
+                None => Vec::new(),
+            }
+        }
+    };
+
+    // Pushes show up in the read models: the image, its manifests, its tags, its size.
+    let (v1, v1_body) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base", "one"])
+        .await;
+    let (_, v2_body) = reg
+        .image("team/app", "v2", OCI_MANIFEST, &["base", "two"])
+        .await;
+    eventually("both tags recorded", || async {
+        tags_of("team/app").await == ["v1", "v2"]
+    })
+    .await;
+    let app = image_of("team/app").await.unwrap();
+    assert_eq!(
+        fx.image_size(&app).await,
+        expected_size(&[&v1_body, &v2_body])
+    );
+
+    // A delete in the registry deletes the manifest and its tag here.
+    let res = reqwest::Client::new()
+        .delete(format!("{registry}/v2/team/app/manifests/{v1}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    eventually("v1 deleted", || async {
+        tags_of("team/app").await == ["v2"]
+    })
+    .await;
+    assert_eq!(fx.image_size(&app).await, expected_size(&[&v2_body]));
+
+    // A redelivered event changes nothing, even after the tag it names has moved on.
+    let v2_digest = sha256(&v2_body);
+    let envelope = json!({"events": [{
+        "id": "delivery-1", "action": "push",
+        "target": {"mediaType": OCI_MANIFEST, "digest": v2_digest, "size": v2_body.len(),
+                   "repository": "team/app", "tag": "stable"},
+    }]});
+    let deliver = || async {
+        let res = reqwest::Client::new()
+            .post(&hook)
+            .header("authorization", format!("Bearer {}", common::ADMIN))
+            .header(
+                "content-type",
+                "application/vnd.docker.distribution.events.v1+json",
+            )
+            .body(envelope.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(deliver().await["data"]["recorded"], 1);
+    let (v3, _) = reg
+        .image("team/app", "stable", OCI_MANIFEST, &["base", "three"])
+        .await;
+    let stable_digest = || async {
+        store
+            .read_model_rows()
+            .await
+            .unwrap()
+            .tags
+            .into_iter()
+            .find(|t| t.image_id == app && t.name == "stable")
+            .map(|t| t.digest)
+    };
+    eventually("stable moved", || async {
+        stable_digest().await.as_deref() == Some(v3.as_str())
+    })
+    .await;
+    let events = store.read_stream(&Image::stream(&app)).await.unwrap().len();
+    let answer = deliver().await;
+    assert_eq!(answer["data"]["duplicates"], 1, "{answer}");
+    assert_eq!(stable_digest().await.as_deref(), Some(v3.as_str()));
+    assert_eq!(
+        store.read_stream(&Image::stream(&app)).await.unwrap().len(),
+        events
+    );
+
+    // Without a token the hook refuses.
+    let res = reqwest::Client::new()
+        .post(&hook)
+        .body(envelope.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
     server.terminate();
 }

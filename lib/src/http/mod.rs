@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cycle;
+pub mod hooks;
 pub mod openapi;
 pub mod policies;
 pub mod scaleway;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(yandex::router())
         .merge(cycle::router())
         .merge(policies::router())
+        .merge(hooks::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

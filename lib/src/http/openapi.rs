@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cycle, policies, scaleway, yandex};
+use super::{cycle, hooks, policies, scaleway, yandex};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +49,7 @@ use super::{cycle, policies, scaleway, yandex};
         policies::get_policy,
         policies::update_policy,
         policies::delete_policy,
+        hooks::registry_hook,
     ),
     modifiers(&TokenSchemes),
     tags(

@@ -439,6 +439,16 @@ impl Store {
         dispatch!(self, s => s.last_job_key(prefix).await)
     }
 
+    /// Whether registry notification event `id` was handled already.
+    pub async fn hook_event_seen(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.hook_event_seen(id).await)
+    }
+
+    /// Notes registry notification event `id` as handled.
+    pub async fn record_hook_event(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_hook_event(id, at).await)
+    }
+
     /// Job `job_id`'s stored plan, if it has one.
     pub async fn plan(&self, job_id: &str) -> Result<Option<plans::PlanHeader>, StoreError> {
         dispatch!(self, s => s.plan(job_id).await)

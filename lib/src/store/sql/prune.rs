@@ -253,4 +253,25 @@ impl SqlStore {
             })
             .collect()
     }
+
+    /// Whether registry notification event `id` was handled already.
+    pub async fn hook_event_seen(&self, id: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hook_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Notes registry notification event `id` as handled.
+    pub async fn record_hook_event(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO hook_events (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
