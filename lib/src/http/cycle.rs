@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/images/{id}", delete(delete_image))
         .route("/v1/images/{id}/tasks", post(image_task))
         .route("/v1/images", post(create_image))
+        .route("/v1/images/{id}/build-log", get(build_log))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1231,4 +1232,70 @@ pub(crate) async fn create_image(
             import_job_id: job.id,
         },
     ))
+}
+
+/// An image's latest import, as lines of text.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildLog {
+    /// The import job the log is of.
+    job_id: String,
+    /// One line per step: the time, then what happened.
+    log: String,
+}
+
+#[utoipa::path(
+    get, path = "/v1/images/{id}/build-log", tag = "jobs", params(("id" = String, Path)),
+    summary = "The log of the image's latest import (images-view)",
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The log", body = Data<BuildLog>), (status = 404, description = "No such image, or never imported")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn build_log(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::domain::DomainEvent as E;
+    use crate::store::EventStore;
+    let p = principal(&state, &headers, Capability::ImagesView).await?;
+    let image = state.store().image(&id).await.map_err(internal)?;
+    if !image.is_some_and(|i| p.sees(&i.project_id)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.image",
+            "Not found",
+            format!("no image {id}"),
+        ));
+    }
+    let Some(job_id) = state.store().last_import_job(&id).await.map_err(internal)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.build-log",
+            "Not found",
+            format!("image {id} was never imported"),
+        ));
+    };
+    let events = state
+        .store()
+        .read_stream(&crate::domain::streams::job(&job_id))
+        .await
+        .map_err(internal)?;
+    let mut log = String::new();
+    for e in events {
+        let line = match &e.event {
+            E::JobAccepted(a) => format!("accepted: {}", a.caption),
+            E::JobStarted(s) => format!("attempt {} started", s.attempt),
+            E::JobProgressed(p) => format!("{}/{}: {}", p.done, p.total, p.step),
+            E::JobRetried(r) => format!(
+                "attempt {} failed, retrying at {}: {}",
+                r.attempt, r.retry_at, r.error
+            ),
+            E::JobFailed(f) => format!("attempt {} failed: {}", f.attempt, f.error),
+            E::JobSucceeded(s) => format!("completed: {}", s.output),
+            E::JobCancelRequested(_) => "cancel requested".to_owned(),
+            E::JobCancelled(_) => "cancelled".to_owned(),
+            _ => continue,
+        };
+        log.push_str(&format!("{} {line}\n", e.recorded_at));
+    }
+    Ok(data(StatusCode::OK, BuildLog { job_id, log }))
 }

@@ -44,6 +44,7 @@ use super::{cycle, hooks, policies, scaleway, yandex};
         cycle::delete_image,
         cycle::image_task,
         cycle::create_image,
+        cycle::build_log,
         policies::list_policies,
         policies::create_policy,
         policies::get_policy,

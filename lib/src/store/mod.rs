@@ -439,6 +439,11 @@ impl Store {
         dispatch!(self, s => s.last_job_key(prefix).await)
     }
 
+    /// The newest import job into image `image_id`.
+    pub async fn last_import_job(&self, image_id: &str) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.last_import_job(image_id).await)
+    }
+
     /// Whether registry notification event `id` was handled already.
     pub async fn hook_event_seen(&self, id: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.hook_event_seen(id).await)

@@ -274,4 +274,22 @@ impl SqlStore {
         .await?;
         Ok(())
     }
+
+    /// The newest import job into image `image_id` (import inputs start with the image id).
+    pub async fn last_import_job(&self, image_id: &str) -> Result<Option<String>, StoreError> {
+        let pattern = format!(
+            "{{\"image_id\":\"{}\",%",
+            image_id
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM job_descriptors WHERE kind = 'import' \
+             AND input LIKE $1 ESCAPE '\\' ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(pattern)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 }
