@@ -36,12 +36,17 @@ impl Registry {
 
     /// A registry on `port`, with `extra` appended to its configuration.
     async fn start_at(port: u16, extra: &str) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
+        Registry::start_with(port, "", extra, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A registry on `port` with `http` lines added to its `http:` section and `extra`
+    /// appended, keeping its files in `dir`.
+    async fn start_with(port: u16, http: &str, extra: &str, dir: tempfile::TempDir) -> Registry {
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http}{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -53,9 +58,14 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("Debian's docker-registry must be installed (.ci/run installs it)");
-        let base = format!("http://127.0.0.1:{port}");
+        let scheme = if http.contains("tls:") {
+            "https"
+        } else {
+            "http"
+        };
+        let base = format!("{scheme}://127.0.0.1:{port}");
         let started = Instant::now();
-        while reqwest::get(format!("{base}/v2/")).await.is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "registry did not start"
@@ -996,4 +1006,85 @@ async fn registry_notifications_record_pushes_and_deletes_and_redeliveries_chang
         .unwrap();
     assert_eq!(res.status(), 401);
     server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_behind_tls_is_reached_when_its_ca_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    // A CA of the test's own, and the registry's certificate signed by it.
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
+    let (cert, key, csr) = (path("cert.pem"), path("key.pem"), path("leaf.csr"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=layerline test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("ext.cnf"),
+        "-out",
+        &cert,
+    ]);
+    let port = free_port();
+    let tls = format!("  tls:\n    certificate: {cert}\n    key: {key}\n");
+    let reg = Registry::start_with(port, &tls, "", dir).await;
+    assert!(reg.base.starts_with("https://"));
+    let pem = std::fs::read(reg._dir.path().join("ca.pem")).unwrap();
+
+    let trusting = Client::new(&reg.base, Credentials::Anonymous, 2)
+        .unwrap()
+        .with_root_certificate(&pem)
+        .unwrap();
+    trusting.probe().await.unwrap();
+    assert_eq!(trusting.catalog().await.unwrap(), Vec::<String>::new());
+
+    // The public roots alone do not vouch for it.
+    let plain = Client::new(&reg.base, Credentials::Anonymous, 2).unwrap();
+    let err = plain.probe().await.unwrap_err();
+    assert!(matches!(err, OciError::Transport(_)), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
 }

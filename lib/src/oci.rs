@@ -34,6 +34,9 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Entries asked for per catalog or tag list page.
 pub const PAGE: usize = 100;
+/// Environment variable naming a PEM file of CA certificates trusted for registries, besides
+/// the public roots (webpki).
+pub const CA_FILE_ENV: &str = "LAYERLINE_REGISTRY_CA_FILE";
 
 /// Why a registry request failed. `is_transient` says whether trying later may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,9 +133,19 @@ impl Client {
                 "registry {base}: expected an http:// or https:// URL"
             )));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        // Registries with certificates of a private CA: its PEM file, trusted besides the
+        // public roots.
+        if let Ok(path) = std::env::var(CA_FILE_ENV) {
+            let pem = std::fs::read(&path)
+                .map_err(|e| OciError::Transport(format!("{CA_FILE_ENV}={path}: {e}")))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| OciError::Transport(format!("{CA_FILE_ENV}={path}: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .build()
             .map_err(|e| OciError::Transport(e.to_string()))?;
         Ok(Client {
@@ -144,6 +157,19 @@ impl Client {
             retries: 4,
             page: PAGE,
         })
+    }
+
+    /// Trusts the CA certificate `pem` besides the public roots.
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self, OciError> {
+        let cert =
+            reqwest::Certificate::from_pem(pem).map_err(|e| OciError::Transport(e.to_string()))?;
+        self.http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .add_root_certificate(cert)
+            .build()
+            .map_err(|e| OciError::Transport(e.to_string()))?;
+        Ok(self)
     }
 
     /// Asks for `n` entries per catalog or tag list page (the registry may send fewer).
@@ -350,7 +376,7 @@ impl Client {
                     };
                     (err, retry_after)
                 }
-                Err(e) => (OciError::Transport(format!("{url}: {e}")), None),
+                Err(e) => (OciError::Transport(format!("{url}: {}", chain(&e))), None),
             };
             let (err, retry_after) = failure;
             if !err.is_transient() || attempt >= self.retries {
@@ -405,6 +431,19 @@ impl Client {
             .or(body.access_token)
             .ok_or_else(|| OciError::Transport(format!("{} sent no token", c.realm)))
     }
+}
+
+/// An error with its causes (`reqwest` keeps the useful part, such as a refused
+/// certificate, in the sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn too_large(named: &str) -> OciError {
