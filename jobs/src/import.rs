@@ -9,7 +9,7 @@
 
 use layerline_core::domain::image::Image;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
-use layerline_core::importer::{Failed, image_for, import_manifest};
+use layerline_core::importer::{Failed, fetch, image_for, record};
 use layerline_core::oci::{Client, Credentials};
 use serde_json::json;
 
@@ -23,6 +23,50 @@ fn failure(e: impl Into<Failed>) -> Failure {
         Failed::Transient(m) => Failure::Transient(m),
         Failed::Permanent(m) => Failure::Permanent(m),
     }
+}
+
+/// Imports `tags` of `repo` into image `image_id`: up to [`CONCURRENCY`] tags are fetched and
+/// verified at once, and each is recorded as soon as it is verified. Progress counts tags
+/// (`done` of `total` from `at`) when `total` counts them, else stays at `at`.
+async fn import_tags(
+    client: &Client,
+    repo: &str,
+    tags: &[String],
+    image_id: &str,
+    at: i64,
+    total: i64,
+    ctx: &mut Ctx<'_>,
+) -> Result<usize, Failure> {
+    let per_tag = total == tags.len() as i64;
+    let mut next = tags.iter();
+    let mut fetching = tokio::task::JoinSet::new();
+    let start = |fetching: &mut tokio::task::JoinSet<_>, tag: &String| {
+        let (client, repo, tag) = (client.clone(), repo.to_owned(), tag.clone());
+        fetching.spawn(async move {
+            let verified = fetch(&client, &repo, &tag).await;
+            (tag, verified)
+        });
+    };
+    for tag in next.by_ref().take(CONCURRENCY) {
+        start(&mut fetching, tag);
+    }
+    let (mut done, mut recorded_now) = (0, 0);
+    while let Some(joined) = fetching.join_next().await {
+        let (tag, verified) =
+            joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+        let progress = if per_tag { at + done } else { at };
+        ctx.boundary(progress, total, &format!("import {repo}:{tag}"), false)
+            .await?;
+        let verified = verified.map_err(failure)?;
+        recorded_now += record(ctx.registry(), verified, Some(&tag), image_id, &ctx.meta)
+            .await
+            .map_err(failure)?;
+        done += 1;
+        if let Some(tag) = next.next() {
+            start(&mut fetching, tag);
+        }
+    }
+    Ok(recorded_now)
 }
 
 /// The registry client for a source's registry and credentials.
@@ -69,22 +113,7 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
         None => client.tags(repo).await.map_err(failure)?,
     };
     let total = tags.len() as i64;
-    let mut recorded_now = 0;
-    for (n, tag) in tags.iter().enumerate() {
-        ctx.boundary(n as i64, total, &format!("import {repo}:{tag}"), false)
-            .await?;
-        recorded_now += import_manifest(
-            ctx.registry(),
-            &client,
-            repo,
-            tag,
-            Some(tag),
-            &input.image_id,
-            &ctx.meta,
-        )
-        .await
-        .map_err(failure)?;
-    }
+    let recorded_now = import_tags(&client, repo, &tags, &input.image_id, 0, total, ctx).await?;
     ctx.boundary(total, total, "done", true).await?;
     let image: Image = ctx.registry().load(&input.image_id).await?;
     Ok(json!({
@@ -118,19 +147,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
             .await
             .map_err(failure)?;
         let tags = client.tags(repo).await.map_err(failure)?;
-        for tag in &tags {
-            recorded_now += import_manifest(
-                ctx.registry(),
-                &client,
-                repo,
-                tag,
-                Some(tag),
-                &image_id,
-                &ctx.meta,
-            )
-            .await
-            .map_err(failure)?;
-        }
+        recorded_now += import_tags(&client, repo, &tags, &image_id, n as i64, total, ctx).await?;
         tags_seen += tags.len();
     }
     ctx.boundary(total, total, "done", true).await?;

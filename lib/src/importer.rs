@@ -80,18 +80,19 @@ pub async fn image_for<S: EventStore + ReadModels>(
     }
 }
 
-/// Records manifest `reference` (a tag or a digest) of `repo` into image `image_id`, with
-/// an index's children first, and points `tag` at it when given. Returns the manifests
-/// recorded now (0 when all were there).
-pub async fn import_manifest<S: EventStore + ReadModels>(
-    registry: &Registry<S>,
-    client: &Client,
-    repo: &str,
-    reference: &str,
-    tag: Option<&str>,
-    image_id: &str,
-    meta: &Metadata,
-) -> Result<usize, Failed> {
+/// A manifest fetched and verified with everything it needs: the manifests to record (an
+/// index's children first) and the digest a tag should point at.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// `repository:tag` or `repository@digest`, for messages.
+    pub named: String,
+    pub manifests: Vec<crate::domain::event::ManifestRecorded>,
+    pub digest: String,
+}
+
+/// Fetches manifest `reference` (a tag or a digest) of `repo` and, for an index, each child;
+/// every one verified against its digest. Nothing is recorded.
+pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verified, Failed> {
     let named = if reference.starts_with("sha256:") {
         format!("{repo}@{reference}")
     } else {
@@ -115,8 +116,25 @@ pub async fn import_manifest<S: EventStore + ReadModels>(
     }
     let digest = top.digest.clone();
     manifests.push(recorded(&top, parsed, None));
+    Ok(Verified {
+        named,
+        manifests,
+        digest,
+    })
+}
+
+/// Records what `fetch` verified into image `image_id` and points `tag` at it when given.
+/// Returns the manifests recorded now (0 when all were there).
+pub async fn record<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    verified: Verified,
+    tag: Option<&str>,
+    image_id: &str,
+    meta: &Metadata,
+) -> Result<usize, Failed> {
+    let named = verified.named;
     let mut recorded_now = 0;
-    for m in manifests {
+    for m in verified.manifests {
         let events = registry
             .image(image_id, ImageCommand::RecordManifest(m), meta)
             .await
@@ -129,7 +147,7 @@ pub async fn import_manifest<S: EventStore + ReadModels>(
     if let Some(tag) = tag {
         let push = ImageCommand::PushTag {
             name: tag.to_owned(),
-            digest,
+            digest: verified.digest,
             new_tag_id: uuid::Uuid::now_v7().to_string(),
         };
         registry
@@ -138,4 +156,19 @@ pub async fn import_manifest<S: EventStore + ReadModels>(
             .map_err(|e| refused(&named, e))?;
     }
     Ok(recorded_now)
+}
+
+/// Fetches, verifies and records manifest `reference` of `repo` into image `image_id`, and
+/// points `tag` at it when given. Returns the manifests recorded now.
+pub async fn import_manifest<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    client: &Client,
+    repo: &str,
+    reference: &str,
+    tag: Option<&str>,
+    image_id: &str,
+    meta: &Metadata,
+) -> Result<usize, Failed> {
+    let verified = fetch(client, repo, reference).await?;
+    record(registry, verified, tag, image_id, meta).await
 }
