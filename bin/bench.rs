@@ -16,6 +16,7 @@ use layerline_core::service::Registry;
 use layerline_core::store::scratch::Scratch;
 use layerline_core::store::{EventStore, Expected, Metadata, Store};
 
+mod import;
 mod jobs;
 mod prune;
 
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     /// No-op jobs through our worker pool vs a bare apalis worker on the same database, and
     /// the pool's idle pickup latency.
     Jobs(jobs::JobsArgs),
+    /// A catalog import from a local docker-registry through our pool, against a plain
+    /// concurrent fetch of the same manifests.
+    Import(import::ImportArgs),
     /// A prune policy over 10 000 images × 100 tags: planning time, and deletion rate of
     /// a real prune job against plain SQL deleting the same rows.
     Prune(prune::PruneArgs),
@@ -86,6 +90,12 @@ pub async fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Jobs(args) => {
             let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
             let result = jobs::run(&args, &scratch.url, settings.max_connections).await;
+            scratch.drop_database().await;
+            result
+        }
+        BenchCommand::Import(args) => {
+            let scratch = Scratch::create(&settings.database_url, "layerline_bench").await?;
+            let result = import::run(&args, &scratch.url, settings.max_connections).await;
             scratch.drop_database().await;
             result
         }

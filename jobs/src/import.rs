@@ -9,7 +9,7 @@
 
 use layerline_core::domain::image::Image;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
-use layerline_core::importer::{Failed, fetch, image_for, record};
+use layerline_core::importer::{Failed, fetch, image_for, record_all};
 use layerline_core::oci::{Client, Credentials};
 use serde_json::json;
 
@@ -52,17 +52,26 @@ async fn import_tags(
     }
     let (mut done, mut recorded_now) = (0, 0);
     while let Some(joined) = fetching.join_next().await {
-        let (tag, verified) =
-            joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+        // Whatever else is verified by now goes in the same append.
+        let mut ready = vec![joined];
+        while let Some(more) = fetching.try_join_next() {
+            ready.push(more);
+        }
+        let mut batch = Vec::with_capacity(ready.len());
+        for joined in ready {
+            let (tag, verified) =
+                joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+            batch.push((verified.map_err(failure)?, tag));
+        }
         let progress = if per_tag { at + done } else { at };
-        ctx.boundary(progress, total, &format!("import {repo}:{tag}"), false)
-            .await?;
-        let verified = verified.map_err(failure)?;
-        recorded_now += record(ctx.registry(), verified, Some(&tag), image_id, &ctx.meta)
+        let step = format!("import {repo}:{}", batch[0].1);
+        ctx.boundary(progress, total, &step, false).await?;
+        let count = batch.len();
+        recorded_now += record_all(ctx.registry(), batch, image_id, &ctx.meta)
             .await
             .map_err(failure)?;
-        done += 1;
-        if let Some(tag) = next.next() {
+        done += count as i64;
+        for tag in next.by_ref().take(count) {
             start(&mut fetching, tag);
         }
     }

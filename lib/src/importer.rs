@@ -158,6 +158,31 @@ pub async fn record<S: EventStore + ReadModels>(
     Ok(recorded_now)
 }
 
+/// Records several verified manifests, each with the tag to point at it, into image
+/// `image_id` in one append. Returns the manifests recorded now.
+pub async fn record_all<S: EventStore + ReadModels>(
+    registry: &Registry<S>,
+    batch: Vec<(Verified, String)>,
+    image_id: &str,
+    meta: &Metadata,
+) -> Result<usize, Failed> {
+    let named: Vec<String> = batch.iter().map(|(v, _)| v.named.clone()).collect();
+    let mut manifests = Vec::new();
+    let mut tags = Vec::new();
+    for (v, tag) in batch {
+        tags.push((tag, v.digest.clone(), uuid::Uuid::now_v7().to_string()));
+        manifests.extend(v.manifests);
+    }
+    let events = registry
+        .image(image_id, ImageCommand::Import { manifests, tags }, meta)
+        .await
+        .map_err(|e| refused(&named.join(", "), e))?;
+    Ok(events
+        .iter()
+        .filter(|e| matches!(e, DomainEvent::ManifestRecorded(_)))
+        .count())
+}
+
 /// Fetches, verifies and records manifest `reference` of `repo` into image `image_id`, and
 /// points `tag` at it when given. Returns the manifests recorded now.
 pub async fn import_manifest<S: EventStore + ReadModels>(

@@ -85,6 +85,13 @@ pub enum ImageCommand {
     DeleteManifest {
         digest: String,
     },
+    /// Records what an import verified, in one append: each manifest not recorded yet (an
+    /// index's children before it), then each tag `(name, digest, new_tag_id)` pointed at its
+    /// digest (nothing for a tag already there).
+    Import {
+        manifests: Vec<ManifestRecorded>,
+        tags: Vec<(String, String, String)>,
+    },
     /// Applies a prune plan made at an earlier state: deletes each planned tag only while it
     /// still points where it did (`pushed_version` unchanged), then each planned manifest
     /// only while no tag points at it and no remaining manifest lists it. Whatever changed
@@ -363,6 +370,31 @@ impl Aggregate for Image {
                 }
                 plan.untag(&digest);
                 plan.delete_manifest(&digest);
+            }
+            ImageCommand::Import { manifests, tags } => {
+                for m in manifests {
+                    if plan.state.manifests.contains_key(&m.digest) {
+                        continue;
+                    }
+                    plan.state.check_manifest(&m)?;
+                    plan.emit(DomainEvent::ManifestRecorded(m));
+                }
+                for (name, digest, new_tag_id) in tags {
+                    validate::tag_name(&name)?;
+                    if !plan.state.manifests.contains_key(&digest) {
+                        return Err(DomainError::not_found("manifest", digest));
+                    }
+                    let tag_id = match plan.state.tags.get(&name) {
+                        Some(t) if t.digest == digest => continue,
+                        Some(t) => t.id.clone(),
+                        None => new_tag_id,
+                    };
+                    plan.emit(DomainEvent::TagPushed(TagPushed {
+                        tag_id,
+                        name,
+                        digest,
+                    }));
+                }
             }
             ImageCommand::Prune { tags, manifests } => {
                 for (name, pushed_version) in tags {
@@ -855,5 +887,38 @@ mod tests {
         let v = g.0.tags["a"].pushed_version;
         assert_eq!(g.when(prune(&[("a", v)], &[1])).unwrap().len(), 2);
         assert_eq!(g.when(prune(&[("a", v)], &[1])), Ok(vec![]));
+    }
+
+    #[test]
+    fn an_import_records_what_is_missing_and_moves_tags_in_one_decision() {
+        let mut g = given().record(manifest(1, &[(100, 1)])).tag("v1", 1);
+        let cmd = ImageCommand::Import {
+            manifests: vec![
+                manifest(1, &[(100, 1)]),
+                manifest(2, &[(101, 2)]),
+                index(3, &[2]),
+            ],
+            tags: vec![
+                ("v1".into(), digest(1), "new-a".into()),
+                ("v2".into(), digest(3), "new-b".into()),
+            ],
+        };
+        let events = g.when(cmd.clone()).unwrap();
+        // Manifest 1 and tag v1 were there: only 2, the index and v2 are new.
+        assert_eq!(events.len(), 3);
+        assert_eq!(g.0.tags["v2"].digest, digest(3));
+        assert_eq!(
+            g.when(cmd),
+            Ok(vec![]),
+            "the same import again records nothing"
+        );
+        let bad = ImageCommand::Import {
+            manifests: vec![index(4, &[9])],
+            tags: vec![],
+        };
+        assert!(
+            g.when(bad).is_err(),
+            "an index before its children is refused"
+        );
     }
 }

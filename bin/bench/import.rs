@@ -1,0 +1,293 @@
+//! `layerline bench import`: a catalog import from a local registry through our worker pool,
+//! against a plain concurrent fetch of the same manifests with the same client and the same
+//! concurrency, in the same run.
+//!
+//! The registry is Debian's `docker-registry` started here (temporary storage, a free
+//! loopback port) unless `--registry` names one; the fixtures are pushed over the OCI API.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use layerline_core::domain::source::CatalogImport;
+use layerline_core::jobs::{Submission, submit};
+use layerline_core::oci::{Client, Credentials, OCI_MANIFEST, sha256};
+use layerline_core::service::Registry;
+use layerline_core::store::{ReadModels, Store};
+use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::bench_namespace;
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Repositories pushed.
+    #[arg(long, default_value_t = 20)]
+    repos: usize,
+    /// Tags per repository, each on a manifest of its own.
+    #[arg(long, default_value_t = 50)]
+    tags: usize,
+    /// Manifest fetches in flight, on both sides (our import's own bound).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+/// A `docker-registry` of the bench's own, killed when dropped.
+struct LocalRegistry {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn local_registry() -> anyhow::Result<LocalRegistry> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting Debian's docker-registry: {e}"))?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "registry did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(LocalRegistry {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+/// Uploads `bytes` as a blob of `repo`; returns its digest and size.
+async fn blob(
+    http: reqwest::Client,
+    base: String,
+    repo: String,
+    bytes: Vec<u8>,
+) -> anyhow::Result<(String, usize)> {
+    let res = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
+    let location = res.headers()["location"].to_str()?.to_owned();
+    let location = if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location
+    };
+    let digest = sha256(&bytes);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let len = bytes.len();
+    let res = http
+        .put(format!("{location}{sep}digest={digest}"))
+        .body(bytes)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 201, "blob upload: {}", res.status());
+    Ok((digest, len))
+}
+
+/// Pushes `repos` × `tags` manifests (a config, a layer shared by the repository and one of
+/// its own each), `concurrency` requests at a time.
+async fn push_fixtures(base: &str, args: &ImportArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in 0..args.repos {
+        let repo = format!("bench/repo-{r:03}");
+        let base_bytes = format!("base of {repo}").into_bytes();
+        let (base_layer, base_len) =
+            blob(http.clone(), base.to_owned(), repo.clone(), base_bytes).await?;
+        for t in 0..args.tags {
+            let (repo, base_layer, http, base) = (
+                repo.clone(),
+                base_layer.clone(),
+                http.clone(),
+                base.to_owned(),
+            );
+            tasks.spawn(async move {
+                let config = json!({"architecture": "amd64", "os": "linux", "tag": t}).to_string();
+                let (config_digest, config_len) = blob(
+                    http.clone(),
+                    base.clone(),
+                    repo.clone(),
+                    config.into_bytes(),
+                )
+                .await?;
+                let layer_bytes = format!("{repo} v{t}").into_bytes();
+                let (layer, layer_len) =
+                    blob(http.clone(), base.clone(), repo.clone(), layer_bytes).await?;
+                let body = json!({
+                    "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": config_digest, "size": config_len},
+                    "layers": [
+                        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                         "digest": base_layer, "size": base_len},
+                        {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                         "digest": layer, "size": layer_len},
+                    ],
+                })
+                .to_string();
+                let res = http
+                    .put(format!("{base}/v2/{repo}/manifests/v{t}"))
+                    .header("content-type", OCI_MANIFEST)
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(res.status() == 201, "manifest put: {}", res.status());
+                Ok(())
+            });
+            while tasks.len() >= args.concurrency {
+                tasks.join_next().await.expect("non-empty")??;
+            }
+        }
+    }
+    while let Some(t) = tasks.join_next().await {
+        t??;
+    }
+    Ok(())
+}
+
+pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::Result<()> {
+    let registry = local_registry().await?;
+    let started = Instant::now();
+    push_fixtures(&registry.base, args).await?;
+    let manifests = args.repos * args.tags;
+    println!(
+        "pushed {} repositories × {} tags to {} in {:.1} s",
+        args.repos,
+        args.tags,
+        registry.base,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Baseline: the same client fetches (and verifies) every manifest, `concurrency` at once.
+    let client = Client::new(&registry.base, Credentials::Anonymous, args.concurrency)?;
+    let t = Instant::now();
+    let repos = client.catalog().await?;
+    let mut fetches = tokio::task::JoinSet::new();
+    let mut fetched = 0;
+    for repo in &repos {
+        for tag in client.tags(repo).await? {
+            let (client, repo) = (client.clone(), repo.clone());
+            fetches.spawn(async move { client.manifest(&repo, &tag).await });
+            while fetches.len() >= args.concurrency {
+                fetches.join_next().await.expect("non-empty")??;
+                fetched += 1;
+            }
+        }
+    }
+    while let Some(f) = fetches.join_next().await {
+        f??;
+        fetched += 1;
+    }
+    let plain = t.elapsed().as_secs_f64();
+    anyhow::ensure!(fetched == manifests, "fetched {fetched} of {manifests}");
+
+    // Ours: a catalog import job through the worker pool.
+    let store = Store::connect(url, max_connections).await?;
+    store.migrate().await?;
+    let queues = Queues::new(store.clone(), PoolConfig::default());
+    queues.migrate().await?;
+    let reg = Registry::new(store.clone());
+    let ns_id = uuid::Uuid::now_v7().to_string();
+    reg.create_namespace(
+        bench_namespace(ns_id.clone(), "import"),
+        &layerline_core::store::Metadata::default(),
+    )
+    .await?;
+    let (stop, stopped) = watch::channel(false);
+    let runner = Arc::new(Runner::new(
+        store.clone(),
+        Arc::new(queues.clone()),
+        RetryPolicy::default(),
+        PoolConfig::default().workers,
+    ));
+    let pool = tokio::spawn(layerline_jobs::pool::run(queues.clone(), runner, stopped));
+    let input = CatalogImport {
+        namespace_id: ns_id,
+        registry: registry.base.clone(),
+        repositories: None,
+        credentials: None,
+    };
+    let t = Instant::now();
+    let job = submit(
+        &reg,
+        &queues,
+        Submission {
+            kind: layerline_core::domain::job::JobKind::Import,
+            caption: "bench import".into(),
+            input: serde_json::to_value(&input)?,
+            creator: None,
+            idempotency_key: None,
+            marks: None,
+        },
+    )
+    .await?;
+    let row = loop {
+        let row = store.job(&job.id).await?.expect("the job exists");
+        if matches!(row.state.as_str(), "completed" | "error" | "cancelled") {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ours = t.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    pool.await?;
+    anyhow::ensure!(
+        row.state == "completed",
+        "the import ended {}: {:?}",
+        row.state,
+        row.last_error
+    );
+    let output: serde_json::Value = serde_json::from_str(row.output.as_deref().unwrap_or("{}"))?;
+    anyhow::ensure!(
+        output["manifests_recorded"].as_u64() == Some(manifests as u64),
+        "recorded {} of {manifests}",
+        output["manifests_recorded"]
+    );
+
+    println!(
+        "backend: {:?}; {manifests} manifests, {} at once on both sides",
+        store.backend(),
+        args.concurrency
+    );
+    println!("| side | seconds | manifests/s |");
+    println!("|---|---|---|");
+    println!(
+        "| plain concurrent fetch (same client) | {plain:.2} | {:.0} |",
+        manifests as f64 / plain
+    );
+    println!(
+        "| our catalog import job (submit → completed) | {ours:.2} | {:.0} |",
+        manifests as f64 / ours
+    );
+    println!("ratio (ours / plain): {:.2}", plain / ours);
+    store.close().await;
+    Ok(())
+}
