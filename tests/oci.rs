@@ -160,6 +160,42 @@ impl Registry {
     }
 }
 
+/// `team/multi`: manifests tagged `amd64` and `arm64` (digest and bytes), and `latest`, an
+/// OCI index of the two with their platforms.
+struct Multi {
+    amd64: (String, Vec<u8>),
+    arm64: (String, Vec<u8>),
+    index: String,
+}
+
+async fn push_multi(reg: &Registry) -> Multi {
+    let amd64 = reg
+        .image("team/multi", "amd64", OCI_MANIFEST, &["x86 build"])
+        .await;
+    let arm64 = reg
+        .image("team/multi", "arm64", OCI_MANIFEST, &["arm build"])
+        .await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": amd64.0, "size": amd64.1.len(),
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": OCI_MANIFEST, "digest": arm64.0, "size": arm64.1.len(),
+             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ],
+    })
+    .to_string();
+    let index = reg
+        .manifest("team/multi", "latest", OCI_INDEX, index.as_bytes())
+        .await;
+    Multi {
+        amd64,
+        arm64,
+        index,
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -178,26 +214,12 @@ async fn the_client_lists_fetches_and_verifies_manifests_of_a_real_registry() {
         .await;
     reg.image("team/api", "latest", DOCKER_MANIFEST, &["api layer"])
         .await;
-    let (amd64, _) = reg
-        .image("team/multi", "amd64", OCI_MANIFEST, &["x86 build"])
-        .await;
-    let (arm64, _) = reg
-        .image("team/multi", "arm64", OCI_MANIFEST, &["arm build"])
-        .await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            {"mediaType": OCI_MANIFEST, "digest": amd64, "size": 1,
-             "platform": {"os": "linux", "architecture": "amd64"}},
-            {"mediaType": OCI_MANIFEST, "digest": arm64, "size": 1,
-             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        ],
-    })
-    .to_string();
-    let index_digest = reg
-        .manifest("team/multi", "latest", OCI_INDEX, index.as_bytes())
-        .await;
+    let multi = push_multi(&reg).await;
+    let (amd64, arm64, index_digest) = (
+        multi.amd64.0.clone(),
+        multi.arm64.0.clone(),
+        multi.index.clone(),
+    );
 
     // Pages of one entry: every page is reached through the Link header.
     let client = Client::new(&reg.base, Credentials::Anonymous, 4)
@@ -493,26 +515,10 @@ async fn an_import_records_tags_manifests_and_the_registrys_sizes_once(db: &Test
             &["base layer", "app v2!"],
         )
         .await;
-    let (amd64, amd64_body) = reg
-        .image("team/multi", "amd64", OCI_MANIFEST, &["x86 build"])
-        .await;
-    let (arm64, arm64_body) = reg
-        .image("team/multi", "arm64", OCI_MANIFEST, &["arm build"])
-        .await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            {"mediaType": OCI_MANIFEST, "digest": amd64, "size": amd64_body.len(),
-             "platform": {"os": "linux", "architecture": "amd64"}},
-            {"mediaType": OCI_MANIFEST, "digest": arm64, "size": arm64_body.len(),
-             "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-        ],
-    })
-    .to_string();
-    let index_digest = reg
-        .manifest("team/multi", "latest", OCI_INDEX, index.as_bytes())
-        .await;
+    let multi_images = push_multi(&reg).await;
+    let (amd64, amd64_body) = multi_images.amd64.clone();
+    let (arm64, arm64_body) = multi_images.arm64.clone();
+    let index_digest = multi_images.index.clone();
 
     let store = db.store().await;
     let fx = Fixture::new(store.clone());
