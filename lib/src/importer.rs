@@ -49,20 +49,19 @@ pub fn refused(reference: &str, e: ServiceError) -> Failed {
 
 /// The image of namespace `namespace_id` named `name`, created when missing. A created image
 /// gets an id derived from the namespace and the name, so a rerun finds the one it made.
-pub async fn image_for<S: EventStore + ReadModels>(
-    registry: &Registry<S>,
+pub async fn image_for(
+    registry: &Registry<crate::store::Store>,
     namespace_id: &str,
     name: &str,
     meta: &Metadata,
 ) -> Result<String, Failed> {
-    let store = registry.store();
-    let transient = |e: crate::store::StoreError| Failed::Transient(e.to_string());
-    for id in store.image_ids(namespace_id).await.map_err(transient)? {
-        if let Some(row) = store.image(&id).await.map_err(transient)?
-            && row.name == name
-        {
-            return Ok(id);
-        }
+    let found = registry
+        .store()
+        .image_by_name(namespace_id, name)
+        .await
+        .map_err(|e| Failed::Transient(e.to_string()))?;
+    if let Some(row) = found {
+        return Ok(row.id);
     }
     let seed = format!("import/{namespace_id}/{name}");
     let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string();
@@ -185,8 +184,8 @@ pub async fn record_all<S: EventStore + ReadModels>(
 
 /// Fetches, verifies and records manifest `reference` of `repo` into image `image_id`, and
 /// points `tag` at it when given. Returns the manifests recorded now.
-pub async fn import_manifest<S: EventStore + ReadModels>(
-    registry: &Registry<S>,
+pub async fn import_manifest(
+    registry: &Registry<crate::store::Store>,
     client: &Client,
     repo: &str,
     reference: &str,

@@ -221,23 +221,20 @@ async fn delete(
     digest: &str,
     meta: &Metadata,
 ) -> Result<bool, Failed> {
-    let store = state.store();
-    let transient = |e: crate::store::StoreError| Failed::Transient(e.to_string());
-    for id in store.image_ids(namespace_id).await.map_err(transient)? {
-        let Some(row) = store.image(&id).await.map_err(transient)? else {
-            continue;
-        };
-        if row.name != repo {
-            continue;
-        }
-        let cmd = ImageCommand::DeleteManifest {
-            digest: digest.to_owned(),
-        };
-        return match state.registry.image(&id, cmd, meta).await {
-            Ok(events) => Ok(!events.is_empty()),
-            Err(ServiceError::Domain(_)) => Ok(false),
-            Err(e) => Err(Failed::Transient(e.to_string())),
-        };
+    let found = state
+        .store()
+        .image_by_name(namespace_id, repo)
+        .await
+        .map_err(|e| Failed::Transient(e.to_string()))?;
+    let Some(image) = found else {
+        return Ok(false);
+    };
+    let cmd = ImageCommand::DeleteManifest {
+        digest: digest.to_owned(),
+    };
+    match state.registry.image(&image.id, cmd, meta).await {
+        Ok(events) => Ok(!events.is_empty()),
+        Err(ServiceError::Domain(_)) => Ok(false),
+        Err(e) => Err(Failed::Transient(e.to_string())),
     }
-    Ok(false)
 }

@@ -439,6 +439,15 @@ impl Store {
         dispatch!(self, s => s.last_job_key(prefix).await)
     }
 
+    /// Namespace `namespace_id`'s image named `name`.
+    pub async fn image_by_name(
+        &self,
+        namespace_id: &str,
+        name: &str,
+    ) -> Result<Option<rows::ImageRow>, StoreError> {
+        dispatch!(self, s => s.image_by_name(namespace_id, name).await)
+    }
+
     /// The newest import job into image `image_id`.
     pub async fn last_import_job(&self, image_id: &str) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.last_import_job(image_id).await)

@@ -343,6 +343,22 @@ impl SqlStore {
         Ok(row.as_ref().map(image_row).transpose()?)
     }
 
+    /// Namespace `namespace_id`'s image named `name` (the unique key of the pair).
+    pub async fn image_by_name(
+        &self,
+        namespace_id: &str,
+        name: &str,
+    ) -> Result<Option<ImageRow>, StoreError> {
+        let sql =
+            format!("SELECT {IMAGE_COLUMNS} FROM images WHERE namespace_id = $1 AND name = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(namespace_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(image_row).transpose()?)
+    }
+
     pub async fn image_ids(&self, namespace_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT id FROM images WHERE namespace_id = $1 ORDER BY name")
