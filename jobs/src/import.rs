@@ -61,10 +61,13 @@ async fn import_tags(
         for joined in ready {
             let (tag, verified) =
                 joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
-            batch.push((verified.map_err(failure)?, tag));
+            batch.push((verified.map_err(failure)?, Some(tag)));
         }
         let progress = if per_tag { at + done } else { at };
-        let step = format!("import {repo}:{}", batch[0].1);
+        let step = format!(
+            "import {repo}:{}",
+            batch[0].1.as_deref().unwrap_or_default()
+        );
         ctx.boundary(progress, total, &step, false).await?;
         let count = batch.len();
         recorded_now += record_all(ctx.registry(), batch, image_id, &ctx.meta)

@@ -5,7 +5,7 @@
 //! back, so every attempt deletes from the same list, and a dry run and a real run of the
 //! same policy on the same state store the same items.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -228,14 +228,9 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     timings.insert("apply".into(), ms(started));
     summary["timings_ms"] = timings.into();
     let skipped = deletions as i64 - tags_deleted - manifests_deleted;
-    let result: BTreeMap<&str, Value> = BTreeMap::from([
-        ("tags_deleted", tags_deleted.into()),
-        ("manifests_deleted", manifests_deleted.into()),
-        ("bytes_freed", bytes_freed.into()),
-        ("skipped", skipped.into()),
-    ]);
-    for (k, v) in result {
-        summary[k] = v;
-    }
+    summary["tags_deleted"] = tags_deleted.into();
+    summary["manifests_deleted"] = manifests_deleted.into();
+    summary["bytes_freed"] = bytes_freed.into();
+    summary["skipped"] = skipped.into();
     Ok(summary)
 }

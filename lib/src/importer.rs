@@ -122,46 +122,12 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     })
 }
 
-/// Records what `fetch` verified into image `image_id` and points `tag` at it when given.
-/// Returns the manifests recorded now (0 when all were there).
-pub async fn record<S: EventStore + ReadModels>(
-    registry: &Registry<S>,
-    verified: Verified,
-    tag: Option<&str>,
-    image_id: &str,
-    meta: &Metadata,
-) -> Result<usize, Failed> {
-    let named = verified.named;
-    let mut recorded_now = 0;
-    for m in verified.manifests {
-        let events = registry
-            .image(image_id, ImageCommand::RecordManifest(m), meta)
-            .await
-            .map_err(|e| refused(&named, e))?;
-        recorded_now += events
-            .iter()
-            .filter(|e| matches!(e, DomainEvent::ManifestRecorded(_)))
-            .count();
-    }
-    if let Some(tag) = tag {
-        let push = ImageCommand::PushTag {
-            name: tag.to_owned(),
-            digest: verified.digest,
-            new_tag_id: uuid::Uuid::now_v7().to_string(),
-        };
-        registry
-            .image(image_id, push, meta)
-            .await
-            .map_err(|e| refused(&named, e))?;
-    }
-    Ok(recorded_now)
-}
-
-/// Records several verified manifests, each with the tag to point at it, into image
-/// `image_id` in one append. Returns the manifests recorded now.
+/// Records several verified manifests, each with the tag to point at it (if any), into
+/// image `image_id` in one append. Returns the manifests recorded now (0 when all were
+/// there).
 pub async fn record_all<S: EventStore + ReadModels>(
     registry: &Registry<S>,
-    batch: Vec<(Verified, String)>,
+    batch: Vec<(Verified, Option<String>)>,
     image_id: &str,
     meta: &Metadata,
 ) -> Result<usize, Failed> {
@@ -169,7 +135,9 @@ pub async fn record_all<S: EventStore + ReadModels>(
     let mut manifests = Vec::new();
     let mut tags = Vec::new();
     for (v, tag) in batch {
-        tags.push((tag, v.digest.clone(), uuid::Uuid::now_v7().to_string()));
+        if let Some(tag) = tag {
+            tags.push((tag, v.digest.clone(), uuid::Uuid::now_v7().to_string()));
+        }
         manifests.extend(v.manifests);
     }
     let events = registry
@@ -194,5 +162,6 @@ pub async fn import_manifest(
     meta: &Metadata,
 ) -> Result<usize, Failed> {
     let verified = fetch(client, repo, reference).await?;
-    record(registry, verified, tag, image_id, meta).await
+    let batch = vec![(verified, tag.map(str::to_owned))];
+    record_all(registry, batch, image_id, meta).await
 }

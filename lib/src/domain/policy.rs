@@ -124,11 +124,9 @@ impl Policy {
             .map(|e| Schedule::parse(e, &spec.timezone))
             .transpose()
             .map_err(|(field, reason)| DomainError::invalid(field, reason))?;
-        if schedule.is_none() {
-            // Checked all the same, so a stored body never holds a zone it cannot use.
-            Schedule::parse("@daily", &spec.timezone)
-                .map_err(|(field, reason)| DomainError::invalid(field, reason))?;
-        }
+        // Checked without a schedule too, so a stored body never holds a zone it cannot use.
+        super::schedule::time_zone(&spec.timezone)
+            .map_err(|(field, reason)| DomainError::invalid(field, reason))?;
         Ok(Policy {
             namespace_id: spec.namespace_id.clone(),
             image_names,

@@ -62,6 +62,16 @@ impl Schedule {
     }
 }
 
+/// The IANA time zone `name`; the error names the `timezone` field.
+pub fn time_zone(name: &str) -> Result<Tz, (&'static str, String)> {
+    name.parse().map_err(|_| {
+        (
+            "timezone",
+            format!("unknown time zone `{name}` (an IANA name such as UTC or Europe/Paris)"),
+        )
+    })
+}
+
 /// A crontab expression in the `cron` crate's form: six fields (seconds first) or a macro,
 /// with the day-of-week field renumbered.
 fn to_cron_crate(expression: &str) -> Result<String, String> {

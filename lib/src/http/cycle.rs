@@ -21,7 +21,7 @@ use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
 use crate::store::plans::PlanItem;
-use crate::store::rows::JobDescriptorRow;
+use crate::store::rows::{JobDescriptorRow, NamespaceRow};
 use crate::store::{JobQuery, JobSort, Metadata, ReadModels};
 
 /// Paths of this surface start with this (the rest of `/v1/…` is nobody's).
@@ -213,6 +213,24 @@ pub(crate) async fn principal(
     let p = authenticate(state.store(), headers).await?;
     p.require(cap)?;
     Ok(p)
+}
+
+/// Namespace `id` when it exists and the caller sees its project; 404 otherwise (another
+/// project's namespace is as unknown as a missing one).
+pub(crate) async fn visible_namespace(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<NamespaceRow, ApiError> {
+    let namespace = state.store().namespace(id).await.map_err(internal)?;
+    namespace.filter(|n| p.sees(&n.project_id)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.namespace",
+            "Not found",
+            format!("no namespace {id}"),
+        )
+    })
 }
 
 /// The request's `Idempotency-Key`, checked (other surfaces map the error to their shape).
@@ -783,19 +801,7 @@ async fn catalog_import_task(
         credentials: c.source.credentials,
     };
     input.check().map_err(ServiceError::Domain)?;
-    let namespace = state
-        .store()
-        .namespace(&input.namespace_id)
-        .await
-        .map_err(internal)?;
-    let Some(namespace) = namespace.filter(|n| p.sees(&n.project_id)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.namespace",
-            "Not found",
-            format!("no namespace {}", input.namespace_id),
-        ));
-    };
+    let namespace = visible_namespace(state, p, &input.namespace_id).await?;
     let what = match &input.repositories {
         Some(r) => format!("{} repositories", r.len()),
         None => "the catalog".to_owned(),
@@ -1171,19 +1177,7 @@ pub(crate) async fn create_image(
     req.source.check().map_err(ServiceError::Domain)?;
     crate::domain::validate::image_name(&req.name).map_err(ServiceError::Domain)?;
     let key = idempotency_key(&headers)?;
-    let namespace = state
-        .store()
-        .namespace(&req.namespace_id)
-        .await
-        .map_err(internal)?;
-    if !namespace.is_some_and(|n| p.sees(&n.project_id)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.namespace",
-            "Not found",
-            format!("no namespace {}", req.namespace_id),
-        ));
-    }
+    visible_namespace(&state, &p, &req.namespace_id).await?;
     let image_id = uuid::Uuid::now_v7().to_string();
     let meta = Metadata {
         actor: Some(p.actor()),

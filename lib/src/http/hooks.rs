@@ -12,16 +12,16 @@
 //! (the registry sends the batch again; handled ids are skipped); a final one (a manifest that
 //! fails verification) is reported in the answer and not retried.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::cycle::{ApiError, Data, data, internal, principal};
+use super::cycle::{ApiError, Data, data, internal, principal, visible_namespace};
 use super::{AppState, Params};
 use crate::domain::format_time;
 use crate::domain::image::ImageCommand;
@@ -30,7 +30,7 @@ use crate::domain::token::Capability;
 use crate::importer::{Failed, image_for, import_manifest};
 use crate::oci::{Client, Credentials, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::service::ServiceError;
-use crate::store::{Metadata, ReadModels};
+use crate::store::Metadata;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/hooks/registry", post(registry_hook))
@@ -106,19 +106,7 @@ pub(crate) async fn registry_hook(
         credentials: None,
     };
     check.check().map_err(ServiceError::Domain)?;
-    let namespace = state
-        .store()
-        .namespace(&q.namespace_id)
-        .await
-        .map_err(internal)?;
-    if !namespace.is_some_and(|n| p.sees(&n.project_id)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.namespace",
-            "Not found",
-            format!("no namespace {}", q.namespace_id),
-        ));
-    }
+    visible_namespace(&state, &p, &q.namespace_id).await?;
     let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -183,12 +171,12 @@ pub(crate) async fn registry_hook(
             Ok(false) => ignored += 1,
             Err(Failed::Transient(message)) => {
                 tracing::warn!(event_id = %event.id, error = %message, "notification not handled; the registry will redeliver");
-                return Ok((
+                return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": {"status": 503, "code": "503.not-ready",
-                        "title": "Try again", "detail": message, "source": ""}, "data": null})),
-                )
-                    .into_response());
+                    "503.not-ready",
+                    "Try again",
+                    message,
+                ));
             }
             Err(Failed::Permanent(message)) => {
                 tracing::warn!(event_id = %event.id, error = %message, "notification refused");

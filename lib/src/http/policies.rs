@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::auth::Principal;
-use super::cycle::{ApiError, Body, Data, data, internal, number, principal};
+use super::cycle::{ApiError, Body, Data, data, internal, number, principal, visible_namespace};
 use super::{AppState, Params};
 use crate::domain::format_time;
 use crate::domain::policy::{PolicyCommand, PolicySpec, PrunePolicy};
@@ -112,20 +112,9 @@ async fn check_namespace(
     p: &Principal,
     body: &PolicySpec,
 ) -> Result<(), ApiError> {
-    let namespace = state
-        .store()
-        .namespace(&body.namespace_id)
+    visible_namespace(state, p, &body.namespace_id)
         .await
-        .map_err(internal)?;
-    match namespace {
-        Some(n) if p.sees(&n.project_id) => Ok(()),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.namespace",
-            "Not found",
-            format!("no namespace {}", body.namespace_id),
-        )),
-    }
+        .map(drop)
 }
 
 fn meta(p: &Principal) -> Metadata {
