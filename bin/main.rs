@@ -13,8 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use layerline_core::config::{Layer, LogFormat, Role, Settings};
 use layerline_core::http::{self, ApiConfig, AppState};
+use layerline_core::metric;
 use layerline_core::service::Registry;
-use layerline_core::store::{EventStore, Metadata, Store};
+use layerline_core::store::{Metadata, Store};
 use layerline_jobs::scheduler::Scheduler;
 use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
 use tokio::net::TcpListener;
@@ -258,18 +259,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("migrating the job queue tables")?;
     bootstrap_token(&store).await?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(
-                layerline_core::metric::HTTP_DURATION.into(),
-            ),
-            &layerline_core::metric::HTTP_DURATION_BUCKETS,
-        )
-        .context("configuring histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    layerline_core::metric::describe();
-    metrics::gauge!(layerline_core::metric::EVENT_LOG_HEAD).set(store.head().await? as f64);
+    let prometheus = metrics_recorder()?;
+    metric::describe();
 
     // A worker-only process serves no API, so it takes no API port.
     let listener = match settings.role.serves_api() {
@@ -302,6 +293,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let metrics_task = tokio::spawn(http::serve_metrics(
         metrics_listener,
+        store.clone(),
         move || prometheus.render(),
         stopped(),
     ));
@@ -353,6 +345,30 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Installs the Prometheus recorder with each histogram's buckets. Gauges not set for
+/// [`metric::GAUGE_IDLE_TIMEOUT`] are dropped (every scrape sets the live ones), so a
+/// deleted policy's gauge goes away.
+fn metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets: [(&str, &[f64]); 3] = [
+        (metric::HTTP_DURATION, &metric::HTTP_DURATION_BUCKETS),
+        (metric::JOB_PICKUP, &metric::JOB_PICKUP_BUCKETS),
+        (metric::JOB_DURATION, &metric::JOB_DURATION_BUCKETS),
+    ];
+    let mut builder = PrometheusBuilder::new().idle_timeout(
+        metrics_util::MetricKindMask::GAUGE,
+        Some(metric::GAUGE_IDLE_TIMEOUT),
+    );
+    for (name, values) in buckets {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), values)
+            .context("configuring histogram buckets")?;
+    }
+    builder
+        .install_recorder()
+        .context("installing the metrics recorder")
 }
 
 /// Creates the admin token `LAYERLINE_BOOTSTRAP_TOKEN` names (a UUID), once.

@@ -10,6 +10,7 @@
 use layerline_core::domain::image::Image;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
 use layerline_core::importer::{Failed, fetch, image_for, record_all};
+use layerline_core::metric;
 use layerline_core::oci::{Client, Credentials};
 use serde_json::json;
 
@@ -61,6 +62,7 @@ async fn import_tags(
         for joined in ready {
             let (tag, verified) =
                 joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+            let verified = verified.inspect_err(|_| metric::imported(0, 0, 1, 0));
             batch.push((verified.map_err(failure)?, Some(tag)));
         }
         let progress = if per_tag { at + done } else { at };

@@ -15,6 +15,7 @@ use layerline_core::domain::format_time;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::policy::{Policy, PruneInput};
 use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, select};
+use layerline_core::metric;
 use layerline_core::service::ServiceError;
 use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot};
 use serde_json::{Value, json};
@@ -103,6 +104,22 @@ fn reason_name(reason: Reason) -> String {
 /// commits); a cancel is seen between such groups.
 const IMAGES_AT_ONCE: usize = 4;
 
+/// Tags deleted, manifests deleted and the bytes those manifests freed, by `events`.
+fn tally(events: &[DomainEvent], bytes: &HashMap<String, i64>) -> (i64, i64, i64) {
+    let (mut tags, mut manifests, mut freed) = (0, 0, 0);
+    for e in events {
+        match e {
+            DomainEvent::TagDeleted(_) => tags += 1,
+            DomainEvent::ManifestDeleted(m) => {
+                manifests += 1;
+                freed += bytes.get(&m.digest).copied().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    (tags, manifests, freed)
+}
+
 pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     let policy = Policy::compile(&input.policy).map_err(|e| Failure::Permanent(e.to_string()))?;
     let store = ctx.registry().store();
@@ -124,6 +141,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             header.attempt = ctx.attempt;
             drop(snapshot);
             timings.insert("plan".into(), ms(started));
+            metric::prune_planned(input.dry_run);
             let started = Instant::now();
             store.save_plan(&header, &items).await.map_err(transient)?;
             timings.insert("store".into(), ms(started));
@@ -199,28 +217,24 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
                     Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
                     Err(e) => return Err(Failure::from(e)),
                 };
-                // A rerun counts what every attempt of this job deleted, not only its own.
+                // The metrics count this attempt's deletions; the output counts what every
+                // attempt of this job deleted.
+                let (tags, manifests, freed) = tally(&appended, &bytes);
+                metric::pruned(tags as u64, manifests as u64, freed as u64);
                 let events = if rerun {
                     ours(&registry, &job_id, &image_id).await?
                 } else {
                     appended
                 };
-                Ok((events, bytes))
+                Ok(tally(&events, &bytes))
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (events, bytes) =
+            let (tags, manifests, freed) =
                 joined.map_err(|e| Failure::Transient(format!("an image's task died: {e}")))??;
-            for e in &events {
-                match e {
-                    DomainEvent::TagDeleted(_) => tags_deleted += 1,
-                    DomainEvent::ManifestDeleted(m) => {
-                        manifests_deleted += 1;
-                        bytes_freed += bytes.get(&m.digest).copied().unwrap_or(0);
-                    }
-                    _ => {}
-                }
-            }
+            tags_deleted += tags;
+            manifests_deleted += manifests;
+            bytes_freed += freed;
         }
         done += group.len() as i64;
     }

@@ -11,6 +11,7 @@ use chrono::Utc;
 use layerline_core::domain::job::{Job, JobCommand, JobKind, JobState};
 use layerline_core::domain::{DomainError, parse_time};
 use layerline_core::jobs::Dispatcher;
+use layerline_core::metric;
 use layerline_core::service::{Registry, ServiceError};
 use layerline_core::store::{Metadata, ReadModels, Store};
 use serde::{Deserialize, Serialize};
@@ -147,7 +148,11 @@ impl Runner {
         let attempt = match self.registry.execute::<Job>(id, start, &meta).await {
             Ok(events) => match events.first() {
                 Some(layerline_core::domain::DomainEvent::JobStarted(s)) => s.attempt,
-                // Cancelled while waiting, or its cancel outlived a dead attempt.
+                // Its cancel outlived a dead attempt.
+                Some(layerline_core::domain::DomainEvent::JobCancelled(_)) => {
+                    metric::job_finished(kind, "cancelled");
+                    return Ok(());
+                }
                 _ => return Ok(()),
             },
             Err(ServiceError::Domain(DomainError::Conflict { message, .. })) => {
@@ -156,6 +161,18 @@ impl Runner {
             }
             Err(e) => return Err(e),
         };
+        // Runnable since its acceptance, or since its retry time; a takeover waited for the
+        // orphan timeout, which says nothing about the queue.
+        let runnable_since = match job.state.as_str() {
+            "scheduled" => job.next_retry_at.as_deref(),
+            _ => Some(job.created_at.as_str()),
+        };
+        let waited = runnable_since
+            .and_then(parse_time)
+            .filter(|_| !ticket.takeover)
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
+        metric::job_started(kind, waited);
+        let started = Instant::now();
         let span = tracing::info_span!("job", job_id = id, kind = kind.as_str(), attempt);
         async {
             tracing::info!("attempt started");
@@ -167,47 +184,53 @@ impl Runner {
                 last_progress: None,
             };
             let outcome = handlers::run(kind, &input, &mut ctx).await;
-            self.finish(kind, &ctx, outcome).await
+            let ended = self.finish(kind, &ctx, outcome).await?;
+            metric::job_attempt_ended(kind, ended, started.elapsed());
+            Ok(())
         }
         .instrument(span)
         .await
     }
 
+    /// Records the attempt's outcome; returns how it ended, for the metrics: `completed`,
+    /// `error`, `cancelled`, `retry` or `superseded`.
     async fn finish(
         &self,
         kind: JobKind,
         ctx: &Ctx<'_>,
         outcome: Outcome,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<&'static str, ServiceError> {
         let (id, attempt) = (ctx.job_id.as_str(), ctx.attempt);
-        let cmd = match outcome {
+        let (cmd, ended) = match outcome {
             Ok(output) => {
                 tracing::info!("completed");
-                JobCommand::Succeed { attempt, output }
+                (JobCommand::Succeed { attempt, output }, "completed")
             }
             Err(Failure::Cancelled) => {
                 tracing::info!("cancelled at a step boundary");
-                return Ok(());
+                return Ok("cancelled");
             }
             Err(Failure::Stale) => {
                 tracing::info!("superseded by a newer attempt; stopped");
-                return Ok(());
+                return Ok("superseded");
             }
             Err(Failure::Permanent(error)) => {
                 tracing::warn!(error, "failed");
-                JobCommand::Fail {
+                let cmd = JobCommand::Fail {
                     attempt,
                     error,
                     retry_at: None,
-                }
+                };
+                (cmd, "error")
             }
             Err(Failure::Transient(error)) if attempt >= self.retry.max_attempts => {
                 tracing::warn!(error, "failed; out of attempts");
-                JobCommand::Fail {
+                let cmd = JobCommand::Fail {
                     attempt,
                     error: format!("{error} (gave up after {attempt} attempts)"),
                     retry_at: None,
-                }
+                };
+                (cmd, "error")
             }
             Err(Failure::Transient(error)) => {
                 let delay = self.retry.delay(attempt);
@@ -229,16 +252,17 @@ impl Runner {
                         {
                             tracing::warn!(error, "queueing the retry failed; the sweep will");
                         }
-                        Ok(())
+                        Ok("retry")
                     }
-                    Err(ServiceError::Domain(_)) => Ok(()),
+                    Err(ServiceError::Domain(_)) => Ok("superseded"),
                     Err(e) => Err(e),
                 };
             }
         };
         match self.registry.execute::<Job>(id, cmd, &ctx.meta).await {
+            Ok(_) => Ok(ended),
             // Refused: a newer attempt owns the job now.
-            Ok(_) | Err(ServiceError::Domain(_)) => Ok(()),
+            Err(ServiceError::Domain(_)) => Ok("superseded"),
             Err(e) => Err(e),
         }
     }

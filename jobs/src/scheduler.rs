@@ -136,8 +136,12 @@ pub async fn run(mut scheduler: Scheduler, every: Duration, mut shutdown: watch:
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        if let Err(error) = scheduler.tick(Utc::now()).await {
-            tracing::warn!(%error, "scheduler tick failed; trying again next tick");
+        match scheduler.tick(Utc::now()).await {
+            Ok(due) => layerline_core::metric::cron_ticked(due),
+            Err(error) => {
+                layerline_core::metric::cron_ticked(0);
+                tracing::warn!(%error, "scheduler tick failed; trying again next tick");
+            }
         }
     }
 }

@@ -140,14 +140,30 @@ pub async fn record_all<S: EventStore + ReadModels>(
         }
         manifests.extend(v.manifests);
     }
+    let fetched = manifests.len();
     let events = registry
         .image(image_id, ImageCommand::Import { manifests, tags }, meta)
         .await
         .map_err(|e| refused(&named.join(", "), e))?;
-    Ok(events
-        .iter()
-        .filter(|e| matches!(e, DomainEvent::ManifestRecorded(_)))
-        .count())
+    let (mut recorded, mut bytes) = (0, 0);
+    for e in &events {
+        if let DomainEvent::ManifestRecorded(m) = e {
+            recorded += 1;
+            bytes += m
+                .config
+                .iter()
+                .chain(&m.layers)
+                .map(|b| b.size)
+                .sum::<i64>();
+        }
+    }
+    crate::metric::imported(
+        recorded as u64,
+        fetched.saturating_sub(recorded) as u64,
+        0,
+        bytes.max(0) as u64,
+    );
+    Ok(recorded)
 }
 
 /// Fetches, verifies and records manifest `reference` of `repo` into image `image_id`, and

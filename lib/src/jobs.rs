@@ -132,7 +132,10 @@ pub async fn submit<S: EventStore + ReadModels>(
         .execute::<Job>(&job_id, JobCommand::Accept(accepted), &meta)
         .await
     {
-        Ok(_) => {}
+        Ok(_) => {
+            tracing::info!(job_id, kind = sub.kind.as_str(), "job accepted");
+            crate::metric::job_submitted(sub.kind);
+        }
         // Another request with the same key won the race: answer its job.
         Err(ServiceError::Store(StoreError::Unique { .. })) if key.is_some() => {
             let key = key.as_deref().unwrap_or_default();

@@ -666,7 +666,7 @@ pub(crate) async fn job_task(
             format!("unknown action `{}` (cancel)", req.action),
         ));
     }
-    state
+    let before = state
         .store()
         .job(&id)
         .await
@@ -677,10 +677,18 @@ pub(crate) async fn job_task(
         actor: by.clone(),
         ..Metadata::default()
     };
-    state
+    let events = state
         .registry
         .execute::<JobStream>(&id, JobCommand::RequestCancel { by }, &meta)
         .await?;
+    // A job no attempt was running ends here; a running one ends at its next step.
+    if events
+        .iter()
+        .any(|e| matches!(e, crate::domain::DomainEvent::JobCancelled(_)))
+        && let Some(kind) = crate::domain::job::JobKind::parse(&before.kind)
+    {
+        crate::metric::job_finished(kind, "cancelled");
+    }
     let row = state
         .store()
         .job(&id)

@@ -250,16 +250,20 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Serves the Prometheus exposition `render` produces at `GET /metrics` on its own listener
 /// (kept apart from the API so it can be firewalled separately), until `shutdown` resolves.
+/// Each scrape first reads the gauges that describe `store`'s database.
 pub async fn serve_metrics(
     listener: TcpListener,
+    store: Store,
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let render = render.clone();
+            let (render, store) = (render.clone(), store.clone());
             async move {
+                // The gauges that describe the database are read when scraped.
+                crate::metric::refresh(&store).await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

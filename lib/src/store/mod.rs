@@ -429,6 +429,11 @@ impl Store {
         dispatch!(self, s => s.list_policies(project, namespace_id, limit, offset).await)
     }
 
+    /// The totals the metrics report: log head, registry sizes and unfinished jobs.
+    pub async fn metric_totals(&self) -> Result<rows::MetricTotals, StoreError> {
+        dispatch!(self, s => s.metric_totals().await)
+    }
+
     /// Every enabled policy with a schedule.
     pub async fn scheduled_policies(&self) -> Result<Vec<rows::PolicyRow>, StoreError> {
         dispatch!(self, s => s.scheduled_policies().await)

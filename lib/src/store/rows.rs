@@ -181,6 +181,21 @@ pub struct PolicyRow {
     pub version: i64,
 }
 
+/// The figures the metrics read from the database on each scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricTotals {
+    /// The log head. Read models are written in the append's transaction, so it is also the
+    /// position the totals below reflect (all are read in one snapshot).
+    pub head: i64,
+    pub namespaces: i64,
+    pub images: i64,
+    pub tags: i64,
+    /// Bytes stored, each blob once per namespace.
+    pub stored_bytes: i64,
+    /// Unfinished jobs: (kind, state, count).
+    pub jobs: Vec<(String, String, i64)>,
+}
+
 /// Every read model row, each table sorted by its primary key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadModelRows {

@@ -824,3 +824,38 @@ impl KeyValue {
         };
     }
 }
+
+impl SqlStore {
+    /// The totals the metrics report, read in one snapshot.
+    pub async fn metric_totals(&self) -> Result<crate::store::rows::MetricTotals, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (namespaces, stored_bytes): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM namespaces")
+                .fetch_one(&mut *tx)
+                .await?;
+        let images: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images")
+            .fetch_one(&mut *tx)
+            .await?;
+        let tags: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tags")
+            .fetch_one(&mut *tx)
+            .await?;
+        let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, state, COUNT(*) FROM job_descriptors \
+             WHERE state IN ('queued', 'scheduled', 'running') GROUP BY kind, state",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(crate::store::rows::MetricTotals {
+            head,
+            namespaces,
+            images,
+            tags,
+            stored_bytes,
+            jobs,
+        })
+    }
+}
