@@ -34,6 +34,8 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod registry;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
