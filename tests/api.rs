@@ -1159,6 +1159,21 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
         ("get", "/v1/prune-policies/{id}".to_owned(), None),
         ("put", "/v1/prune-policies/{id}".to_owned(), None),
         ("delete", "/v1/prune-policies/{id}".to_owned(), None),
+        (
+            "get",
+            "/v1/namespaces/{namespace_id}/backend".to_owned(),
+            None,
+        ),
+        (
+            "put",
+            "/v1/namespaces/{namespace_id}/backend".to_owned(),
+            None,
+        ),
+        (
+            "delete",
+            "/v1/namespaces/{namespace_id}/backend".to_owned(),
+            None,
+        ),
     ];
     let described: usize = doc["paths"]
         .as_object()

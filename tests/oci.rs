@@ -942,3 +942,209 @@ async fn a_registry_behind_tls_is_reached_when_its_ca_is_trusted() {
     assert!(matches!(err, OciError::Transport(_)), "{err:?}");
     assert!(err.to_string().contains("certificate"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Backend-linked namespaces: imports copy there, prune runs delete there
+
+/// Links namespace `ns` to `registry` under `prefix`; the API's answer.
+async fn link(server: &Server, ns: &str, registry: &str, prefix: &str) -> (u16, Value) {
+    call(
+        Method::PUT,
+        &format!("{}/v1/namespaces/{ns}/backend", server.base),
+        Some(json!({"registry": registry, "prefix": prefix})),
+    )
+    .await
+}
+
+/// Creates image `name` in `ns` by importing `repository` of `registry`; the finished job.
+async fn import_new(server: &Server, ns: &str, name: &str, registry: &str, repo: &str) -> Value {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images", server.base),
+        Some(json!({"name": name, "namespace_id": ns,
+                    "source": {"registry": registry, "repository": repo}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["data"]["import_job_id"].as_str().unwrap().to_owned();
+    wait_for(server, &id, Duration::from_secs(60), |j| {
+        matches!(state(j), "completed" | "error")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_linked_namespace_gets_copies_of_imports_and_loses_what_prune_deletes() {
+    let source = Registry::start().await;
+    let backend = Registry::start().await;
+    let mut app = Vec::new();
+    for (tag, media_type) in [
+        ("v1", OCI_MANIFEST),
+        ("v2", DOCKER_MANIFEST),
+        ("v3", OCI_MANIFEST),
+    ] {
+        let own = format!("app {tag}");
+        app.push(
+            source
+                .image("team/app", tag, media_type, &["base layer", &own])
+                .await,
+        );
+    }
+    let multi = push_multi(&source).await;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("team").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let url = format!("{}/v1/namespaces/{ns}/backend", server.base);
+
+    // Bad input changes nothing; an unlinked namespace has no backend.
+    let (status, body) = link(&server, &ns, "http://registry.example.com", "mirror").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/registry", "{body}");
+    let (status, body) = link(&server, &ns, &backend.base, "Mirror!").await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/prefix", "{body}");
+    let (status, _) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 404);
+
+    let (status, body) = link(&server, &ns, &backend.base, "mirror").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["registry"], backend.base.as_str());
+    assert_eq!(body["data"]["prefix"], "mirror");
+
+    // Import: every blob and manifest lands in the backend, tags too.
+    let j = import_new(&server, &ns, "app", &source.base, "team/app").await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let app_id = j["tasks"][0]["input"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let copied = &j["output"]["backend"];
+    assert_eq!(copied["manifests_pushed"], 3, "{j}");
+    // base layer once, a layer and a config per tag.
+    assert_eq!(copied["blobs_uploaded"], 7, "{j}");
+    let j = import_new(&server, &ns, "multi", &source.base, "team/multi").await;
+    assert_eq!(state(&j), "completed", "{j}");
+
+    let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
+    for (n, (digest, body)) in app.iter().enumerate() {
+        let tag = format!("v{}", n + 1);
+        let got = pull.manifest("mirror/app", &tag).await.unwrap();
+        assert_eq!(&got.digest, digest, "{tag}");
+        assert_eq!(&got.body, body, "{tag}: the same bytes");
+        let m: Value = serde_json::from_slice(body).unwrap();
+        for d in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
+            let blob = d["digest"].as_str().unwrap();
+            assert!(pull.has_blob("mirror/app", blob).await.unwrap(), "{blob}");
+        }
+    }
+    let index = pull.manifest("mirror/multi", "latest").await.unwrap();
+    assert_eq!(index.digest, multi.index);
+    for child in [&multi.amd64.0, &multi.arm64.0] {
+        pull.manifest("mirror/multi", child).await.unwrap();
+    }
+
+    // A prune keeping the newest `v…` tag deletes the other two there too. (The three were
+    // recorded in one append, so which one is newest is the selection's tie-break.)
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "prune", "contents": {"policy": {
+            "namespace_id": ns, "image_names": ["app"],
+            "rules": {"tag_pattern": "^v", "keep_last": 1}}}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    let j = wait_for(&server, &id, Duration::from_secs(60), |j| {
+        matches!(state(j), "completed" | "error")
+    })
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["manifests_deleted"], 2, "{j}");
+    assert_eq!(j["output"]["backend"]["manifests_deleted"], 2, "{j}");
+    // Their own layers and configs are referenced by nothing left in the namespace.
+    assert_eq!(j["output"]["blobs"]["reclaimed"], 4, "{j}");
+    let (status, tags) = call(
+        Method::GET,
+        &format!(
+            "{}/registry/v1/regions/fr-par/images/{app_id}/tags",
+            server.base
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{tags}");
+    let kept: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1, "{tags}");
+    for (n, (digest, _)) in app.iter().enumerate() {
+        let tag = format!("v{}", n + 1);
+        let there = pull.manifest("mirror/app", digest).await;
+        if kept.contains(&tag.as_str()) {
+            assert_eq!(there.unwrap().digest, *digest, "the kept {tag} still pulls");
+            pull.manifest("mirror/app", &tag).await.unwrap();
+        } else {
+            assert!(
+                matches!(there, Err(OciError::NotFound { .. })),
+                "{tag} {digest}: {there:?}"
+            );
+        }
+    }
+    pull.manifest("mirror/multi", "latest").await.unwrap();
+
+    // A gc job finds the four blobs nothing references any more, still stored in the backend
+    // (a registry's own collector removes them).
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "gc", "contents": {"namespace_id": ns}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    let gc = wait_for(&server, &id, Duration::from_secs(60), |j| {
+        matches!(state(j), "completed" | "error")
+    })
+    .await;
+    assert_eq!(state(&gc), "completed", "{gc}");
+    let out = &gc["output"];
+    assert_eq!(out["blobs"]["reclaimable"], 4, "{gc}");
+    assert_eq!(
+        out["blobs"]["reclaimable_bytes"], j["output"]["blobs"]["bytes"],
+        "{gc}"
+    );
+    assert_eq!(out["backend"]["reclaimable_present"], 4, "{gc}");
+    assert_eq!(
+        out["blobs"]["recorded"].as_i64().unwrap() - out["blobs"]["referenced"].as_i64().unwrap(),
+        4,
+        "{gc}"
+    );
+
+    // Linked to the registry it imports from, blobs are mounted, not uploaded.
+    let same = fx.namespace("same").await;
+    let (status, body) = link(&server, &same, &source.base, "copies").await;
+    assert_eq!(status, 200, "{body}");
+    let j = import_new(&server, &same, "app", &source.base, "team/app").await;
+    assert_eq!(state(&j), "completed", "{j}");
+    assert_eq!(j["output"]["backend"]["blobs_mounted"], 7, "{j}");
+    assert_eq!(j["output"]["backend"]["blobs_uploaded"], 0, "{j}");
+    let own = Client::new(&source.base, Credentials::Anonymous, 4).unwrap();
+    assert_eq!(
+        own.manifest("copies/app", "v2").await.unwrap().digest,
+        app[1].0
+    );
+
+    // Unlinking stops nothing that ran; the namespace has no backend afterwards.
+    let (status, _) = call(Method::DELETE, &url, None).await;
+    assert_eq!(status, 204);
+    let (status, _) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 404);
+}

@@ -24,10 +24,7 @@ pub(crate) async fn run(kind: JobKind, input: &Value, ctx: &mut Ctx<'_>) -> Outc
         JobKind::Probe => probe(parse(input)?, ctx).await,
         JobKind::Prune => crate::prune::prune(parse(input)?, ctx).await,
         JobKind::Import => crate::import::import(parse(input)?, ctx).await,
-        JobKind::Gc => Err(Failure::Permanent(format!(
-            "{} jobs are not supported by this version",
-            kind.as_str()
-        ))),
+        JobKind::Gc => crate::gc::gc(parse(input)?, ctx).await,
     }
 }
 

@@ -8,10 +8,12 @@
 //! tag to the digest it has, changes nothing).
 
 use layerline_core::domain::image::Image;
+use layerline_core::domain::source::NamespaceBackend;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
-use layerline_core::importer::{Failed, fetch, image_for, record_all};
+use layerline_core::importer::{BlobsDone, Copied, Failed, copy, fetch, image_for, record_all};
 use layerline_core::metric;
 use layerline_core::oci::{Client, Credentials};
+use layerline_core::store::ReadModels;
 use serde_json::json;
 
 use crate::runner::{Ctx, Failure, Outcome};
@@ -26,26 +28,65 @@ fn failure(e: impl Into<Failed>) -> Failure {
     }
 }
 
+/// Where a backend-linked namespace's images are copied: the backend's client and the
+/// repository of the image being imported.
+#[derive(Clone)]
+struct Target {
+    client: Client,
+    repository: String,
+    /// The blobs this job has copied to `repository` so far.
+    blobs: std::sync::Arc<BlobsDone>,
+}
+
 /// Imports `tags` of `repo` into image `image_id`: up to [`CONCURRENCY`] tags are fetched and
-/// verified at once, and each is recorded as soon as it is verified. Progress counts tags
-/// (`done` of `total` from `at`) when `total` counts them, else stays at `at`.
+/// verified (and copied to the `target` backend, when there is one) at once, and each is
+/// recorded as soon as that is done. Progress counts tags (`done` of `total` from `at`) when
+/// `total` counts them, else stays at `at`. Returns the manifests recorded now and what the
+/// copies did.
+#[allow(clippy::too_many_arguments)]
 async fn import_tags(
     client: &Client,
     repo: &str,
     tags: &[String],
     image_id: &str,
+    target: Option<&Target>,
     at: i64,
     total: i64,
     ctx: &mut Ctx<'_>,
-) -> Result<usize, Failure> {
+) -> Result<(usize, Copied), Failure> {
     let per_tag = total == tags.len() as i64;
     let mut next = tags.iter();
     let mut fetching = tokio::task::JoinSet::new();
+    let mut copied = Copied::default();
     let start = |fetching: &mut tokio::task::JoinSet<_>, tag: &String| {
         let (client, repo, tag) = (client.clone(), repo.to_owned(), tag.clone());
+        let target = target.cloned();
         fetching.spawn(async move {
-            let verified = fetch(&client, &repo, &tag).await;
-            (tag, verified)
+            let verified = match fetch(&client, &repo, &tag).await {
+                Ok(v) => v,
+                Err(e) => return (tag, Err(e)),
+            };
+            // Copied before it is recorded: what the metadata lists, the backend serves.
+            let copy = match &target {
+                Some(t) => copy(
+                    &client,
+                    &repo,
+                    &t.client,
+                    &t.repository,
+                    &verified,
+                    Some(&tag),
+                    &t.blobs,
+                )
+                .await
+                .map_err(|e| match e {
+                    Failed::Permanent(m) => {
+                        Failed::Permanent(format!("copying {repo}:{tag} to the backend: {m}"))
+                    }
+                    transient => transient,
+                }),
+                None => Ok(Copied::default()),
+            };
+            (tag, copy.map(|c| (verified, c)))
         });
     };
     for tag in next.by_ref().take(CONCURRENCY) {
@@ -62,8 +103,11 @@ async fn import_tags(
         for joined in ready {
             let (tag, verified) =
                 joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
-            let verified = verified.inspect_err(|_| metric::imported(0, 0, 1, 0));
-            batch.push((verified.map_err(failure)?, Some(tag)));
+            let (verified, copy) = verified
+                .inspect_err(|_| metric::imported(0, 0, 1, 0))
+                .map_err(failure)?;
+            copied += copy;
+            batch.push((verified, Some(tag)));
         }
         let progress = if per_tag { at + done } else { at };
         let step = format!(
@@ -80,11 +124,14 @@ async fn import_tags(
             start(&mut fetching, tag);
         }
     }
-    Ok(recorded_now)
+    Ok((recorded_now, copied))
 }
 
-/// The registry client for a source's registry and credentials.
-fn client(registry: &str, credentials: Option<&CredentialsRef>) -> Result<Client, Failure> {
+/// The registry client for a registry and its credentials.
+pub(crate) fn client(
+    registry: &str,
+    credentials: Option<&CredentialsRef>,
+) -> Result<Client, Failure> {
     let credentials = match credentials {
         None => Credentials::Anonymous,
         Some(c) => Credentials::Basic {
@@ -127,16 +174,42 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
         None => client.tags(repo).await.map_err(failure)?,
     };
     let total = tags.len() as i64;
-    let recorded_now = import_tags(&client, repo, &tags, &input.image_id, 0, total, ctx).await?;
+    let row = ctx
+        .registry()
+        .store()
+        .image(&input.image_id)
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?
+        .ok_or_else(|| Failure::Permanent(format!("image {} not found", input.image_id)))?;
+    let backend = backend_of(ctx, &row.namespace_id).await?;
+    let target = match &backend {
+        Some(b) => Some(target(b, &row.name)?),
+        None => None,
+    };
+    let (recorded_now, copied) = import_tags(
+        &client,
+        repo,
+        &tags,
+        &input.image_id,
+        target.as_ref(),
+        0,
+        total,
+        ctx,
+    )
+    .await?;
     ctx.boundary(total, total, "done", true).await?;
     let image: Image = ctx.registry().load(&input.image_id).await?;
-    Ok(json!({
+    let mut output = json!({
         "registry": source.registry,
         "repository": repo,
         "tags": total,
         "manifests_recorded": recorded_now,
         "image_size": image.size,
-    }))
+    });
+    if let Some(b) = backend {
+        output["backend"] = backend_output(&b, copied);
+    }
+    Ok(output)
 }
 
 async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
@@ -149,6 +222,8 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         None => client.catalog().await.map_err(failure)?,
     };
     let total = repos.len() as i64;
+    let backend = backend_of(ctx, &input.namespace_id).await?;
+    let mut copied = Copied::default();
     let (mut recorded_now, mut tags_seen) = (0, 0);
     for (n, repo) in repos.iter().enumerate() {
         ctx.boundary(n as i64, total, &format!("import {repo}"), false)
@@ -161,14 +236,58 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
             .await
             .map_err(failure)?;
         let tags = client.tags(repo).await.map_err(failure)?;
-        recorded_now += import_tags(&client, repo, &tags, &image_id, n as i64, total, ctx).await?;
+        let target = match &backend {
+            Some(b) => Some(target(b, repo)?),
+            None => None,
+        };
+        let (recorded, copy) = import_tags(
+            &client,
+            repo,
+            &tags,
+            &image_id,
+            target.as_ref(),
+            n as i64,
+            total,
+            ctx,
+        )
+        .await?;
+        recorded_now += recorded;
+        copied += copy;
         tags_seen += tags.len();
     }
     ctx.boundary(total, total, "done", true).await?;
-    Ok(json!({
+    let mut output = json!({
         "registry": input.registry,
         "repositories": total,
         "tags": tags_seen,
         "manifests_recorded": recorded_now,
-    }))
+    });
+    if let Some(b) = backend {
+        output["backend"] = backend_output(&b, copied);
+    }
+    Ok(output)
+}
+
+/// The backend registry namespace `namespace_id` is linked to, if any.
+async fn backend_of(
+    ctx: &Ctx<'_>,
+    namespace_id: &str,
+) -> Result<Option<NamespaceBackend>, Failure> {
+    Ok(ctx.registry().load_namespace(namespace_id).await?.backend)
+}
+
+/// Where image `name` goes on backend `b`.
+fn target(b: &NamespaceBackend, name: &str) -> Result<Target, Failure> {
+    Ok(Target {
+        client: client(&b.registry, b.credentials.as_ref())?,
+        repository: b.repository(name),
+        blobs: Default::default(),
+    })
+}
+
+fn backend_output(b: &NamespaceBackend, copied: Copied) -> serde_json::Value {
+    let mut out = serde_json::to_value(copied).unwrap_or_default();
+    out["registry"] = b.registry.clone().into();
+    out["prefix"] = b.prefix.clone().into();
+    out
 }

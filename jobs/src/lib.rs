@@ -4,6 +4,7 @@
 //! Queue names are persisted, because queued jobs outlive a deploy: renaming one orphans every
 //! job waiting under the old name, so they are explicit constants, never Rust type paths.
 
+pub mod gc;
 pub mod handlers;
 pub mod import;
 pub mod pool;

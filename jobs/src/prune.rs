@@ -15,6 +15,7 @@ use layerline_core::domain::format_time;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::policy::{Policy, PruneInput};
 use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, select};
+use layerline_core::importer::Failed;
 use layerline_core::metric;
 use layerline_core::service::ServiceError;
 use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot};
@@ -189,13 +190,32 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     }
     let total = by_image.len() as i64;
     let (mut tags_deleted, mut manifests_deleted, mut bytes_freed) = (0_i64, 0_i64, 0_i64);
+    // A backend-linked namespace's manifests are deleted there too, after the metadata.
+    let backend = ctx
+        .registry()
+        .load_namespace(&policy.namespace_id)
+        .await?
+        .backend;
+    let backend_client = match &backend {
+        Some(b) => Some(crate::import::client(&b.registry, b.credentials.as_ref())?),
+        None => None,
+    };
+    let mut backend_deleted = 0_i64;
+    let blobs_before = store
+        .namespace_blobs(&policy.namespace_id)
+        .await
+        .map_err(transient)?;
     let mut done = 0;
     for group in by_image.chunks(IMAGES_AT_ONCE) {
         ctx.boundary(done, total, &format!("prune image {}", group[0].1), false)
             .await?;
         let mut tasks = tokio::task::JoinSet::new();
-        for (image_id, _, list) in group {
+        for (image_id, image_name, list) in group {
             let registry = ctx.registry().clone();
+            let target = backend
+                .as_ref()
+                .zip(backend_client.clone())
+                .map(|(b, c)| (c, b.repository(image_name)));
             let meta = ctx.meta.clone();
             let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
             let (image_id, list) = (image_id.clone(), list.clone());
@@ -226,12 +246,32 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
                 } else {
                     appended
                 };
-                Ok(tally(&events, &bytes))
+                // Every manifest this job deleted, again on a rerun (one already gone is
+                // not an error), so a crash between the two leaves nothing behind.
+                let mut at_backend = 0;
+                if let Some((client, repository)) = &target {
+                    for e in &events {
+                        if let DomainEvent::ManifestDeleted(m) = e {
+                            client
+                                .delete_manifest(repository, &m.digest)
+                                .await
+                                .map_err(|e| match Failed::from(e) {
+                                    Failed::Transient(m) => Failure::Transient(m),
+                                    Failed::Permanent(m) => Failure::Permanent(format!(
+                                        "deleting from the backend {repository}: {m}"
+                                    )),
+                                })?;
+                            at_backend += 1;
+                        }
+                    }
+                }
+                Ok((tally(&events, &bytes), at_backend))
             });
         }
         while let Some(joined) = tasks.join_next().await {
-            let (tags, manifests, freed) =
+            let ((tags, manifests, freed), at_backend) =
                 joined.map_err(|e| Failure::Transient(format!("an image's task died: {e}")))??;
+            backend_deleted += at_backend;
             tags_deleted += tags;
             manifests_deleted += manifests;
             bytes_freed += freed;
@@ -246,5 +286,22 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     summary["manifests_deleted"] = manifests_deleted.into();
     summary["bytes_freed"] = bytes_freed.into();
     summary["skipped"] = skipped.into();
+    // Blobs no manifest of the namespace references any more, by this attempt's deletions
+    // (and whatever else changed the namespace meanwhile).
+    let blobs_after = store
+        .namespace_blobs(&policy.namespace_id)
+        .await
+        .map_err(transient)?;
+    summary["blobs"] = json!({
+        "reclaimed": (blobs_before.0 - blobs_after.0).max(0),
+        "bytes": (blobs_before.1 - blobs_after.1).max(0),
+    });
+    if let Some(b) = &backend {
+        summary["backend"] = json!({
+            "registry": b.registry,
+            "prefix": b.prefix,
+            "manifests_deleted": backend_deleted,
+        });
+    }
     Ok(summary)
 }

@@ -3,9 +3,12 @@
 //! anything is recorded, so bad content records nothing; recording again what is already
 //! there changes nothing.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::domain::image::ImageCommand;
 use crate::domain::{DomainError, DomainEvent};
-use crate::oci::{Client, OciError, Parsed, parse, recorded};
+use crate::oci::{Client, Fetched, OciError, Parsed, parse, recorded};
 use crate::service::{Registry, ServiceError};
 use crate::store::{EventStore, Metadata, ReadModels};
 
@@ -86,6 +89,8 @@ pub struct Verified {
     /// `repository:tag` or `repository@digest`, for messages.
     pub named: String,
     pub manifests: Vec<crate::domain::event::ManifestRecorded>,
+    /// The manifests as fetched, in the order of `manifests`: what a copy pushes.
+    pub fetched: Vec<Fetched>,
     pub digest: String,
 }
 
@@ -99,7 +104,7 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     };
     let top = client.manifest(repo, reference).await?;
     let parsed = parse(&named, &top)?;
-    let mut manifests = Vec::new();
+    let (mut manifests, mut fetched) = (Vec::new(), Vec::new());
     if let Parsed::Index { children } = &parsed {
         for (digest, platform) in children {
             let child_ref = format!("{repo}@{digest}");
@@ -111,13 +116,16 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
                 )));
             }
             manifests.push(recorded(&child, child_parsed, platform.clone()));
+            fetched.push(child);
         }
     }
     let digest = top.digest.clone();
     manifests.push(recorded(&top, parsed, None));
+    fetched.push(top);
     Ok(Verified {
         named,
         manifests,
+        fetched,
         digest,
     })
 }
@@ -180,4 +188,135 @@ pub async fn import_manifest(
     let verified = fetch(client, repo, reference).await?;
     let batch = vec![(verified, tag.map(str::to_owned))];
     record_all(registry, batch, image_id, meta).await
+}
+
+/// What copying to a backend registry did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Copied {
+    /// Blobs the backend had already, blobs it mounted from another of its repositories,
+    /// blobs uploaded (and their bytes).
+    pub blobs_present: u64,
+    pub blobs_mounted: u64,
+    pub blobs_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub manifests_pushed: u64,
+}
+
+impl std::ops::AddAssign for Copied {
+    fn add_assign(&mut self, o: Copied) {
+        self.blobs_present += o.blobs_present;
+        self.blobs_mounted += o.blobs_mounted;
+        self.blobs_uploaded += o.blobs_uploaded;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.manifests_pushed += o.manifests_pushed;
+    }
+}
+
+/// How a blob came to be in the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobCopy {
+    Present,
+    Mounted,
+    Uploaded,
+}
+
+/// The blobs one job has put in (or found in) a backend repository, so tags copied at once
+/// that share a layer move it once: the first to need it copies it, the others wait for it.
+#[derive(Debug, Default)]
+pub struct BlobsDone(std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<BlobCopy>>>>);
+
+impl BlobsDone {
+    fn cell(&self, digest: &str) -> Arc<tokio::sync::OnceCell<BlobCopy>> {
+        let mut cells = self.0.lock().expect("never poisoned");
+        cells.entry(digest.to_owned()).or_default().clone()
+    }
+}
+
+/// Copies verified manifest `v` of `repo` at `source` to `target_repo` at `backend`: each
+/// blob the backend lacks (mounted from `repo` when both are the same registry, else
+/// streamed across; the backend checks the bytes against the digest), then each manifest by
+/// digest, children before their index, and the tag last. Everything is keyed by digest, so
+/// a rerun pushes nothing twice that is already there; `done` spares blobs that concurrent
+/// copies of the same job share.
+pub async fn copy(
+    source: &Client,
+    repo: &str,
+    backend: &Client,
+    target_repo: &str,
+    v: &Verified,
+    tag: Option<&str>,
+    done: &BlobsDone,
+) -> Result<Copied, Failed> {
+    let mut copied = Copied::default();
+    let same_registry = source.base() == backend.base();
+    for manifest in &v.manifests {
+        for blob in manifest.config.iter().chain(&manifest.layers) {
+            let cell = done.cell(&blob.digest);
+            let mine = std::sync::atomic::AtomicBool::new(false);
+            let how = cell
+                .get_or_try_init(|| async {
+                    mine.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if backend.has_blob(target_repo, &blob.digest).await? {
+                        return Ok::<_, Failed>(BlobCopy::Present);
+                    }
+                    if same_registry
+                        && repo != target_repo
+                        && backend.mount_blob(target_repo, &blob.digest, repo).await?
+                    {
+                        return Ok(BlobCopy::Mounted);
+                    }
+                    copy_blob(source, repo, backend, target_repo, &blob.digest).await?;
+                    Ok(BlobCopy::Uploaded)
+                })
+                .await?;
+            if !mine.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            match how {
+                BlobCopy::Present => copied.blobs_present += 1,
+                BlobCopy::Mounted => copied.blobs_mounted += 1,
+                BlobCopy::Uploaded => {
+                    copied.blobs_uploaded += 1;
+                    copied.bytes_uploaded += blob.size.max(0) as u64;
+                }
+            }
+        }
+    }
+    for f in &v.fetched {
+        backend
+            .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
+            .await?;
+        copied.manifests_pushed += 1;
+    }
+    if let (Some(tag), Some(top)) = (tag, v.fetched.last()) {
+        backend
+            .put_manifest(target_repo, tag, &top.media_type, &top.body)
+            .await?;
+    }
+    Ok(copied)
+}
+
+/// Streams blob `digest` from `source` to `backend`, trying again (from the start) when a
+/// transfer fails transiently: a stream sent once cannot be resent.
+async fn copy_blob(
+    source: &Client,
+    repo: &str,
+    backend: &Client,
+    target_repo: &str,
+    digest: &str,
+) -> Result<(), Failed> {
+    const TRIES: u32 = 3;
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        let (res, size) = source.blob(repo, digest).await?;
+        let body = reqwest::Body::wrap_stream(res.bytes_stream());
+        match backend.push_blob(target_repo, digest, size, body).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && tried < TRIES => {
+                tracing::warn!(%e, digest, "copying a blob failed; trying again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -311,13 +311,123 @@ impl Client {
         self.send(reqwest::Method::GET, path, accept).await
     }
 
-    /// Sends a request, fetching a bearer token when challenged and retrying 429/5xx and
-    /// transport failures; any other non-success answer is an error.
     async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         accept: Option<&str>,
+    ) -> Result<reqwest::Response, OciError> {
+        self.send_with(method, path, accept, None).await
+    }
+
+    /// Whether blob `digest` is in `repository`.
+    pub async fn has_blob(&self, repository: &str, digest: &str) -> Result<bool, OciError> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        match self.send(reqwest::Method::HEAD, &path, None).await {
+            Ok(_) => Ok(true),
+            Err(OciError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the registry to mount blob `digest` of its repository `from` into `repository`
+    /// (no bytes move); false when it did not (it then expects an upload).
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, OciError> {
+        let path = format!("/v2/{repository}/blobs/uploads/?mount={digest}&from={from}");
+        let res = self.send(reqwest::Method::POST, &path, None).await?;
+        Ok(res.status() == reqwest::StatusCode::CREATED)
+    }
+
+    /// Blob `digest` of `repository`, its body not yet read (stream it with
+    /// `bytes_stream`), and its size when the registry says.
+    pub async fn blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<(reqwest::Response, Option<u64>), OciError> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let res = match self.get(&path, None).await {
+            Err(OciError::Status { status: 404, .. }) => {
+                return Err(OciError::NotFound {
+                    registry: self.base.clone(),
+                    what: format!("blob {repository}@{digest}"),
+                });
+            }
+            other => other?,
+        };
+        let size = res.content_length();
+        Ok((res, size))
+    }
+
+    /// Uploads blob `digest` of `repository` from `body` (monolithic: one `POST` to open the
+    /// upload, one `PUT` with the bytes). The registry checks the bytes against `digest`.
+    /// A streamed body cannot be sent twice: a failed `PUT` is the caller's to retry.
+    pub async fn push_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: Option<u64>,
+        body: reqwest::Body,
+    ) -> Result<(), OciError> {
+        let path = format!("/v2/{repository}/blobs/uploads/");
+        let res = self.send(reqwest::Method::POST, &path, None).await?;
+        let location = res
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| OciError::Transport(format!("{path}: no upload location")))?;
+        let location = if location.starts_with('/') {
+            format!("{}{location}", self.base)
+        } else {
+            location.to_owned()
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{location}{sep}digest={digest}");
+        let upload = Upload {
+            content_type: "application/octet-stream".to_owned(),
+            length: size,
+            bytes: None,
+            stream: std::sync::Mutex::new(Some(body)),
+        };
+        self.send_with(reqwest::Method::PUT, &url, None, Some(&upload))
+            .await
+            .map(drop)
+    }
+
+    /// Puts manifest `body` of `media_type` under `reference` (a tag or its digest).
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<(), OciError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let upload = Upload {
+            content_type: media_type.to_owned(),
+            length: Some(body.len() as u64),
+            bytes: Some(body.to_vec()),
+            stream: std::sync::Mutex::new(None),
+        };
+        self.send_with(reqwest::Method::PUT, &path, None, Some(&upload))
+            .await
+            .map(drop)
+    }
+
+    /// Sends a request, fetching a bearer token when challenged and retrying 429/5xx and
+    /// transport failures (a streamed body only while it was not sent); any other
+    /// non-success answer is an error.
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        accept: Option<&str>,
+        upload: Option<&Upload>,
     ) -> Result<reqwest::Response, OciError> {
         let url = if path.starts_with("http") {
             path.to_owned()
@@ -331,6 +441,17 @@ impl Client {
             let mut req = self.http.request(method.clone(), &url);
             if let Some(accept) = accept {
                 req = req.header("accept", accept);
+            }
+            if let Some(upload) = upload {
+                let Some(body) = upload.body() else {
+                    return Err(OciError::Transport(format!(
+                        "{url}: the upload was refused and its stream cannot be sent again"
+                    )));
+                };
+                req = req.header("content-type", &upload.content_type).body(body);
+                if let Some(n) = upload.length {
+                    req = req.header("content-length", n);
+                }
             }
             let token = self.token.lock().await.clone();
             req = match (&token, &self.credentials) {
@@ -430,6 +551,24 @@ impl Client {
         body.token
             .or(body.access_token)
             .ok_or_else(|| OciError::Transport(format!("{} sent no token", c.realm)))
+    }
+}
+
+/// A request body: bytes, sent again on a retry, or a stream, sent once.
+struct Upload {
+    content_type: String,
+    length: Option<u64>,
+    bytes: Option<Vec<u8>>,
+    stream: std::sync::Mutex<Option<reqwest::Body>>,
+}
+
+impl Upload {
+    /// The body for the next attempt: none once a stream was sent.
+    fn body(&self) -> Option<reqwest::Body> {
+        match &self.bytes {
+            Some(bytes) => Some(reqwest::Body::from(bytes.clone())),
+            None => self.stream.lock().expect("never poisoned").take(),
+        }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod types {
     pub const NAMESPACE_CREATED: &str = "namespace.created";
     pub const NAMESPACE_UPDATED: &str = "namespace.updated";
     pub const NAMESPACE_DELETED: &str = "namespace.deleted";
+    pub const NAMESPACE_BACKEND_SET: &str = "namespace.backend_set";
     pub const IMAGE_CREATED: &str = "image.created";
     pub const IMAGE_UPDATED: &str = "image.updated";
     pub const IMAGE_DELETED: &str = "image.deleted";
@@ -66,6 +67,13 @@ pub struct NamespaceCreated {
 pub struct NamespaceUpdated {
     pub description: Option<String>,
     pub is_public: Option<bool>,
+}
+
+/// The namespace's backend registry set (`Some`) or removed (`None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceBackendSet {
+    pub backend: Option<super::source::NamespaceBackend>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +153,7 @@ pub enum DomainEvent {
     NamespaceUpdated(NamespaceUpdated),
     NamespaceDeleted,
     NamespaceDeletionRequested(DeletionRequested),
+    NamespaceBackendSet(NamespaceBackendSet),
     ImageCreated(ImageCreated),
     ImageUpdated(ImageUpdated),
     ImageDeleted,
@@ -190,6 +199,7 @@ impl DomainEvent {
             DomainEvent::NamespaceCreated(_) => NAMESPACE_CREATED,
             DomainEvent::NamespaceUpdated(_) => NAMESPACE_UPDATED,
             DomainEvent::NamespaceDeleted => NAMESPACE_DELETED,
+            DomainEvent::NamespaceBackendSet(_) => NAMESPACE_BACKEND_SET,
             DomainEvent::ImageCreated(_) => IMAGE_CREATED,
             DomainEvent::ImageUpdated(_) => IMAGE_UPDATED,
             DomainEvent::ImageDeleted => IMAGE_DELETED,
@@ -224,6 +234,7 @@ impl DomainEvent {
         let value = match self {
             DomainEvent::NamespaceCreated(p) => serde_json::to_string(p),
             DomainEvent::NamespaceUpdated(p) => serde_json::to_string(p),
+            DomainEvent::NamespaceBackendSet(p) => serde_json::to_string(p),
             DomainEvent::ImageCreated(p) => serde_json::to_string(p),
             DomainEvent::ImageUpdated(p) => serde_json::to_string(p),
             DomainEvent::NamespaceDeletionRequested(p) | DomainEvent::ImageDeletionRequested(p) => {
@@ -280,6 +291,7 @@ impl DomainEvent {
             NAMESPACE_CREATED => DomainEvent::NamespaceCreated(parse(payload).map_err(err)?),
             NAMESPACE_UPDATED => DomainEvent::NamespaceUpdated(parse(payload).map_err(err)?),
             NAMESPACE_DELETED => DomainEvent::NamespaceDeleted,
+            NAMESPACE_BACKEND_SET => DomainEvent::NamespaceBackendSet(parse(payload).map_err(err)?),
             IMAGE_CREATED => DomainEvent::ImageCreated(parse(payload).map_err(err)?),
             IMAGE_UPDATED => DomainEvent::ImageUpdated(parse(payload).map_err(err)?),
             IMAGE_DELETED => DomainEvent::ImageDeleted,
@@ -330,6 +342,7 @@ pub fn current_schema_version(event_type: &str) -> i32 {
         NAMESPACE_CREATED
         | NAMESPACE_UPDATED
         | NAMESPACE_DELETED
+        | NAMESPACE_BACKEND_SET
         | IMAGE_CREATED
         | IMAGE_UPDATED
         | IMAGE_DELETED
@@ -404,6 +417,14 @@ mod tests {
     fn every_event_round_trips_through_its_stored_form() {
         let events = vec![
             DomainEvent::NamespaceDeleted,
+            DomainEvent::NamespaceBackendSet(NamespaceBackendSet {
+                backend: Some(super::super::source::NamespaceBackend {
+                    registry: "https://registry.example.com".into(),
+                    prefix: "mirror/team".into(),
+                    credentials: None,
+                }),
+            }),
+            DomainEvent::NamespaceBackendSet(NamespaceBackendSet { backend: None }),
             DomainEvent::JobProgressed(JobProgressed {
                 attempt: 2,
                 done: 1,

@@ -3,7 +3,10 @@
 //! Cross-aggregate rules (a name is unique per region, a namespace with images cannot be
 //! deleted) are enforced by the read model's constraints inside the append transaction.
 
-use super::event::{DeletionRequested, DomainEvent, NamespaceCreated, NamespaceUpdated};
+use super::event::{
+    DeletionRequested, DomainEvent, NamespaceBackendSet, NamespaceCreated, NamespaceUpdated,
+};
+use super::source::NamespaceBackend;
 use super::{Aggregate, DomainError, streams, validate};
 
 /// The state of one namespace stream, folded from its events.
@@ -14,6 +17,8 @@ pub struct Namespace {
     pub deleted: bool,
     /// The delete job that will remove the namespace, once one was accepted.
     pub deleting: Option<String>,
+    /// The registry imports copy to and prune runs delete from, when linked.
+    pub backend: Option<NamespaceBackend>,
     /// Number of events folded so far (the stream version).
     pub version: i64,
     pub created_at: String,
@@ -29,6 +34,8 @@ pub enum NamespaceCommand {
         job_id: String,
     },
     Delete,
+    /// Links the namespace to a backend registry (`Some`) or unlinks it (`None`).
+    SetBackend(Option<NamespaceBackend>),
 }
 
 impl Namespace {
@@ -72,6 +79,7 @@ impl Aggregate for Namespace {
             }
             DomainEvent::NamespaceDeleted => self.deleted = true,
             DomainEvent::NamespaceDeletionRequested(r) => self.deleting = Some(r.job_id.clone()),
+            DomainEvent::NamespaceBackendSet(b) => self.backend = b.backend.clone(),
             _ => {}
         }
     }
@@ -121,6 +129,18 @@ impl Aggregate for Namespace {
             NamespaceCommand::Delete => {
                 self.live(id)?;
                 Ok(vec![DomainEvent::NamespaceDeleted])
+            }
+            NamespaceCommand::SetBackend(backend) => {
+                self.live(id)?;
+                if let Some(b) = &backend {
+                    b.check()?;
+                }
+                if backend == self.backend {
+                    return Ok(vec![]);
+                }
+                Ok(vec![DomainEvent::NamespaceBackendSet(
+                    NamespaceBackendSet { backend },
+                )])
             }
         }
     }

@@ -34,34 +34,8 @@ pub const MAX_TAGS: usize = 10_000;
 impl Source {
     /// Checks the fields; an error names the field (`source.registry`, …).
     pub fn check(&self) -> Result<(), DomainError> {
-        let r = self.registry.trim_end_matches('/');
-        let host = r
-            .strip_prefix("https://")
-            .map(|h| (h, true))
-            .or_else(|| r.strip_prefix("http://").map(|h| (h, false)));
-        let Some((host, tls)) = host.filter(|(h, _)| !h.is_empty() && !h.contains('/')) else {
-            return Err(DomainError::invalid(
-                "source.registry",
-                "an https:// URL of a registry (host and optional port, no path)",
-            ));
-        };
-        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
-        if !tls && !loopback {
-            return Err(DomainError::invalid(
-                "source.registry",
-                "plain http:// is only for loopback registries; use https://",
-            ));
-        }
-        let repo_ok = !self.repository.is_empty()
-            && self.repository.len() <= 255
-            && self.repository.split('/').all(|part| {
-                !part.is_empty()
-                    && part.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            });
-        if !repo_ok {
+        check_registry("source.registry", &self.registry)?;
+        if !repository_ok(&self.repository) {
             return Err(DomainError::invalid(
                 "source.repository",
                 "a repository name: lowercase path components of a-z, 0-9, '.', '_', '-'",
@@ -79,21 +53,98 @@ impl Source {
                     .map_err(|_| DomainError::invalid("source.tags", format!("bad tag `{t}`")))?;
             }
         }
-        if let Some(c) = &self.credentials {
-            let env_ok = !c.password_env.is_empty()
-                && c.password_env
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-            if c.username.is_empty() || !env_ok {
-                return Err(DomainError::invalid(
-                    "source.credentials",
-                    "a username and password_env, the name of an environment variable \
-                     (A-Z, 0-9, _) of the workers holding the password",
-                ));
-            }
-        }
-        Ok(())
+        check_credentials("source.credentials", self.credentials.as_ref())
     }
+}
+
+/// The registry a namespace is backed by: imports into the namespace also copy blobs and
+/// manifests there, under `prefix/<image name>`, and prune runs delete manifests there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceBackend {
+    /// `https://host[:port]`, or `http://` for a loopback registry.
+    pub registry: String,
+    /// Repository path the namespace's images go under (`team` → `team/<image>`).
+    pub prefix: String,
+    #[serde(default)]
+    pub credentials: Option<CredentialsRef>,
+}
+
+impl NamespaceBackend {
+    /// Checks the fields; an error names the field (`registry`, `prefix`, `credentials`).
+    pub fn check(&self) -> Result<(), DomainError> {
+        check_registry("registry", &self.registry)?;
+        if !repository_ok(&self.prefix) || self.prefix.len() > 128 {
+            return Err(DomainError::invalid(
+                "prefix",
+                "a repository path of at most 128 bytes: lowercase components of a-z, 0-9, \
+                 '.', '_', '-'",
+            ));
+        }
+        check_credentials("credentials", self.credentials.as_ref())
+    }
+
+    /// The backend repository of image `name`.
+    pub fn repository(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+}
+
+/// Whether `name` is a repository path: lowercase components of a-z, 0-9, `.`, `_`, `-`.
+fn repository_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        })
+}
+
+/// Checks a registry URL: `https://host[:port]`, or `http://` for a loopback host.
+fn check_registry(field: &'static str, url: &str) -> Result<(), DomainError> {
+    let r = url.trim_end_matches('/');
+    let host = r
+        .strip_prefix("https://")
+        .map(|h| (h, true))
+        .or_else(|| r.strip_prefix("http://").map(|h| (h, false)));
+    let Some((host, tls)) = host.filter(|(h, _)| !h.is_empty() && !h.contains('/')) else {
+        return Err(DomainError::invalid(
+            field,
+            "an https:// URL of a registry (host and optional port, no path)",
+        ));
+    };
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+    if !tls && !loopback {
+        return Err(DomainError::invalid(
+            field,
+            "plain http:// is only for loopback registries; use https://",
+        ));
+    }
+    Ok(())
+}
+
+fn check_credentials(
+    field: &'static str,
+    credentials: Option<&CredentialsRef>,
+) -> Result<(), DomainError> {
+    let Some(c) = credentials else {
+        return Ok(());
+    };
+    let env_ok = !c.password_env.is_empty()
+        && c.password_env
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if c.username.is_empty() || !env_ok {
+        return Err(DomainError::invalid(
+            field,
+            "a username and password_env, the name of an environment variable (A-Z, 0-9, _) \
+             of the workers holding the password",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

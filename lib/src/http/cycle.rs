@@ -753,7 +753,7 @@ async fn accepted(
 
 #[utoipa::path(
     post, path = "/v1/images/tasks", tag = "jobs", request_body = TaskRequest,
-    summary = "Image tasks (images-manage): {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} or {\"action\": \"prune\", \"contents\": {\"policy_id\": \"...\" or \"policy\": {...}, \"dry_run\": true}}",
+    summary = "Image tasks (images-manage): {\"action\": \"delete_tags\", \"contents\": {\"tag_ids\": [...], \"force\": false}} or {\"action\": \"prune\", \"contents\": {\"policy_id\": \"...\" or \"policy\": {...}, \"dry_run\": true}} or {\"action\": \"gc\", \"contents\": {\"namespace_id\": \"...\"}}",
     responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 202, description = "Accepted", body = Data<JobDescriptor>)),
     security(("token" = []), ("bearer" = []))
 )]
@@ -770,9 +770,10 @@ pub(crate) async fn images_task(
     match req.action.as_str() {
         "delete_tags" => delete_tags_task(&state, &headers, &p, req.contents).await,
         "prune" => prune_task(&state, &headers, &p, req.contents).await,
+        "gc" => gc_task(&state, &headers, &p, req.contents).await,
         other => Err(ApiError::invalid(
             "action",
-            format!("unknown action `{other}` (delete_tags, prune, import)"),
+            format!("unknown action `{other}` (delete_tags, prune, gc, import)"),
         )),
     }
 }
@@ -878,6 +879,33 @@ async fn delete_tags_task(
 
 /// A prune run of an inline policy body: checked here (bad input is refused before a job
 /// exists), planned and applied by the job.
+/// A `gc` job: which blobs of the namespace no manifest references any more (and, for a
+/// backend-linked namespace, which of them the backend still stores).
+async fn gc_task(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Principal,
+    contents: Value,
+) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Contents {
+        namespace_id: String,
+    }
+    let c: Contents = serde_json::from_value(contents)
+        .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
+    let namespace = visible_namespace(state, p, &c.namespace_id).await?;
+    let sub = Submission {
+        kind: JobKind::Gc,
+        caption: format!("gc of namespace {}", namespace.name),
+        input: json!({"namespace_id": c.namespace_id}),
+        creator: Some(p.actor()),
+        idempotency_key: idempotency_key(headers)?,
+        marks: None,
+    };
+    accepted(state, sub, StatusCode::ACCEPTED).await
+}
+
 async fn prune_task(
     state: &AppState,
     headers: &HeaderMap,

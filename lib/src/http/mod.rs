@@ -3,6 +3,7 @@
 //! signal, so tests boot the real service on port 0.
 
 pub mod auth;
+pub mod backends;
 pub mod cycle;
 pub mod hooks;
 pub mod openapi;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cycle::router())
         .merge(policies::router())
         .merge(hooks::router())
+        .merge(backends::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cycle, hooks, policies, scaleway, yandex};
+use super::{backends, cycle, hooks, policies, scaleway, yandex};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -51,6 +51,9 @@ use super::{cycle, hooks, policies, scaleway, yandex};
         policies::update_policy,
         policies::delete_policy,
         hooks::registry_hook,
+        backends::get_backend,
+        backends::set_backend,
+        backends::unlink_backend,
     ),
     modifiers(&TokenSchemes),
     tags(

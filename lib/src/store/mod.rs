@@ -429,6 +429,19 @@ impl Store {
         dispatch!(self, s => s.list_policies(project, namespace_id, limit, offset).await)
     }
 
+    /// Namespace `namespace_id`'s distinct blobs: how many, and their bytes.
+    pub async fn namespace_blobs(&self, namespace_id: &str) -> Result<(i64, i64), StoreError> {
+        dispatch!(self, s => s.namespace_blobs(namespace_id).await)
+    }
+
+    /// The digests of namespace `namespace_id`'s blobs (those its manifests reference).
+    pub async fn namespace_blob_digests(
+        &self,
+        namespace_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.namespace_blob_digests(namespace_id).await)
+    }
+
     /// The totals the metrics report: log head, registry sizes and unfinished jobs.
     pub async fn metric_totals(&self) -> Result<rows::MetricTotals, StoreError> {
         dispatch!(self, s => s.metric_totals().await)

@@ -208,6 +208,16 @@ async fn project(
             .execute(&mut *conn)
             .await?;
         }
+        DomainEvent::NamespaceBackendSet(_) => {
+            // Not in the read model (workers fold the namespace's stream); the row's version
+            // follows its stream.
+            sqlx::query("UPDATE namespaces SET updated_at = $1, version = $2 WHERE id = $3")
+                .bind(at)
+                .bind(version)
+                .bind(namespace_id)
+                .execute(&mut *conn)
+                .await?;
+        }
         DomainEvent::NamespaceDeleted => {
             // Images reference their namespace: deleting one that still has images fails.
             sqlx::query("DELETE FROM namespaces WHERE id = $1")

@@ -826,6 +826,28 @@ impl KeyValue {
 }
 
 impl SqlStore {
+    pub async fn namespace_blobs(&self, namespace_id: &str) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM namespace_blobs \
+             WHERE namespace_id = $1",
+        )
+        .bind(namespace_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn namespace_blob_digests(
+        &self,
+        namespace_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT digest FROM namespace_blobs WHERE namespace_id = $1")
+                .bind(namespace_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// The totals the metrics report, read in one snapshot.
     pub async fn metric_totals(&self) -> Result<crate::store::rows::MetricTotals, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
