@@ -691,6 +691,7 @@ mod api {
             ApiConfig {
                 regions: vec!["fr-par".into()],
                 registry_endpoint: "localhost:5000".into(),
+                archive_max_bytes: layerline_core::config::DEFAULT_ARCHIVE_MAX_BYTES,
             },
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -114,6 +114,10 @@ struct ServeArgs {
     /// of a policy still starts one job. [default: 500]
     #[arg(long, env = "LAYERLINE_SCHEDULER_TICK_MS")]
     scheduler_tick_ms: Option<u64>,
+    /// Largest image archive `POST /v1/images/{id}/archive` accepts, in bytes; the upload is
+    /// kept in a temporary file while it is imported. [default: 2147483648 (2 GiB)]
+    #[arg(long, env = "LAYERLINE_ARCHIVE_MAX_BYTES")]
+    archive_max_bytes: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +155,7 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         orphan_timeout_secs: serve.and_then(|a| a.orphan_timeout_secs),
         retry_base_ms: serve.and_then(|a| a.retry_base_ms),
         scheduler_tick_ms: serve.and_then(|a| a.scheduler_tick_ms),
+        archive_max_bytes: serve.and_then(|a| a.archive_max_bytes),
         database_url: cli.global.database_url.clone(),
         max_connections: cli.global.max_connections,
         log_format: cli.global.log_format,
@@ -331,6 +336,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             let api = ApiConfig {
                 regions: settings.regions.clone(),
                 registry_endpoint: settings.registry_endpoint.clone(),
+                archive_max_bytes: settings.archive_max_bytes,
             };
             let state = AppState::new(store.clone(), api).with_dispatcher(Arc::new(queues));
             http::serve(listener, state, stopped()).await?;

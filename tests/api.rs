@@ -1174,6 +1174,7 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
             "/v1/namespaces/{namespace_id}/backend".to_owned(),
             None,
         ),
+        ("post", "/v1/images/{id}/archive".to_owned(), None),
     ];
     let described: usize = doc["paths"]
         .as_object()

@@ -1148,3 +1148,225 @@ async fn a_backend_linked_namespace_gets_copies_of_imports_and_loses_what_prune_
     let (status, _) = call(Method::GET, &url, None).await;
     assert_eq!(status, 404);
 }
+
+// ---------------------------------------------------------------------------------------
+// Image archives: OCI layouts and `docker save` tars uploaded into an image
+
+/// A tar of `files` (path, content), in that order.
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        b.append_data(&mut header, name, bytes.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn blob_entry(bytes: &[u8]) -> (String, Vec<u8>) {
+    let digest = sha256(bytes);
+    (
+        format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")),
+        bytes.to_vec(),
+    )
+}
+
+/// An OCI image layout: `v1` and `v2` (image manifests sharing a base layer) and `multi`
+/// (an index of two platform manifests). Returns the tar, the manifests' digests by tag
+/// and the size an image holding all of them has.
+fn oci_layout() -> (Vec<u8>, Vec<(&'static str, String)>, i64) {
+    let mut files = vec![(
+        "oci-layout".to_owned(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let mut blobs = std::collections::BTreeMap::new();
+    let mut image = |files: &mut Vec<(String, Vec<u8>)>, name: &str, layers: &[&str]| {
+        let config = json!({"architecture": "amd64", "os": "linux", "name": name}).to_string();
+        let mut descriptors = Vec::new();
+        for l in layers {
+            files.push(blob_entry(l.as_bytes()));
+            blobs.insert(sha256(l.as_bytes()), l.len() as i64);
+            descriptors.push(
+                json!({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                    "digest": sha256(l.as_bytes()), "size": l.len()}),
+            );
+        }
+        files.push(blob_entry(config.as_bytes()));
+        blobs.insert(sha256(config.as_bytes()), config.len() as i64);
+        let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": sha256(config.as_bytes()), "size": config.len()},
+            "layers": descriptors})
+        .to_string();
+        files.push(blob_entry(manifest.as_bytes()));
+        (sha256(manifest.as_bytes()), manifest.len())
+    };
+    let v1 = image(&mut files, "v1", &["base layer", "v1 layer"]);
+    let v2 = image(&mut files, "v2", &["base layer", "v2 layer!"]);
+    let amd = image(&mut files, "amd", &["amd64 build"]);
+    let arm = image(&mut files, "arm", &["arm64 build"]);
+    let index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": amd.0, "size": amd.1,
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": OCI_MANIFEST, "digest": arm.0, "size": arm.1,
+         "platform": {"os": "linux", "architecture": "arm64"}}]})
+    .to_string();
+    files.push(blob_entry(index.as_bytes()));
+    let multi = (sha256(index.as_bytes()), index.len());
+    let top = |d: &(String, usize), mt: &str, tag: &str| {
+        json!({"mediaType": mt, "digest": d.0, "size": d.1,
+               "annotations": {"org.opencontainers.image.ref.name": tag}})
+    };
+    let index_json = json!({"schemaVersion": 2, "manifests": [
+        top(&v1, OCI_MANIFEST, "v1"), top(&v2, OCI_MANIFEST, "v2"),
+        top(&multi, OCI_INDEX, "multi")]})
+    .to_string();
+    // index.json last, as `docker save` writes it: the reader must not depend on order.
+    files.push(("index.json".to_owned(), index_json.into_bytes()));
+    let size = blobs.values().sum();
+    (
+        tar_of(&files),
+        vec![("v1", v1.0), ("v2", v2.0), ("multi", multi.0)],
+        size,
+    )
+}
+
+async fn upload(server: &Server, image: &str, archive: Vec<u8>) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/images/{image}/archive", server.base))
+        .header("X-Auth-Token", common::ADMIN)
+        .header("content-type", "application/x-tar")
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// The image's tags as `name → digest`.
+async fn tags_of(server: &Server, image: &str) -> std::collections::BTreeMap<String, String> {
+    let (status, body) = call(
+        Method::GET,
+        &format!(
+            "{}/registry/v1/regions/fr-par/images/{image}/tags",
+            server.base
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_are_imported_checked_whole_and_copied_to_a_backend() {
+    let backend = Registry::start().await;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let plain = fx.namespace("plain").await;
+    let boxed = fx.image(&plain, "box").await;
+    let tool = fx.image(&plain, "tool").await;
+    let linked = fx.namespace("linked").await;
+    let app = fx.image(&linked, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--archive-max-bytes", "65536"]);
+
+    // An OCI layout: every manifest and tag recorded, sizes from the archive's blobs.
+    let (layout, digests, size) = oci_layout();
+    let (status, body) = upload(&server, &boxed, layout.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["manifests"], 5, "{body}");
+    assert_eq!(body["data"]["manifests_recorded"], 5, "{body}");
+    let tags = tags_of(&server, &boxed).await;
+    for (tag, digest) in &digests {
+        assert_eq!(tags.get(*tag), Some(digest), "{tags:?}");
+    }
+    assert_eq!(store.image(&boxed).await.unwrap().unwrap().size, size);
+    let (status, body) = upload(&server, &boxed, layout.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["manifests_recorded"], 0, "again: nothing new");
+
+    // A `docker save` tar: a manifest written for it, the tag from RepoTags.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = b"a saved layer".to_vec();
+    let saved = json!([{"Config": "cfg.json", "Layers": ["0123/layer.tar"],
+                        "RepoTags": ["registry.example.com:5000/team/tool:1.0"]}]);
+    let archive = tar_of(&[
+        ("cfg.json".to_owned(), config.clone()),
+        ("0123/layer.tar".to_owned(), layer.clone()),
+        ("manifest.json".to_owned(), saved.to_string().into_bytes()),
+    ]);
+    let (status, body) = upload(&server, &tool, archive).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["tags"], json!(["1.0"]), "{body}");
+    assert!(tags_of(&server, &tool).await.contains_key("1.0"));
+    assert_eq!(
+        store.image(&tool).await.unwrap().unwrap().size,
+        (config.len() + layer.len()) as i64
+    );
+
+    // Bad archives are refused whole, naming what is wrong, and change nothing.
+    let head = store.head().await.unwrap();
+    // A blob whose bytes are not those its name (a digest) says.
+    let mut files = vec![blob_entry(b"real")];
+    files[0].1 = b"tampered".to_vec();
+    files.push((
+        "index.json".to_owned(),
+        br#"{"schemaVersion":2,"manifests":[]}"#.to_vec(),
+    ));
+    let (status, body) = upload(&server, &boxed, tar_of(&files)).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains(&files[0].0), "{body}");
+    let missing_layer = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha256(b"cfg"), "size": 3},
+        "layers": []})
+    .to_string();
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST,
+        "digest": sha256(missing_layer.as_bytes()), "size": missing_layer.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "broken"}}]});
+    let (status, body) = upload(
+        &server,
+        &boxed,
+        tar_of(&[
+            blob_entry(missing_layer.as_bytes()),
+            ("index.json".to_owned(), index.to_string().into_bytes()),
+        ]),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains(&sha256(b"cfg")), "{body}");
+    let (status, body) = upload(&server, &boxed, b"not a tar at all".repeat(100)).await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = upload(&server, &boxed, vec![0u8; 70_000]).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(store.head().await.unwrap(), head, "nothing was recorded");
+    assert!(!tags_of(&server, &boxed).await.contains_key("broken"));
+
+    // Into a backend-linked namespace: blobs uploaded from the archive, then manifests.
+    let (status, body) = link(&server, &linked, &backend.base, "up").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = upload(&server, &app, layout).await;
+    assert_eq!(status, 200, "{body}");
+    // Five layers (one shared by v1 and v2) and four configs.
+    assert_eq!(body["data"]["backend"]["blobs_uploaded"], 9, "{body}");
+    let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
+    for (tag, digest) in &digests {
+        let got = pull.manifest("up/app", tag).await.unwrap();
+        assert_eq!(&got.digest, digest, "{tag}");
+    }
+    assert_eq!(tags_of(&server, &app).await.len(), 3);
+}

@@ -18,6 +18,8 @@ pub const DEFAULT_ORPHAN_TIMEOUT_SECS: u64 = 20;
 pub const DEFAULT_RETRY_BASE_MS: u64 = 2000;
 /// How often the prune scheduler looks for due policies.
 pub const DEFAULT_SCHEDULER_TICK_MS: u64 = 500;
+/// Largest image archive an upload may send: 2 GiB.
+pub const DEFAULT_ARCHIVE_MAX_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// One layer of settings, every field optional: what the flags and environment gave, or what
 /// the TOML file says. Unknown keys in the file are an error, so a typo is not ignored.
@@ -36,6 +38,7 @@ pub struct Layer {
     pub orphan_timeout_secs: Option<u64>,
     pub retry_base_ms: Option<u64>,
     pub scheduler_tick_ms: Option<u64>,
+    pub archive_max_bytes: Option<u64>,
 }
 
 /// What a `serve` process runs: the HTTP API, the job workers, or both.
@@ -106,6 +109,7 @@ pub struct Settings {
     pub orphan_timeout_secs: u64,
     pub retry_base_ms: u64,
     pub scheduler_tick_ms: u64,
+    pub archive_max_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +157,7 @@ impl Layer {
             orphan_timeout_secs: self.orphan_timeout_secs.or(lower.orphan_timeout_secs),
             retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
             scheduler_tick_ms: self.scheduler_tick_ms.or(lower.scheduler_tick_ms),
+            archive_max_bytes: self.archive_max_bytes.or(lower.archive_max_bytes),
         }
     }
 
@@ -193,6 +198,7 @@ impl Layer {
                 .scheduler_tick_ms
                 .unwrap_or(DEFAULT_SCHEDULER_TICK_MS)
                 .clamp(50, 60_000),
+            archive_max_bytes: self.archive_max_bytes.unwrap_or(DEFAULT_ARCHIVE_MAX_BYTES),
         })
     }
 }

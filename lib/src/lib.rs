@@ -4,6 +4,7 @@
 //! This crate defines the ports (`store::EventStore`, `store::ReadModels`) and never depends
 //! on the job queue; the `layerline-jobs` crate builds on it.
 
+pub mod archive;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -2,6 +2,7 @@
 //! (`scaleway`, `yandex`) translating only shapes. Start-up takes its listener and a shutdown
 //! signal, so tests boot the real service on port 0.
 
+pub mod archives;
 pub mod auth;
 pub mod backends;
 pub mod cycle;
@@ -36,6 +37,8 @@ pub struct ApiConfig {
     pub regions: Vec<String>,
     /// `host[:port]` clients pull from; a namespace's endpoint is this + `/` + its name.
     pub registry_endpoint: String,
+    /// Largest image archive an upload may send, in bytes (413 above it).
+    pub archive_max_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(policies::router())
         .merge(hooks::router())
         .merge(backends::router())
+        .merge(archives::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

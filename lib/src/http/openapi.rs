@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{backends, cycle, hooks, policies, scaleway, yandex};
+use super::{archives, backends, cycle, hooks, policies, scaleway, yandex};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +54,7 @@ use super::{backends, cycle, hooks, policies, scaleway, yandex};
         backends::get_backend,
         backends::set_backend,
         backends::unlink_backend,
+        archives::upload_archive,
     ),
     modifiers(&TokenSchemes),
     tags(
