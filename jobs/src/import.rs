@@ -10,7 +10,9 @@
 use layerline_core::domain::image::Image;
 use layerline_core::domain::source::NamespaceBackend;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
-use layerline_core::importer::{BlobsDone, Copied, Failed, copy, fetch, image_for, record_all};
+use layerline_core::importer::{
+    BlobsDone, Copied, Failed, Verified, copy, fetch, image_for, record_all,
+};
 use layerline_core::metric;
 use layerline_core::oci::{Client, Credentials};
 use layerline_core::store::ReadModels;
@@ -38,33 +40,43 @@ struct Target {
     blobs: std::sync::Arc<BlobsDone>,
 }
 
-/// Imports `tags` of `repo` into image `image_id`: up to [`CONCURRENCY`] tags are fetched and
-/// verified (and copied to the `target` backend, when there is one) at once, and each is
-/// recorded as soon as that is done. Progress counts tags (`done` of `total` from `at`) when
-/// `total` counts them, else stays at `at`. Returns the manifests recorded now and what the
+/// Verified tags to record into one image, each with its tag.
+type Batch = Vec<(Verified, Option<String>)>;
+
+/// One tag to import: where it comes from and the image (and backend) it goes to.
+struct Item {
+    repo: String,
+    tag: String,
+    image_id: String,
+    target: Option<Target>,
+}
+
+/// Imports `items`, in one pipeline whatever repository each comes from: [`CONCURRENCY`] tags
+/// are fetched and verified (and copied to their backend, when there is one) at all times, and
+/// whatever is verified when one finishes is recorded, one append per image, while the next
+/// ones are fetched. Progress counts tags. Returns the manifests recorded now and what the
 /// copies did.
-#[allow(clippy::too_many_arguments)]
-async fn import_tags(
+async fn import_items(
     client: &Client,
-    repo: &str,
-    tags: &[String],
-    image_id: &str,
-    target: Option<&Target>,
-    at: i64,
-    total: i64,
+    items: Vec<Item>,
     ctx: &mut Ctx<'_>,
 ) -> Result<(usize, Copied), Failure> {
-    let per_tag = total == tags.len() as i64;
-    let mut next = tags.iter();
+    let total = items.len() as i64;
+    let mut next = items.into_iter();
     let mut fetching = tokio::task::JoinSet::new();
     let mut copied = Copied::default();
-    let start = |fetching: &mut tokio::task::JoinSet<_>, tag: &String| {
-        let (client, repo, tag) = (client.clone(), repo.to_owned(), tag.clone());
-        let target = target.cloned();
+    let start = |fetching: &mut tokio::task::JoinSet<_>, item: Item| {
+        let client = client.clone();
         fetching.spawn(async move {
+            let Item {
+                repo,
+                tag,
+                image_id,
+                target,
+            } = item;
             let verified = match fetch(&client, &repo, &tag).await {
                 Ok(v) => v,
-                Err(e) => return (tag, Err(e)),
+                Err(e) => return (image_id, repo, tag, Err(e)),
             };
             // Copied before it is recorded: what the metadata lists, the backend serves.
             let copy = match &target {
@@ -86,11 +98,11 @@ async fn import_tags(
                 }),
                 None => Ok(Copied::default()),
             };
-            (tag, copy.map(|c| (verified, c)))
+            (image_id, repo, tag, copy.map(|c| (verified, c)))
         });
     };
-    for tag in next.by_ref().take(CONCURRENCY) {
-        start(&mut fetching, tag);
+    for item in next.by_ref().take(CONCURRENCY) {
+        start(&mut fetching, item);
     }
     let (mut done, mut recorded_now) = (0, 0);
     while let Some(joined) = fetching.join_next().await {
@@ -99,30 +111,35 @@ async fn import_tags(
         while let Some(more) = fetching.try_join_next() {
             ready.push(more);
         }
-        let mut batch = Vec::with_capacity(ready.len());
+        // The pipeline stays full while these are recorded.
+        for item in next.by_ref().take(ready.len()) {
+            start(&mut fetching, item);
+        }
+        let count = ready.len() as i64;
+        let mut by_image: Vec<(String, Batch)> = Vec::new();
+        let mut step = String::new();
         for joined in ready {
-            let (tag, verified) =
+            let (image_id, repo, tag, verified) =
                 joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
             let (verified, copy) = verified
                 .inspect_err(|_| metric::imported(0, 0, 1, 0))
                 .map_err(failure)?;
             copied += copy;
-            batch.push((verified, Some(tag)));
+            if step.is_empty() {
+                step = format!("import {repo}:{tag}");
+            }
+            match by_image.iter_mut().find(|(id, _)| *id == image_id) {
+                Some((_, batch)) => batch.push((verified, Some(tag))),
+                None => by_image.push((image_id, vec![(verified, Some(tag))])),
+            }
         }
-        let progress = if per_tag { at + done } else { at };
-        let step = format!(
-            "import {repo}:{}",
-            batch[0].1.as_deref().unwrap_or_default()
-        );
-        ctx.boundary(progress, total, &step, false).await?;
-        let count = batch.len();
-        recorded_now += record_all(ctx.registry(), batch, image_id, &ctx.meta)
-            .await
-            .map_err(failure)?;
-        done += count as i64;
-        for tag in next.by_ref().take(count) {
-            start(&mut fetching, tag);
+        ctx.boundary(done, total, &step, false).await?;
+        for (image_id, batch) in by_image {
+            recorded_now += record_all(ctx.registry(), batch, &image_id, &ctx.meta)
+                .await
+                .map_err(failure)?;
         }
+        done += count;
     }
     Ok((recorded_now, copied))
 }
@@ -186,17 +203,16 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
         Some(b) => Some(target(b, &row.name)?),
         None => None,
     };
-    let (recorded_now, copied) = import_tags(
-        &client,
-        repo,
-        &tags,
-        &input.image_id,
-        target.as_ref(),
-        0,
-        total,
-        ctx,
-    )
-    .await?;
+    let items = tags
+        .iter()
+        .map(|tag| Item {
+            repo: repo.clone(),
+            tag: tag.clone(),
+            image_id: input.image_id.clone(),
+            target: target.clone(),
+        })
+        .collect();
+    let (recorded_now, copied) = import_items(&client, items, ctx).await?;
     ctx.boundary(total, total, "done", true).await?;
     let image: Image = ctx.registry().load(&input.image_id).await?;
     let mut output = json!({
@@ -223,10 +239,10 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
     };
     let total = repos.len() as i64;
     let backend = backend_of(ctx, &input.namespace_id).await?;
-    let mut copied = Copied::default();
-    let (mut recorded_now, mut tags_seen) = (0, 0);
+    // First every repository's image and tag list, then one pipeline over all the tags.
+    let mut items = Vec::new();
     for (n, repo) in repos.iter().enumerate() {
-        ctx.boundary(n as i64, total, &format!("import {repo}"), false)
+        ctx.boundary(n as i64, total, &format!("list {repo}"), false)
             .await?;
         input
             .source(repo)
@@ -235,27 +251,23 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         let image_id = image_for(ctx.registry(), &input.namespace_id, repo, &ctx.meta)
             .await
             .map_err(failure)?;
-        let tags = client.tags(repo).await.map_err(failure)?;
         let target = match &backend {
             Some(b) => Some(target(b, repo)?),
             None => None,
         };
-        let (recorded, copy) = import_tags(
-            &client,
-            repo,
-            &tags,
-            &image_id,
-            target.as_ref(),
-            n as i64,
-            total,
-            ctx,
-        )
-        .await?;
-        recorded_now += recorded;
-        copied += copy;
-        tags_seen += tags.len();
+        for tag in client.tags(repo).await.map_err(failure)? {
+            items.push(Item {
+                repo: repo.clone(),
+                tag,
+                image_id: image_id.clone(),
+                target: target.clone(),
+            });
+        }
     }
-    ctx.boundary(total, total, "done", true).await?;
+    let tags_seen = items.len();
+    let (recorded_now, copied) = import_items(&client, items, ctx).await?;
+    let tags = tags_seen as i64;
+    ctx.boundary(tags, tags, "done", true).await?;
     let mut output = json!({
         "registry": input.registry,
         "repositories": total,

@@ -220,14 +220,19 @@ enum BlobCopy {
     Uploaded,
 }
 
-/// The blobs one job has put in (or found in) a backend repository, so tags copied at once
-/// that share a layer move it once: the first to need it copies it, the others wait for it.
+/// The blobs and manifests one job has put in (or found in) a backend repository, so tags
+/// copied at once that share a layer or a manifest move it once: the first to need it copies
+/// it, the others wait for it.
 #[derive(Debug, Default)]
-pub struct BlobsDone(std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<BlobCopy>>>>);
+pub struct BlobsDone {
+    blobs: std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<BlobCopy>>>>,
+    /// Manifests pushed; held while pushing.
+    manifests: tokio::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 impl BlobsDone {
     fn cell(&self, digest: &str) -> Arc<tokio::sync::OnceCell<BlobCopy>> {
-        let mut cells = self.0.lock().expect("never poisoned");
+        let mut cells = self.blobs.lock().expect("never poisoned");
         cells.entry(digest.to_owned()).or_default().clone()
     }
 }
@@ -282,11 +287,19 @@ pub async fn copy(
             }
         }
     }
+    // One manifest write at a time per repository: CNCF distribution's filesystem storage
+    // rewrites a manifest in place, so an index checked while its child is being written
+    // again (the child's own tag, copied at once) can fail. Manifests are small; the blobs
+    // above are what runs in parallel.
+    let mut pushed = done.manifests.lock().await;
     for f in &v.fetched {
-        backend
-            .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
-            .await?;
-        copied.manifests_pushed += 1;
+        if !pushed.contains(&f.digest) {
+            backend
+                .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
+                .await?;
+            pushed.insert(f.digest.clone());
+            copied.manifests_pushed += 1;
+        }
     }
     if let (Some(tag), Some(top)) = (tag, v.fetched.last()) {
         backend
