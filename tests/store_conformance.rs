@@ -58,6 +58,8 @@ conformance!(
     an_image_needs_an_existing_namespace,
     deleting_a_namespace_deletes_its_images,
     a_blob_size_disagreeing_within_a_namespace_is_refused,
+    a_blob_size_disagreeing_within_one_import_is_refused_whole,
+    an_import_counts_shared_blobs_once_per_image_and_namespace,
     concurrent_writers_and_a_tailing_reader_see_every_event_once_in_order,
     concurrent_appends_to_one_stream_let_exactly_one_win_per_version,
     a_refused_append_among_concurrent_ones_fails_alone,
@@ -485,6 +487,49 @@ async fn a_blob_size_disagreeing_within_a_namespace_is_refused(store: Store) {
     assert_eq!(f.image_size(&b).await, 0);
 }
 
+async fn a_blob_size_disagreeing_within_one_import_is_refused_whole(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("sizes").await;
+    let a = f.image(&ns, "a").await;
+    let head = f.store().head().await.unwrap();
+    let cmd = ImageCommand::Import {
+        manifests: vec![manifest(1, &[(100, 1000)]), manifest(2, &[(100, 999)])],
+        tags: vec![("v1".into(), digest(1), "t1".into())],
+    };
+    let err = f.image_cmd(&a, cmd).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServiceError::Domain(DomainError::Invalid { field: "blob", .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(f.store().head().await.unwrap(), head);
+    assert_eq!(f.image_size(&a).await, 0);
+}
+
+async fn an_import_counts_shared_blobs_once_per_image_and_namespace(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("imports").await;
+    let a = f.image(&ns, "a").await;
+    let b = f.image(&ns, "b").await;
+    // Blob 100 twice in the run, blob 101 once; each manifest its own 10-byte config.
+    let cmd = ImageCommand::Import {
+        manifests: vec![
+            manifest(1, &[(100, 1000), (101, 50)]),
+            manifest(2, &[(100, 1000)]),
+        ],
+        tags: vec![],
+    };
+    f.image_cmd(&a, cmd.clone()).await.unwrap();
+    assert_eq!(f.image_size(&a).await, 1000 + 50 + 10 + 10);
+    f.image_cmd(&b, cmd).await.unwrap();
+    assert_eq!(f.image_size(&b).await, 1070);
+    let row = f.namespace_row(&ns).await;
+    assert_eq!(row.size, 2140, "each image counts them");
+    assert_eq!(row.stored_size, 1070, "stored once in the namespace");
+}
+
 // ---------------------------------------------------------------------------------------
 // Concurrency
 
@@ -742,9 +787,30 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
                     .await
                     .map(drop)
             }
-            (21..46, _, Some(id)) => {
+            (21..30, _, Some(id)) => {
+                // An import: several manifests (sharing layers, now and then the same one
+                // twice) and tags on some of them, in one append.
+                let mut manifests = Vec::new();
+                let mut tags = Vec::new();
+                for _ in 0..rng.random_range(1..6) {
+                    let n = rng.random_range(1..8);
+                    let layers: Vec<(u64, i64)> = (0..rng.random_range(0..4))
+                        .map(|_| layer(rng.random_range(0..15)))
+                        .collect();
+                    manifests.push(manifest(n, &layers));
+                    if rng.random_bool(0.5) {
+                        let name = tag_names[rng.random_range(0..tag_names.len())];
+                        let tag_id = uuid::Uuid::from_u128(rng.random()).to_string();
+                        tags.push((name.to_owned(), digest(n), tag_id));
+                    }
+                }
+                f.image_cmd(&id, ImageCommand::Import { manifests, tags })
+                    .await
+                    .map(drop)
+            }
+            (30..46, _, Some(id)) => {
                 let n = rng.random_range(1..11);
-                let m = if n > 8 {
+                let m = if n > 7 {
                     // An index with two platform manifests, recorded first.
                     let children = [rng.random_range(1..4), rng.random_range(4..6)];
                     for c in children {

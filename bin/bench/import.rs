@@ -288,6 +288,11 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         manifests as f64 / ours
     );
     println!("ratio (ours / plain): {:.2}", plain / ours);
+    println!(
+        "inside the job: listing repositories and creating images {} ms, fetching and \
+         recording {} ms",
+        output["timings_ms"]["list"], output["timings_ms"]["import"]
+    );
     store.close().await;
     Ok(())
 }

@@ -51,17 +51,61 @@ struct Item {
     target: Option<Target>,
 }
 
+/// How often an import stops at a step boundary (progress, cancel): it first waits for what
+/// was fetched to be recorded, so a cancel leaves nothing recorded after it.
+const BOUNDARY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Imports `items`, in one pipeline whatever repository each comes from: [`CONCURRENCY`] tags
-/// are fetched and verified (and copied to their backend, when there is one) at all times, and
-/// whatever is verified when one finishes is recorded, one append per image, while the next
-/// ones are fetched. Progress counts tags. Returns the manifests recorded now and what the
-/// copies did.
+/// are fetched and verified (and copied to their backend, when there is one) at all times,
+/// while a recorder task records what is verified, everything waiting at once in one append
+/// per image. Progress counts tags. Returns the manifests recorded now and what the copies
+/// did.
 async fn import_items(
     client: &Client,
     items: Vec<Item>,
     ctx: &mut Ctx<'_>,
 ) -> Result<(usize, Copied), Failure> {
     let total = items.len() as i64;
+    let (to_record, queue) = tokio::sync::mpsc::unbounded_channel();
+    let (recorded_tx, mut recorded) = tokio::sync::watch::channel(0_i64);
+    let recording = tokio::spawn(recorder(
+        ctx.registry().clone(),
+        ctx.meta.clone(),
+        queue,
+        recorded_tx,
+    ));
+    let fetched = fetch_all(client, items, ctx, total, &to_record, &mut recorded).await;
+    drop(to_record);
+    match fetched {
+        Ok(copied) => {
+            let manifests = recording
+                .await
+                .map_err(|e| Failure::Transient(format!("the recorder died: {e}")))?
+                .map_err(failure)?;
+            Ok((manifests, copied))
+        }
+        Err(f) => {
+            // What was verified before the failure is recorded (a cancel waited for the
+            // recorder, so nothing is left); a recorder failure is the cause.
+            match recording.await {
+                Ok(Err(e)) => Err(failure(e)),
+                _ => Err(f),
+            }
+        }
+    }
+}
+
+/// The fetching side of [`import_items`]: keeps [`CONCURRENCY`] fetches in flight and hands
+/// what is verified to the recorder; every [`BOUNDARY_EVERY`] waits for the recorder to catch
+/// up, then stops at a step boundary.
+async fn fetch_all(
+    client: &Client,
+    items: Vec<Item>,
+    ctx: &mut Ctx<'_>,
+    total: i64,
+    to_record: &tokio::sync::mpsc::UnboundedSender<ToRecord>,
+    recorded: &mut tokio::sync::watch::Receiver<i64>,
+) -> Result<Copied, Failure> {
     let mut next = items.into_iter();
     let mut fetching = tokio::task::JoinSet::new();
     let mut copied = Copied::default();
@@ -104,44 +148,100 @@ async fn import_items(
     for item in next.by_ref().take(CONCURRENCY) {
         start(&mut fetching, item);
     }
-    let (mut done, mut recorded_now) = (0, 0);
+    let (mut sent, mut last_boundary) = (0_i64, std::time::Instant::now());
+    ctx.boundary(0, total, "import", false).await?;
     while let Some(joined) = fetching.join_next().await {
-        // Whatever else is verified by now goes in the same append.
-        let mut ready = vec![joined];
-        while let Some(more) = fetching.try_join_next() {
-            ready.push(more);
-        }
-        // The pipeline stays full while these are recorded.
-        for item in next.by_ref().take(ready.len()) {
+        if let Some(item) = next.next() {
             start(&mut fetching, item);
+        }
+        let (image_id, repo, tag, verified) =
+            joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+        let (verified, copy) = verified
+            .inspect_err(|_| metric::imported(0, 0, 1, 0))
+            .map_err(failure)?;
+        copied += copy;
+        if to_record
+            .send(ToRecord::Tag(image_id, verified, tag.clone()))
+            .is_err()
+        {
+            return Err(Failure::Transient("the recorder stopped".to_owned()));
+        }
+        sent += 1;
+        if last_boundary.elapsed() >= BOUNDARY_EVERY {
+            let _ = to_record.send(ToRecord::Flush);
+            recorded
+                .wait_for(|n| *n >= sent)
+                .await
+                .map_err(|_| Failure::Transient("the recorder stopped".to_owned()))?;
+            ctx.boundary(sent, total, &format!("import {repo}:{tag}"), false)
+                .await?;
+            last_boundary = std::time::Instant::now();
+        }
+    }
+    Ok(copied)
+}
+
+/// What [`fetch_all`] hands the recorder: a verified tag (image id, manifests, tag), or a
+/// request to record what it holds now (before a step boundary).
+enum ToRecord {
+    Tag(String, Verified, String),
+    Flush,
+}
+
+/// Most tags one append records.
+const RECORD_AT_MOST: usize = 64;
+/// How long the recorder lets tags gather before it records them: appends cost a read of
+/// the image's stream and a commit each, so fewer, larger ones record more per second.
+const RECORD_GATHER: std::time::Duration = std::time::Duration::from_millis(15);
+
+/// Records what [`fetch_all`] verified: what gathers within [`RECORD_GATHER`] of the first
+/// (or until a flush), one append per image; counts the tags recorded on `recorded`. Returns
+/// the manifests recorded now.
+async fn recorder(
+    registry: layerline_core::service::Registry<layerline_core::store::Store>,
+    meta: layerline_core::store::Metadata,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<ToRecord>,
+    recorded: tokio::sync::watch::Sender<i64>,
+) -> Result<usize, Failed> {
+    let mut manifests = 0;
+    let mut open = true;
+    while open {
+        let mut ready = Vec::new();
+        let mut deadline = None;
+        while ready.len() < RECORD_AT_MOST {
+            let next = match deadline {
+                None => queue.recv().await,
+                Some(at) => match tokio::time::timeout_at(at, queue.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(ToRecord::Tag(image_id, verified, tag)) => {
+                    ready.push((image_id, verified, tag));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + RECORD_GATHER);
+                }
+                Some(ToRecord::Flush) => break,
+                None => {
+                    open = false;
+                    break;
+                }
+            }
         }
         let count = ready.len() as i64;
         let mut by_image: Vec<(String, Batch)> = Vec::new();
-        let mut step = String::new();
-        for joined in ready {
-            let (image_id, repo, tag, verified) =
-                joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
-            let (verified, copy) = verified
-                .inspect_err(|_| metric::imported(0, 0, 1, 0))
-                .map_err(failure)?;
-            copied += copy;
-            if step.is_empty() {
-                step = format!("import {repo}:{tag}");
-            }
+        for (image_id, verified, tag) in ready {
             match by_image.iter_mut().find(|(id, _)| *id == image_id) {
                 Some((_, batch)) => batch.push((verified, Some(tag))),
                 None => by_image.push((image_id, vec![(verified, Some(tag))])),
             }
         }
-        ctx.boundary(done, total, &step, false).await?;
         for (image_id, batch) in by_image {
-            recorded_now += record_all(ctx.registry(), batch, &image_id, &ctx.meta)
-                .await
-                .map_err(failure)?;
+            manifests += record_all(&registry, batch, &image_id, &meta).await?;
         }
-        done += count;
+        recorded.send_modify(|n| *n += count);
     }
-    Ok((recorded_now, copied))
+    Ok(manifests)
 }
 
 /// The registry client for a registry and its credentials.
@@ -240,6 +340,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
     let total = repos.len() as i64;
     let backend = backend_of(ctx, &input.namespace_id).await?;
     // First every repository's image and tag list, then one pipeline over all the tags.
+    let listing = std::time::Instant::now();
     let mut items = Vec::new();
     for (n, repo) in repos.iter().enumerate() {
         ctx.boundary(n as i64, total, &format!("list {repo}"), false)
@@ -265,7 +366,10 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         }
     }
     let tags_seen = items.len();
+    let listed_ms = listing.elapsed().as_millis() as u64;
+    let importing = std::time::Instant::now();
     let (recorded_now, copied) = import_items(&client, items, ctx).await?;
+    let imported_ms = importing.elapsed().as_millis() as u64;
     let tags = tags_seen as i64;
     ctx.boundary(tags, tags, "done", true).await?;
     let mut output = json!({
@@ -273,6 +377,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         "repositories": total,
         "tags": tags_seen,
         "manifests_recorded": recorded_now,
+        "timings_ms": {"list": listed_ms, "import": imported_ms},
     });
     if let Some(b) = backend {
         output["backend"] = backend_output(&b, copied);

@@ -26,40 +26,57 @@ async fn project_batch(
     let image_id = stream_id.strip_prefix(streams::IMAGE).unwrap_or_default();
     let mut image_change: Option<i64> = None;
     let mut pushes: Vec<(&TagPushed, i64)> = Vec::new();
+    let mut records: Vec<(&ManifestRecorded, i64)> = Vec::new();
     let mut deletes = Deletions::default();
     for (i, event) in events.iter().enumerate() {
         let version = base + i as i64 + 1;
         match event {
+            // Recorded manifests and pushed tags do not depend on each other's rows: both
+            // runs go on across the other kind.
             DomainEvent::TagPushed(t) => {
                 *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
                 pushes.push((t, version));
                 continue;
             }
+            DomainEvent::ManifestRecorded(m) => {
+                *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+                records.push((m, first + i as i64));
+                continue;
+            }
             DomainEvent::TagDeleted(t) => {
                 upsert_tags(conn, image_id, &mut pushes, at).await?;
-                image_change.get_or_insert(0);
+                *image_change.get_or_insert(0) +=
+                    record_manifests(conn, image_id, &mut records, at).await?;
                 deletes.tags.push(&t.tag_id);
                 continue;
             }
             DomainEvent::ManifestDeleted(d) => {
                 upsert_tags(conn, image_id, &mut pushes, at).await?;
-                image_change.get_or_insert(0);
+                *image_change.get_or_insert(0) +=
+                    record_manifests(conn, image_id, &mut records, at).await?;
                 deletes.manifests.push(&d.digest);
                 continue;
             }
             _ => {}
         }
         upsert_tags(conn, image_id, &mut pushes, at).await?;
+        if !records.is_empty() {
+            *image_change.get_or_insert(0) +=
+                record_manifests(conn, image_id, &mut records, at).await?;
+        }
         *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
         let position = first + i as i64;
         if let Some(delta) = project(conn, stream_id, version, position, event, at).await? {
             *image_change.get_or_insert(0) += delta;
         }
     }
-    if !pushes.is_empty() {
+    if !pushes.is_empty() || !records.is_empty() {
         image_change.get_or_insert(0);
     }
     upsert_tags(conn, image_id, &mut pushes, at).await?;
+    if let Some(change) = image_change.as_mut() {
+        *change += record_manifests(conn, image_id, &mut records, at).await?;
+    }
     let freed = deletes.flush(conn, image_id).await?;
     if let Some(delta) = image_change {
         touch_image(
@@ -293,7 +310,7 @@ async fn project(
                 .await?;
         }
         DomainEvent::ManifestRecorded(m) => {
-            return record_manifest(conn, image_id, m, position, at)
+            return record_manifests(conn, image_id, &mut vec![(m, position)], at)
                 .await
                 .map(Some);
         }
@@ -507,96 +524,169 @@ async fn add_to_namespace(
     Ok(())
 }
 
-async fn record_manifest(
+/// Rows per statement when a run of recorded manifests is written.
+const MANIFESTS_PER_STATEMENT: usize = 500;
+
+/// Writes a run of recorded manifests (each with the log position of its event) and empties
+/// it: their rows, layer and child rows, and their blobs' references, counted per image and
+/// per namespace. A blob adds its size to the image when its first reference appears, and
+/// to the namespace's stored bytes when no image of it had it. A few statements per run,
+/// whatever its length. Returns how much the image's size grew.
+async fn record_manifests(
     conn: &mut Conn,
     image_id: &str,
-    m: &ManifestRecorded,
-    position: i64,
+    run: &mut Vec<(&ManifestRecorded, i64)>,
     at: &str,
 ) -> Result<i64, StoreError> {
-    let blobs = distinct_blobs(m);
-    sqlx::query(
-        "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
-         config_size, config_media_type, blobs_size, created_at, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(image_id)
-    .bind(&m.digest)
-    .bind(&m.media_type)
-    .bind(&m.platform)
-    .bind(m.config.as_ref().map(|b| &b.digest))
-    .bind(m.config.as_ref().map(|b| b.size))
-    .bind(m.config.as_ref().map(|b| &b.media_type))
-    .bind(blobs.iter().map(|b| b.size).sum::<i64>())
-    .bind(at)
-    .bind(position)
-    .execute(&mut *conn)
-    .await?;
-    if !m.layers.is_empty() {
+    if run.is_empty() {
+        return Ok(0);
+    }
+    // References per blob: one per manifest that lists it (once however often it lists it).
+    let mut refs: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+    for (m, _) in run.iter() {
+        for blob in distinct_blobs(m) {
+            let entry = refs.entry(&blob.digest).or_insert((blob.size, 0));
+            if entry.0 != blob.size {
+                return Err(StoreError::BlobSize {
+                    digest: blob.digest.clone(),
+                    stored: entry.0,
+                    given: blob.size,
+                });
+            }
+            entry.1 += 1;
+        }
+    }
+    for chunk in run.chunks(MANIFESTS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Db>::new(
+            "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
+             config_size, config_media_type, blobs_size, created_at, seq) ",
+        );
+        insert.push_values(chunk, |mut row, (m, position)| {
+            row.push_bind(image_id.to_owned())
+                .push_bind(m.digest.clone())
+                .push_bind(m.media_type.clone())
+                .push_bind(m.platform.clone())
+                .push_bind(m.config.as_ref().map(|b| b.digest.clone()))
+                .push_bind(m.config.as_ref().map(|b| b.size))
+                .push_bind(m.config.as_ref().map(|b| b.media_type.clone()))
+                .push_bind(distinct_blobs(m).iter().map(|b| b.size).sum::<i64>())
+                .push_bind(at.to_owned())
+                .push_bind(*position);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    let layers: Vec<(&str, usize, &crate::domain::event::Blob)> = run
+        .iter()
+        .flat_map(|(m, _)| {
+            m.layers
+                .iter()
+                .enumerate()
+                .map(|(idx, layer)| (m.digest.as_str(), idx, layer))
+        })
+        .collect();
+    for chunk in layers.chunks(MANIFESTS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Db>::new(
             "INSERT INTO manifest_layers (image_id, manifest_digest, idx, digest, size, media_type) ",
         );
-        insert.push_values(m.layers.iter().enumerate(), |mut row, (idx, layer)| {
+        insert.push_values(chunk, |mut row, (manifest, idx, layer)| {
             row.push_bind(image_id.to_owned())
-                .push_bind(m.digest.clone())
-                .push_bind(idx as i64)
+                .push_bind((*manifest).to_owned())
+                .push_bind(*idx as i64)
                 .push_bind(layer.digest.clone())
                 .push_bind(layer.size)
                 .push_bind(layer.media_type.clone());
         });
         insert.build().execute(&mut *conn).await?;
     }
-    if !m.children.is_empty() {
+    let children: Vec<(&str, usize, &str)> = run
+        .iter()
+        .flat_map(|(m, _)| {
+            m.children
+                .iter()
+                .enumerate()
+                .map(|(idx, child)| (m.digest.as_str(), idx, child.as_str()))
+        })
+        .collect();
+    for chunk in children.chunks(MANIFESTS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Db>::new(
             "INSERT INTO manifest_children (image_id, parent_digest, idx, child_digest) ",
         );
-        insert.push_values(m.children.iter().enumerate(), |mut row, (idx, child)| {
+        insert.push_values(chunk, |mut row, (parent, idx, child)| {
             row.push_bind(image_id.to_owned())
-                .push_bind(m.digest.clone())
-                .push_bind(idx as i64)
-                .push_bind(child.clone());
+                .push_bind((*parent).to_owned())
+                .push_bind(*idx as i64)
+                .push_bind((*child).to_owned());
         });
         insert.build().execute(&mut *conn).await?;
     }
+    run.clear();
 
+    // The image's references; a blob is new to the image when its count is all this run's.
+    let refs: Vec<(&str, i64, i64)> = refs.into_iter().map(|(d, (s, n))| (d, s, n)).collect();
+    let mut new_to_image: Vec<(String, i64)> = Vec::new();
+    for chunk in refs.chunks(MANIFESTS_PER_STATEMENT) {
+        let mut upsert =
+            QueryBuilder::<Db>::new("INSERT INTO image_blobs (image_id, digest, size, refs) ");
+        upsert.push_values(chunk, |mut row, (digest, size, n)| {
+            row.push_bind(image_id.to_owned())
+                .push_bind((*digest).to_owned())
+                .push_bind(*size)
+                .push_bind(*n);
+        });
+        upsert.push(
+            " ON CONFLICT (image_id, digest) DO UPDATE SET refs = image_blobs.refs + excluded.refs \
+             RETURNING digest, refs",
+        );
+        let rows = upsert.build().fetch_all(&mut *conn).await?;
+        let added: HashMap<&str, (i64, i64)> =
+            chunk.iter().map(|(d, s, n)| (*d, (*s, *n))).collect();
+        for row in rows {
+            let digest: String = row.try_get(0)?;
+            let total: i64 = row.try_get(1)?;
+            let (size, n) = added[digest.as_str()];
+            if total == n {
+                new_to_image.push((digest, size));
+            }
+        }
+    }
+    let added: i64 = new_to_image.iter().map(|(_, size)| size).sum();
+    if new_to_image.is_empty() {
+        return Ok(0);
+    }
+    // The namespace's references: one per image holding the blob.
     let namespace_id = namespace_of(conn, image_id).await?;
-    let (mut added, mut stored_added) = (0, 0);
-    for blob in blobs {
-        let refs: i64 = sqlx::query_scalar(
-            "INSERT INTO image_blobs (image_id, digest, size, refs) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (image_id, digest) DO UPDATE SET refs = image_blobs.refs + 1 \
-             RETURNING refs",
-        )
-        .bind(image_id)
-        .bind(&blob.digest)
-        .bind(blob.size)
-        .fetch_one(&mut *conn)
-        .await?;
-        if refs != 1 {
-            continue;
-        }
-        added += blob.size;
-        let row = sqlx::query(
-            "INSERT INTO namespace_blobs (namespace_id, digest, size, refs) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (namespace_id, digest) DO UPDATE SET refs = namespace_blobs.refs + 1 \
-             RETURNING refs, size",
-        )
-        .bind(&namespace_id)
-        .bind(&blob.digest)
-        .bind(blob.size)
-        .fetch_one(&mut *conn)
-        .await?;
-        let (refs, stored): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-        if stored != blob.size {
-            // A digest names one content, so one size; a disagreement is bad input.
-            return Err(StoreError::BlobSize {
-                digest: blob.digest.clone(),
-                stored,
-                given: blob.size,
-            });
-        }
-        if refs == 1 {
-            stored_added += blob.size;
+    let mut stored_added = 0;
+    for chunk in new_to_image.chunks(MANIFESTS_PER_STATEMENT) {
+        let mut upsert = QueryBuilder::<Db>::new(
+            "INSERT INTO namespace_blobs (namespace_id, digest, size, refs) ",
+        );
+        upsert.push_values(chunk, |mut row, (digest, size)| {
+            row.push_bind(namespace_id.clone())
+                .push_bind(digest.clone())
+                .push_bind(*size)
+                .push_bind(1_i64);
+        });
+        upsert.push(
+            " ON CONFLICT (namespace_id, digest) DO UPDATE SET refs = namespace_blobs.refs + 1 \
+             RETURNING digest, refs, size",
+        );
+        let rows = upsert.build().fetch_all(&mut *conn).await?;
+        let given: HashMap<&str, i64> = chunk.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+        for row in rows {
+            let digest: String = row.try_get(0)?;
+            let (refs, stored): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+            let size = given[digest.as_str()];
+            if stored != size {
+                // A digest names one content, so one size; a disagreement is bad input.
+                return Err(StoreError::BlobSize {
+                    digest,
+                    stored,
+                    given: size,
+                });
+            }
+            if refs == 1 {
+                stored_added += size;
+            }
         }
     }
     add_to_namespace(conn, &namespace_id, added, stored_added).await?;

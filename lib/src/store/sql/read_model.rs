@@ -854,10 +854,11 @@ impl SqlStore {
         let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let (namespaces, stored_bytes): (i64, i64) =
-            sqlx::query_as("SELECT COUNT(*), CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM namespaces")
-                .fetch_one(&mut *tx)
-                .await?;
+        let (namespaces, stored_bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(stored_size), 0) AS BIGINT) FROM namespaces",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let images: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images")
             .fetch_one(&mut *tx)
             .await?;
