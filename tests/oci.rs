@@ -1282,7 +1282,8 @@ async fn archives_are_imported_checked_whole_and_copied_to_a_backend() {
     let linked = fx.namespace("linked").await;
     let app = fx.image(&linked, "app").await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::on_database(&db.url, dir.path(), &["--archive-max-bytes", "65536"]);
+    // Above the API's 1 MiB body limit: archives have a limit of their own.
+    let server = Server::on_database(&db.url, dir.path(), &["--archive-max-bytes", "2000000"]);
 
     // An OCI layout: every manifest and tag recorded, sizes from the archive's blobs.
     let (layout, digests, size) = oci_layout();
@@ -1301,7 +1302,7 @@ async fn archives_are_imported_checked_whole_and_copied_to_a_backend() {
 
     // A `docker save` tar: a manifest written for it, the tag from RepoTags.
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-    let layer = b"a saved layer".to_vec();
+    let layer = b"a saved layer, larger than a request body may be. ".repeat(30_000);
     let saved = json!([{"Config": "cfg.json", "Layers": ["0123/layer.tar"],
                         "RepoTags": ["registry.example.com:5000/team/tool:1.0"]}]);
     let archive = tar_of(&[
@@ -1351,7 +1352,7 @@ async fn archives_are_imported_checked_whole_and_copied_to_a_backend() {
     assert!(body.to_string().contains(&sha256(b"cfg")), "{body}");
     let (status, body) = upload(&server, &boxed, b"not a tar at all".repeat(100)).await;
     assert_eq!(status, 422, "{body}");
-    let (status, body) = upload(&server, &boxed, vec![0u8; 70_000]).await;
+    let (status, body) = upload(&server, &boxed, vec![0u8; 2_100_000]).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(store.head().await.unwrap(), head, "nothing was recorded");
     assert!(!tags_of(&server, &boxed).await.contains_key("broken"));
