@@ -396,18 +396,11 @@ pub async fn push(
         copied.blobs_uploaded += 1;
         copied.bytes_uploaded += e.size;
     }
+    let mut pushed = std::collections::HashSet::new();
     for (v, tag) in &loaded.images {
-        for f in &v.fetched {
-            backend
-                .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
+        copied.manifests_pushed +=
+            crate::importer::push_manifests(backend, target_repo, v, tag.as_deref(), &mut pushed)
                 .await?;
-            copied.manifests_pushed += 1;
-        }
-        if let (Some(tag), Some(top)) = (tag, v.fetched.last()) {
-            backend
-                .put_manifest(target_repo, tag, &top.media_type, &top.body)
-                .await?;
-        }
     }
     Ok(copied)
 }

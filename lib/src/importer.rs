@@ -292,13 +292,27 @@ pub async fn copy(
     // again (the child's own tag, copied at once) can fail. Manifests are small; the blobs
     // above are what runs in parallel.
     let mut pushed = done.manifests.lock().await;
+    copied.manifests_pushed += push_manifests(backend, target_repo, v, tag, &mut pushed).await?;
+    Ok(copied)
+}
+
+/// Pushes `v`'s manifests by digest (children first) unless `pushed` holds them, then `tag`
+/// (when given) to the top one; returns how many manifests it pushed.
+pub async fn push_manifests(
+    backend: &Client,
+    target_repo: &str,
+    v: &Verified,
+    tag: Option<&str>,
+    pushed: &mut std::collections::HashSet<String>,
+) -> Result<u64, OciError> {
+    let mut count = 0;
     for f in &v.fetched {
         if !pushed.contains(&f.digest) {
             backend
                 .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
                 .await?;
             pushed.insert(f.digest.clone());
-            copied.manifests_pushed += 1;
+            count += 1;
         }
     }
     if let (Some(tag), Some(top)) = (tag, v.fetched.last()) {
@@ -306,7 +320,7 @@ pub async fn copy(
             .put_manifest(target_repo, tag, &top.media_type, &top.body)
             .await?;
     }
-    Ok(copied)
+    Ok(count)
 }
 
 /// Streams blob `digest` from `source` to `backend`, trying again (from the start) when a

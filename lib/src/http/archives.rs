@@ -15,11 +15,11 @@ use std::io::Write;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::cycle::{ApiError, Data, data, internal, principal};
+use super::cycle::{ApiError, Data, data, internal, principal, visible_image};
 use crate::archive::{self, ArchiveError};
 use crate::domain::token::Capability;
 use crate::importer::{Copied, Failed, record_all};
-use crate::store::{Metadata, ReadModels};
+use crate::store::Metadata;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -57,15 +57,7 @@ pub(crate) async fn upload_archive(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers, Capability::ImagesImport).await?;
-    let image = state.store().image(&id).await.map_err(internal)?;
-    let Some(image) = image.filter(|i| p.sees(&i.project_id)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.image",
-            "Not found",
-            format!("no image {id}"),
-        ));
-    };
+    let image = visible_image(&state, &p, &id).await?;
     let max = state.api.archive_max_bytes;
     let spool = spool(body, max).await?;
     let path = spool.path().to_owned();

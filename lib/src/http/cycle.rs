@@ -233,6 +233,23 @@ pub(crate) async fn visible_namespace(
     })
 }
 
+/// Image `id`, when the principal sees its project; otherwise 404, as if it did not exist.
+pub(crate) async fn visible_image(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<crate::store::rows::ImageRow, ApiError> {
+    let image = state.store().image(id).await.map_err(internal)?;
+    image.filter(|i| p.sees(&i.project_id)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.image",
+            "Not found",
+            format!("no image {id}"),
+        )
+    })
+}
+
 /// The request's `Idempotency-Key`, checked (other surfaces map the error to their shape).
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
@@ -877,8 +894,6 @@ async fn delete_tags_task(
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
 
-/// A prune run of an inline policy body: checked here (bad input is refused before a job
-/// exists), planned and applied by the job.
 /// A `gc` job: which blobs of the namespace no manifest references any more (and, for a
 /// backend-linked namespace, which of them the backend still stores).
 async fn gc_task(
@@ -906,6 +921,8 @@ async fn gc_task(
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
 
+/// A prune run of an inline policy body: checked here (bad input is refused before a job
+/// exists), planned and applied by the job.
 async fn prune_task(
     state: &AppState,
     headers: &HeaderMap,
@@ -1098,15 +1115,7 @@ pub(crate) async fn delete_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers, Capability::ImagesManage).await?;
-    let image = state.store().image(&id).await.map_err(internal)?;
-    let Some(image) = image.filter(|i| p.sees(&i.project_id)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.image",
-            "Not found",
-            format!("no image {id}"),
-        ));
-    };
+    let image = visible_image(&state, &p, &id).await?;
     let sub = Submission::delete(
         Mark::Image(image.id),
         &image.name,
@@ -1144,15 +1153,7 @@ pub(crate) async fn image_task(
     let c: Contents = serde_json::from_value(req.contents)
         .map_err(|e| ApiError::invalid("contents", format!("contents: {e}")))?;
     c.source.check().map_err(ServiceError::Domain)?;
-    let image = state.store().image(&id).await.map_err(internal)?;
-    let Some(image) = image.filter(|i| p.sees(&i.project_id)) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.image",
-            "Not found",
-            format!("no image {id}"),
-        ));
-    };
+    let image = visible_image(&state, &p, &id).await?;
     let caption = format!(
         "import {}/{} into {}",
         c.source.registry.trim_end_matches('/'),
@@ -1287,15 +1288,7 @@ pub(crate) async fn build_log(
     use crate::domain::DomainEvent as E;
     use crate::store::EventStore;
     let p = principal(&state, &headers, Capability::ImagesView).await?;
-    let image = state.store().image(&id).await.map_err(internal)?;
-    if !image.is_some_and(|i| p.sees(&i.project_id)) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "404.image",
-            "Not found",
-            format!("no image {id}"),
-        ));
-    }
+    visible_image(&state, &p, &id).await?;
     let Some(job_id) = state.store().last_import_job(&id).await.map_err(internal)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
