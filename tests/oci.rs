@@ -1371,3 +1371,53 @@ async fn archives_are_imported_checked_whole_and_copied_to_a_backend() {
     }
     assert_eq!(tags_of(&server, &app).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_into_a_backend_linked_namespace_mirror_pushes_and_deletes_there() {
+    let backend = Registry::start().await;
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let (status, body) = link(&server, &ns, &backend.base, "copy").await;
+    assert_eq!(status, 200, "{body}");
+    let port = free_port();
+    let source = format!("http://127.0.0.1:{port}");
+    let hook = format!(
+        "{}/v1/hooks/registry?namespace_id={ns}&registry={source}",
+        server.base
+    );
+    let notifications = format!(
+        "notifications:\n  endpoints:\n    - name: layerline\n      url: {hook}\n      headers:\n        Authorization: [Bearer {}]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n",
+        common::ADMIN
+    );
+    let reg = Registry::start_at(port, &notifications).await;
+    let pull = Client::new(&backend.base, Credentials::Anonymous, 2).unwrap();
+
+    // A push to the source shows up in the backend, tag and all.
+    let (v1, _) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base", "one"])
+        .await;
+    eventually("v1 copied to the backend", || async {
+        pull.manifest("copy/team/app", "v1")
+            .await
+            .is_ok_and(|m| m.digest == v1)
+    })
+    .await;
+
+    // A delete at the source deletes it there too.
+    let res = reqwest::Client::new()
+        .delete(format!("{source}/v2/team/app/manifests/{v1}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    eventually("v1 deleted from the backend", || async {
+        matches!(
+            pull.manifest("copy/team/app", &v1).await,
+            Err(OciError::NotFound { .. })
+        )
+    })
+    .await;
+}

@@ -11,10 +11,10 @@ use layerline_core::domain::image::Image;
 use layerline_core::domain::source::NamespaceBackend;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
 use layerline_core::importer::{
-    BlobsDone, Copied, Failed, Verified, copy, fetch, image_for, record_all,
+    BlobsDone, Copied, Failed, Verified, client_for, copy, fetch, image_for, record_all,
 };
 use layerline_core::metric;
-use layerline_core::oci::{Client, Credentials};
+use layerline_core::oci::Client;
 use layerline_core::store::ReadModels;
 use serde_json::json;
 
@@ -249,19 +249,7 @@ pub(crate) fn client(
     registry: &str,
     credentials: Option<&CredentialsRef>,
 ) -> Result<Client, Failure> {
-    let credentials = match credentials {
-        None => Credentials::Anonymous,
-        Some(c) => Credentials::Basic {
-            username: c.username.clone(),
-            password: std::env::var(&c.password_env).map_err(|_| {
-                Failure::Permanent(format!(
-                    "the worker has no environment variable {} (the source's password_env)",
-                    c.password_env
-                ))
-            })?,
-        },
-    };
-    Client::new(registry, credentials, CONCURRENCY).map_err(failure)
+    client_for(registry, credentials, CONCURRENCY).map_err(failure)
 }
 
 pub(crate) async fn import(input: ImportJob, ctx: &mut Ctx<'_>) -> Outcome {

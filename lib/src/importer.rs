@@ -37,6 +37,28 @@ impl From<OciError> for Failed {
     }
 }
 
+/// The client of `registry` with credentials referenced by `credentials` (the password read
+/// from this process's environment variable `password_env`), `concurrency` requests at once.
+pub fn client_for(
+    registry: &str,
+    credentials: Option<&crate::domain::source::CredentialsRef>,
+    concurrency: usize,
+) -> Result<Client, Failed> {
+    let credentials = match credentials {
+        None => crate::oci::Credentials::Anonymous,
+        Some(c) => crate::oci::Credentials::Basic {
+            username: c.username.clone(),
+            password: std::env::var(&c.password_env).map_err(|_| {
+                Failed::Permanent(format!(
+                    "this process has no environment variable {} (the password_env of {registry})",
+                    c.password_env
+                ))
+            })?,
+        },
+    };
+    Client::new(registry, credentials, concurrency).map_err(Failed::from)
+}
+
 /// A refusal of the domain (a blob listed with another size than before) names the
 /// reference and is final; a store failure is worth retrying.
 pub fn refused(reference: &str, e: ServiceError) -> Failed {
@@ -172,22 +194,6 @@ pub async fn record_all<S: EventStore + ReadModels>(
         bytes.max(0) as u64,
     );
     Ok(recorded)
-}
-
-/// Fetches, verifies and records manifest `reference` of `repo` into image `image_id`, and
-/// points `tag` at it when given. Returns the manifests recorded now.
-pub async fn import_manifest(
-    registry: &Registry<crate::store::Store>,
-    client: &Client,
-    repo: &str,
-    reference: &str,
-    tag: Option<&str>,
-    image_id: &str,
-    meta: &Metadata,
-) -> Result<usize, Failed> {
-    let verified = fetch(client, repo, reference).await?;
-    let batch = vec![(verified, tag.map(str::to_owned))];
-    record_all(registry, batch, image_id, meta).await
 }
 
 /// What copying to a backend registry did.

@@ -87,24 +87,11 @@ pub(crate) async fn upload_archive(
     let namespace = state.registry.load_namespace(&image.namespace_id).await?;
     let backend = match &namespace.backend {
         Some(b) => {
-            let password = match &b.credentials {
-                Some(c) => Some(std::env::var(&c.password_env).map_err(|_| {
-                    unavailable(format!(
-                        "this process has no environment variable {} (the backend's password_env)",
-                        c.password_env
-                    ))
-                })?),
-                None => None,
-            };
-            let credentials = match (&b.credentials, password) {
-                (Some(c), Some(password)) => crate::oci::Credentials::Basic {
-                    username: c.username.clone(),
-                    password,
-                },
-                _ => crate::oci::Credentials::Anonymous,
-            };
-            let client = crate::oci::Client::new(&b.registry, credentials, 4)
-                .map_err(|e| backend_refused(e.to_string()))?;
+            let client = crate::importer::client_for(&b.registry, b.credentials.as_ref(), 4)
+                .map_err(|e| match e {
+                    Failed::Transient(m) => unavailable(m),
+                    Failed::Permanent(m) => backend_refused(m),
+                })?;
             let copied = archive::push(&loaded, &client, &b.repository(&image.name))
                 .await
                 .map_err(|e| match e.is_transient() {

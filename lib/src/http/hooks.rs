@@ -25,9 +25,10 @@ use super::cycle::{ApiError, Data, data, internal, principal, visible_namespace}
 use super::{AppState, Params};
 use crate::domain::format_time;
 use crate::domain::image::ImageCommand;
+use crate::domain::source::NamespaceBackend;
 use crate::domain::source::Source;
 use crate::domain::token::Capability;
-use crate::importer::{Failed, image_for, import_manifest};
+use crate::importer::{BlobsDone, Failed, client_for, copy, fetch, image_for, record_all};
 use crate::oci::{Client, Credentials, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::service::ServiceError;
 use crate::store::Metadata;
@@ -123,6 +124,27 @@ pub(crate) async fn registry_hook(
     }
     let client = Client::new(&q.registry, Credentials::Anonymous, 4)
         .map_err(|e| ApiError::invalid("registry", e.to_string()))?;
+    // A backend-linked namespace mirrors the notifying registry: pushes are copied there
+    // before they are recorded, deletes follow.
+    let backend = match state
+        .registry
+        .load_namespace(&q.namespace_id)
+        .await?
+        .backend
+    {
+        Some(b) => {
+            let client = client_for(&b.registry, b.credentials.as_ref(), 4).map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503.not-ready",
+                    "Try again",
+                    e.to_string(),
+                )
+            })?;
+            Some((b, client, BlobsDone::default()))
+        }
+        None => None,
+    };
     let meta = Metadata {
         actor: Some(p.actor()),
         ..Metadata::default()
@@ -147,22 +169,33 @@ pub(crate) async fn registry_hook(
             ("push", Some(repo), Some(digest)) if manifest => {
                 let image = image_for(&state.registry, &q.namespace_id, repo, &meta).await;
                 match image {
-                    Ok(image) => import_manifest(
-                        &state.registry,
-                        &client,
-                        repo,
-                        digest,
-                        event.target.tag.as_deref(),
-                        &image,
-                        &meta,
-                    )
-                    .await
-                    .map(|_| true),
+                    Ok(image) => {
+                        let tag = event.target.tag.as_deref();
+                        push(
+                            &state,
+                            &client,
+                            backend.as_ref(),
+                            repo,
+                            digest,
+                            tag,
+                            &image,
+                            &meta,
+                        )
+                        .await
+                    }
                     Err(e) => Err(e),
                 }
             }
             ("delete", Some(repo), Some(digest)) => {
-                delete(&state, &q.namespace_id, repo, digest, &meta).await
+                let deleted = delete(&state, &q.namespace_id, repo, digest, &meta).await;
+                match (&deleted, &backend) {
+                    (Ok(_), Some((b, backend, _))) => backend
+                        .delete_manifest(&b.repository(repo), digest)
+                        .await
+                        .map_err(Failed::from)
+                        .and(deleted),
+                    _ => deleted,
+                }
             }
             _ => Ok(false),
         };
@@ -198,6 +231,37 @@ pub(crate) async fn registry_hook(
             refused,
         },
     ))
+}
+
+/// Records manifest `digest` of `repo` (and `tag`) into `image`, fetched and verified from
+/// the notifying registry; copied first to the namespace's backend, when it has one.
+#[allow(clippy::too_many_arguments)]
+async fn push(
+    state: &AppState,
+    client: &Client,
+    backend: Option<&(NamespaceBackend, Client, BlobsDone)>,
+    repo: &str,
+    digest: &str,
+    tag: Option<&str>,
+    image: &str,
+    meta: &Metadata,
+) -> Result<bool, Failed> {
+    let verified = fetch(client, repo, digest).await?;
+    if let Some((b, backend, done)) = backend {
+        copy(
+            client,
+            repo,
+            backend,
+            &b.repository(repo),
+            &verified,
+            tag,
+            done,
+        )
+        .await?;
+    }
+    let batch = vec![(verified, tag.map(str::to_owned))];
+    record_all(&state.registry, batch, image, meta).await?;
+    Ok(true)
 }
 
 /// Deletes manifest `digest` (with its tags) from the namespace's image named `repo`; an image
