@@ -133,21 +133,7 @@ impl Client {
                 "registry {base}: expected an http:// or https:// URL"
             )));
         }
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60));
-        // Registries with certificates of a private CA: its PEM file, trusted besides the
-        // public roots.
-        if let Ok(path) = std::env::var(CA_FILE_ENV) {
-            let pem = std::fs::read(&path)
-                .map_err(|e| OciError::Transport(format!("{CA_FILE_ENV}={path}: {e}")))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| OciError::Transport(format!("{CA_FILE_ENV}={path}: {e}")))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| OciError::Transport(e.to_string()))?;
+        let http = shared_http()?;
         Ok(Client {
             http,
             base: base.to_owned(),
@@ -159,16 +145,11 @@ impl Client {
         })
     }
 
-    /// Trusts the CA certificate `pem` besides the public roots.
+    /// Trusts the CA certificate `pem` besides the public roots (and the configured CA).
     pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self, OciError> {
         let cert =
             reqwest::Certificate::from_pem(pem).map_err(|e| OciError::Transport(e.to_string()))?;
-        self.http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .add_root_certificate(cert)
-            .build()
-            .map_err(|e| OciError::Transport(e.to_string()))?;
+        self.http = http_client(Some(cert)).map_err(OciError::Transport)?;
         Ok(self)
     }
 
@@ -570,6 +551,36 @@ impl Upload {
             None => self.stream.lock().expect("never poisoned").take(),
         }
     }
+}
+
+/// The HTTP client every registry client shares (connections, TLS roots): built once per
+/// process, trusting the public roots and the PEM file `LAYERLINE_REGISTRY_CA_FILE` names.
+fn shared_http() -> Result<reqwest::Client, OciError> {
+    static SHARED: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| http_client(None))
+        .clone()
+        .map_err(OciError::Transport)
+}
+
+/// A new HTTP client trusting the public roots, the configured CA file and `extra`.
+fn http_client(extra: Option<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60));
+    // Registries with certificates of a private CA: its PEM file, trusted besides the
+    // public roots.
+    if let Ok(path) = std::env::var(CA_FILE_ENV) {
+        let pem = std::fs::read(&path).map_err(|e| format!("{CA_FILE_ENV}={path}: {e}"))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("{CA_FILE_ENV}={path}: {e}"))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    if let Some(cert) = extra {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// An error with its causes (`reqwest` keeps the useful part, such as a refused
