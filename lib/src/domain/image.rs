@@ -125,6 +125,30 @@ impl Image {
         }
     }
 
+    /// The event pointing tag `name` at recorded manifest `digest` (a new tag gets
+    /// `new_tag_id`, a moved one keeps its id); none when it points there already.
+    fn tag_push(
+        &self,
+        name: String,
+        digest: String,
+        new_tag_id: String,
+    ) -> Result<Option<DomainEvent>, DomainError> {
+        validate::tag_name(&name)?;
+        if !self.manifests.contains_key(&digest) {
+            return Err(DomainError::not_found("manifest", digest));
+        }
+        let tag_id = match self.tags.get(&name) {
+            Some(t) if t.digest == digest => return Ok(None),
+            Some(t) => t.id.clone(),
+            None => new_tag_id,
+        };
+        Ok(Some(DomainEvent::TagPushed(TagPushed {
+            tag_id,
+            name,
+            digest,
+        })))
+    }
+
     /// Whether any manifest of the image lists `digest` as a child.
     pub fn is_child(&self, digest: &str) -> bool {
         self.manifests
@@ -303,20 +327,9 @@ impl Aggregate for Image {
                 digest,
                 new_tag_id,
             } => {
-                validate::tag_name(&name)?;
-                if !self.manifests.contains_key(&digest) {
-                    return Err(DomainError::not_found("manifest", digest));
+                if let Some(push) = self.tag_push(name, digest, new_tag_id)? {
+                    plan.emit(push);
                 }
-                let tag_id = match self.tags.get(&name) {
-                    Some(t) if t.digest == digest => return Ok(vec![]),
-                    Some(t) => t.id.clone(),
-                    None => new_tag_id,
-                };
-                plan.emit(DomainEvent::TagPushed(TagPushed {
-                    tag_id,
-                    name,
-                    digest,
-                }));
             }
             ImageCommand::DeleteTag { name, force } => {
                 let tag = self
@@ -380,20 +393,9 @@ impl Aggregate for Image {
                     plan.emit(DomainEvent::ManifestRecorded(m));
                 }
                 for (name, digest, new_tag_id) in tags {
-                    validate::tag_name(&name)?;
-                    if !plan.state.manifests.contains_key(&digest) {
-                        return Err(DomainError::not_found("manifest", digest));
+                    if let Some(push) = plan.state.tag_push(name, digest, new_tag_id)? {
+                        plan.emit(push);
                     }
-                    let tag_id = match plan.state.tags.get(&name) {
-                        Some(t) if t.digest == digest => continue,
-                        Some(t) => t.id.clone(),
-                        None => new_tag_id,
-                    };
-                    plan.emit(DomainEvent::TagPushed(TagPushed {
-                        tag_id,
-                        name,
-                        digest,
-                    }));
                 }
             }
             ImageCommand::Prune { tags, manifests } => {
