@@ -14,7 +14,7 @@ use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::{DomainEvent, format_time, streams};
 use layerline_core::service::Registry;
 use layerline_core::store::scratch::Scratch;
-use layerline_core::store::{EventStore, Expected, Metadata, Store};
+use layerline_core::store::{EventStore, Expected, Metadata, ReadModels, Store};
 
 mod import;
 mod jobs;
@@ -125,6 +125,65 @@ fn bench_namespace(id: impl Into<String>, name: impl Into<String>) -> NamespaceC
         organization_id: "bench".into(),
         project_id: "bench".into(),
     }
+}
+
+/// Our worker pool on `queues`, running until [`Pool::stop`].
+struct Pool {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Pool {
+    fn start(store: &Store, queues: &layerline_jobs::Queues, workers: usize) -> Pool {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let runner = std::sync::Arc::new(layerline_jobs::Runner::new(
+            store.clone(),
+            std::sync::Arc::new(queues.clone()),
+            layerline_jobs::RetryPolicy::default(),
+            workers,
+        ));
+        let task = tokio::spawn(layerline_jobs::pool::run(queues.clone(), runner, stopped));
+        Pool { stop, task }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        Ok(self.task.await?)
+    }
+}
+
+/// Submits a job of `kind` with `input` and waits for it to end (its descriptor polled every
+/// 20 ms); its output, or an error when it did not complete.
+async fn run_job(
+    store: &Store,
+    queues: &layerline_jobs::Queues,
+    kind: layerline_core::domain::job::JobKind,
+    input: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let sub = layerline_core::jobs::Submission {
+        kind,
+        caption: format!("bench {}", kind.as_str()),
+        input,
+        creator: None,
+        idempotency_key: None,
+        marks: None,
+    };
+    let job = layerline_core::jobs::submit(&Registry::new(store.clone()), queues, sub).await?;
+    let row = loop {
+        let row = store.job(&job.id).await?.expect("the job exists");
+        if matches!(row.state.as_str(), "completed" | "error" | "cancelled") {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    anyhow::ensure!(
+        row.state == "completed",
+        "the {} job ended {}: {:?}",
+        kind.as_str(),
+        row.state,
+        row.last_error
+    );
+    Ok(serde_json::from_str(row.output.as_deref().unwrap_or("{}"))?)
 }
 
 fn rate(count: usize, elapsed: Duration) -> f64 {

@@ -6,20 +6,17 @@
 //! loopback port) unless `--registry` names one; the fixtures are pushed over the OCI API.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use layerline_core::domain::source::CatalogImport;
-use layerline_core::jobs::{Submission, submit};
 use layerline_core::oci::{Client, Credentials, OCI_MANIFEST, sha256};
 use layerline_core::service::Registry;
-use layerline_core::store::{ReadModels, Store};
-use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
+use layerline_core::store::Store;
+use layerline_jobs::{PoolConfig, Queues};
 use serde_json::json;
-use tokio::sync::watch;
 
-use super::bench_namespace;
+use super::{Pool, bench_namespace, run_job};
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -221,14 +218,7 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         &layerline_core::store::Metadata::default(),
     )
     .await?;
-    let (stop, stopped) = watch::channel(false);
-    let runner = Arc::new(Runner::new(
-        store.clone(),
-        Arc::new(queues.clone()),
-        RetryPolicy::default(),
-        PoolConfig::default().workers,
-    ));
-    let pool = tokio::spawn(layerline_jobs::pool::run(queues.clone(), runner, stopped));
+    let pool = Pool::start(&store, &queues, PoolConfig::default().workers);
     let input = CatalogImport {
         namespace_id: ns_id,
         registry: registry.base.clone(),
@@ -236,36 +226,10 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         credentials: None,
     };
     let t = Instant::now();
-    let job = submit(
-        &reg,
-        &queues,
-        Submission {
-            kind: layerline_core::domain::job::JobKind::Import,
-            caption: "bench import".into(),
-            input: serde_json::to_value(&input)?,
-            creator: None,
-            idempotency_key: None,
-            marks: None,
-        },
-    )
-    .await?;
-    let row = loop {
-        let row = store.job(&job.id).await?.expect("the job exists");
-        if matches!(row.state.as_str(), "completed" | "error" | "cancelled") {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let kind = layerline_core::domain::job::JobKind::Import;
+    let output = run_job(&store, &queues, kind, serde_json::to_value(&input)?).await?;
     let ours = t.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    pool.await?;
-    anyhow::ensure!(
-        row.state == "completed",
-        "the import ended {}: {:?}",
-        row.state,
-        row.last_error
-    );
-    let output: serde_json::Value = serde_json::from_str(row.output.as_deref().unwrap_or("{}"))?;
+    pool.stop().await?;
     anyhow::ensure!(
         output["manifests_recorded"].as_u64() == Some(manifests as u64),
         "recorded {} of {manifests}",

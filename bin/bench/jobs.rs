@@ -19,12 +19,12 @@ use layerline_core::domain::job::JobKind;
 use layerline_core::jobs::{Submission, submit};
 use layerline_core::service::Registry;
 use layerline_core::store::{JobQuery, ReadModels, Store};
-use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
+use layerline_jobs::{PoolConfig, Queues};
 use rand::Rng;
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use super::quantiles;
+use super::{Pool, quantiles};
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
@@ -65,15 +65,8 @@ pub async fn run(args: &JobsArgs, url: &str, max_connections: u32) -> anyhow::Re
     for i in 0..args.jobs {
         submit(&registry, &queues, probe(i)).await?;
     }
-    let (stop, stopped) = watch::channel(false);
-    let runner = Arc::new(Runner::new(
-        store.clone(),
-        Arc::new(queues.clone()),
-        RetryPolicy::default(),
-        args.workers,
-    ));
     let started = Instant::now();
-    let pool = tokio::spawn(layerline_jobs::pool::run(queues.clone(), runner, stopped));
+    let pool = Pool::start(&store, &queues, args.workers);
     while completed(&store).await? < args.jobs as i64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -97,8 +90,7 @@ pub async fn run(args: &JobsArgs, url: &str, max_connections: u32) -> anyhow::Re
         }
         samples.push(submitted.elapsed().as_secs_f64() * 1000.0);
     }
-    let _ = stop.send(true);
-    pool.await?;
+    pool.stop().await?;
     let (p50, p99) = quantiles(&mut samples);
 
     println!(

@@ -6,8 +6,7 @@
 //! job run by our worker pool, which then applies its plan. The baseline deletes the same
 //! tag and manifest rows with plain SQL, one transaction per image, in the same run.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use layerline_core::domain::event::{ImageCreated, ManifestRecorded, TagPushed};
@@ -15,16 +14,13 @@ use layerline_core::domain::image::Image;
 use layerline_core::domain::namespace::Namespace;
 use layerline_core::domain::policy::{Policy, PolicySpec, PruneInput};
 use layerline_core::domain::{Aggregate, Blob, DomainEvent, format_time, streams};
-use layerline_core::jobs::{Submission, submit};
-use layerline_core::service::Registry;
+use layerline_core::store::Store;
 use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanItem};
 use layerline_core::store::rows::materialize;
-use layerline_core::store::{ReadModels, Store};
 use layerline_jobs::prune::make_plan;
-use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
-use tokio::sync::watch;
+use layerline_jobs::{PoolConfig, Queues};
 
-use super::{bench_namespace, quantiles};
+use super::{Pool, bench_namespace, quantiles, run_job};
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -100,44 +96,10 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let (plan, _) = quantiles(&mut totals.clone());
 
     // Ours: a real prune job through the worker pool (it plans again, stores, applies).
-    let registry = Registry::new(store.clone());
-    let (stop, stopped) = watch::channel(false);
-    let runner = Arc::new(Runner::new(
-        store.clone(),
-        Arc::new(queues.clone()),
-        RetryPolicy::default(),
-        config.workers,
-    ));
-    let pool = tokio::spawn(layerline_jobs::pool::run(queues.clone(), runner, stopped));
-    let job = submit(
-        &registry,
-        &queues,
-        Submission {
-            kind: layerline_core::domain::job::JobKind::Prune,
-            caption: "bench prune".into(),
-            input: serde_json::to_value(&ours_input)?,
-            creator: None,
-            idempotency_key: None,
-            marks: None,
-        },
-    )
-    .await?;
-    let row = loop {
-        let row = store.job(&job.id).await?.expect("the job exists");
-        if matches!(row.state.as_str(), "completed" | "error" | "cancelled") {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = stop.send(true);
-    pool.await?;
-    anyhow::ensure!(
-        row.state == "completed",
-        "the prune job ended {}: {:?}",
-        row.state,
-        row.last_error
-    );
-    let output: serde_json::Value = serde_json::from_str(row.output.as_deref().unwrap_or("{}"))?;
+    let pool = Pool::start(&store, &queues, config.workers);
+    let kind = layerline_core::domain::job::JobKind::Prune;
+    let output = run_job(&store, &queues, kind, serde_json::to_value(&ours_input)?).await?;
+    pool.stop().await?;
     let timing = |k: &str| output["timings_ms"][k].as_f64().unwrap_or(f64::NAN) / 1000.0;
     let tags_deleted = output["tags_deleted"].as_i64().unwrap_or(0);
     let manifests_deleted = output["manifests_deleted"].as_i64().unwrap_or(0);
