@@ -727,6 +727,21 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
     }
 }
 
+/// A `docker-registry` whose notifications go to `server`'s hook for namespace `ns`, with
+/// the admin token in their headers.
+async fn notifying_registry(server: &Server, ns: &str) -> Registry {
+    let port = free_port();
+    let hook = format!(
+        "{}/v1/hooks/registry?namespace_id={ns}&registry=http://127.0.0.1:{port}",
+        server.base
+    );
+    let notifications = format!(
+        "notifications:\n  endpoints:\n    - name: layerline\n      url: {hook}\n      headers:\n        Authorization: [Bearer {}]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n",
+        common::ADMIN
+    );
+    Registry::start_at(port, &notifications).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_notifications_record_pushes_and_deletes_and_redeliveries_change_nothing() {
     let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
@@ -735,18 +750,12 @@ async fn registry_notifications_record_pushes_and_deletes_and_redeliveries_chang
     let ns = fx.namespace("mirror").await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::on_database(&db.url, dir.path(), &[]);
-    let port = free_port();
-    let registry = format!("http://127.0.0.1:{port}");
+    let reg = notifying_registry(&server, &ns).await;
+    let registry = reg.base.clone();
     let hook = format!(
         "{}/v1/hooks/registry?namespace_id={ns}&registry={registry}",
         server.base
     );
-    // The real registry reports to us, with a token in its notification headers.
-    let notifications = format!(
-        "notifications:\n  endpoints:\n    - name: layerline\n      url: {hook}\n      headers:\n        Authorization: [Bearer {}]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n",
-        common::ADMIN
-    );
-    let reg = Registry::start_at(port, &notifications).await;
     let image_of = |name: &'static str| {
         let store = store.clone();
         let ns = ns.clone();
@@ -1382,17 +1391,8 @@ async fn notifications_into_a_backend_linked_namespace_mirror_pushes_and_deletes
     let server = Server::on_database(&db.url, dir.path(), &[]);
     let (status, body) = link(&server, &ns, &backend.base, "copy").await;
     assert_eq!(status, 200, "{body}");
-    let port = free_port();
-    let source = format!("http://127.0.0.1:{port}");
-    let hook = format!(
-        "{}/v1/hooks/registry?namespace_id={ns}&registry={source}",
-        server.base
-    );
-    let notifications = format!(
-        "notifications:\n  endpoints:\n    - name: layerline\n      url: {hook}\n      headers:\n        Authorization: [Bearer {}]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n",
-        common::ADMIN
-    );
-    let reg = Registry::start_at(port, &notifications).await;
+    let reg = notifying_registry(&server, &ns).await;
+    let source = reg.base.clone();
     let pull = Client::new(&backend.base, Credentials::Anonymous, 2).unwrap();
 
     // A push to the source shows up in the backend, tag and all.
