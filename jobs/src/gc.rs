@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use layerline_core::domain::Aggregate;
 use layerline_core::domain::DomainEvent;
 use layerline_core::domain::image::Image;
+use layerline_core::importer::Linked;
 use layerline_core::store::{EventStore, ReadModels};
 use serde::Deserialize;
 use serde_json::json;
@@ -79,8 +80,9 @@ pub(crate) async fn gc(input: GcInput, ctx: &mut Ctx<'_>) -> Outcome {
             "reclaimable_bytes": bytes,
         },
     });
-    if let Some(b) = &namespace.backend {
-        let client = crate::import::client(&b.registry, b.credentials.as_ref())?;
+    if let Some(spec) = namespace.backend {
+        let b = Linked::new(spec, crate::import::CONCURRENCY).map_err(crate::import::failure)?;
+        let client = &b.client;
         let (mut present, mut present_bytes) = (0_u64, 0_i64);
         for (n, (digest, (size, image))) in reclaimable.iter().enumerate() {
             if n % 100 == 0 {
@@ -97,8 +99,8 @@ pub(crate) async fn gc(input: GcInput, ctx: &mut Ctx<'_>) -> Outcome {
             }
         }
         output["backend"] = json!({
-            "registry": b.registry,
-            "prefix": b.prefix,
+            "registry": b.spec.registry,
+            "prefix": b.spec.prefix,
             "reclaimable_present": present,
             "reclaimable_present_bytes": present_bytes,
         });

@@ -8,10 +8,10 @@
 //! tag to the digest it has, changes nothing).
 
 use layerline_core::domain::image::Image;
-use layerline_core::domain::source::NamespaceBackend;
 use layerline_core::domain::source::{CatalogImport, CredentialsRef, ImportInput};
 use layerline_core::importer::{
-    BlobsDone, Copied, Failed, Verified, client_for, copy, fetch, image_for, record_all,
+    BlobsDone, Copied, Failed, Linked, Verified, client_for, copy, fetch, image_for,
+    linked_backend, record_all,
 };
 use layerline_core::metric;
 use layerline_core::oci::Client;
@@ -21,9 +21,9 @@ use serde_json::json;
 use crate::runner::{Ctx, Failure, Outcome};
 
 /// Requests in flight per import.
-const CONCURRENCY: usize = 8;
+pub(crate) const CONCURRENCY: usize = 8;
 
-fn failure(e: impl Into<Failed>) -> Failure {
+pub(crate) fn failure(e: impl Into<Failed>) -> Failure {
     match e.into() {
         Failed::Transient(m) => Failure::Transient(m),
         Failed::Permanent(m) => Failure::Permanent(m),
@@ -244,12 +244,19 @@ async fn recorder(
     Ok(manifests)
 }
 
-/// The registry client for a registry and its credentials.
-pub(crate) fn client(
-    registry: &str,
-    credentials: Option<&CredentialsRef>,
-) -> Result<Client, Failure> {
+/// The registry client for a source's registry and credentials.
+fn client(registry: &str, credentials: Option<&CredentialsRef>) -> Result<Client, Failure> {
     client_for(registry, credentials, CONCURRENCY).map_err(failure)
+}
+
+/// The backend namespace `namespace_id` is linked to, if any, with one client for the job.
+pub(crate) async fn backend_of(
+    ctx: &Ctx<'_>,
+    namespace_id: &str,
+) -> Result<Option<Linked>, Failure> {
+    linked_backend(ctx.registry(), namespace_id, CONCURRENCY)
+        .await
+        .map_err(failure)
 }
 
 pub(crate) async fn import(input: ImportJob, ctx: &mut Ctx<'_>) -> Outcome {
@@ -287,10 +294,7 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
         .map_err(|e| Failure::Transient(e.to_string()))?
         .ok_or_else(|| Failure::Permanent(format!("image {} not found", input.image_id)))?;
     let backend = backend_of(ctx, &row.namespace_id).await?;
-    let target = match &backend {
-        Some(b) => Some(target(b, &row.name)?),
-        None => None,
-    };
+    let target = backend.as_ref().map(|b| target(b, &row.name));
     let items = tags
         .iter()
         .map(|tag| Item {
@@ -340,10 +344,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         let image_id = image_for(ctx.registry(), &input.namespace_id, repo, &ctx.meta)
             .await
             .map_err(failure)?;
-        let target = match &backend {
-            Some(b) => Some(target(b, repo)?),
-            None => None,
-        };
+        let target = backend.as_ref().map(|b| target(b, repo));
         for tag in client.tags(repo).await.map_err(failure)? {
             items.push(Item {
                 repo: repo.clone(),
@@ -373,26 +374,18 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
     Ok(output)
 }
 
-/// The backend registry namespace `namespace_id` is linked to, if any.
-async fn backend_of(
-    ctx: &Ctx<'_>,
-    namespace_id: &str,
-) -> Result<Option<NamespaceBackend>, Failure> {
-    Ok(ctx.registry().load_namespace(namespace_id).await?.backend)
-}
-
-/// Where image `name` goes on backend `b`.
-fn target(b: &NamespaceBackend, name: &str) -> Result<Target, Failure> {
-    Ok(Target {
-        client: client(&b.registry, b.credentials.as_ref())?,
+/// Where image `name` goes on backend `b` (its client shared by every image of the job).
+fn target(b: &Linked, name: &str) -> Target {
+    Target {
+        client: b.client.clone(),
         repository: b.repository(name),
         blobs: Default::default(),
-    })
+    }
 }
 
-fn backend_output(b: &NamespaceBackend, copied: Copied) -> serde_json::Value {
+fn backend_output(b: &Linked, copied: Copied) -> serde_json::Value {
     let mut out = serde_json::to_value(copied).unwrap_or_default();
-    out["registry"] = b.registry.clone().into();
-    out["prefix"] = b.prefix.clone().into();
+    out["registry"] = b.spec.registry.clone().into();
+    out["prefix"] = b.spec.prefix.clone().into();
     out
 }

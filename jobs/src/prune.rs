@@ -191,15 +191,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     let total = by_image.len() as i64;
     let (mut tags_deleted, mut manifests_deleted, mut bytes_freed) = (0_i64, 0_i64, 0_i64);
     // A backend-linked namespace's manifests are deleted there too, after the metadata.
-    let backend = ctx
-        .registry()
-        .load_namespace(&policy.namespace_id)
-        .await?
-        .backend;
-    let backend_client = match &backend {
-        Some(b) => Some(crate::import::client(&b.registry, b.credentials.as_ref())?),
-        None => None,
-    };
+    let backend = crate::import::backend_of(ctx, &policy.namespace_id).await?;
     let mut backend_deleted = 0_i64;
     let blobs_before = store
         .namespace_blobs(&policy.namespace_id)
@@ -214,8 +206,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             let registry = ctx.registry().clone();
             let target = backend
                 .as_ref()
-                .zip(backend_client.clone())
-                .map(|(b, c)| (c, b.repository(image_name)));
+                .map(|b| (b.client.clone(), b.repository(image_name)));
             let meta = ctx.meta.clone();
             let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
             let (image_id, list) = (image_id.clone(), list.clone());
@@ -298,8 +289,8 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     });
     if let Some(b) = &backend {
         summary["backend"] = json!({
-            "registry": b.registry,
-            "prefix": b.prefix,
+            "registry": b.spec.registry,
+            "prefix": b.spec.prefix,
             "manifests_deleted": backend_deleted,
         });
     }

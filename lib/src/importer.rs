@@ -59,6 +59,46 @@ pub fn client_for(
     Client::new(registry, credentials, concurrency).map_err(Failed::from)
 }
 
+/// A namespace's backend registry with its client: imports copy there, prune runs and
+/// notifications delete there, gc looks blobs up there.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    pub spec: crate::domain::source::NamespaceBackend,
+    pub client: Client,
+}
+
+impl Linked {
+    /// The backend of `spec`, `concurrency` requests at once.
+    pub fn new(
+        spec: crate::domain::source::NamespaceBackend,
+        concurrency: usize,
+    ) -> Result<Linked, Failed> {
+        let client = client_for(&spec.registry, spec.credentials.as_ref(), concurrency)?;
+        Ok(Linked { spec, client })
+    }
+
+    /// The backend repository of image `name`.
+    pub fn repository(&self, name: &str) -> String {
+        self.spec.repository(name)
+    }
+}
+
+/// The backend registry namespace `namespace_id` is linked to, if any, ready to use.
+pub async fn linked_backend(
+    registry: &Registry<crate::store::Store>,
+    namespace_id: &str,
+    concurrency: usize,
+) -> Result<Option<Linked>, Failed> {
+    let namespace = registry
+        .load_namespace(namespace_id)
+        .await
+        .map_err(|e| refused(namespace_id, e))?;
+    namespace
+        .backend
+        .map(|spec| Linked::new(spec, concurrency))
+        .transpose()
+}
+
 /// A refusal of the domain (a blob listed with another size than before) names the
 /// reference and is final; a store failure is worth retrying.
 pub fn refused(reference: &str, e: ServiceError) -> Failed {

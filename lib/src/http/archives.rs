@@ -11,14 +11,14 @@ use axum::response::Response;
 use axum::routing::post;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use std::io::Write;
+use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::cycle::{ApiError, Data, data, internal, principal, visible_image};
 use crate::archive::{self, ArchiveError};
 use crate::domain::token::Capability;
-use crate::importer::{Copied, Failed, record_all};
+use crate::importer::{Copied, Failed, linked_backend, record_all};
 use crate::store::Metadata;
 
 pub fn router() -> Router<AppState> {
@@ -84,15 +84,15 @@ pub(crate) async fn upload_archive(
         .collect();
 
     // Copied before it is recorded: what the metadata lists, the backend serves.
-    let namespace = state.registry.load_namespace(&image.namespace_id).await?;
-    let backend = match &namespace.backend {
+    let linked = linked_backend(&state.registry, &image.namespace_id, 4)
+        .await
+        .map_err(|e| match e {
+            Failed::Transient(m) => unavailable(m),
+            Failed::Permanent(m) => backend_refused(m),
+        })?;
+    let backend = match &linked {
         Some(b) => {
-            let client = crate::importer::client_for(&b.registry, b.credentials.as_ref(), 4)
-                .map_err(|e| match e {
-                    Failed::Transient(m) => unavailable(m),
-                    Failed::Permanent(m) => backend_refused(m),
-                })?;
-            let copied = archive::push(&loaded, &client, &b.repository(&image.name))
+            let copied = archive::push(&loaded, &b.client, &b.repository(&image.name))
                 .await
                 .map_err(|e| match e.is_transient() {
                     true => unavailable(format!("the backend registry: {e}")),
@@ -156,7 +156,8 @@ async fn spool(body: axum::body::Body, max: u64) -> Result<tempfile::NamedTempFi
         .suffix(".tar")
         .tempfile()
         .map_err(internal)?;
-    let mut writer = std::io::BufWriter::new(file.reopen().map_err(internal)?);
+    let reopened = file.reopen().map_err(internal)?;
+    let mut writer = tokio::io::BufWriter::new(tokio::fs::File::from_std(reopened));
     let mut body = body;
     let mut written: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -180,9 +181,8 @@ async fn spool(body: axum::body::Body, max: u64) -> Result<tempfile::NamedTempFi
                 format!("archives are limited to {max} bytes"),
             ));
         }
-        // Small writes to a local file; the blocking pool is not worth a hop per chunk.
-        writer.write_all(&chunk).map_err(internal)?;
+        writer.write_all(&chunk).await.map_err(internal)?;
     }
-    writer.flush().map_err(internal)?;
+    writer.flush().await.map_err(internal)?;
     Ok(file)
 }

@@ -25,10 +25,11 @@ use super::cycle::{ApiError, Data, data, internal, principal, visible_namespace}
 use super::{AppState, Params};
 use crate::domain::format_time;
 use crate::domain::image::ImageCommand;
-use crate::domain::source::NamespaceBackend;
 use crate::domain::source::Source;
 use crate::domain::token::Capability;
-use crate::importer::{BlobsDone, Failed, client_for, copy, fetch, image_for, record_all};
+use crate::importer::{
+    BlobsDone, Failed, Linked, copy, fetch, image_for, linked_backend, record_all,
+};
 use crate::oci::{Client, Credentials, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::service::ServiceError;
 use crate::store::Metadata;
@@ -126,25 +127,23 @@ pub(crate) async fn registry_hook(
         .map_err(|e| ApiError::invalid("registry", e.to_string()))?;
     // A backend-linked namespace mirrors the notifying registry: pushes are copied there
     // before they are recorded, deletes follow.
-    let backend = match state
-        .registry
-        .load_namespace(&q.namespace_id)
-        .await?
-        .backend
-    {
-        Some(b) => {
-            let client = client_for(&b.registry, b.credentials.as_ref(), 4).map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "503.not-ready",
-                    "Try again",
-                    e.to_string(),
-                )
-            })?;
-            Some((b, client, BlobsDone::default()))
-        }
-        None => None,
-    };
+    let backend = linked_backend(&state.registry, &q.namespace_id, 4)
+        .await
+        .map_err(|e| match e {
+            Failed::Transient(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503.not-ready",
+                "Try again",
+                m,
+            ),
+            Failed::Permanent(m) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "502.backend",
+                "Backend registry unusable",
+                m,
+            ),
+        })?
+        .map(|b| (b, BlobsDone::default()));
     let meta = Metadata {
         actor: Some(p.actor()),
         ..Metadata::default()
@@ -189,7 +188,8 @@ pub(crate) async fn registry_hook(
             ("delete", Some(repo), Some(digest)) => {
                 let deleted = delete(&state, &q.namespace_id, repo, digest, &meta).await;
                 match (&deleted, &backend) {
-                    (Ok(_), Some((b, backend, _))) => backend
+                    (Ok(_), Some((b, _))) => b
+                        .client
                         .delete_manifest(&b.repository(repo), digest)
                         .await
                         .map_err(Failed::from)
@@ -239,7 +239,7 @@ pub(crate) async fn registry_hook(
 async fn push(
     state: &AppState,
     client: &Client,
-    backend: Option<&(NamespaceBackend, Client, BlobsDone)>,
+    backend: Option<&(Linked, BlobsDone)>,
     repo: &str,
     digest: &str,
     tag: Option<&str>,
@@ -247,11 +247,11 @@ async fn push(
     meta: &Metadata,
 ) -> Result<bool, Failed> {
     let verified = fetch(client, repo, digest).await?;
-    if let Some((b, backend, done)) = backend {
+    if let Some((b, done)) = backend {
         copy(
             client,
             repo,
-            backend,
+            &b.client,
             &b.repository(repo),
             &verified,
             tag,
