@@ -315,6 +315,7 @@ use serde_json::Value;
 on_both_backends!(
     an_import_records_tags_manifests_and_the_registrys_sizes_once,
     an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once,
+    a_cancelled_import_records_exactly_the_progress_it_reports,
     a_catalog_import_creates_an_image_per_repository_and_a_reimport_records_nothing,
 );
 
@@ -537,17 +538,15 @@ async fn the_import_command_creates_the_image_and_follows_the_job() {
     server.terminate();
 }
 
-async fn an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once(
-    db: &TestDb,
-) {
-    const TAGS: usize = 600;
-    let reg = Registry::start().await;
-    let base_layer = reg.blob("team/big", b"shared base layer").await;
-    for n in 0..TAGS {
+/// Pushes `tags` tags `t0000`… to `repo` of `reg`, each a manifest of its own with a config,
+/// a layer shared by all and one of its own.
+async fn push_many(reg: &Registry, repo: &str, tags: usize) {
+    let base_layer = reg.blob(repo, b"shared base layer").await;
+    for n in 0..tags {
         let config = json!({"architecture": "amd64", "os": "linux", "n": n}).to_string();
-        let config_digest = reg.blob("team/big", config.as_bytes()).await;
+        let config_digest = reg.blob(repo, config.as_bytes()).await;
         let layer = format!("layer {n}");
-        let layer_digest = reg.blob("team/big", layer.as_bytes()).await;
+        let layer_digest = reg.blob(repo, layer.as_bytes()).await;
         let body = json!({
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -561,14 +560,17 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
             ],
         })
         .to_string();
-        reg.manifest(
-            "team/big",
-            &format!("t{n:04}"),
-            OCI_MANIFEST,
-            body.as_bytes(),
-        )
-        .await;
+        reg.manifest(repo, &format!("t{n:04}"), OCI_MANIFEST, body.as_bytes())
+            .await;
     }
+}
+
+async fn an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once(
+    db: &TestDb,
+) {
+    const TAGS: usize = 600;
+    let reg = Registry::start().await;
+    push_many(&reg, "team/big", TAGS).await;
     let store = db.store().await;
     let fx = Fixture::new(store.clone());
     let ns = fx.namespace("team").await;
@@ -624,6 +626,65 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
     assert_eq!(tags.len(), TAGS);
     assert!(tags.values().all(|&n| n == 1), "a tag pushed twice");
     second.terminate();
+}
+
+/// A cancel stops an import at a step boundary: what it recorded is exactly the progress its
+/// descriptor reports, although fetches were still going on when the cancel was seen.
+async fn a_cancelled_import_records_exactly_the_progress_it_reports(db: &TestDb) {
+    const TAGS: usize = 600;
+    let reg = Registry::start().await;
+    push_many(&reg, "team/big", TAGS).await;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let image = fx.image(&ns, "big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/{image}/tasks", server.base),
+        Some(json!({"action": "import", "contents": {"source":
+            {"registry": reg.base, "repository": "team/big"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(&server, &id, Duration::from_secs(60), |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs/{id}/tasks", server.base),
+        Some(json!({"action": "cancel"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let done = wait_for(&server, &id, Duration::from_secs(60), |j| {
+        state(j) != "running" && state(j) != "queued"
+    })
+    .await;
+    assert_eq!(state(&done), "cancelled", "{done}");
+    let described = done["progress"]["done"].as_i64().unwrap();
+    assert!(described >= 50 && described < TAGS as i64, "{done}");
+    assert_eq!(fx.tag_names(&image).await.len() as i64, described);
+    let recorded = store
+        .read_stream(&Image::stream(&image))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                layerline_core::domain::DomainEvent::ManifestRecorded(_)
+            )
+        })
+        .count();
+    assert_eq!(
+        recorded as i64, described,
+        "a manifest per tag, none beyond"
+    );
+    server.terminate();
 }
 
 async fn a_catalog_import_creates_an_image_per_repository_and_a_reimport_records_nothing(

@@ -96,8 +96,10 @@ async fn import_items(
 }
 
 /// The fetching side of [`import_items`]: keeps [`CONCURRENCY`] fetches in flight and hands
-/// what is verified to the recorder; every [`BOUNDARY_EVERY`] waits for the recorder to catch
-/// up, then stops at a step boundary.
+/// what is verified to the recorder. Every [`BOUNDARY_EVERY`] it passes a step boundary: it
+/// waits for the recorder to record what it was handed, then checks for a cancel and records
+/// progress. Fetches go on meanwhile, but what they verify is held back until the boundary is
+/// passed, so a cancel there leaves nothing recorded after the progress it describes.
 async fn fetch_all(
     client: &Client,
     items: Vec<Item>,
@@ -148,37 +150,105 @@ async fn fetch_all(
     for item in next.by_ref().take(CONCURRENCY) {
         start(&mut fetching, item);
     }
-    let (mut sent, mut last_boundary) = (0_i64, std::time::Instant::now());
     ctx.boundary(0, total, "import", false).await?;
-    while let Some(joined) = fetching.join_next().await {
-        if let Some(item) = next.next() {
-            start(&mut fetching, item);
+    let send = |tag: ToRecord| {
+        to_record
+            .send(tag)
+            .map_err(|_| Failure::Transient("the recorder stopped".to_owned()))
+    };
+    let mut gate = Gate::Open(ctx, recorded);
+    let (mut sent, mut last_boundary) = (0_i64, std::time::Instant::now());
+    // Verified while a boundary was being passed.
+    let mut held = Vec::new();
+    loop {
+        let passing = matches!(gate, Gate::Passing(_));
+        if fetching.is_empty() && !passing {
+            break;
         }
-        let (image_id, repo, tag, verified) =
-            joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
-        let (verified, copy) = verified
-            .inspect_err(|_| metric::imported(0, 0, 1, 0))
-            .map_err(failure)?;
-        copied += copy;
-        if to_record
-            .send(ToRecord::Tag(image_id, verified, tag.clone()))
-            .is_err()
-        {
-            return Err(Failure::Transient("the recorder stopped".to_owned()));
-        }
-        sent += 1;
-        if last_boundary.elapsed() >= BOUNDARY_EVERY {
-            let _ = to_record.send(ToRecord::Flush);
-            recorded
-                .wait_for(|n| *n >= sent)
-                .await
-                .map_err(|_| Failure::Transient("the recorder stopped".to_owned()))?;
-            ctx.boundary(sent, total, &format!("import {repo}:{tag}"), false)
-                .await?;
-            last_boundary = std::time::Instant::now();
+        tokio::select! {
+            Some(joined) = fetching.join_next(), if !fetching.is_empty() => {
+                if let Some(item) = next.next() {
+                    start(&mut fetching, item);
+                }
+                let (image_id, repo, tag, verified) =
+                    joined.map_err(|e| Failure::Transient(format!("a fetch task died: {e}")))?;
+                let (verified, copy) = verified
+                    .inspect_err(|_| metric::imported(0, 0, 1, 0))
+                    .map_err(failure)?;
+                copied += copy;
+                let step = format!("import {repo}:{tag}");
+                let tag = ToRecord::Tag(image_id, verified, tag);
+                if passing {
+                    held.push(tag);
+                    continue;
+                }
+                send(tag)?;
+                sent += 1;
+                if last_boundary.elapsed() >= BOUNDARY_EVERY {
+                    send(ToRecord::Flush)?;
+                    let Gate::Open(ctx, recorded) = std::mem::replace(&mut gate, Gate::Gone) else {
+                        unreachable!("not passing a boundary");
+                    };
+                    gate = Gate::Passing(Box::pin(pass(ctx, recorded, sent, total, step)));
+                }
+            }
+            (ctx, recorded, passed) = async {
+                match &mut gate {
+                    Gate::Passing(pass) => pass.await,
+                    _ => std::future::pending().await,
+                }
+            }, if passing => {
+                passed?;
+                gate = Gate::Open(ctx, recorded);
+                last_boundary = std::time::Instant::now();
+                for tag in held.drain(..) {
+                    send(tag)?;
+                    sent += 1;
+                }
+            }
         }
     }
     Ok(copied)
+}
+
+/// Passing a step boundary of [`fetch_all`]: hands back what it borrowed, and the result.
+type Passing<'a, 'c> = std::pin::Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    &'a mut Ctx<'c>,
+                    &'a mut tokio::sync::watch::Receiver<i64>,
+                    Result<(), Failure>,
+                ),
+            > + Send
+            + 'a,
+    >,
+>;
+
+/// Whether [`fetch_all`] is passing a step boundary (which then holds the job's context).
+enum Gate<'a, 'c> {
+    Open(&'a mut Ctx<'c>, &'a mut tokio::sync::watch::Receiver<i64>),
+    Passing(Passing<'a, 'c>),
+    Gone,
+}
+
+/// Waits until the recorder has recorded the `sent` tags handed to it, then passes a step
+/// boundary at `sent` of `total`.
+fn pass<'a, 'c>(
+    ctx: &'a mut Ctx<'c>,
+    recorded: &'a mut tokio::sync::watch::Receiver<i64>,
+    sent: i64,
+    total: i64,
+    step: String,
+) -> Passing<'a, 'c> {
+    Box::pin(async move {
+        let caught_up = recorded.wait_for(|n| *n >= sent).await.is_ok();
+        let passed = match caught_up {
+            true => ctx.boundary(sent, total, &step, false).await,
+            false => Err(Failure::Transient("the recorder stopped".to_owned())),
+        };
+        (ctx, recorded, passed)
+    })
 }
 
 /// What [`fetch_all`] hands the recorder: a verified tag (image id, manifests, tag), or a
@@ -331,21 +401,49 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
     };
     let total = repos.len() as i64;
     let backend = backend_of(ctx, &input.namespace_id).await?;
-    // First every repository's image and tag list, then one pipeline over all the tags.
+    // First every repository's image and tag list ([`CONCURRENCY`] repositories at once, so
+    // the images' creations share commits), then one pipeline over all the tags.
     let listing = std::time::Instant::now();
-    let mut items = Vec::new();
-    for (n, repo) in repos.iter().enumerate() {
-        ctx.boundary(n as i64, total, &format!("list {repo}"), false)
-            .await?;
+    for repo in &repos {
         input
             .source(repo)
             .check()
             .map_err(|e| Failure::Permanent(e.to_string()))?;
-        let image_id = image_for(ctx.registry(), &input.namespace_id, repo, &ctx.meta)
-            .await
+    }
+    let mut lists = tokio::task::JoinSet::new();
+    let mut pending = repos.iter().enumerate();
+    let (registry, meta) = (ctx.registry().clone(), ctx.meta.clone());
+    let list = |lists: &mut tokio::task::JoinSet<_>, (n, repo): (usize, &String)| {
+        let (registry, client, meta) = (registry.clone(), client.clone(), meta.clone());
+        let (namespace_id, repo) = (input.namespace_id.clone(), repo.clone());
+        lists.spawn(async move {
+            let image_id = image_for(&registry, &namespace_id, &repo, &meta).await?;
+            let tags = client.tags(&repo).await?;
+            Ok::<_, Failed>((n, image_id, tags))
+        });
+    };
+    for next in pending.by_ref().take(CONCURRENCY) {
+        list(&mut lists, next);
+    }
+    let mut listed = vec![None; repos.len()];
+    let mut done = 0;
+    while let Some(joined) = lists.join_next().await {
+        if let Some(next) = pending.next() {
+            list(&mut lists, next);
+        }
+        let (n, image_id, tags) = joined
+            .map_err(|e| Failure::Transient(format!("a listing task died: {e}")))?
             .map_err(failure)?;
+        listed[n] = Some((image_id, tags));
+        done += 1;
+        ctx.boundary(done, total, &format!("listed {}", repos[n]), false)
+            .await?;
+    }
+    let mut items = Vec::new();
+    for (repo, listed) in repos.iter().zip(listed) {
+        let (image_id, tags) = listed.expect("every repository was listed");
         let target = backend.as_ref().map(|b| target(b, repo));
-        for tag in client.tags(repo).await.map_err(failure)? {
+        for tag in tags {
             items.push(Item {
                 repo: repo.clone(),
                 tag,
