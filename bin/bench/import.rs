@@ -29,6 +29,10 @@ pub struct ImportArgs {
     /// Manifest fetches in flight, on both sides (our import's own bound).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Rounds, each a plain fetch then an import into a namespace of its own; the ratio
+    /// quoted is the median round's.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 /// A `docker-registry` of the bench's own, killed when dropped.
@@ -183,8 +187,52 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         started.elapsed().as_secs_f64()
     );
 
-    // Baseline: the same client fetches (and verifies) every manifest, `concurrency` at once.
-    let client = Client::new(&registry.base, Credentials::Anonymous, args.concurrency)?;
+    let store = Store::connect(url, max_connections).await?;
+    store.migrate().await?;
+    let queues = Queues::new(store.clone(), PoolConfig::default());
+    queues.migrate().await?;
+    let pool = Pool::start(&store, &queues, PoolConfig::default().workers);
+    println!(
+        "backend: {:?}; {manifests} manifests, {} at once on both sides",
+        store.backend(),
+        args.concurrency
+    );
+    println!(
+        "| round | plain fetch, s | manifests/s | our import job, s | manifests/s | ratio | \
+         inside the job: listing, fetching and recording, ms |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let plain = plain_fetch(&registry.base, args.concurrency, manifests).await?;
+        let (ours, output) = import_once(&store, &queues, &registry.base, manifests).await?;
+        println!(
+            "| {round} | {plain:.2} | {:.0} | {ours:.2} | {:.0} | {:.2} | {} + {} |",
+            manifests as f64 / plain,
+            manifests as f64 / ours,
+            plain / ours,
+            output["timings_ms"]["list"],
+            output["timings_ms"]["import"]
+        );
+        rounds.push((plain / ours, plain, ours));
+    }
+    pool.stop().await?;
+    rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, plain, ours) = rounds[rounds.len() / 2];
+    println!(
+        "median round: plain {:.0} manifests/s, ours {:.0} manifests/s, ratio (ours / plain) \
+         {ratio:.2}",
+        manifests as f64 / plain,
+        manifests as f64 / ours
+    );
+    store.close().await;
+    Ok(())
+}
+
+/// Baseline: the same client fetches (and verifies) every manifest, `concurrency` at once.
+/// Returns the seconds it took.
+async fn plain_fetch(base: &str, concurrency: usize, manifests: usize) -> anyhow::Result<f64> {
+    let client = Client::new(base, Credentials::Anonymous, concurrency)?;
     let t = Instant::now();
     let repos = client.catalog().await?;
     let mut fetches = tokio::task::JoinSet::new();
@@ -193,7 +241,7 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         for tag in client.tags(repo).await? {
             let (client, repo) = (client.clone(), repo.clone());
             fetches.spawn(async move { client.manifest(&repo, &tag).await });
-            while fetches.len() >= args.concurrency {
+            while fetches.len() >= concurrency {
                 fetches.join_next().await.expect("non-empty")??;
                 fetched += 1;
             }
@@ -203,60 +251,39 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         f??;
         fetched += 1;
     }
-    let plain = t.elapsed().as_secs_f64();
     anyhow::ensure!(fetched == manifests, "fetched {fetched} of {manifests}");
+    Ok(t.elapsed().as_secs_f64())
+}
 
-    // Ours: a catalog import job through the worker pool.
-    let store = Store::connect(url, max_connections).await?;
-    store.migrate().await?;
-    let queues = Queues::new(store.clone(), PoolConfig::default());
-    queues.migrate().await?;
-    let reg = Registry::new(store.clone());
+/// Ours: a catalog import job of the registry at `base` into a new namespace, through the
+/// worker pool (submit → completed). Returns the seconds it took and the job's output.
+async fn import_once(
+    store: &Store,
+    queues: &Queues,
+    base: &str,
+    manifests: usize,
+) -> anyhow::Result<(f64, serde_json::Value)> {
     let ns_id = uuid::Uuid::now_v7().to_string();
-    reg.create_namespace(
-        bench_namespace(ns_id.clone(), "import"),
-        &layerline_core::store::Metadata::default(),
-    )
-    .await?;
-    let pool = Pool::start(&store, &queues, PoolConfig::default().workers);
+    Registry::new(store.clone())
+        .create_namespace(
+            bench_namespace(ns_id.clone(), format!("import-{ns_id}")),
+            &layerline_core::store::Metadata::default(),
+        )
+        .await?;
     let input = CatalogImport {
         namespace_id: ns_id,
-        registry: registry.base.clone(),
+        registry: base.to_owned(),
         repositories: None,
         credentials: None,
     };
     let t = Instant::now();
     let kind = layerline_core::domain::job::JobKind::Import;
-    let output = run_job(&store, &queues, kind, serde_json::to_value(&input)?).await?;
+    let output = run_job(store, queues, kind, serde_json::to_value(&input)?).await?;
     let ours = t.elapsed().as_secs_f64();
-    pool.stop().await?;
     anyhow::ensure!(
         output["manifests_recorded"].as_u64() == Some(manifests as u64),
         "recorded {} of {manifests}",
         output["manifests_recorded"]
     );
-
-    println!(
-        "backend: {:?}; {manifests} manifests, {} at once on both sides",
-        store.backend(),
-        args.concurrency
-    );
-    println!("| side | seconds | manifests/s |");
-    println!("|---|---|---|");
-    println!(
-        "| plain concurrent fetch (same client) | {plain:.2} | {:.0} |",
-        manifests as f64 / plain
-    );
-    println!(
-        "| our catalog import job (submit → completed) | {ours:.2} | {:.0} |",
-        manifests as f64 / ours
-    );
-    println!("ratio (ours / plain): {:.2}", plain / ours);
-    println!(
-        "inside the job: listing repositories and creating images {} ms, fetching and \
-         recording {} ms",
-        output["timings_ms"]["list"], output["timings_ms"]["import"]
-    );
-    store.close().await;
-    Ok(())
+    Ok((ours, output))
 }
