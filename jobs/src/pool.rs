@@ -4,7 +4,8 @@
 //!
 //! * queue names are `queue::*` constants, never type paths;
 //! * idle pickup polls every `poll` (and, on PostgreSQL, also listens for its insert
-//!   notifications), instead of waiting for the next heartbeat;
+//!   notifications), instead of waiting for the next heartbeat; the ticks are ours
+//!   ([`Ticks`]), because apalis's interval strategy does not arm its next tick;
 //! * a worker whose stream ends (one database error ends it) is rebuilt by `serve_queue`
 //!   under a fresh name, with backoff, until shutdown;
 //! * a dead worker's tasks are re-queued by apalis once it missed `missed_heartbeats`
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
-use apalis_core::backend::ext::poll_strategy::{IntervalStrategy, Strategy};
+use apalis_core::backend::ext::poll_strategy::{PollSnapshot, PollStrategy, Strategy};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
@@ -32,6 +33,42 @@ use tokio::sync::watch;
 
 use crate::queue;
 use crate::runner::{Runner, Ticket};
+
+/// A poll every `interval`. apalis's `IntervalStrategy` replaces a tick that fired with a
+/// new timer without polling it, so nothing wakes the worker for the next tick unless
+/// something else polls it first: idle pickups then waited for the next heartbeat (seen as
+/// ~4 s stalls on SQLite, 5 s heartbeats). Each tick here is armed as soon as it is made.
+struct Ticks {
+    interval: Duration,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Ticks {
+    fn new(interval: Duration) -> Self {
+        Ticks {
+            interval,
+            next: Box::pin(tokio::time::sleep(interval)),
+        }
+    }
+}
+
+impl PollStrategy for Ticks {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        use std::future::Future;
+        if self.next.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let at = tokio::time::Instant::now() + self.interval;
+        self.next.as_mut().reset(at);
+        // Armed now: the worker is woken at the next tick whether or not it polls before.
+        let _ = self.next.as_mut().poll(cx);
+        std::task::Poll::Ready(Some(()))
+    }
+}
 
 /// Timing of the pool.
 #[derive(Debug, Clone, Copy)]
@@ -291,7 +328,7 @@ async fn serve_queue(
             Store::Sqlite(s) => {
                 let storage = SqliteStorage::<Ticket>::new(s.pool())
                     .with_config(queues.sqlite_config(name))
-                    .poll_with_strategy(Strategy::new().apply(IntervalStrategy::new(poll)));
+                    .poll_with_strategy(Strategy::new().apply(Ticks::new(poll)));
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
@@ -304,11 +341,8 @@ async fn serve_queue(
                 let storage = PostgresStorage::<Ticket>::new(s.pool())
                     .with_config(queues.postgres_config(name));
                 let pubsub = apalis_postgres::Pubsub::new(s.pool().clone(), name.to_owned());
-                let storage = storage.poll_with_strategy(
-                    Strategy::new()
-                        .apply(IntervalStrategy::new(poll))
-                        .stream(pubsub),
-                );
+                let storage = storage
+                    .poll_with_strategy(Strategy::new().apply(Ticks::new(poll)).stream(pubsub));
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
@@ -336,5 +370,51 @@ async fn serve_queue(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tick_that_fired_arms_the_next_one() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut ticks = Ticks::new(Duration::from_millis(10));
+        let snapshot = PollSnapshot::default();
+        assert!(ticks.poll_drive(&mut cx, &snapshot).is_pending());
+        // The first tick wakes the waker it was polled with; then it is ready.
+        while wakes.0.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(ticks.poll_drive(&mut cx, &snapshot), Poll::Ready(Some(())));
+        // Nobody polls again: the next tick must still wake the worker by itself.
+        let after_first = wakes.0.load(Ordering::SeqCst);
+        for _ in 0..1000 {
+            if wakes.0.load(Ordering::SeqCst) > after_first {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            wakes.0.load(Ordering::SeqCst) > after_first,
+            "the next tick never woke the worker"
+        );
+        assert_eq!(ticks.poll_drive(&mut cx, &snapshot), Poll::Ready(Some(())));
     }
 }
