@@ -5,7 +5,8 @@
 //! * queue names are `queue::*` constants, never type paths;
 //! * idle pickup polls every `poll` (and, on PostgreSQL, also listens for its insert
 //!   notifications), instead of waiting for the next heartbeat; the ticks are ours
-//!   ([`Ticks`]), because apalis's interval strategy does not arm its next tick;
+//!   ([`Ticks`]), because apalis's interval strategy does not arm its next tick; a task
+//!   pushed from this process wakes this process's worker of its queue at once ([`Nudged`]);
 //! * a worker whose stream ends (one database error ends it) is rebuilt by `serve_queue`
 //!   under a fresh name, with backoff, until shutdown;
 //! * a dead worker's tasks are re-queued by apalis once it missed `missed_heartbeats`
@@ -70,6 +71,61 @@ impl PollStrategy for Ticks {
     }
 }
 
+/// Per queue, what wakes this process's worker of that queue when this process pushes a
+/// task to it. Pushes from other processes are found by polling (and on PostgreSQL by its
+/// insert notifications).
+#[derive(Debug)]
+struct Nudges(std::collections::HashMap<&'static str, Arc<tokio::sync::Notify>>);
+
+impl Default for Nudges {
+    fn default() -> Self {
+        Nudges(queue::ALL.iter().map(|&q| (q, Arc::default())).collect())
+    }
+}
+
+/// Ready whenever this process pushed a task to the queue (one wake-up for any number of
+/// pushes since the last one); the worker then fetches at once instead of at its next tick.
+struct Nudged {
+    notify: Arc<tokio::sync::Notify>,
+    // `Mutex` only to be `Sync`, as apalis asks of a strategy; never contended.
+    next: std::sync::Mutex<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Nudged {
+    fn new(notify: Arc<tokio::sync::Notify>) -> Self {
+        let next = std::sync::Mutex::new(Self::wait(&notify));
+        Nudged { notify, next }
+    }
+
+    fn wait(
+        notify: &Arc<tokio::sync::Notify>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let notify = notify.clone();
+        Box::pin(async move { notify.notified().await })
+    }
+}
+
+impl PollStrategy for Nudged {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        let next = self.next.get_mut().unwrap_or_else(|e| e.into_inner());
+        if next.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        // Armed now, like a tick. A push made since this one fired is served by the fetch
+        // about to happen: its stored wake-up is taken here, and the next wait armed.
+        *next = Self::wait(&self.notify);
+        if next.as_mut().poll(cx).is_ready() {
+            *next = Self::wait(&self.notify);
+            let _ = next.as_mut().poll(cx);
+        }
+        std::task::Poll::Ready(Some(()))
+    }
+}
+
 /// Timing of the pool.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolConfig {
@@ -105,11 +161,21 @@ const MISSED_HEARTBEATS: u32 = 4;
 pub struct Queues {
     store: Store,
     config: PoolConfig,
+    nudges: Arc<Nudges>,
 }
 
 impl Queues {
     pub fn new(store: Store, config: PoolConfig) -> Self {
-        Queues { store, config }
+        Queues {
+            store,
+            config,
+            nudges: Arc::default(),
+        }
+    }
+
+    /// What wakes this process's worker of queue `name` when this process pushes to it.
+    fn nudged(&self, name: &str) -> Nudged {
+        Nudged::new(self.nudges.0[name].clone())
     }
 
     /// Creates or upgrades apalis's own tables (PostgreSQL schema `apalis`; SQLite tables
@@ -170,14 +236,16 @@ impl Queues {
             Store::Sqlite(s) => {
                 let mut storage =
                     SqliteStorage::<Ticket>::new(s.pool()).with_config(self.sqlite_config(name));
-                storage.push_task(task).await.map_err(|e| e.to_string())
+                storage.push_task(task).await.map_err(|e| e.to_string())?
             }
             Store::Postgres(s) => {
                 let mut storage = PostgresStorage::<Ticket>::new(s.pool())
                     .with_config(self.postgres_config(name));
-                storage.push_task(task).await.map_err(|e| e.to_string())
+                storage.push_task(task).await.map_err(|e| e.to_string())?
             }
         }
+        self.nudges.0[name].notify_one();
+        Ok(())
     }
 
     /// The jobs that have a queue task still waiting or running (the job id is the part of
@@ -328,7 +396,11 @@ async fn serve_queue(
             Store::Sqlite(s) => {
                 let storage = SqliteStorage::<Ticket>::new(s.pool())
                     .with_config(queues.sqlite_config(name))
-                    .poll_with_strategy(Strategy::new().apply(Ticks::new(poll)));
+                    .poll_with_strategy(
+                        Strategy::new()
+                            .apply(queues.nudged(name))
+                            .apply(Ticks::new(poll)),
+                    );
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
@@ -388,6 +460,69 @@ mod tests {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[tokio::test]
+    async fn a_push_from_this_process_wakes_that_queues_worker_at_once() {
+        let scratch = layerline_core::store::scratch::Scratch::create("sqlite://unused", "nudge")
+            .await
+            .unwrap();
+        let store = Store::connect(&scratch.url, 2).await.unwrap();
+        let queues = Queues::new(store, PoolConfig::default());
+        queues.migrate().await.unwrap();
+        let (probe, import) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+        let (probe_waker, import_waker) = (Waker::from(probe.clone()), Waker::from(import.clone()));
+        let mut probe_worker = queues.nudged(JobKind::Probe.as_str());
+        let mut import_worker = queues.nudged(JobKind::Import.as_str());
+        let snapshot = PollSnapshot::default();
+        let mut probe_cx = Context::from_waker(&probe_waker);
+        let mut import_cx = Context::from_waker(&import_waker);
+        assert!(
+            probe_worker
+                .poll_drive(&mut probe_cx, &snapshot)
+                .is_pending()
+        );
+        assert!(
+            import_worker
+                .poll_drive(&mut import_cx, &snapshot)
+                .is_pending()
+        );
+
+        queues
+            .push(JobKind::Probe, "job-1", None, false)
+            .await
+            .unwrap();
+        queues
+            .push(JobKind::Probe, "job-2", None, false)
+            .await
+            .unwrap();
+        assert_eq!(probe.0.load(Ordering::SeqCst), 1, "woken by the push");
+        assert_eq!(
+            import.0.load(Ordering::SeqCst),
+            0,
+            "another queue's worker sleeps on"
+        );
+        assert_eq!(
+            probe_worker.poll_drive(&mut probe_cx, &snapshot),
+            Poll::Ready(Some(()))
+        );
+        // Both pushes were answered by that one fetch; the next push wakes it again.
+        assert!(
+            probe_worker
+                .poll_drive(&mut probe_cx, &snapshot)
+                .is_pending()
+        );
+        queues
+            .push(JobKind::Probe, "job-3", None, false)
+            .await
+            .unwrap();
+        assert_eq!(probe.0.load(Ordering::SeqCst), 2);
+        assert!(
+            import_worker
+                .poll_drive(&mut import_cx, &snapshot)
+                .is_pending()
+        );
+        scratch.drop_database().await;
     }
 
     #[tokio::test]
