@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Fixture, Server, TestDb, call, job, state, wait_for};
+use common::{ADMIN, Fixture, Server, TestDb, call, cancel_and_wait, job, state, wait_for};
 use layerline_core::domain::DomainEvent;
 use layerline_core::store::{Backend, EventStore, ReadModels, Store};
 use reqwest::Method;
@@ -376,17 +376,7 @@ async fn cancel_stops_at_a_step_boundary_and_describes_the_work_done(db: &TestDb
         j["progress"]["done"].as_i64().unwrap_or(0) >= 20
     })
     .await;
-    let (status, body) = call(
-        Method::POST,
-        &format!("{}/v1/jobs/{id}/tasks", server.base),
-        Some(json!({"action": "cancel"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let done = wait_for(&server, &id, Duration::from_secs(30), |j| {
-        state(j) != "running"
-    })
-    .await;
+    let done = cancel_and_wait(&server, &id, Duration::from_secs(30)).await;
     assert_eq!(state(&done), "cancelled", "{done}");
     let described = done["progress"]["done"].as_i64().unwrap();
     assert!(described > 0 && described < TAGS as i64 + 1, "{done}");

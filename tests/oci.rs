@@ -305,7 +305,7 @@ async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
 // ---------------------------------------------------------------------------------------
 // Import jobs, through the real binary
 
-use common::{Fixture, Server, TestDb, call, state, wait_for};
+use common::{Fixture, Server, TestDb, call, cancel_and_wait, state, wait_for};
 use layerline_core::domain::Aggregate;
 use layerline_core::domain::image::Image;
 use layerline_core::store::{Backend, EventStore, ReadModels};
@@ -565,6 +565,25 @@ async fn push_many(reg: &Registry, repo: &str, tags: usize) {
     }
 }
 
+/// Submits an import of all of `team/big` at `registry` into `image` on `server`, and waits
+/// until 50 tags are done; returns the job id.
+async fn import_big_until_50(server: &Server, registry: &str, image: &str) -> String {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/{image}/tasks", server.base),
+        Some(json!({"action": "import", "contents": {"source":
+            {"registry": registry, "repository": "team/big"}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    wait_for(server, &id, Duration::from_secs(60), |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
+    id
+}
+
 async fn an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once(
     db: &TestDb,
 ) {
@@ -578,19 +597,7 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
     let dir = tempfile::tempdir().unwrap();
     let timing = ["--orphan-timeout-secs", "4"];
     let first = Server::on_database(&db.url, dir.path(), &timing);
-    let (status, body) = call(
-        Method::POST,
-        &format!("{}/v1/images/{image}/tasks", first.base),
-        Some(json!({"action": "import", "contents": {"source":
-            {"registry": reg.base, "repository": "team/big"}}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
-    wait_for(&first, &id, Duration::from_secs(60), |j| {
-        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
-    })
-    .await;
+    let id = import_big_until_50(&first, &reg.base, &image).await;
     drop(first); // SIGKILL
     let mid = store.job(&id).await.unwrap().unwrap();
     assert_eq!(mid.state, "running", "killed in the middle");
@@ -640,30 +647,8 @@ async fn a_cancelled_import_records_exactly_the_progress_it_reports(db: &TestDb)
     let image = fx.image(&ns, "big").await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::on_database(&db.url, dir.path(), &[]);
-    let (status, body) = call(
-        Method::POST,
-        &format!("{}/v1/images/{image}/tasks", server.base),
-        Some(json!({"action": "import", "contents": {"source":
-            {"registry": reg.base, "repository": "team/big"}}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
-    wait_for(&server, &id, Duration::from_secs(60), |j| {
-        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
-    })
-    .await;
-    let (status, body) = call(
-        Method::POST,
-        &format!("{}/v1/jobs/{id}/tasks", server.base),
-        Some(json!({"action": "cancel"})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let done = wait_for(&server, &id, Duration::from_secs(60), |j| {
-        state(j) != "running" && state(j) != "queued"
-    })
-    .await;
+    let id = import_big_until_50(&server, &reg.base, &image).await;
+    let done = cancel_and_wait(&server, &id, Duration::from_secs(60)).await;
     assert_eq!(state(&done), "cancelled", "{done}");
     let described = done["progress"]["done"].as_i64().unwrap();
     assert!(described >= 50 && described < TAGS as i64, "{done}");

@@ -463,3 +463,18 @@ pub async fn wait_for(
 pub fn state(j: &Value) -> &str {
     j["state"]["current"].as_str().unwrap_or_default()
 }
+
+/// Asks to cancel job `id`, then waits (at most `limit`) for it to end; returns the job.
+pub async fn cancel_and_wait(server: &Server, id: &str, limit: Duration) -> Value {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/jobs/{id}/tasks", server.base),
+        Some(serde_json::json!({"action": "cancel"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(server, id, limit, |j| {
+        !matches!(state(j), "running" | "queued")
+    })
+    .await
+}
