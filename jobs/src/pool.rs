@@ -178,6 +178,14 @@ impl Queues {
         Nudged::new(self.nudges.0[name].clone())
     }
 
+    /// When the worker of queue `name` fetches, on either backend: at once after a push from
+    /// this process, and at every tick.
+    fn wake_ups(&self, name: &str) -> Strategy {
+        Strategy::new()
+            .apply(self.nudged(name))
+            .apply(Ticks::new(self.config.poll))
+    }
+
     /// Creates or upgrades apalis's own tables (PostgreSQL schema `apalis`; SQLite tables
     /// `Jobs`, `Workers`). Its migrator keeps its own `_sqlx_migrations` table; ours is
     /// `layerline_migrations`, so they never meet.
@@ -391,16 +399,11 @@ async fn serve_queue(
                 Ok::<(), std::io::Error>(())
             }
         };
-        let poll = queues.config.poll;
         let result = match &queues.store {
             Store::Sqlite(s) => {
                 let storage = SqliteStorage::<Ticket>::new(s.pool())
                     .with_config(queues.sqlite_config(name))
-                    .poll_with_strategy(
-                        Strategy::new()
-                            .apply(queues.nudged(name))
-                            .apply(Ticks::new(poll)),
-                    );
+                    .poll_with_strategy(queues.wake_ups(name));
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
@@ -413,8 +416,7 @@ async fn serve_queue(
                 let storage = PostgresStorage::<Ticket>::new(s.pool())
                     .with_config(queues.postgres_config(name));
                 let pubsub = apalis_postgres::Pubsub::new(s.pool().clone(), name.to_owned());
-                let storage = storage
-                    .poll_with_strategy(Strategy::new().apply(Ticks::new(poll)).stream(pubsub));
+                let storage = storage.poll_with_strategy(queues.wake_ups(name).stream(pubsub));
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
