@@ -176,7 +176,8 @@ async fn fetch_all(
                     .inspect_err(|_| metric::imported(0, 0, 1, 0))
                     .map_err(failure)?;
                 copied += copy;
-                let step = format!("import {repo}:{tag}");
+                let due = !passing && last_boundary.elapsed() >= BOUNDARY_EVERY;
+                let step = due.then(|| format!("import {repo}:{tag}"));
                 let tag = ToRecord::Tag(image_id, verified, tag);
                 if passing {
                     held.push(tag);
@@ -184,7 +185,7 @@ async fn fetch_all(
                 }
                 send(tag)?;
                 sent += 1;
-                if last_boundary.elapsed() >= BOUNDARY_EVERY {
+                if let Some(step) = step {
                     send(ToRecord::Flush)?;
                     let Gate::Open(ctx, recorded) = std::mem::replace(&mut gate, Gate::Gone) else {
                         unreachable!("not passing a boundary");
