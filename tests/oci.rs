@@ -308,7 +308,7 @@ async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
 use common::{Fixture, Server, TestDb, call, cancel_and_wait, state, wait_for};
 use layerline_core::domain::Aggregate;
 use layerline_core::domain::image::Image;
-use layerline_core::store::{Backend, EventStore, ReadModels};
+use layerline_core::store::{Backend, EventStore, ReadModels, Store};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -565,6 +565,19 @@ async fn push_many(reg: &Registry, repo: &str, tags: usize) {
     }
 }
 
+/// A registry holding `tags` tags of `team/big` (see [`push_many`]) and, on `db`, the image
+/// `big` of namespace `team` to import them into: the registry, the store, a fixture on it
+/// and the image's id.
+async fn team_big(db: &TestDb, tags: usize) -> (Registry, Store, Fixture, String) {
+    let reg = Registry::start().await;
+    push_many(&reg, "team/big", tags).await;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let image = fx.image(&ns, "big").await;
+    (reg, store, fx, image)
+}
+
 /// Submits an import of all of `team/big` at `registry` into `image` on `server`, and waits
 /// until 50 tags are done; returns the job id.
 async fn import_big_until_50(server: &Server, registry: &str, image: &str) -> String {
@@ -588,12 +601,7 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
     db: &TestDb,
 ) {
     const TAGS: usize = 600;
-    let reg = Registry::start().await;
-    push_many(&reg, "team/big", TAGS).await;
-    let store = db.store().await;
-    let fx = Fixture::new(store.clone());
-    let ns = fx.namespace("team").await;
-    let image = fx.image(&ns, "big").await;
+    let (reg, store, fx, image) = team_big(db, TAGS).await;
     let dir = tempfile::tempdir().unwrap();
     let timing = ["--orphan-timeout-secs", "4"];
     let first = Server::on_database(&db.url, dir.path(), &timing);
@@ -639,12 +647,7 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
 /// descriptor reports, although fetches were still going on when the cancel was seen.
 async fn a_cancelled_import_records_exactly_the_progress_it_reports(db: &TestDb) {
     const TAGS: usize = 600;
-    let reg = Registry::start().await;
-    push_many(&reg, "team/big", TAGS).await;
-    let store = db.store().await;
-    let fx = Fixture::new(store.clone());
-    let ns = fx.namespace("team").await;
-    let image = fx.image(&ns, "big").await;
+    let (reg, store, fx, image) = team_big(db, TAGS).await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::on_database(&db.url, dir.path(), &[]);
     let id = import_big_until_50(&server, &reg.base, &image).await;
