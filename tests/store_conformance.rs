@@ -10,7 +10,7 @@ use common::{Fixture, TestDb, digest, index, manifest, namespace_created, push};
 use layerline_core::domain::event::NamespaceUpdated;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::namespace::NamespaceCommand;
-use layerline_core::domain::{DomainError, DomainEvent, streams};
+use layerline_core::domain::{DomainError, DomainEvent, format_time, streams};
 use layerline_core::service::ServiceError;
 use layerline_core::store::rows::materialize;
 use layerline_core::store::{
@@ -68,6 +68,7 @@ conformance!(
     job_descriptors_follow_their_streams_and_survive_rebuild,
     prune_policies_follow_their_streams_and_survive_rebuild,
     a_job_keeps_the_first_plan_stored_and_only_its_items,
+    a_prune_snapshot_reads_every_image_of_its_namespace_whole,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1315,4 +1316,74 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
     );
     assert!(store.plan("j2").await.unwrap().is_none());
     assert!(store.plan_items("j2", 0, 10).await.unwrap().is_empty());
+}
+
+async fn a_prune_snapshot_reads_every_image_of_its_namespace_whole(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("snap").await;
+    let other = f.namespace("elsewhere").await;
+    let multi = f.image(&ns, "multi").await;
+    f.manifest(&multi, 1, &[(100, 1000), (102, 7)]).await;
+    f.manifest(&multi, 2, &[(101, 500)]).await;
+    // Children listed out of digest order: the snapshot keeps the index's order.
+    f.image_cmd(&multi, ImageCommand::RecordManifest(index(9, &[2, 1])))
+        .await
+        .unwrap();
+    f.tag(&multi, "latest", 9).await;
+    f.tag(&multi, "v1", 1).await;
+    let stranger = f.image(&other, "multi").await;
+    f.manifest(&stranger, 3, &[(103, 1)]).await;
+    f.tag(&stranger, "v9", 3).await;
+    // More images than one page of the snapshot's read, each without tags or manifests.
+    for i in 0..501 {
+        f.image(&ns, &format!("empty-{i:03}")).await;
+    }
+
+    let position = f.store().head().await.unwrap();
+    let snapshot = f.store().prune_snapshot(&ns).await.unwrap();
+    assert_eq!(snapshot.position, position);
+    assert_eq!(snapshot.images.len(), 502);
+    let names: std::collections::BTreeSet<&str> =
+        snapshot.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names.len(), 502, "no image read twice");
+    for image in snapshot.images.iter().filter(|i| i.name != "multi") {
+        assert_eq!(image.state, Default::default(), "{}", image.name);
+    }
+    let image = snapshot.images.iter().find(|i| i.id == multi).unwrap();
+    let mut tags: Vec<(&str, &str)> = image
+        .state
+        .tags
+        .iter()
+        .map(|t| (t.name.as_str(), t.digest.as_str()))
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [("latest", digest(9).as_str()), ("v1", digest(1).as_str())]
+    );
+    let rows = f.store().read_model_rows().await.unwrap();
+    for tag in &image.state.tags {
+        let row = rows
+            .tags
+            .iter()
+            .find(|r| r.name == tag.name && r.image_id == multi);
+        let row = row.unwrap();
+        assert_eq!(tag.pushed_version, row.pushed_version);
+        assert_eq!(format_time(tag.pushed_at), row.updated_at);
+    }
+    let manifest = |n: u64| {
+        let m = image.state.manifests.iter().find(|m| m.digest == digest(n));
+        m.unwrap_or_else(|| panic!("manifest {n} missing"))
+    };
+    assert_eq!(image.state.manifests.len(), 3);
+    let mut blobs = manifest(1).blobs.clone();
+    blobs.sort();
+    assert_eq!(
+        blobs,
+        [(digest(100), 1000), (digest(102), 7), (digest(10_001), 10)]
+    );
+    assert_eq!(manifest(2).blobs.len(), 2);
+    assert!(manifest(9).blobs.is_empty());
+    assert_eq!(manifest(9).children, [digest(2), digest(1)]);
+    assert!(manifest(1).children.is_empty());
 }

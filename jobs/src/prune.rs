@@ -18,7 +18,9 @@ use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, sele
 use layerline_core::importer::Failed;
 use layerline_core::metric;
 use layerline_core::service::ServiceError;
-use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot};
+use layerline_core::store::plans::{
+    KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot, SnapshotImage,
+};
 use serde_json::{Value, json};
 
 use crate::handlers::ours;
@@ -39,42 +41,31 @@ pub fn make_plan(
         .filter(|i| policy.covers(&i.name))
         .collect();
     images.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut items = Vec::new();
+    // Images are independent: the selection runs on every core, each thread over a run of
+    // consecutive images, and the runs' items are joined in image order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = images.len().div_ceil(threads).max(1);
+    let runs: Vec<Selected> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .chunks(per_thread)
+            .map(|run| scope.spawn(move || select_images(run, policy, now)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut items = Vec::with_capacity(runs.iter().map(|r| r.items.len()).sum());
     let (mut touched, mut tags, mut manifests, mut bytes) = (0, 0, 0, 0);
-    for image in images {
-        let plan = select(&policy.rules, &image.state, now);
-        if plan.deletions() == 0 {
-            continue;
-        }
-        touched += 1;
-        tags += plan.tags.len() as i64;
-        manifests += plan.manifests.len() as i64;
-        bytes += plan.bytes();
-        let item =
-            |kind: &str, tag: Option<String>, digest: String, pushed, reason, bytes| PlanItem {
-                idx: 0,
-                image_id: image.id.clone(),
-                image_name: image.name.clone(),
-                kind: kind.to_owned(),
-                tag,
-                digest,
-                pushed_version: pushed,
-                reason: reason_name(reason),
-                bytes,
-            };
-        for t in plan.tags {
-            items.push(item(
-                KIND_TAG,
-                Some(t.name),
-                t.digest,
-                Some(t.pushed_version),
-                t.reason,
-                0,
-            ));
-        }
-        for m in plan.manifests {
-            items.push(item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes));
-        }
+    for run in runs {
+        touched += run.images;
+        tags += run.tags;
+        manifests += run.manifests;
+        bytes += run.bytes;
+        items.extend(run.items);
     }
     for (i, item) in items.iter_mut().enumerate() {
         item.idx = i as i64;
@@ -94,11 +85,58 @@ pub fn make_plan(
     (header, items)
 }
 
-fn reason_name(reason: Reason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// What the selection chose from a run of images: their plan items (`idx` not yet set) and
+/// the counts of the plan's header.
+#[derive(Default)]
+struct Selected {
+    items: Vec<PlanItem>,
+    images: i64,
+    tags: i64,
+    manifests: i64,
+    bytes: i64,
+}
+
+fn select_images(images: &[&SnapshotImage], policy: &Policy, now: DateTime<Utc>) -> Selected {
+    let mut out = Selected::default();
+    for image in images {
+        let plan = select(&policy.rules, &image.state, now);
+        if plan.deletions() == 0 {
+            continue;
+        }
+        out.images += 1;
+        out.tags += plan.tags.len() as i64;
+        out.manifests += plan.manifests.len() as i64;
+        out.bytes += plan.bytes();
+        let item =
+            |kind: &str, tag: Option<String>, digest: String, pushed, reason: Reason, bytes| {
+                PlanItem {
+                    idx: 0,
+                    image_id: image.id.clone(),
+                    image_name: image.name.clone(),
+                    kind: kind.to_owned(),
+                    tag,
+                    digest,
+                    pushed_version: pushed,
+                    reason: reason.as_str().to_owned(),
+                    bytes,
+                }
+            };
+        for t in plan.tags {
+            out.items.push(item(
+                KIND_TAG,
+                Some(t.name),
+                t.digest,
+                Some(t.pushed_version),
+                t.reason,
+                0,
+            ));
+        }
+        for m in plan.manifests {
+            let planned = item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes);
+            out.items.push(planned);
+        }
+    }
+    out
 }
 
 /// Images whose deletions are written at once (their appends share the writer's group

@@ -22,7 +22,7 @@
 //! references; each such blob is counted once, against the first deleted manifest (by
 //! digest) that held it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use chrono::{DateTime, Duration, Utc};
 use regex::{Regex, RegexBuilder};
@@ -175,6 +175,20 @@ pub enum Reason {
     ChildOfDeleted,
 }
 
+impl Reason {
+    /// Its name as plans store it and the API shows it (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TagPattern => "tag_pattern",
+            Reason::KeepLast => "keep_last",
+            Reason::OlderThan => "older_than",
+            Reason::TagsDeleted => "tags_deleted",
+            Reason::Untagged => "untagged",
+            Reason::ChildOfDeleted => "child_of_deleted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedTag {
     pub name: String,
@@ -245,15 +259,15 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
         })
         .collect();
     tags.sort_by(|a, b| a.name.cmp(&b.name));
-    let deleted_tags: BTreeSet<&str> = tags.iter().map(|t| t.name.as_str()).collect();
+    let deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name.as_str()).collect();
 
     // 4–5: manifests.
-    let manifests: BTreeMap<&str, &ManifestState> = image
+    let manifests: HashMap<&str, &ManifestState> = image
         .manifests
         .iter()
         .map(|m| (m.digest.as_str(), m))
         .collect();
-    let mut protected: BTreeSet<&str> = BTreeSet::new();
+    let mut protected: HashSet<&str> = HashSet::new();
     let mut stack: Vec<&str> = image
         .tags
         .iter()
@@ -267,9 +281,9 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
             stack.extend(m.children.iter().map(String::as_str));
         }
     }
-    let tagged: BTreeSet<&str> = image.tags.iter().map(|t| t.digest.as_str()).collect();
-    let mut parents: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for m in manifests.values() {
+    let tagged: HashSet<&str> = image.tags.iter().map(|t| t.digest.as_str()).collect();
+    let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
+    for m in &image.manifests {
         for c in &m.children {
             parents
                 .entry(c.as_str())
@@ -278,8 +292,8 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
         }
     }
     // Manifests no index lists: by their tags, or by the untagged rule.
-    let mut deleted: BTreeMap<&str, Reason> = BTreeMap::new();
-    for m in manifests.values() {
+    let mut deleted: HashMap<&str, Reason> = HashMap::new();
+    for m in &image.manifests {
         let digest = m.digest.as_str();
         if protected.contains(digest) || parents.contains_key(digest) {
             continue;
@@ -314,12 +328,15 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
     }
 
     // Bytes: blobs no remaining manifest holds, each once.
-    let remaining: BTreeSet<&str> = manifests
-        .values()
+    let remaining: HashSet<&str> = image
+        .manifests
+        .iter()
         .filter(|m| !deleted.contains_key(m.digest.as_str()))
         .flat_map(|m| m.blobs.iter().map(|(d, _)| d.as_str()))
         .collect();
-    let mut counted: BTreeSet<&str> = BTreeSet::new();
+    let mut counted: HashSet<&str> = HashSet::new();
+    let mut deleted: Vec<(&str, Reason)> = deleted.into_iter().collect();
+    deleted.sort_unstable_by_key(|(digest, _)| *digest);
     let manifests = deleted
         .into_iter()
         .map(|(digest, reason)| {

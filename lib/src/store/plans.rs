@@ -1,8 +1,11 @@
 //! Prune plans as stored: the state a plan was made from, and what it chose.
 
+use foldhash::{HashMap, HashMapExt};
+
 use serde::{Deserialize, Serialize};
 
-use crate::domain::retention::ImageState;
+use crate::domain::parse_time;
+use crate::domain::retention::{ImageState, ManifestState, TagState};
 
 /// The images of one namespace with their tags and manifests, read in one transaction, and
 /// the log position they are current at.
@@ -17,6 +20,88 @@ pub struct SnapshotImage {
     pub id: String,
     pub name: String,
     pub state: ImageState,
+}
+
+/// One image's state from the text the snapshot query packs it into (records separated by
+/// `,`, fields by a space; the layouts are those of the snapshot query). A record of the
+/// wrong shape is an error naming it, never skipped: a plan made from a misread state could
+/// delete what it should keep.
+pub fn unpack_image(
+    tags: &str,
+    manifests: &str,
+    layers: &str,
+    children: &str,
+) -> Result<ImageState, String> {
+    fn records(packed: &str) -> impl Iterator<Item = &str> {
+        packed.split(',').filter(|r| !r.is_empty())
+    }
+    fn fields<'a, const N: usize>(what: &str, record: &'a str) -> Result<[&'a str; N], String> {
+        let mut out = [""; N];
+        let mut parts = record.split(' ');
+        for slot in &mut out {
+            *slot = parts
+                .next()
+                .ok_or_else(|| format!("{what} record {record:?} has too few fields"))?;
+        }
+        match parts.next() {
+            None => Ok(out),
+            Some(_) => Err(format!("{what} record {record:?} has too many fields")),
+        }
+    }
+    let number = |what: &str, n: &str| {
+        n.parse::<i64>()
+            .map_err(|_| format!("{what}: {n:?} is not a number"))
+    };
+    let time = |t: &str| parse_time(t).ok_or_else(|| format!("{t:?} is not a stored time"));
+
+    let mut state = ImageState::default();
+    for record in records(tags) {
+        let [name, digest, pushed_at, version] = fields("tag", record)?;
+        state.tags.push(TagState {
+            name: name.to_owned(),
+            digest: digest.to_owned(),
+            pushed_at: time(pushed_at)?,
+            pushed_version: number("tag version", version)?,
+        });
+    }
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for record in records(manifests) {
+        let (digest, recorded_at, config) = match record.split(' ').count() {
+            2 => {
+                let [digest, recorded_at] = fields("manifest", record)?;
+                (digest, recorded_at, None)
+            }
+            _ => {
+                let [digest, recorded_at, config, size] = fields("manifest", record)?;
+                (digest, recorded_at, Some((config, size)))
+            }
+        };
+        let blobs = match config {
+            Some((config, size)) => vec![(config.to_owned(), number("config size", size)?)],
+            None => Vec::new(),
+        };
+        at.insert(digest, state.manifests.len());
+        state.manifests.push(ManifestState {
+            digest: digest.to_owned(),
+            recorded_at: time(recorded_at)?,
+            children: Vec::new(),
+            blobs,
+        });
+    }
+    for record in records(layers) {
+        let [manifest, digest, size] = fields("layer", record)?;
+        if let Some(&m) = at.get(manifest) {
+            let size = number("layer size", size)?;
+            state.manifests[m].blobs.push((digest.to_owned(), size));
+        }
+    }
+    for record in records(children) {
+        let [parent, child] = fields("index child", record)?;
+        if let Some(&m) = at.get(parent) {
+            state.manifests[m].children.push(child.to_owned());
+        }
+    }
+    Ok(state)
 }
 
 /// A stored plan's summary.
@@ -56,3 +141,60 @@ pub struct PlanItem {
 
 pub const KIND_TAG: &str = "tag";
 pub const KIND_MANIFEST: &str = "manifest";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "2026-11-01T10:00:00.000000Z";
+
+    #[test]
+    fn an_image_unpacks_with_its_configs_layers_and_children_in_order() {
+        let tags = format!("v1 sha256:aa {T} 7,latest sha256:ix {T} 9");
+        let manifests = format!("sha256:aa {T} sha256:c1 15,sha256:ix {T},sha256:bb {T}");
+        let layers = "sha256:aa sha256:l1 100,sha256:aa sha256:l2 200,sha256:zz sha256:l3 1";
+        let children = "sha256:ix sha256:bb,sha256:ix sha256:aa";
+        let state = unpack_image(&tags, &manifests, layers, children).unwrap();
+
+        assert_eq!(state.tags.len(), 2);
+        assert_eq!(state.tags[1].name, "latest");
+        assert_eq!(state.tags[1].digest, "sha256:ix");
+        assert_eq!(state.tags[1].pushed_version, 9);
+        assert_eq!(state.tags[1].pushed_at, parse_time(T).unwrap());
+        let aa = &state.manifests[0];
+        assert_eq!(
+            aa.blobs,
+            [
+                ("sha256:c1".to_owned(), 15),
+                ("sha256:l1".to_owned(), 100),
+                ("sha256:l2".to_owned(), 200),
+            ]
+        );
+        // No config, no layers; a layer of a manifest not read is not attached anywhere.
+        assert!(state.manifests[1].blobs.is_empty());
+        assert_eq!(state.manifests[1].children, ["sha256:bb", "sha256:aa"]);
+        assert!(state.manifests[2].blobs.is_empty());
+    }
+
+    #[test]
+    fn an_image_without_rows_unpacks_empty() {
+        assert_eq!(unpack_image("", "", "", "").unwrap(), ImageState::default());
+    }
+
+    #[test]
+    fn a_record_of_the_wrong_shape_is_an_error_naming_it() {
+        let e = unpack_image(&format!("v1 sha256:aa {T}"), "", "", "").unwrap_err();
+        assert!(e.contains("tag record") && e.contains("too few"), "{e}");
+        let e = unpack_image("", &format!("sha256:aa {T} sha256:c1"), "", "").unwrap_err();
+        assert!(
+            e.contains("manifest record") && e.contains("too few"),
+            "{e}"
+        );
+        let e = unpack_image(&format!("v1 sha256:aa {T} 7 x"), "", "", "").unwrap_err();
+        assert!(e.contains("too many"), "{e}");
+        let e = unpack_image(&format!("v1 sha256:aa {T} seven"), "", "", "").unwrap_err();
+        assert!(e.contains("not a number"), "{e}");
+        let e = unpack_image("v1 sha256:aa yesterday 7", "", "", "").unwrap_err();
+        assert!(e.contains("not a stored time"), "{e}");
+    }
+}

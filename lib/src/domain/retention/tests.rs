@@ -328,3 +328,17 @@ fn a_child_also_listed_by_an_untagged_index_that_stays_is_kept() {
     assert_eq!(manifests(&plan), ["idx-old", "own"]);
     assert_eq!(plan.bytes(), 20);
 }
+
+#[test]
+fn a_reason_is_stored_under_its_serde_name() {
+    for reason in [
+        Reason::TagPattern,
+        Reason::KeepLast,
+        Reason::OlderThan,
+        Reason::TagsDeleted,
+        Reason::Untagged,
+        Reason::ChildOfDeleted,
+    ] {
+        assert_eq!(serde_json::json!(reason), reason.as_str());
+    }
+}

@@ -1,128 +1,113 @@
 // Prune plans: the snapshot a plan is made from, and the stored plan. Included by
 // `backend.rs` once per backend.
 
-use crate::domain::parse_time;
-use crate::domain::retention::{ImageState, ManifestState, TagState};
-use crate::store::plans::{PlanHeader, PlanItem, Snapshot, SnapshotImage};
+use crate::store::plans::{PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image};
 
 const PLAN_ITEM_COLUMNS: &str =
     "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
 const PLAN_ITEM_INSERT_COLUMNS: &str = "job_id, attempt, idx, image_id, image_name, kind, tag, \
     digest, pushed_version, reason, bytes";
 
+/// A page of a namespace's images (`$1`), those not in status `$2` named after `$3`, each
+/// with its tags, manifests, manifest layers and index children packed as text: records
+/// separated by `,`, fields by a space (neither occurs in a tag name, a digest, a stored time
+/// or a number). Tag: `name digest pushed_at pushed_version`; manifest: `digest recorded_at`
+/// and, with a config, `config_digest config_size`; layer: `manifest_digest digest size`;
+/// child: `parent_digest child_digest`, in list order. `string_agg` is PostgreSQL's and,
+/// since 3.44, SQLite's.
+const SNAPSHOT_SQL: &str = "SELECT i.id, i.name, \
+     (SELECT string_agg(t.name || ' ' || t.digest || ' ' || t.updated_at || ' ' || \
+        CAST(t.pushed_version AS TEXT), ',') FROM tags t WHERE t.image_id = i.id), \
+     (SELECT string_agg(m.digest || ' ' || m.created_at || \
+        COALESCE(' ' || m.config_digest || ' ' || CAST(m.config_size AS TEXT), ''), ',') \
+        FROM manifests m WHERE m.image_id = i.id), \
+     (SELECT string_agg(l.manifest_digest || ' ' || l.digest || ' ' || CAST(l.size AS TEXT), \
+        ',') FROM manifest_layers l WHERE l.image_id = i.id), \
+     (SELECT string_agg(c.parent_digest || ' ' || c.child_digest, ',' ORDER BY c.idx) \
+        FROM manifest_children c WHERE c.image_id = i.id) \
+     FROM images i WHERE i.namespace_id = $1 AND i.status <> $2 AND i.name > $3 \
+     ORDER BY i.name LIMIT $4";
+
+/// A row of [`SNAPSHOT_SQL`]: id, name, and the packed tags, manifests, layers, children.
+type PackedImage = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Unpacks a page of [`SNAPSHOT_SQL`] rows; an error names the image.
+fn unpack_page(page: Vec<PackedImage>) -> Result<Vec<SnapshotImage>, String> {
+    page.into_iter()
+        .map(|(id, name, tags, manifests, layers, children)| {
+            let state = unpack_image(
+                tags.as_deref().unwrap_or(""),
+                manifests.as_deref().unwrap_or(""),
+                layers.as_deref().unwrap_or(""),
+                children.as_deref().unwrap_or(""),
+            )
+            .map_err(|e| format!("image {id}: {e}"))?;
+            Ok(SnapshotImage { id, name, state })
+        })
+        .collect()
+}
+
+async fn join_unpacked(
+    unpacking: tokio::task::JoinHandle<Result<Vec<SnapshotImage>, String>>,
+) -> Result<Vec<SnapshotImage>, StoreError> {
+    let decode = |e: String| StoreError::Database(sqlx::Error::Decode(e.into()));
+    unpacking
+        .await
+        .map_err(|e| decode(format!("unpacking a snapshot page: {e}")))?
+        .map_err(decode)
+}
+
+/// Images a snapshot reads per query.
+const SNAPSHOT_PAGE: i64 = 500;
+
 impl SqlStore {
     /// Reads namespace `namespace_id`'s images (not those being deleted), tags and manifests
     /// in one transaction, with the log position they reflect: read models are written in
     /// the append's own transaction, so the head read with them is their position.
+    ///
+    /// Each image comes back as one row, its tags, manifests, layers and index children
+    /// packed by the database into text (see [`SNAPSHOT_SQL`]): a namespace of a million
+    /// tags is ten thousand rows to decode, not four million. Images are read a page at a
+    /// time, in name order, so the packed text held at once stays bounded.
     pub async fn prune_snapshot(&self, namespace_id: &str) -> Result<Snapshot, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
         let position: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let images = sqlx::query("SELECT id, name, status FROM images WHERE namespace_id = $1")
-            .bind(namespace_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut out = Vec::with_capacity(images.len());
-        for r in &images {
-            let status: String = r.try_get("status")?;
-            if status == STATUS_DELETING {
-                continue;
+        let mut out = Vec::new();
+        let mut after = String::new();
+        // A page is unpacked on a blocking thread while the database reads the next one.
+        let mut unpacking: Option<tokio::task::JoinHandle<Result<Vec<SnapshotImage>, String>>> =
+            None;
+        loop {
+            let page: Vec<PackedImage> = sqlx::query_as(SNAPSHOT_SQL)
+                .bind(namespace_id)
+                .bind(STATUS_DELETING)
+                .bind(&after)
+                .bind(SNAPSHOT_PAGE)
+                .fetch_all(&mut *tx)
+                .await?;
+            if let Some(unpacked) = unpacking.take() {
+                out.extend(join_unpacked(unpacked).await?);
             }
-            let id: String = r.try_get("id")?;
-            index.insert(id.clone(), out.len());
-            out.push(SnapshotImage {
-                id,
-                name: r.try_get("name")?,
-                state: ImageState::default(),
-            });
-        }
-        let time = |t: String| {
-            parse_time(&t).ok_or_else(|| {
-                StoreError::Database(sqlx::Error::Decode(format!("bad stored time {t}").into()))
-            })
-        };
-        let tags = sqlx::query(
-            "SELECT t.image_id, t.name, t.digest, t.updated_at, t.pushed_version FROM tags t \
-             JOIN images i ON i.id = t.image_id WHERE i.namespace_id = $1",
-        )
-        .bind(namespace_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &tags {
-            let image_id: String = r.try_get("image_id")?;
-            let Some(&i) = index.get(&image_id) else {
-                continue;
-            };
-            out[i].state.tags.push(TagState {
-                name: r.try_get("name")?,
-                digest: r.try_get("digest")?,
-                pushed_at: time(r.try_get("updated_at")?)?,
-                pushed_version: r.try_get("pushed_version")?,
-            });
-        }
-        let manifests = sqlx::query(
-            "SELECT m.image_id, m.digest, m.created_at, m.config_digest, m.config_size \
-             FROM manifests m JOIN images i ON i.id = m.image_id WHERE i.namespace_id = $1",
-        )
-        .bind(namespace_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        // (image, digest) → index into that image's manifests.
-        let mut at: HashMap<(usize, String), usize> = HashMap::new();
-        for r in &manifests {
-            let image_id: String = r.try_get("image_id")?;
-            let Some(&i) = index.get(&image_id) else {
-                continue;
-            };
-            let digest: String = r.try_get("digest")?;
-            let config: Option<String> = r.try_get("config_digest")?;
-            let config_size: Option<i64> = r.try_get("config_size")?;
-            let blobs = config.into_iter().zip(config_size).collect();
-            let list = &mut out[i].state.manifests;
-            at.insert((i, digest.clone()), list.len());
-            list.push(ManifestState {
-                digest,
-                recorded_at: time(r.try_get("created_at")?)?,
-                children: Vec::new(),
-                blobs,
-            });
-        }
-        let layers = sqlx::query(
-            "SELECT l.image_id, l.manifest_digest, l.digest, l.size FROM manifest_layers l \
-             JOIN images i ON i.id = l.image_id WHERE i.namespace_id = $1",
-        )
-        .bind(namespace_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &layers {
-            let image_id: String = r.try_get("image_id")?;
-            let Some(&i) = index.get(&image_id) else {
-                continue;
-            };
-            if let Some(&m) = at.get(&(i, r.try_get("manifest_digest")?)) {
-                let blob = (r.try_get("digest")?, r.try_get("size")?);
-                out[i].state.manifests[m].blobs.push(blob);
+            let full = page.len() as i64 == SNAPSHOT_PAGE;
+            if let Some((_, name, ..)) = page.last() {
+                after.clone_from(name);
+            }
+            unpacking = Some(tokio::task::spawn_blocking(move || unpack_page(page)));
+            if !full {
+                break;
             }
         }
-        let children = sqlx::query(
-            "SELECT c.image_id, c.parent_digest, c.child_digest FROM manifest_children c \
-             JOIN images i ON i.id = c.image_id WHERE i.namespace_id = $1 ORDER BY c.idx",
-        )
-        .bind(namespace_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        for r in &children {
-            let image_id: String = r.try_get("image_id")?;
-            let Some(&i) = index.get(&image_id) else {
-                continue;
-            };
-            if let Some(&m) = at.get(&(i, r.try_get("parent_digest")?)) {
-                out[i].state.manifests[m]
-                    .children
-                    .push(r.try_get("child_digest")?);
-            }
+        if let Some(unpacked) = unpacking {
+            out.extend(join_unpacked(unpacked).await?);
         }
         tx.commit().await?;
         Ok(Snapshot {
