@@ -69,6 +69,7 @@ conformance!(
     prune_policies_follow_their_streams_and_survive_rebuild,
     a_job_keeps_the_first_plan_stored_and_only_its_items,
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
+    a_prune_releases_each_blob_by_the_references_it_drops,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1386,4 +1387,63 @@ async fn a_prune_snapshot_reads_every_image_of_its_namespace_whole(store: Store)
     assert!(manifest(9).blobs.is_empty());
     assert_eq!(manifest(9).children, [digest(2), digest(1)]);
     assert!(manifest(1).children.is_empty());
+}
+
+async fn a_prune_releases_each_blob_by_the_references_it_drops(store: Store) {
+    let f = Fixture::new(store);
+    let ns = f.namespace("release").await;
+    let img = f.image(&ns, "app").await;
+    // Layer 100 is in all three manifests, 101 in the first two, 102 only in the third.
+    f.manifest(&img, 1, &[(100, 1000), (101, 200)]).await;
+    f.manifest(&img, 2, &[(100, 1000), (101, 200)]).await;
+    f.manifest(&img, 3, &[(100, 1000), (102, 30)]).await;
+    for (tag, n) in [("a", 1), ("b", 2), ("c", 3)] {
+        f.tag(&img, tag, n).await;
+    }
+    // Another image of the namespace holds 101 too.
+    let other = f.image(&ns, "other").await;
+    f.manifest(&other, 4, &[(101, 200)]).await;
+    let versions: BTreeMap<String, i64> = f
+        .store()
+        .read_model_rows()
+        .await
+        .unwrap()
+        .tags
+        .into_iter()
+        .map(|t| (t.name, t.pushed_version))
+        .collect();
+    // One prune drops two references from 100 and 101 and one from each config.
+    let cmd = ImageCommand::Prune {
+        tags: vec![("a".into(), versions["a"]), ("b".into(), versions["b"])],
+        manifests: vec![digest(1), digest(2)],
+    };
+    f.image_cmd(&img, cmd).await.unwrap();
+
+    let rows = f.store().read_model_rows().await.unwrap();
+    let refs = |owner: &str| -> BTreeMap<String, i64> {
+        rows.image_blobs
+            .iter()
+            .filter(|b| b.image_id == owner)
+            .map(|b| (b.digest.clone(), b.refs))
+            .collect()
+    };
+    let expected: BTreeMap<String, i64> = [(digest(100), 1), (digest(102), 1), (digest(10_003), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(refs(&img), expected);
+    assert_eq!(f.image_size(&img).await, 1000 + 30 + 10);
+    // 101 left the image but not the namespace; the configs of 1 and 2 left both.
+    let stored: BTreeMap<String, i64> = rows
+        .namespace_blobs
+        .iter()
+        .filter(|b| b.namespace_id == ns)
+        .map(|b| (b.digest.clone(), b.refs))
+        .collect();
+    let expected: BTreeMap<String, i64> = [100, 101, 102, 10_003, 10_004]
+        .into_iter()
+        .map(|n| (digest(n), 1))
+        .collect();
+    assert_eq!(stored, expected);
+    let ns_row = f.namespace_row(&ns).await;
+    assert_eq!(ns_row.stored_size, 1000 + 200 + 30 + 10 + 10);
 }

@@ -764,6 +764,13 @@ async fn delete_manifests(
 /// Drops `refs` references of `owner` to each blob in `table` (`image_blobs` or
 /// `namespace_blobs`, keyed by `owner_column`) and removes the rows left at zero; returns
 /// those blobs with their sizes.
+///
+/// Blobs losing the same number of references share one `UPDATE … digest IN (…)`: a run
+/// usually drops one reference from most blobs and a few more from shared ones, so that is
+/// a statement or two, each an index lookup per blob. (A per-row `CASE digest WHEN …` over
+/// every blob costs a comparison per blob per row, which a prune of hundreds of blobs an
+/// image felt.) The distinct counts are few: `k` of them need at least `1 + 2 + … + k`
+/// references in all.
 async fn release(
     conn: &mut Conn,
     table: &'static str,
@@ -771,42 +778,33 @@ async fn release(
     owner: &str,
     blobs: &[(String, i64, i64)],
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut gone = Vec::new();
-    for chunk in blobs.chunks(DIGESTS_PER_STATEMENT) {
-        let mut q =
-            QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - CASE digest"));
-        for (digest, _, refs) in chunk {
-            q.push(" WHEN ")
-                .push_bind(digest.clone())
-                .push(" THEN ")
-                .push_bind(*refs);
+    let mut by_count: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
+    for (digest, _, refs) in blobs {
+        by_count.entry(*refs).or_default().push(digest);
+    }
+    let mut gone: Vec<(String, i64)> = Vec::new();
+    for (refs, digests) in &by_count {
+        for chunk in digests.chunks(DIGESTS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - "));
+            q.push_bind(*refs)
+                .push(format!(" WHERE {owner_column} = "))
+                .push_bind(owner.to_owned())
+                .push(" AND digest IN (");
+            push_list(&mut q, chunk);
+            q.push(" RETURNING digest, size, refs");
+            for r in q.build().fetch_all(&mut *conn).await? {
+                if r.try_get::<i64, _>("refs")? <= 0 {
+                    gone.push((r.try_get("digest")?, r.try_get("size")?));
+                }
+            }
         }
-        q.push(format!(" ELSE 0 END WHERE {owner_column} = "))
-            .push_bind(owner.to_owned())
-            .push(" AND digest IN (");
-        let digests: Vec<&str> = chunk.iter().map(|(d, _, _)| d.as_str()).collect();
-        push_list(&mut q, &digests);
-        q.push(" RETURNING digest, size, refs");
-        let zeroed: Vec<(String, i64)> = q
-            .build()
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .filter_map(|r| match r.try_get::<i64, _>("refs") {
-                Ok(left) if left > 0 => None,
-                Ok(_) => Some(Ok((r.try_get("digest").ok()?, r.try_get("size").ok()?))),
-                Err(e) => Some(Err(e)),
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        if zeroed.is_empty() {
-            continue;
-        }
+    }
+    let digests: Vec<&str> = gone.iter().map(|(d, _)| d.as_str()).collect();
+    for chunk in digests.chunks(DIGESTS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE {owner_column} = "));
         q.push_bind(owner.to_owned()).push(" AND digest IN (");
-        let digests: Vec<&str> = zeroed.iter().map(|(d, _)| d.as_str()).collect();
-        push_list(&mut q, &digests);
+        push_list(&mut q, chunk);
         q.build().execute(&mut *conn).await?;
-        gone.extend(zeroed);
     }
     Ok(gone)
 }
