@@ -70,6 +70,7 @@ conformance!(
     a_job_keeps_the_first_plan_stored_and_only_its_items,
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
     a_prune_releases_each_blob_by_the_references_it_drops,
+    a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1446,4 +1447,46 @@ async fn a_prune_releases_each_blob_by_the_references_it_drops(store: Store) {
     assert_eq!(stored, expected);
     let ns_row = f.namespace_row(&ns).await;
     assert_eq!(ns_row.stored_size, 1000 + 200 + 30 + 10 + 10);
+}
+
+async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: Store) {
+    use layerline_core::domain::policy::{Policy, PruneInput};
+    use layerline_jobs::prune::{make_plan, plan_from_store};
+
+    let f = Fixture::new(store);
+    let ns = f.namespace("pages").await;
+    // More than a page of images; names whose byte order differs from a locale's
+    // (PostgreSQL pages in its database collation, which need not be byte order; plans
+    // list images in byte order).
+    for i in 0..501 {
+        f.image(&ns, &format!("empty-{i:03}")).await;
+    }
+    for (i, name) in ["a-z", "a.b", "ab", "a_c", "a0"].iter().enumerate() {
+        let img = f.image(&ns, name).await;
+        for t in 0..4_u64 {
+            let n = 100 * i as u64 + t;
+            f.manifest(&img, n, &[(1_000 + n, 10), (99, 1)]).await;
+            f.tag(&img, &format!("v{t}"), n).await;
+        }
+    }
+    let input: PruneInput = serde_json::from_value(serde_json::json!({
+        "policy": {"namespace_id": ns, "rules": {"keep_last": 1}},
+    }))
+    .unwrap();
+    let policy = Arc::new(Policy::compile(&input.policy).unwrap());
+    let now = chrono::Utc::now();
+
+    let (header, items) = plan_from_store(f.store(), "job", &input, policy.clone(), now)
+        .await
+        .unwrap();
+    let snapshot = f.store().prune_snapshot(&ns).await.unwrap();
+    let (whole_header, whole_items) = make_plan("job", &input, &policy, &snapshot, now);
+    assert_eq!(header, whole_header);
+    assert_eq!(items, whole_items);
+    assert_eq!((header.images, header.tags, header.manifests), (5, 15, 15));
+    let names: Vec<&str> = items.iter().map(|i| i.image_name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "images in byte order");
+    assert!(items.iter().enumerate().all(|(n, i)| i.idx == n as i64));
 }

@@ -6,6 +6,7 @@
 //! same policy on the same state store the same items.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ use layerline_core::service::ServiceError;
 use layerline_core::store::plans::{
     KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot, SnapshotImage,
 };
+use layerline_core::store::{Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::handlers::ours;
@@ -35,18 +37,13 @@ pub fn make_plan(
     snapshot: &Snapshot,
     now: DateTime<Utc>,
 ) -> (PlanHeader, Vec<PlanItem>) {
-    let mut images: Vec<_> = snapshot
-        .images
-        .iter()
-        .filter(|i| policy.covers(&i.name))
-        .collect();
-    images.sort_by(|a, b| a.name.cmp(&b.name));
     // Images are independent: the selection runs on every core, each thread over a run of
-    // consecutive images, and the runs' items are joined in image order.
+    // images.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = images.len().div_ceil(threads).max(1);
+    let per_thread = snapshot.images.len().div_ceil(threads).max(1);
     let runs: Vec<Selected> = std::thread::scope(|scope| {
-        let handles: Vec<_> = images
+        let handles: Vec<_> = snapshot
+            .images
             .chunks(per_thread)
             .map(|run| scope.spawn(move || select_images(run, policy, now)))
             .collect();
@@ -58,21 +55,53 @@ pub fn make_plan(
             })
             .collect()
     });
-    let mut items = Vec::with_capacity(runs.iter().map(|r| r.items.len()).sum());
+    assemble(job_id, input, snapshot.position, now, runs)
+}
+
+/// [`make_plan`] over namespace `policy.namespace_id` as the store holds it now, selecting
+/// from each page of images while the store reads the next (the same plan as `make_plan`
+/// of the whole snapshot).
+pub async fn plan_from_store(
+    store: &Store,
+    job_id: &str,
+    input: &PruneInput,
+    policy: Arc<Policy>,
+    now: DateTime<Utc>,
+) -> Result<(PlanHeader, Vec<PlanItem>), StoreError> {
+    let namespace_id = policy.namespace_id.clone();
+    let on_page = Arc::new(move |page: Vec<SnapshotImage>| select_images(&page, &policy, now));
+    let (position, runs) = store.prune_snapshot_with(&namespace_id, on_page).await?;
+    Ok(assemble(job_id, input, position, now, runs))
+}
+
+/// The plan of the runs' selections: images in name order, items numbered.
+fn assemble(
+    job_id: &str,
+    input: &PruneInput,
+    position: i64,
+    now: DateTime<Utc>,
+    runs: Vec<Selected>,
+) -> (PlanHeader, Vec<PlanItem>) {
     let (mut touched, mut tags, mut manifests, mut bytes) = (0, 0, 0, 0);
+    let mut images = Vec::new();
     for run in runs {
-        touched += run.images;
+        touched += run.images.len() as i64;
         tags += run.tags;
         manifests += run.manifests;
         bytes += run.bytes;
-        items.extend(run.items);
+        images.extend(run.images);
+    }
+    images.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut items = Vec::with_capacity((tags + manifests) as usize);
+    for (_, list) in images {
+        items.extend(list);
     }
     for (i, item) in items.iter_mut().enumerate() {
         item.idx = i as i64;
     }
     let header = PlanHeader {
         job_id: job_id.to_owned(),
-        position: snapshot.position,
+        position,
         policy_id: input.policy_id.clone(),
         policy_version: input.policy_version,
         attempt: 0,
@@ -85,25 +114,23 @@ pub fn make_plan(
     (header, items)
 }
 
-/// What the selection chose from a run of images: their plan items (`idx` not yet set) and
-/// the counts of the plan's header.
+/// What the selection chose from a run of images: per image with a deletion, its name and
+/// its plan items (`idx` not yet set); and the counts of the plan's header.
 #[derive(Default)]
 struct Selected {
-    items: Vec<PlanItem>,
-    images: i64,
+    images: Vec<(String, Vec<PlanItem>)>,
     tags: i64,
     manifests: i64,
     bytes: i64,
 }
 
-fn select_images(images: &[&SnapshotImage], policy: &Policy, now: DateTime<Utc>) -> Selected {
+fn select_images(images: &[SnapshotImage], policy: &Policy, now: DateTime<Utc>) -> Selected {
     let mut out = Selected::default();
-    for image in images {
+    for image in images.iter().filter(|i| policy.covers(&i.name)) {
         let plan = select(&policy.rules, &image.state, now);
         if plan.deletions() == 0 {
             continue;
         }
-        out.images += 1;
         out.tags += plan.tags.len() as i64;
         out.manifests += plan.manifests.len() as i64;
         out.bytes += plan.bytes();
@@ -121,8 +148,9 @@ fn select_images(images: &[&SnapshotImage], policy: &Policy, now: DateTime<Utc>)
                     bytes,
                 }
             };
+        let mut items = Vec::with_capacity(plan.deletions());
         for t in plan.tags {
-            out.items.push(item(
+            items.push(item(
                 KIND_TAG,
                 Some(t.name),
                 t.digest,
@@ -132,9 +160,9 @@ fn select_images(images: &[&SnapshotImage], policy: &Policy, now: DateTime<Utc>)
             ));
         }
         for m in plan.manifests {
-            let planned = item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes);
-            out.items.push(planned);
+            items.push(item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes));
         }
+        out.images.push((image.name.clone(), items));
     }
     out
 }
@@ -161,6 +189,7 @@ fn tally(events: &[DomainEvent], bytes: &HashMap<String, i64>) -> (i64, i64, i64
 
 pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     let policy = Policy::compile(&input.policy).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let policy = Arc::new(policy);
     let store = ctx.registry().store();
     let transient = |e: layerline_core::store::StoreError| Failure::Transient(e.to_string());
     // What this attempt spent planning, storing the plan and deleting, in milliseconds.
@@ -171,14 +200,11 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
         None => {
             ctx.boundary(0, 1, "plan", true).await?;
             let started = Instant::now();
-            let snapshot = store
-                .prune_snapshot(&policy.namespace_id)
-                .await
-                .map_err(transient)?;
             let (mut header, items) =
-                make_plan(&ctx.job_id, &input, &policy, &snapshot, Utc::now());
+                plan_from_store(store, &ctx.job_id, &input, policy.clone(), Utc::now())
+                    .await
+                    .map_err(transient)?;
             header.attempt = ctx.attempt;
-            drop(snapshot);
             timings.insert("plan".into(), ms(started));
             metric::prune_planned(input.dry_run);
             let started = Instant::now();

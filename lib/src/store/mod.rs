@@ -403,6 +403,16 @@ impl Store {
         dispatch!(self, s => s.prune_snapshot(namespace_id).await)
     }
 
+    /// As [`Store::prune_snapshot`], handing each page of images to `on_page` while the next
+    /// page is read; the position and `on_page`'s results, page by page.
+    pub async fn prune_snapshot_with<T: Send + 'static>(
+        &self,
+        namespace_id: &str,
+        on_page: plans::OnPage<T>,
+    ) -> Result<(i64, Vec<T>), StoreError> {
+        dispatch!(self, s => s.prune_snapshot_with(namespace_id, on_page).await)
+    }
+
     /// Stores a prune job's plan with its items unless it has one; whether this stored it.
     pub async fn save_plan(
         &self,

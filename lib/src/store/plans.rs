@@ -104,6 +104,10 @@ pub fn unpack_image(
     Ok(state)
 }
 
+/// What a snapshot read does with each page of images, on a blocking thread, while the
+/// database reads the next page.
+pub type OnPage<T> = std::sync::Arc<dyn Fn(Vec<SnapshotImage>) -> T + Send + Sync>;
+
 /// A stored plan's summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanHeader {

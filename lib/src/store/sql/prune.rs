@@ -1,7 +1,7 @@
 // Prune plans: the snapshot a plan is made from, and the stored plan. Included by
 // `backend.rs` once per backend.
 
-use crate::store::plans::{PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image};
+use crate::store::plans::{OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image};
 
 const PLAN_ITEM_COLUMNS: &str =
     "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
@@ -54,9 +54,9 @@ fn unpack_page(page: Vec<PackedImage>) -> Result<Vec<SnapshotImage>, String> {
         .collect()
 }
 
-async fn join_unpacked(
-    unpacking: tokio::task::JoinHandle<Result<Vec<SnapshotImage>, String>>,
-) -> Result<Vec<SnapshotImage>, StoreError> {
+async fn join_unpacked<T>(
+    unpacking: tokio::task::JoinHandle<Result<T, String>>,
+) -> Result<T, StoreError> {
     let decode = |e: String| StoreError::Database(sqlx::Error::Decode(e.into()));
     unpacking
         .await
@@ -77,15 +77,30 @@ impl SqlStore {
     /// tags is ten thousand rows to decode, not four million. Images are read a page at a
     /// time, in name order, so the packed text held at once stays bounded.
     pub async fn prune_snapshot(&self, namespace_id: &str) -> Result<Snapshot, StoreError> {
+        let (position, pages) = self
+            .prune_snapshot_with(namespace_id, std::sync::Arc::new(|page| page))
+            .await?;
+        Ok(Snapshot {
+            position,
+            images: pages.into_iter().flatten().collect(),
+        })
+    }
+
+    /// As [`Self::prune_snapshot`], handing each page of images to `on_page` as it is
+    /// unpacked, on a blocking thread while the database reads the next page; returns the
+    /// position and what `on_page` returned, page by page.
+    pub async fn prune_snapshot_with<T: Send + 'static>(
+        &self,
+        namespace_id: &str,
+        on_page: OnPage<T>,
+    ) -> Result<(i64, Vec<T>), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
         let position: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
         let mut out = Vec::new();
         let mut after = String::new();
-        // A page is unpacked on a blocking thread while the database reads the next one.
-        let mut unpacking: Option<tokio::task::JoinHandle<Result<Vec<SnapshotImage>, String>>> =
-            None;
+        let mut unpacking: Option<tokio::task::JoinHandle<Result<T, String>>> = None;
         loop {
             let page: Vec<PackedImage> = sqlx::query_as(SNAPSHOT_SQL)
                 .bind(namespace_id)
@@ -95,25 +110,25 @@ impl SqlStore {
                 .fetch_all(&mut *tx)
                 .await?;
             if let Some(unpacked) = unpacking.take() {
-                out.extend(join_unpacked(unpacked).await?);
+                out.push(join_unpacked(unpacked).await?);
             }
             let full = page.len() as i64 == SNAPSHOT_PAGE;
             if let Some((_, name, ..)) = page.last() {
                 after.clone_from(name);
             }
-            unpacking = Some(tokio::task::spawn_blocking(move || unpack_page(page)));
+            let on_page = on_page.clone();
+            unpacking = Some(tokio::task::spawn_blocking(move || {
+                unpack_page(page).map(|images| on_page(images))
+            }));
             if !full {
                 break;
             }
         }
         if let Some(unpacked) = unpacking {
-            out.extend(join_unpacked(unpacked).await?);
+            out.push(join_unpacked(unpacked).await?);
         }
         tx.commit().await?;
-        Ok(Snapshot {
-            position,
-            images: out,
-        })
+        Ok((position, out))
     }
 
     /// Stores job `header.job_id`'s plan, made by attempt `header.attempt`, unless the job
