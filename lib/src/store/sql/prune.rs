@@ -100,7 +100,10 @@ impl SqlStore {
             .await?;
         let mut out = Vec::new();
         let mut after = String::new();
-        let mut unpacking: Option<tokio::task::JoinHandle<Result<T, String>>> = None;
+        // Pages being unpacked (and handed to `on_page`), oldest first; at most one per core
+        // while the database reads the next.
+        let in_flight = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut unpacking = std::collections::VecDeque::new();
         loop {
             let page: Vec<PackedImage> = sqlx::query_as(SNAPSHOT_SQL)
                 .bind(namespace_id)
@@ -109,22 +112,23 @@ impl SqlStore {
                 .bind(SNAPSHOT_PAGE)
                 .fetch_all(&mut *tx)
                 .await?;
-            if let Some(unpacked) = unpacking.take() {
-                out.push(join_unpacked(unpacked).await?);
+            while unpacking.len() >= in_flight {
+                let oldest = unpacking.pop_front().expect("not empty");
+                out.push(join_unpacked(oldest).await?);
             }
             let full = page.len() as i64 == SNAPSHOT_PAGE;
             if let Some((_, name, ..)) = page.last() {
                 after.clone_from(name);
             }
             let on_page = on_page.clone();
-            unpacking = Some(tokio::task::spawn_blocking(move || {
+            unpacking.push_back(tokio::task::spawn_blocking(move || {
                 unpack_page(page).map(|images| on_page(images))
             }));
             if !full {
                 break;
             }
         }
-        if let Some(unpacked) = unpacking {
+        for unpacked in unpacking {
             out.push(join_unpacked(unpacked).await?);
         }
         tx.commit().await?;
