@@ -18,7 +18,7 @@ use layerline_core::domain::{Aggregate, Blob, DomainEvent, format_time, streams}
 use layerline_core::store::Store;
 use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanItem};
 use layerline_core::store::rows::materialize;
-use layerline_jobs::prune::{make_plan, plan_from_store};
+use layerline_jobs::prune::plan_from_store;
 use layerline_jobs::{PoolConfig, Queues};
 
 use super::{Pool, bench_namespace, quantiles, run_job};
@@ -117,16 +117,9 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
 
     // Baseline: the same rows of the twin namespace, deleted with plain SQL.
     let plain_input = input(&plain)?;
-    let plain_policy = Policy::compile(&plain_input.policy)?;
-    let snapshot = store.prune_snapshot(&plain).await?;
-    let (_, items) = make_plan(
-        "bench",
-        &plain_input,
-        &plain_policy,
-        &snapshot,
-        chrono::Utc::now(),
-    );
-    drop(snapshot);
+    let plain_policy = std::sync::Arc::new(Policy::compile(&plain_input.policy)?);
+    let now = chrono::Utc::now();
+    let (_, items) = plan_from_store(&store, "bench", &plain_input, plain_policy, now).await?;
     let plain_tags = items.iter().filter(|i| i.kind == KIND_TAG).count();
     let t = Instant::now();
     plain_delete(&store, &items).await?;

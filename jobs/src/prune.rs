@@ -37,25 +37,8 @@ pub fn make_plan(
     snapshot: &Snapshot,
     now: DateTime<Utc>,
 ) -> (PlanHeader, Vec<PlanItem>) {
-    // Images are independent: the selection runs on every core, each thread over a run of
-    // images.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = snapshot.images.len().div_ceil(threads).max(1);
-    let runs: Vec<Selected> = std::thread::scope(|scope| {
-        let handles: Vec<_> = snapshot
-            .images
-            .chunks(per_thread)
-            .map(|run| scope.spawn(move || select_images(run, policy, now)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    });
-    assemble(job_id, input, snapshot.position, now, runs)
+    let selected = select_images(&snapshot.images, policy, now);
+    assemble(job_id, input, snapshot.position, now, vec![selected])
 }
 
 /// [`make_plan`] over namespace `policy.namespace_id` as the store holds it now, selecting
@@ -70,35 +53,24 @@ pub async fn plan_from_store(
 ) -> Result<(PlanHeader, Vec<PlanItem>), StoreError> {
     let namespace_id = policy.namespace_id.clone();
     let on_page = Arc::new(move |page: Vec<SnapshotImage>| select_images(&page, &policy, now));
-    let (position, runs) = store.prune_snapshot_with(&namespace_id, on_page).await?;
-    Ok(assemble(job_id, input, position, now, runs))
+    let (position, pages) = store.prune_snapshot_with(&namespace_id, on_page).await?;
+    Ok(assemble(job_id, input, position, now, pages))
 }
 
-/// The plan of the runs' selections: images in name order, items numbered.
+/// The plan of the selections' images (each a non-empty list of one image's items): images
+/// in name order, items numbered, the header's counts taken from the items.
 fn assemble(
     job_id: &str,
     input: &PruneInput,
     position: i64,
     now: DateTime<Utc>,
-    runs: Vec<Selected>,
+    selected: Vec<Vec<Vec<PlanItem>>>,
 ) -> (PlanHeader, Vec<PlanItem>) {
-    let (mut touched, mut tags, mut manifests, mut bytes) = (0, 0, 0, 0);
-    let mut images = Vec::new();
-    for run in runs {
-        touched += run.images.len() as i64;
-        tags += run.tags;
-        manifests += run.manifests;
-        bytes += run.bytes;
-        images.extend(run.images);
-    }
-    images.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut items = Vec::with_capacity((tags + manifests) as usize);
-    for (_, list) in images {
-        items.extend(list);
-    }
-    for (i, item) in items.iter_mut().enumerate() {
-        item.idx = i as i64;
-    }
+    let mut images: Vec<Vec<PlanItem>> = selected.into_iter().flatten().collect();
+    images.sort_unstable_by(|a, b| a[0].image_name.cmp(&b[0].image_name));
+    let touched = images.len() as i64;
+    let items: Vec<PlanItem> = images.into_iter().flatten().collect();
+    let tags = items.iter().filter(|i| i.kind == KIND_TAG).count() as i64;
     let header = PlanHeader {
         job_id: job_id.to_owned(),
         position,
@@ -107,33 +79,35 @@ fn assemble(
         attempt: 0,
         images: touched,
         tags,
-        manifests,
-        bytes,
+        manifests: items.len() as i64 - tags,
+        // Tags free nothing (their items carry 0 bytes).
+        bytes: items.iter().map(|i| i.bytes).sum(),
         created_at: format_time(now),
     };
+    let items = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| PlanItem {
+            idx: i as i64,
+            ..item
+        })
+        .collect();
     (header, items)
 }
 
-/// What the selection chose from a run of images: per image with a deletion, its name and
-/// its plan items (`idx` not yet set); and the counts of the plan's header.
-#[derive(Default)]
-struct Selected {
-    images: Vec<(String, Vec<PlanItem>)>,
-    tags: i64,
-    manifests: i64,
-    bytes: i64,
-}
-
-fn select_images(images: &[SnapshotImage], policy: &Policy, now: DateTime<Utc>) -> Selected {
-    let mut out = Selected::default();
+/// Per image of `images` the policy deletes something from, its plan items (`idx` not yet
+/// set): its tags, then its manifests.
+fn select_images(
+    images: &[SnapshotImage],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Vec<Vec<PlanItem>> {
+    let mut out = Vec::new();
     for image in images.iter().filter(|i| policy.covers(&i.name)) {
         let plan = select(&policy.rules, &image.state, now);
         if plan.deletions() == 0 {
             continue;
         }
-        out.tags += plan.tags.len() as i64;
-        out.manifests += plan.manifests.len() as i64;
-        out.bytes += plan.bytes();
         let item =
             |kind: &str, tag: Option<String>, digest: String, pushed, reason: Reason, bytes| {
                 PlanItem {
@@ -162,7 +136,7 @@ fn select_images(images: &[SnapshotImage], policy: &Policy, now: DateTime<Utc>) 
         for m in plan.manifests {
             items.push(item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes));
         }
-        out.images.push((image.name.clone(), items));
+        out.push(items);
     }
     out
 }
