@@ -280,6 +280,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.metrics_listen))?;
     let metrics_local = metrics_listener.local_addr()?;
+    // Signals are ours before the addresses are announced: whoever reads them may stop us
+    // at once.
+    let signal = shutdown_signal()?;
     tracing::info!(role = ?settings.role, metrics = %metrics_local, database = %redact(&settings.database_url), "serving");
     // Plain lines on stdout say where we listen (useful with `--listen 127.0.0.1:0`); the
     // metrics line comes last.
@@ -303,7 +306,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         stopped(),
     ));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
     let workers = settings.role.runs_workers().then(|| {
@@ -403,27 +406,30 @@ async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives after the call is
+/// never taken by the default action, which would end the process without a clean stop.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+            tracing::info!("shutdown signal received; finishing in-flight requests");
+        })
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown signal received; finishing in-flight requests");
+        })
+    }
 }
 
 async fn rebuild(settings: Settings) -> anyhow::Result<()> {
