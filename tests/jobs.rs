@@ -503,3 +503,109 @@ async fn a_job_accepted_but_never_queued_is_found_by_the_sweep(db: &TestDb) {
     .await;
     assert_eq!(done["attempts"], 1);
 }
+
+/// apalis fetches from a queue each time it polls the queue's worker with a free slot, and
+/// it polled the worker at every wake-up of a running handler: a job with many steps kept
+/// its queue fetching back to back (some 500 fetches a second during an import). Now a
+/// queue is fetched at its ticks (every 500 ms here), when a submission wakes it (our nudge
+/// and PostgreSQL's insert notification) and when one of its jobs ends, whatever the job
+/// does meanwhile. PostgreSQL counts the calls to apalis's fetch function
+/// (`track_functions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_does_not_make_its_queue_fetch_at_each_wake_up() {
+    use layerline_core::jobs::{Submission, submit};
+    use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
+    use std::sync::Arc;
+
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let counted = format!("{}?options=-c%20track_functions%3Dall", db.url);
+    let store = Store::connect(&counted, 16).await.unwrap();
+    store.migrate().await.unwrap();
+    const POLL: Duration = Duration::from_millis(500);
+    let config = PoolConfig {
+        poll: POLL,
+        ..PoolConfig::default()
+    };
+    let queues = Queues::new(store.clone(), config);
+    queues.migrate().await.unwrap();
+    let runner = Runner::new(
+        store.clone(),
+        Arc::new(queues.clone()),
+        RetryPolicy::default(),
+        4,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pool_started = Instant::now();
+    let pool = tokio::spawn(layerline_jobs::pool::run(
+        queues.clone(),
+        Arc::new(runner),
+        stopped,
+    ));
+    // 300 steps of 2 ms: at least 300 wake-ups of the handler.
+    const STEPS: i64 = 300;
+    let sub = Submission {
+        kind: layerline_core::domain::job::JobKind::Probe,
+        caption: "many wake-ups".to_owned(),
+        input: json!({"steps": STEPS, "step_ms": 2}),
+        creator: None,
+        idempotency_key: None,
+        marks: None,
+    };
+    let registry = layerline_core::service::Registry::new(store.clone());
+    let job = submit(&registry, &queues, sub).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let row = store.job(&job.id).await.unwrap().unwrap();
+        if row.state == "completed" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the probe did not complete: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    pool.await.unwrap();
+    let lifetime = pool_started.elapsed();
+    // A backend reports its function counts when its session ends.
+    store.close().await;
+    let reader = Store::connect(&db.url, 1).await.unwrap();
+    let Store::Postgres(pg) = &reader else {
+        unreachable!("a PostgreSQL test database")
+    };
+    // Each query is a transaction of its own, which reads the statistics afresh.
+    let fetches = loop {
+        let (sessions, calls): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()), \
+                    (SELECT sum(calls)::bigint FROM pg_stat_user_functions \
+                     WHERE schemaname = 'apalis' AND funcname = 'get_jobs')",
+        )
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        if sessions == 0 {
+            break calls.unwrap_or(0);
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "sessions stay");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let queues_count = layerline_jobs::queue::ALL.len() as i64;
+    assert!(
+        fetches >= queues_count,
+        "each queue's worker fetches at least once: {fetches} fetches counted"
+    );
+    // Per queue: one per tick, and a few at start (each wake-up of the worker while its
+    // listener connects) and for the submission (every queue's listener hears the insert);
+    // then one for the job's end.
+    let ticks = (lifetime.as_millis() / POLL.as_millis()) as i64;
+    let allowed = queues_count * (ticks + 5) + 10;
+    assert!(
+        fetches <= allowed,
+        "{fetches} fetches for a {STEPS}-step job in {lifetime:?} on {queues_count} queues \
+         (allowed {allowed})"
+    );
+}
