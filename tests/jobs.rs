@@ -609,3 +609,89 @@ async fn a_running_job_does_not_make_its_queue_fetch_at_each_wake_up() {
          (allowed {allowed})"
     );
 }
+
+/// A task pushed by another process wakes this process's worker at once on PostgreSQL: one
+/// connection listens for apalis's insert notifications and nudges the queue each one
+/// names. The pool here polls once an hour, so only the notification can start the job; the
+/// pushing `Queues` is a second instance, as another process's would be, whose own nudges
+/// reach no worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_pushed_by_another_process_wakes_the_worker_on_postgres() {
+    use layerline_core::jobs::{Submission, submit};
+    use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
+    use std::sync::Arc;
+
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    let config = PoolConfig {
+        poll: Duration::from_secs(3600),
+        ..PoolConfig::default()
+    };
+    let queues = Queues::new(store.clone(), config);
+    queues.migrate().await.unwrap();
+    let runner = Runner::new(
+        store.clone(),
+        Arc::new(queues.clone()),
+        RetryPolicy::default(),
+        4,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let pool = tokio::spawn(layerline_jobs::pool::run(
+        queues.clone(),
+        Arc::new(runner),
+        stopped,
+    ));
+    // One listening session (not one per queue), once it is up and the first fetches are
+    // over.
+    let Store::Postgres(pg) = &store else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let started = Instant::now();
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+        assert!(listening <= 1, "{listening} listening sessions");
+        if listening == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nobody listens"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let elsewhere = Queues::new(store.clone(), config);
+    let sub = Submission {
+        kind: layerline_core::domain::job::JobKind::Probe,
+        caption: "from elsewhere".to_owned(),
+        input: json!({"steps": 1}),
+        creator: None,
+        idempotency_key: None,
+        marks: None,
+    };
+    let registry = layerline_core::service::Registry::new(store.clone());
+    let job = submit(&registry, &elsewhere, sub).await.unwrap();
+    let submitted = Instant::now();
+    loop {
+        let row = store.job(&job.id).await.unwrap().unwrap();
+        if row.state == "completed" {
+            break;
+        }
+        assert!(
+            submitted.elapsed() < Duration::from_secs(60),
+            "the job was not picked up: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    pool.await.unwrap();
+}

@@ -3,10 +3,10 @@
 //! `apalis-notes.md` is closed here, in our code, never by patching the crate:
 //!
 //! * queue names are `queue::*` constants, never type paths;
-//! * idle pickup polls every `poll` (and, on PostgreSQL, also listens for its insert
-//!   notifications), instead of waiting for the next heartbeat; the ticks are ours
-//!   ([`Ticks`]), because apalis's interval strategy does not arm its next tick; a task
-//!   pushed from this process wakes this process's worker of its queue at once ([`Nudged`]);
+//! * idle pickup polls every `poll`, instead of waiting for the next heartbeat; the ticks
+//!   are ours ([`Ticks`]), because apalis's interval strategy does not arm its next tick; a
+//!   task pushed from this process wakes this process's worker of its queue at once
+//!   ([`Nudged`]), and on PostgreSQL so does one pushed by any process ([`listen_loop`]);
 //! * a worker whose stream ends (one database error ends it) is rebuilt by `serve_queue`
 //!   under a fresh name, with backoff, until shutdown;
 //! * a dead worker's tasks are re-queued by apalis once it missed `missed_heartbeats`
@@ -252,8 +252,15 @@ impl Queues {
                 storage.push_task(task).await.map_err(|e| e.to_string())?
             }
         }
-        self.nudges.0[name].notify_one();
+        self.nudge(name);
         Ok(())
+    }
+
+    /// Wakes this process's worker of queue `name` (an unknown name wakes nothing).
+    fn nudge(&self, name: &str) {
+        if let Some(notify) = self.nudges.0.get(name) {
+            notify.notify_one();
+        }
     }
 
     /// The jobs that have a queue task still waiting or running (the job id is the part of
@@ -372,9 +379,68 @@ pub async fn run(queues: Queues, runner: Arc<Runner>, shutdown: watch::Receiver<
             shutdown.clone(),
         )));
     }
+    tasks.push(tokio::spawn(listen_loop(queues.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(sweep_loop(queues, shutdown)));
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// The channel apalis's trigger on `apalis.jobs` notifies of each task due now, with the
+/// task's queue as `job_type` in a JSON payload.
+const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// On PostgreSQL, one connection listens for apalis's insert notifications (tasks pushed by
+/// any process) and wakes the worker of the queue each one names. apalis's own listener
+/// (`Pubsub`) holds a pooled connection per queue for good (7 of the pool's 10 by default)
+/// and wakes every queue's worker at every insert, each wake-up a fetch. A notification
+/// missed while the connection is down is made up for by the ticks.
+async fn listen_loop(queues: Queues, mut shutdown: watch::Receiver<bool>) {
+    let Store::Postgres(s) = &queues.store else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let failed = tokio::select! {
+            Err(e) = listen(&queues, s.pool()) => e,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        tracing::warn!(
+            error = %failed,
+            retry_in_ms = backoff.as_millis() as u64,
+            "listening for queued tasks failed"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Listens on [`INSERT_CHANNEL`] and nudges the queue each notification names, until the
+/// connection fails for good.
+async fn listen(
+    queues: &Queues,
+    pool: &sqlx::PgPool,
+) -> Result<std::convert::Infallible, sqlx::Error> {
+    #[derive(serde::Deserialize)]
+    struct Inserted {
+        job_type: String,
+    }
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(INSERT_CHANNEL).await?;
+    loop {
+        // After a lost connection, `recv` reconnects and listens again by itself.
+        let notification = listener.recv().await?;
+        match serde_json::from_str::<Inserted>(notification.payload()) {
+            Ok(inserted) => queues.nudge(&inserted.job_type),
+            Err(e) => tracing::warn!(
+                error = %e,
+                payload = notification.payload(),
+                "unexpected insert notification; ignored"
+            ),
+        }
     }
 }
 
@@ -425,9 +491,8 @@ async fn serve_queue(
             }
             Store::Postgres(s) => {
                 let storage = PostgresStorage::<Ticket>::new(s.pool())
-                    .with_config(queues.postgres_config(name));
-                let pubsub = apalis_postgres::Pubsub::new(s.pool().clone(), name.to_owned());
-                let storage = storage.poll_with_strategy(queues.wake_ups(name).stream(pubsub));
+                    .with_config(queues.postgres_config(name))
+                    .poll_with_strategy(queues.wake_ups(name));
                 WorkerBuilder::new(worker.as_str())
                     .backend(storage)
                     .concurrency(queues.config.workers.max(1))
