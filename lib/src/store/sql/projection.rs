@@ -64,7 +64,11 @@ async fn project_batch(
             *image_change.get_or_insert(0) +=
                 record_manifests(conn, image_id, &mut records, at).await?;
         }
-        *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+        // Only a run of deletions changes the image here: an event of another stream (a
+        // job's, a namespace's) leaves the image row alone.
+        if !deletes.is_empty() {
+            *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+        }
         let position = first + i as i64;
         if let Some(delta) = project(conn, stream_id, version, position, event, at).await? {
             *image_change.get_or_insert(0) += delta;
@@ -104,6 +108,10 @@ struct Deletions<'a> {
 const DIGESTS_PER_STATEMENT: usize = 1_000;
 
 impl Deletions<'_> {
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.manifests.is_empty()
+    }
+
     /// Writes the run and empties it; returns how much the image's size changed.
     async fn flush(&mut self, conn: &mut Conn, image_id: &str) -> Result<i64, StoreError> {
         for chunk in self.tags.chunks(DIGESTS_PER_STATEMENT) {
