@@ -307,6 +307,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     tokio::spawn(async move {
         signal.await;
+        tracing::info!("shutdown signal received; finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
     let workers = settings.role.runs_workers().then(|| {
@@ -420,14 +421,12 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
-            tracing::info!("shutdown signal received; finishing in-flight requests");
         })
     }
     #[cfg(not(unix))]
     {
         Ok(async {
             let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutdown signal received; finishing in-flight requests");
         })
     }
 }

@@ -399,22 +399,22 @@ async fn listen_loop(queues: Queues, mut shutdown: watch::Receiver<bool>) {
     let Store::Postgres(s) = &queues.store else {
         return;
     };
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Restarts::new(Duration::from_secs(10));
     loop {
+        let started = Instant::now();
         let failed = tokio::select! {
             Err(e) = listen(&queues, s.pool()) => e,
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        let delay = backoff.after(started.elapsed());
         tracing::warn!(
             error = %failed,
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = delay.as_millis() as u64,
             "listening for queued tasks failed"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        if !wait_unless_stopped(delay, &mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -464,7 +464,7 @@ async fn serve_queue(
     name: &'static str,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Restarts::new(Duration::from_secs(5));
     loop {
         // A fresh name per worker: apalis refuses a name still registered as alive.
         let worker = format!("{name}-{}", uuid::Uuid::new_v4().simple());
@@ -505,21 +505,53 @@ async fn serve_queue(
         if *shutdown.borrow() {
             return;
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(200);
-        }
+        let delay = backoff.after(started.elapsed());
         tracing::warn!(
             queue = name,
             worker,
             ?result,
-            retry_in_ms = backoff.as_millis() as u64,
+            retry_in_ms = delay.as_millis() as u64,
             "worker stopped; starting a new one"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        if !wait_unless_stopped(delay, &mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Delays before restarting something that failed: 200 ms, doubling up to a cap, and 200 ms
+/// again after a run that lasted 30 s.
+struct Restarts {
+    next: Duration,
+    cap: Duration,
+}
+
+impl Restarts {
+    const FIRST: Duration = Duration::from_millis(200);
+
+    fn new(cap: Duration) -> Self {
+        Restarts {
+            next: Self::FIRST,
+            cap,
+        }
+    }
+
+    /// The delay after a run that lasted `ran_for`.
+    fn after(&mut self, ran_for: Duration) -> Duration {
+        if ran_for > Duration::from_secs(30) {
+            self.next = Self::FIRST;
+        }
+        let delay = self.next;
+        self.next = (delay * 2).min(self.cap);
+        delay
+    }
+}
+
+/// Sleeps `delay`; false when shutdown came first.
+async fn wait_unless_stopped(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.wait_for(|s| *s) => false,
     }
 }
 
@@ -601,6 +633,18 @@ mod tests {
                 .is_pending()
         );
         scratch.drop_database().await;
+    }
+
+    #[test]
+    fn restarts_double_up_to_their_cap_and_start_over_after_a_long_run() {
+        let mut restarts = Restarts::new(Duration::from_secs(1));
+        let short = Duration::from_secs(1);
+        let delays: Vec<u64> = (0..5)
+            .map(|_| restarts.after(short).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 1000, 1000]);
+        assert_eq!(restarts.after(Duration::from_secs(31)).as_millis(), 200);
+        assert_eq!(restarts.after(short).as_millis(), 400);
     }
 
     #[tokio::test]
