@@ -66,6 +66,7 @@ conformance!(
     rebuild_reproduces_random_workloads_row_for_row,
     an_event_stored_with_an_older_schema_version_still_replays,
     job_descriptors_follow_their_streams_and_survive_rebuild,
+    concurrent_job_steps_written_together_each_follow_their_own_stream,
     prune_policies_follow_their_streams_and_survive_rebuild,
     a_job_keeps_the_first_plan_stored_and_only_its_items,
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
@@ -1166,6 +1167,161 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
     assert_eq!(
         materialize([], [], [], jobs.iter()).job_descriptors,
         before.job_descriptors
+    );
+    f.store().rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(f.store().read_model_rows().await.unwrap(), before);
+}
+
+/// The writer claims the versions of a group's appends in one statement and updates its
+/// jobs' descriptors a statement per step kind: many jobs stepping at once (started,
+/// progressed, succeeded, retried, cancelled), with a losing duplicate start per job in the
+/// mix, must leave every descriptor as its own stream says, and the losers write nothing.
+async fn concurrent_job_steps_written_together_each_follow_their_own_stream(store: Store) {
+    use layerline_core::domain::Aggregate;
+    use layerline_core::domain::job::{Job, JobAccepted, JobCommand, JobKind};
+    use layerline_core::service::Registry;
+    const JOBS: usize = 40;
+    fn job_id(i: usize) -> String {
+        format!("job-{i:02}")
+    }
+    fn accept(i: usize) -> JobCommand {
+        JobCommand::Accept(JobAccepted {
+            job_id: job_id(i),
+            kind: JobKind::Probe,
+            caption: format!("probe {i}"),
+            input: serde_json::json!({}),
+            creator: None,
+            idempotency_key: None,
+        })
+    }
+    /// Runs `commands` on job `i` in order, on a task of its own.
+    fn walk(
+        registry: &Registry<Store>,
+        i: usize,
+        commands: Vec<JobCommand>,
+    ) -> tokio::task::JoinHandle<Result<(), ServiceError>> {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for cmd in commands {
+                registry
+                    .execute::<Job>(&job_id(i), cmd, &Metadata::default())
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+    let f = Fixture::new(store);
+    let accepts: Vec<_> = (0..JOBS)
+        .map(|i| walk(&f.registry, i, vec![accept(i)]))
+        .collect();
+    for accepted in accepts {
+        accepted.await.unwrap().unwrap();
+    }
+
+    // Two workers start each job from the same state: one start lands per job.
+    let mut starts = Vec::new();
+    for i in 0..JOBS {
+        let mut job = Job::default();
+        for e in &Job::default().decide(&job_id(i), accept(i)).unwrap() {
+            job.apply(e, "2026-11-30T00:00:00.000000Z", 1);
+        }
+        let start = JobCommand::Start {
+            task: "t".into(),
+            takeover: false,
+        };
+        let started = job.decide(&job_id(i), start).unwrap();
+        for _ in 0..2 {
+            let (store, started) = (f.store().clone(), started.clone());
+            starts.push(tokio::spawn(async move {
+                let stream = streams::job(&job_id(i));
+                let meta = Metadata::default();
+                store
+                    .append(&stream, Expected::Version(1), &started, &meta)
+                    .await
+            }));
+        }
+    }
+    let (mut won, mut lost) = (0, 0);
+    for s in starts {
+        match s.await.unwrap() {
+            Ok(a) => {
+                assert_eq!(a.stream_version, 2);
+                won += 1;
+            }
+            Err(StoreError::Conflict {
+                expected, actual, ..
+            }) => {
+                assert_eq!((expected, actual), (1, 2));
+                lost += 1;
+            }
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!((won, lost), (JOBS, JOBS));
+
+    // Then every job walks its own steps, all jobs at once.
+    let walks: Vec<_> = (0..JOBS)
+        .map(|i| {
+            let progress = JobCommand::Progress {
+                attempt: 1,
+                done: i as i64,
+                total: 100,
+                step: format!("step {i}"),
+            };
+            let end = match i % 3 {
+                0 => vec![JobCommand::Succeed {
+                    attempt: 1,
+                    output: serde_json::json!({ "n": i }),
+                }],
+                1 => vec![JobCommand::Fail {
+                    attempt: 1,
+                    error: format!("away {i}"),
+                    retry_at: Some("2026-12-01T00:00:00.000000Z".into()),
+                }],
+                _ => vec![
+                    JobCommand::RequestCancel { by: None },
+                    JobCommand::ConfirmCancel { attempt: 1 },
+                ],
+            };
+            walk(&f.registry, i, [vec![progress], end].concat())
+        })
+        .collect();
+    for walked in walks {
+        walked.await.unwrap().unwrap();
+    }
+
+    for i in 0..JOBS {
+        let row = f.store().job(&job_id(i)).await.unwrap().unwrap();
+        let state = ["completed", "scheduled", "cancelled"][i % 3];
+        let step = format!("step {i}");
+        assert_eq!(
+            (row.state.as_str(), row.attempts, row.progress_done),
+            (state, 1, i as i64),
+            "job {i}"
+        );
+        assert_eq!(row.progress_step.as_deref(), Some(step.as_str()));
+    }
+    let before = f.store().read_model_rows().await.unwrap();
+    let mut jobs = Vec::new();
+    for i in 0..JOBS {
+        jobs.push(f.registry.load::<Job>(&job_id(i)).await.unwrap());
+    }
+    assert_eq!(
+        materialize([], [], [], jobs.iter()).job_descriptors,
+        before.job_descriptors
+    );
+    // The steps were written in groups: one transaction's events share their time.
+    let log = f.store().read_all(0, 10_000).await.unwrap();
+    let mut streams_at: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for e in &log {
+        streams_at
+            .entry(e.recorded_at.as_str())
+            .or_default()
+            .insert(e.stream_id.as_str());
+    }
+    assert!(
+        streams_at.values().any(|s| s.len() > 1),
+        "no two jobs' steps were written together"
     );
     f.store().rebuild(&|_, _| {}).await.unwrap();
     assert_eq!(f.store().read_model_rows().await.unwrap(), before);

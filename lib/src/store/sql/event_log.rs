@@ -316,9 +316,10 @@ async fn write_on(
     written
 }
 
-/// One transaction for the group: stream versions claimed in stream order, then the head,
-/// then projections and events in arrival order. An append whose stream moved gets its
-/// conflict and writes nothing.
+/// One transaction for the group: stream versions claimed, then the head, then projections
+/// and events in arrival order, then the descriptor changes of the group's job steps, one
+/// statement per kind of step. An append whose stream moved gets its conflict and writes
+/// nothing.
 async fn write_group(
     conn: &mut Conn,
     batch: &[Request],
@@ -328,9 +329,28 @@ async fn write_group(
     let mut claims: Vec<Option<Result<i64, StoreError>>> = (0..batch.len()).map(|_| None).collect();
     // In stream order, so that concurrent groups tend to lock streams in one order (should
     // two ever deadlock, PostgreSQL aborts one and its appends are retried one by one).
+    // Appends to streams at a known version (most of them) claim theirs in one statement,
+    // a round trip per group instead of one per append.
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|&a, &b| batch[a].stream_id.cmp(&batch[b].stream_id));
-    for i in order {
+    let (known, new): (Vec<usize>, Vec<usize>) = order
+        .into_iter()
+        .partition(|&i| matches!(batch[i].expected, Expected::Version(v) if v > 0));
+    let moves: Vec<(&str, i64, i64)> = known
+        .iter()
+        .map(|&i| {
+            let r = &batch[i];
+            let Expected::Version(v) = r.expected else {
+                unreachable!("partitioned above")
+            };
+            (r.stream_id.as_str(), v, r.events.len() as i64)
+        })
+        .collect();
+    let known_claims = claim_known(&mut tx, &moves).await.map_err(Failed::Before)?;
+    for (i, claim) in known.into_iter().zip(known_claims) {
+        claims[i] = Some(claim);
+    }
+    for i in new {
         let r = &batch[i];
         match claim_versions(&mut tx, &r.stream_id, r.expected, r.events.len() as i64).await {
             Err(e) if !matches!(e, StoreError::Conflict { .. }) => return Err(Failed::Before(e)),
@@ -358,6 +378,8 @@ async fn write_group(
     let at = format_time(chrono::Utc::now());
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut rows = Vec::with_capacity(total as usize);
+    // Descriptor changes of single job events, written after the loop a kind at a time.
+    let mut job_updates = Vec::new();
     for (r, claim) in batch.iter().zip(claims) {
         let base = match claim.expect("every append was claimed") {
             Ok(base) => base,
@@ -367,9 +389,12 @@ async fn write_group(
             }
         };
         let count = r.events.len() as i64;
-        project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
-            .await
-            .map_err(Failed::Before)?;
+        match deferred_job_update(&r.stream_id, base, &r.events, &at) {
+            Some(update) => job_updates.push(update),
+            None => project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
+                .await
+                .map_err(Failed::Before)?,
+        }
         for (n, event) in r.events.iter().enumerate() {
             rows.push((next + n as i64, r, base + n as i64 + 1, event));
         }
@@ -379,6 +404,12 @@ async fn write_group(
             stream_version: base + count,
         }));
         next += count;
+    }
+    job_updates.sort_by_key(|u: &JobUpdate| u.set);
+    for run in job_updates.chunk_by(|a, b| a.set == b.set) {
+        write_job_updates(&mut tx, run)
+            .await
+            .map_err(Failed::Before)?;
     }
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
         let mut insert = QueryBuilder::<Db>::new(
@@ -418,7 +449,7 @@ async fn claim_versions(
     expected: Expected,
     count: i64,
 ) -> Result<i64, StoreError> {
-    let claimed = match expected {
+    match expected {
         Expected::Any => {
             let version: i64 = sqlx::query_scalar(
                 "INSERT INTO event_streams (stream_id, version) VALUES ($1, $2) \
@@ -429,39 +460,75 @@ async fn claim_versions(
             .bind(count)
             .fetch_one(&mut *conn)
             .await?;
-            return Ok(version - count);
+            Ok(version - count)
         }
-        Expected::Version(0) => sqlx::query(
-            "INSERT INTO event_streams (stream_id, version) VALUES ($1, $2) \
-             ON CONFLICT (stream_id) DO NOTHING",
-        )
-        .bind(stream_id)
-        .bind(count)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        Expected::Version(v) => sqlx::query(
-            "UPDATE event_streams SET version = $1 WHERE stream_id = $2 AND version = $3",
-        )
-        .bind(v + count)
-        .bind(stream_id)
-        .bind(v)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-    };
-    let Expected::Version(expected) = expected else {
-        unreachable!("Any returned above")
-    };
-    if claimed == 1 {
-        return Ok(expected);
+        Expected::Version(0) => {
+            let created = sqlx::query(
+                "INSERT INTO event_streams (stream_id, version) VALUES ($1, $2) \
+                 ON CONFLICT (stream_id) DO NOTHING",
+            )
+            .bind(stream_id)
+            .bind(count)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            match created {
+                1 => Ok(0),
+                _ => Err(conflict(conn, stream_id, 0).await?),
+            }
+        }
+        Expected::Version(v) => claim_known(conn, &[(stream_id, v, count)]).await?.remove(0),
     }
+}
+
+/// Claims several appends' versions, each `(stream, expected version, event count)` of a
+/// distinct stream, in one statement per [`CLAIMS_PER_STATEMENT`]; per append, the version it
+/// found (its expected one) or its conflict.
+async fn claim_known(
+    conn: &mut Conn,
+    appends: &[(&str, i64, i64)],
+) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+    let mut moved = HashSet::new();
+    for chunk in appends.chunks(CLAIMS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Db>::new("WITH c(stream, expected, next) AS (");
+        q.push_values(chunk, |mut row, &(stream_id, expected, count)| {
+            row.push_bind(stream_id.to_owned())
+                .push_bind(expected)
+                .push_bind(expected + count);
+        });
+        q.push(
+            ") UPDATE event_streams SET version = c.next FROM c \
+             WHERE event_streams.stream_id = c.stream AND event_streams.version = c.expected \
+             RETURNING event_streams.stream_id",
+        );
+        let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+        moved.extend(ids);
+    }
+    let mut out = Vec::with_capacity(appends.len());
+    for &(stream_id, expected, _) in appends {
+        out.push(match moved.contains(stream_id) {
+            true => Ok(expected),
+            false => Err(conflict(conn, stream_id, expected).await?),
+        });
+    }
+    Ok(out)
+}
+
+/// Streams whose versions one statement claims at most (3 values each).
+const CLAIMS_PER_STATEMENT: usize = 1000;
+
+/// The conflict of an append that expected `stream_id` at version `expected`.
+async fn conflict(
+    conn: &mut Conn,
+    stream_id: &str,
+    expected: i64,
+) -> Result<StoreError, StoreError> {
     let actual: Option<i64> =
         sqlx::query_scalar("SELECT version FROM event_streams WHERE stream_id = $1")
             .bind(stream_id)
             .fetch_optional(&mut *conn)
             .await?;
-    Err(StoreError::Conflict {
+    Ok(StoreError::Conflict {
         stream_id: stream_id.to_owned(),
         expected,
         actual: actual.unwrap_or(0),

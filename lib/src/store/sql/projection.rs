@@ -413,16 +413,13 @@ async fn project_job(
     at: &str,
 ) -> Result<(), StoreError> {
     use crate::domain::job::JobState;
-    let update = |sql: &'static str| {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE job_descriptors SET {sql}, updated_at = $1, version = $2 WHERE id = $3"
-        )))
-        .bind(at.to_owned())
-        .bind(version)
-        .bind(job_id.to_owned())
+    if let Some(update) = JobUpdate::of(job_id, version, event, at) {
+        return write_job_updates(conn, std::slice::from_ref(&update)).await;
+    }
+    let DomainEvent::JobAccepted(a) = event else {
+        return Ok(());
     };
-    if let DomainEvent::JobAccepted(a) = event
-        && a.kind == crate::domain::job::JobKind::Prune
+    if a.kind == crate::domain::job::JobKind::Prune
         && let Some(policy_id) = a.input["policy_id"].as_str()
     {
         // The newest run of the policy (job ids are time-ordered).
@@ -435,52 +432,143 @@ async fn project_job(
         .execute(&mut *conn)
         .await?;
     }
-    let query = match event {
-        DomainEvent::JobAccepted(a) => {
-            sqlx::query(
-                "INSERT INTO job_descriptors (id, kind, state, caption, creator, input, \
-                 attempts, progress_done, progress_total, cancel_requested, idempotency_key, \
-                 created_at, updated_at, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, FALSE, $7, $8, $9, $10)",
-            )
-            .bind(a.job_id.clone())
-            .bind(a.kind.as_str())
-            .bind(JobState::Queued.as_str())
-            .bind(a.caption.clone())
-            .bind(a.creator.clone())
-            .bind(a.input.to_string())
-            .bind(a.idempotency_key.clone())
-            .bind(at.to_owned())
-            .bind(at.to_owned())
-            .bind(version)
+    sqlx::query(
+        "INSERT INTO job_descriptors (id, kind, state, caption, creator, input, \
+         attempts, progress_done, progress_total, cancel_requested, idempotency_key, \
+         created_at, updated_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, FALSE, $7, $8, $9, $10)",
+    )
+    .bind(&a.job_id)
+    .bind(a.kind.as_str())
+    .bind(JobState::Queued.as_str())
+    .bind(&a.caption)
+    .bind(&a.creator)
+    .bind(a.input.to_string())
+    .bind(&a.idempotency_key)
+    .bind(at)
+    .bind(at)
+    .bind(version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// What one job event changes in its descriptor row, as a `SET` clause over a row `u` of
+/// values (`u.job`, `u.v`, `u.at`, then the event's own `u.a1`…). Events of one kind share
+/// their clause, so the writer updates every job of a group that took the same step in one
+/// statement ([`write_job_updates`]).
+#[derive(Debug)]
+struct JobUpdate {
+    set: &'static str,
+    job_id: String,
+    version: i64,
+    at: String,
+    args: Vec<JobArg>,
+}
+
+/// A value of a [`JobUpdate`]'s row.
+#[derive(Debug)]
+enum JobArg {
+    Text(String),
+    Int(i64),
+}
+
+impl JobUpdate {
+    /// The change `event` makes to job `job_id`'s descriptor; `None` for `job.accepted`
+    /// (which inserts the row) and for events that are not a job's.
+    fn of(job_id: &str, version: i64, event: &DomainEvent, at: &str) -> Option<JobUpdate> {
+        use crate::domain::job::JobState;
+        use JobArg::{Int, Text};
+        let state = |s: JobState| Text(s.as_str().to_owned());
+        let (set, args) = match event {
+            DomainEvent::JobStarted(s) => (
+                "state = u.a1, attempts = u.a2, next_retry_at = NULL, \
+                 started_at = COALESCE(started_at, u.at)",
+                vec![state(JobState::Running), Int(s.attempt)],
+            ),
+            DomainEvent::JobProgressed(p) => (
+                "progress_done = u.a1, progress_total = u.a2, progress_step = u.a3",
+                vec![Int(p.done), Int(p.total), Text(p.step.clone())],
+            ),
+            DomainEvent::JobSucceeded(s) => (
+                "state = u.a1, output = u.a2, completed_at = u.at",
+                vec![state(JobState::Completed), Text(s.output.to_string())],
+            ),
+            DomainEvent::JobRetried(r) => (
+                "state = u.a1, last_error = u.a2, next_retry_at = u.a3",
+                vec![
+                    state(JobState::Scheduled),
+                    Text(r.error.clone()),
+                    Text(r.retry_at.clone()),
+                ],
+            ),
+            DomainEvent::JobFailed(f) => (
+                "state = u.a1, last_error = u.a2, completed_at = u.at",
+                vec![state(JobState::Error), Text(f.error.clone())],
+            ),
+            DomainEvent::JobCancelRequested(_) => ("cancel_requested = TRUE", vec![]),
+            DomainEvent::JobCancelled(_) => (
+                "state = u.a1, completed_at = u.at",
+                vec![state(JobState::Cancelled)],
+            ),
+            _ => return None,
+        };
+        Some(JobUpdate {
+            set,
+            job_id: job_id.to_owned(),
+            version,
+            at: at.to_owned(),
+            args,
+        })
+    }
+}
+
+/// The descriptor change of an append of one job event, which the writer may hold back and
+/// write with the group's others of its kind: nothing else in the append transaction reads
+/// descriptor rows, and a group touches each job's row once.
+fn deferred_job_update(
+    stream_id: &str,
+    base: i64,
+    events: &[DomainEvent],
+    at: &str,
+) -> Option<JobUpdate> {
+    let job_id = stream_id.strip_prefix(streams::JOB)?;
+    match events {
+        [event] => JobUpdate::of(job_id, base + 1, event, at),
+        _ => None,
+    }
+}
+
+/// Descriptor rows updated per statement at most (6 values each).
+const JOB_UPDATES_PER_STATEMENT: usize = 1000;
+
+/// Writes `updates`, which share one `SET` clause and touch distinct jobs, in one statement
+/// per [`JOB_UPDATES_PER_STATEMENT`].
+async fn write_job_updates(conn: &mut Conn, updates: &[JobUpdate]) -> Result<(), StoreError> {
+    for chunk in updates.chunks(JOB_UPDATES_PER_STATEMENT) {
+        let first = &chunk[0];
+        debug_assert!(chunk.iter().all(|u| u.set == first.set));
+        let mut q = QueryBuilder::<Db>::new("WITH u(job, v, at");
+        for i in 1..=first.args.len() {
+            q.push(format!(", a{i}"));
         }
-        DomainEvent::JobStarted(s) => update(
-            "state = $4, attempts = $5, next_retry_at = NULL, started_at = COALESCE(started_at, $1)",
-        )
-        .bind(JobState::Running.as_str())
-        .bind(s.attempt),
-        DomainEvent::JobProgressed(p) => {
-            update("progress_done = $4, progress_total = $5, progress_step = $6")
-                .bind(p.done)
-                .bind(p.total)
-                .bind(p.step.clone())
-        }
-        DomainEvent::JobSucceeded(s) => update("state = $4, output = $5, completed_at = $1")
-            .bind(JobState::Completed.as_str())
-            .bind(s.output.to_string()),
-        DomainEvent::JobRetried(r) => update("state = $4, last_error = $5, next_retry_at = $6")
-            .bind(JobState::Scheduled.as_str())
-            .bind(r.error.clone())
-            .bind(r.retry_at.clone()),
-        DomainEvent::JobFailed(f) => update("state = $4, last_error = $5, completed_at = $1")
-            .bind(JobState::Error.as_str())
-            .bind(f.error.clone()),
-        DomainEvent::JobCancelRequested(_) => update("cancel_requested = TRUE"),
-        DomainEvent::JobCancelled(_) => update("state = $4, completed_at = $1")
-            .bind(JobState::Cancelled.as_str()),
-        _ => return Ok(()),
-    };
-    query.execute(&mut *conn).await?;
+        q.push(") AS (");
+        q.push_values(chunk, |mut row, u| {
+            row.push_bind(u.job_id.clone())
+                .push_bind(u.version)
+                .push_bind(u.at.clone());
+            for arg in &u.args {
+                match arg {
+                    JobArg::Text(t) => row.push_bind(t.clone()),
+                    JobArg::Int(n) => row.push_bind(*n),
+                };
+            }
+        });
+        q.push(") UPDATE job_descriptors SET ")
+            .push(first.set)
+            .push(", updated_at = u.at, version = u.v FROM u WHERE job_descriptors.id = u.job");
+        q.build().execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
