@@ -677,3 +677,50 @@ async fn a_task_pushed_by_another_process_wakes_the_worker_on_postgres() {
     let _ = stop.send(true);
     pool.await.unwrap();
 }
+
+/// How SQLite plans the two statements apalis runs per batch of tasks (the shapes of its
+/// acknowledgement and of its lock; the values are placeholders), as a connection of `pool`
+/// sees them.
+async fn queue_plans(pool: &sqlx::SqlitePool) -> Vec<String> {
+    let statements = [
+        "EXPLAIN QUERY PLAN UPDATE Jobs SET status = 'Done', done_at = 1 \
+         FROM (SELECT value AS task_id FROM json_each('[]')) AS j \
+         WHERE Jobs.id = j.task_id AND Jobs.lock_by = 'worker'",
+        "EXPLAIN QUERY PLAN UPDATE Jobs SET status = 'Running', lock_by = 'worker' \
+         WHERE id IN (SELECT value FROM json_each('[]')) \
+         AND (status = 'Queued' OR status = 'Pending' \
+              OR (status = 'Failed' AND attempts < max_attempts))",
+    ];
+    let mut plans = Vec::new();
+    for sql in statements {
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sql).fetch_all(pool).await.unwrap();
+        plans.push(rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; "));
+    }
+    plans
+}
+
+/// On a new SQLite database, apalis's per-batch statements look each task up by its id.
+/// Without statistics SQLite's planner read them through the worker's index (every task
+/// that worker ever finished) or the status index (every pending task), so each batch cost
+/// time in proportion to the queue's history.
+#[tokio::test]
+async fn sqlite_looks_queued_tasks_up_by_id_from_the_first_start() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = db.store().await;
+    let queues = layerline_jobs::Queues::new(store.clone(), layerline_jobs::PoolConfig::default());
+    queues.migrate().await.unwrap();
+    let Store::Sqlite(s) = &store else {
+        unreachable!("a SQLite store")
+    };
+    // The connections that ran the migrations, and one opened afterwards.
+    let fresh = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    for pool in [s.pool(), &fresh] {
+        for plan in queue_plans(pool).await {
+            assert!(
+                plan.contains("sqlite_autoindex_Jobs_1 (id=?)"),
+                "not looked up by id: {plan}"
+            );
+        }
+    }
+    fresh.close().await;
+}

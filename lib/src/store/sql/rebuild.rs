@@ -181,12 +181,33 @@ impl SqlStore {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
         insert_rows(&mut tx, rows).await?;
         tx.commit().await?;
-        // Planner statistics, as a database in steady state has them (PostgreSQL's
-        // autovacuum would gather them some time after a bulk load).
-        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        // Planner statistics of the loaded tables, as a database in steady state has them
+        // (PostgreSQL's autovacuum would gather them some time after a bulk load). Only
+        // these: on SQLite, analysing an empty queue table would drop the statistics its
+        // migration gives it.
+        for table in LOADED_TABLES {
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 }
+
+/// The tables [`SqlStore::bulk_load`] writes.
+const LOADED_TABLES: [&str; 11] = [
+    "namespaces",
+    "namespace_blobs",
+    "images",
+    "image_blobs",
+    "tags",
+    "manifests",
+    "manifest_layers",
+    "manifest_children",
+    "job_descriptors",
+    "prune_policies",
+    "api_tokens",
+];
 
 /// Folds a recorded event into the aggregate of its stream.
 fn fold<A: Aggregate>(aggregates: &mut HashMap<String, A>, e: &RecordedEvent) {
