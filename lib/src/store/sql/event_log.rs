@@ -389,7 +389,7 @@ async fn write_group(
             }
         };
         let count = r.events.len() as i64;
-        match deferred_job_update(&r.stream_id, base, &r.events, &at) {
+        match deferred_job_update(&r.stream_id, base, &r.events) {
             Some(update) => job_updates.push(update),
             None => project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
                 .await
@@ -407,7 +407,7 @@ async fn write_group(
     }
     job_updates.sort_by_key(|u: &JobUpdate| u.set);
     for run in job_updates.chunk_by(|a, b| a.set == b.set) {
-        write_job_updates(&mut tx, run)
+        write_job_updates(&mut tx, &at, run)
             .await
             .map_err(Failed::Before)?;
     }

@@ -413,8 +413,8 @@ async fn project_job(
     at: &str,
 ) -> Result<(), StoreError> {
     use crate::domain::job::JobState;
-    if let Some(update) = JobUpdate::of(job_id, version, event, at) {
-        return write_job_updates(conn, std::slice::from_ref(&update)).await;
+    if let Some(update) = JobUpdate::of(job_id, version, event) {
+        return write_job_updates(conn, at, std::slice::from_ref(&update)).await;
     }
     let DomainEvent::JobAccepted(a) = event else {
         return Ok(());
@@ -454,7 +454,8 @@ async fn project_job(
 }
 
 /// What one job event changes in its descriptor row, as a `SET` clause over a row `u` of
-/// values (`u.job`, `u.v`, `u.at`, then the event's own `u.a1`…). Events of one kind share
+/// values (`u.job`, `u.v`, then the event's own `u.a1`…) and the append's time `t.at`.
+/// Events of one kind share
 /// their clause, so the writer updates every job of a group that took the same step in one
 /// statement ([`write_job_updates`]).
 #[derive(Debug)]
@@ -462,7 +463,6 @@ struct JobUpdate {
     set: &'static str,
     job_id: String,
     version: i64,
-    at: String,
     args: Vec<JobArg>,
 }
 
@@ -476,14 +476,14 @@ enum JobArg {
 impl JobUpdate {
     /// The change `event` makes to job `job_id`'s descriptor; `None` for `job.accepted`
     /// (which inserts the row) and for events that are not a job's.
-    fn of(job_id: &str, version: i64, event: &DomainEvent, at: &str) -> Option<JobUpdate> {
+    fn of(job_id: &str, version: i64, event: &DomainEvent) -> Option<JobUpdate> {
         use crate::domain::job::JobState;
         use JobArg::{Int, Text};
         let state = |s: JobState| Text(s.as_str().to_owned());
         let (set, args) = match event {
             DomainEvent::JobStarted(s) => (
                 "state = u.a1, attempts = u.a2, next_retry_at = NULL, \
-                 started_at = COALESCE(started_at, u.at)",
+                 started_at = COALESCE(started_at, t.at)",
                 vec![state(JobState::Running), Int(s.attempt)],
             ),
             DomainEvent::JobProgressed(p) => (
@@ -491,7 +491,7 @@ impl JobUpdate {
                 vec![Int(p.done), Int(p.total), Text(p.step.clone())],
             ),
             DomainEvent::JobSucceeded(s) => (
-                "state = u.a1, output = u.a2, completed_at = u.at",
+                "state = u.a1, output = u.a2, completed_at = t.at",
                 vec![state(JobState::Completed), Text(s.output.to_string())],
             ),
             DomainEvent::JobRetried(r) => (
@@ -503,12 +503,12 @@ impl JobUpdate {
                 ],
             ),
             DomainEvent::JobFailed(f) => (
-                "state = u.a1, last_error = u.a2, completed_at = u.at",
+                "state = u.a1, last_error = u.a2, completed_at = t.at",
                 vec![state(JobState::Error), Text(f.error.clone())],
             ),
             DomainEvent::JobCancelRequested(_) => ("cancel_requested = TRUE", vec![]),
             DomainEvent::JobCancelled(_) => (
-                "state = u.a1, completed_at = u.at",
+                "state = u.a1, completed_at = t.at",
                 vec![state(JobState::Cancelled)],
             ),
             _ => return None,
@@ -517,7 +517,6 @@ impl JobUpdate {
             set,
             job_id: job_id.to_owned(),
             version,
-            at: at.to_owned(),
             args,
         })
     }
@@ -526,37 +525,35 @@ impl JobUpdate {
 /// The descriptor change of an append of one job event, which the writer may hold back and
 /// write with the group's others of its kind: nothing else in the append transaction reads
 /// descriptor rows, and a group touches each job's row once.
-fn deferred_job_update(
-    stream_id: &str,
-    base: i64,
-    events: &[DomainEvent],
-    at: &str,
-) -> Option<JobUpdate> {
+fn deferred_job_update(stream_id: &str, base: i64, events: &[DomainEvent]) -> Option<JobUpdate> {
     let job_id = stream_id.strip_prefix(streams::JOB)?;
     match events {
-        [event] => JobUpdate::of(job_id, base + 1, event, at),
+        [event] => JobUpdate::of(job_id, base + 1, event),
         _ => None,
     }
 }
 
-/// Descriptor rows updated per statement at most (6 values each).
+/// Descriptor rows updated per statement at most (5 values each).
 const JOB_UPDATES_PER_STATEMENT: usize = 1000;
 
-/// Writes `updates`, which share one `SET` clause and touch distinct jobs, in one statement
-/// per [`JOB_UPDATES_PER_STATEMENT`].
-async fn write_job_updates(conn: &mut Conn, updates: &[JobUpdate]) -> Result<(), StoreError> {
+/// Writes `updates`, which share one `SET` clause and touch distinct jobs, made at `at`, in
+/// one statement per [`JOB_UPDATES_PER_STATEMENT`].
+async fn write_job_updates(
+    conn: &mut Conn,
+    at: &str,
+    updates: &[JobUpdate],
+) -> Result<(), StoreError> {
     for chunk in updates.chunks(JOB_UPDATES_PER_STATEMENT) {
         let first = &chunk[0];
         debug_assert!(chunk.iter().all(|u| u.set == first.set));
-        let mut q = QueryBuilder::<Db>::new("WITH u(job, v, at");
+        let mut q = QueryBuilder::<Db>::new("WITH t(at) AS (SELECT ");
+        q.push_bind(at.to_owned()).push("), u(job, v");
         for i in 1..=first.args.len() {
             q.push(format!(", a{i}"));
         }
         q.push(") AS (");
         q.push_values(chunk, |mut row, u| {
-            row.push_bind(u.job_id.clone())
-                .push_bind(u.version)
-                .push_bind(u.at.clone());
+            row.push_bind(u.job_id.clone()).push_bind(u.version);
             for arg in &u.args {
                 match arg {
                     JobArg::Text(t) => row.push_bind(t.clone()),
@@ -566,7 +563,7 @@ async fn write_job_updates(conn: &mut Conn, updates: &[JobUpdate]) -> Result<(),
         });
         q.push(") UPDATE job_descriptors SET ")
             .push(first.set)
-            .push(", updated_at = u.at, version = u.v FROM u WHERE job_descriptors.id = u.job");
+            .push(", updated_at = t.at, version = u.v FROM u, t WHERE job_descriptors.id = u.job");
         q.build().execute(&mut *conn).await?;
     }
     Ok(())

@@ -179,13 +179,13 @@ impl SqlStore {
 
     pub async fn bulk_load(&self, rows: &ReadModelRows) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        insert_rows(&mut tx, rows).await?;
+        let tables = insert_rows(&mut tx, rows).await?;
         tx.commit().await?;
         // Planner statistics of the loaded tables, as a database in steady state has them
         // (PostgreSQL's autovacuum would gather them some time after a bulk load). Only
         // these: on SQLite, analysing an empty queue table would drop the statistics its
         // migration gives it.
-        for table in LOADED_TABLES {
+        for table in tables {
             sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
                 .execute(&self.pool)
                 .await?;
@@ -193,21 +193,6 @@ impl SqlStore {
         Ok(())
     }
 }
-
-/// The tables [`SqlStore::bulk_load`] writes.
-const LOADED_TABLES: [&str; 11] = [
-    "namespaces",
-    "namespace_blobs",
-    "images",
-    "image_blobs",
-    "tags",
-    "manifests",
-    "manifest_layers",
-    "manifest_children",
-    "job_descriptors",
-    "prune_policies",
-    "api_tokens",
-];
 
 /// Folds a recorded event into the aggregate of its stream.
 fn fold<A: Aggregate>(aggregates: &mut HashMap<String, A>, e: &RecordedEvent) {
@@ -217,53 +202,60 @@ fn fold<A: Aggregate>(aggregates: &mut HashMap<String, A>, e: &RecordedEvent) {
         .apply(&e.event, &e.recorded_at, e.position);
 }
 
-async fn insert_rows(conn: &mut Conn, rows: &ReadModelRows) -> Result<(), StoreError> {
-    bulk_insert(conn, "namespaces", NAMESPACE_COLUMNS, &rows.namespaces).await?;
-    bulk_insert(conn, "images", IMAGE_COLUMNS, &rows.images).await?;
-    bulk_insert(conn, "tags", TAG_COLUMNS, &rows.tags).await?;
-    bulk_insert(conn, "manifests", MANIFEST_COLUMNS, &rows.manifests).await?;
-    bulk_insert(
-        conn,
-        "manifest_layers",
-        MANIFEST_LAYER_COLUMNS,
-        &rows.manifest_layers,
-    )
-    .await?;
-    bulk_insert(
-        conn,
-        "manifest_children",
-        MANIFEST_CHILD_COLUMNS,
-        &rows.manifest_children,
-    )
-    .await?;
-    bulk_insert(conn, "image_blobs", IMAGE_BLOB_COLUMNS, &rows.image_blobs).await?;
-    bulk_insert(
-        conn,
-        "namespace_blobs",
-        NAMESPACE_BLOB_COLUMNS,
-        &rows.namespace_blobs,
-    )
-    .await?;
-    bulk_insert(conn, "api_tokens", API_TOKEN_COLUMNS, &rows.api_tokens).await?;
-    bulk_insert(
-        conn,
-        "job_descriptors",
-        JOB_DESCRIPTOR_COLUMNS,
-        &rows.job_descriptors,
-    )
-    .await?;
-    bulk_insert(conn, "prune_policies", POLICY_COLUMNS, &rows.prune_policies).await
+/// Writes `rows` into the read-model tables; returns the tables it wrote.
+async fn insert_rows(
+    conn: &mut Conn,
+    rows: &ReadModelRows,
+) -> Result<Vec<&'static str>, StoreError> {
+    Ok(vec![
+        bulk_insert(conn, "namespaces", NAMESPACE_COLUMNS, &rows.namespaces).await?,
+        bulk_insert(conn, "images", IMAGE_COLUMNS, &rows.images).await?,
+        bulk_insert(conn, "tags", TAG_COLUMNS, &rows.tags).await?,
+        bulk_insert(conn, "manifests", MANIFEST_COLUMNS, &rows.manifests).await?,
+        bulk_insert(
+            conn,
+            "manifest_layers",
+            MANIFEST_LAYER_COLUMNS,
+            &rows.manifest_layers,
+        )
+        .await?,
+        bulk_insert(
+            conn,
+            "manifest_children",
+            MANIFEST_CHILD_COLUMNS,
+            &rows.manifest_children,
+        )
+        .await?,
+        bulk_insert(conn, "image_blobs", IMAGE_BLOB_COLUMNS, &rows.image_blobs).await?,
+        bulk_insert(
+            conn,
+            "namespace_blobs",
+            NAMESPACE_BLOB_COLUMNS,
+            &rows.namespace_blobs,
+        )
+        .await?,
+        bulk_insert(conn, "api_tokens", API_TOKEN_COLUMNS, &rows.api_tokens).await?,
+        bulk_insert(
+            conn,
+            "job_descriptors",
+            JOB_DESCRIPTOR_COLUMNS,
+            &rows.job_descriptors,
+        )
+        .await?,
+        bulk_insert(conn, "prune_policies", POLICY_COLUMNS, &rows.prune_policies).await?,
+    ])
 }
 
 /// Inserts `rows` into `table`, [`ROWS_PER_INSERT`] at a time, each batch sent as one JSON
 /// array that the database unpacks itself ([`bulk_insert_sql`]): one bound parameter per
 /// batch instead of one per value. `table` and `columns` are constants of this module.
+/// Returns `table`.
 async fn bulk_insert<T: serde::Serialize>(
     conn: &mut Conn,
     table: &'static str,
     columns: &'static str,
     rows: &[T],
-) -> Result<(), StoreError> {
+) -> Result<&'static str, StoreError> {
     let sql = bulk_insert_sql(table, columns);
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let json = serde_json::to_string(chunk).expect("rows serialise");
@@ -272,5 +264,5 @@ async fn bulk_insert<T: serde::Serialize>(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    Ok(table)
 }
