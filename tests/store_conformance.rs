@@ -72,6 +72,7 @@ conformance!(
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
     a_prune_releases_each_blob_by_the_references_it_drops,
     a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
+    the_packed_layers_migration_fills_manifests_recorded_before_it,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -234,6 +235,30 @@ async fn a_write_is_visible_in_the_read_models_when_append_returns(store: Store)
 async fn migrations_are_idempotent(store: Store) {
     assert_eq!(store.migrate().await.unwrap(), Vec::<i64>::new());
     assert!(store.ready().await.unwrap());
+}
+
+/// Migration 9 packs each manifest's layers into its row; manifests recorded before it get
+/// theirs from `manifest_layers`, the same text the projection writes for new ones.
+async fn the_packed_layers_migration_fills_manifests_recorded_before_it(store: Store) {
+    let f = Fixture::new(store.clone());
+    random_workload(&f, 1, 250).await;
+    let before = store.read_model_rows().await.unwrap();
+    let layered = before
+        .manifests
+        .iter()
+        .filter(|m| m.layers_packed.contains(' '))
+        .count();
+    assert!(layered >= 5, "{layered} manifests with layers: too few");
+
+    // The database as it was before migration 9.
+    let undo = "ALTER TABLE manifests DROP COLUMN layers_packed; \
+                DELETE FROM layerline_migrations WHERE version = 9";
+    match &store {
+        Store::Sqlite(s) => drop(sqlx::raw_sql(undo).execute(s.pool()).await.unwrap()),
+        Store::Postgres(p) => drop(sqlx::raw_sql(undo).execute(p.pool()).await.unwrap()),
+    }
+    assert_eq!(store.migrate().await.unwrap(), [9]);
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::event::Blob;
 use crate::domain::parse_time;
 use crate::domain::retention::{ImageState, ManifestState, TagState};
 
@@ -22,16 +23,28 @@ pub struct SnapshotImage {
     pub state: ImageState,
 }
 
+/// A manifest's layers as the `manifests.layers_packed` column holds them: `digest size`
+/// for each layer, in order, all separated by a space (neither occurs in a digest or a
+/// number). Prune planning reads them from there rather than from `manifest_layers`, which
+/// holds a row per layer: a million manifests are a million rows to read, not three million.
+pub fn pack_layers(layers: &[Blob]) -> String {
+    let mut out = String::with_capacity(layers.len() * 80);
+    for layer in layers {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&layer.digest);
+        out.push(' ');
+        out.push_str(&layer.size.to_string());
+    }
+    out
+}
+
 /// One image's state from the text the snapshot query packs it into (records separated by
 /// `,`, fields by a space; the layouts are those of the snapshot query). A record of the
 /// wrong shape is an error naming it, never skipped: a plan made from a misread state could
 /// delete what it should keep.
-pub fn unpack_image(
-    tags: &str,
-    manifests: &str,
-    layers: &str,
-    children: &str,
-) -> Result<ImageState, String> {
+pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<ImageState, String> {
     fn records(packed: &str) -> impl Iterator<Item = &str> {
         packed.split(',').filter(|r| !r.is_empty())
     }
@@ -66,20 +79,30 @@ pub fn unpack_image(
     }
     let mut at: HashMap<&str, usize> = HashMap::new();
     for record in records(manifests) {
-        let (digest, recorded_at, config) = match record.split(' ').count() {
+        let (head, layers) = record
+            .split_once(';')
+            .ok_or_else(|| format!("manifest record {record:?} has no layer list"))?;
+        let (digest, recorded_at, config) = match head.split(' ').count() {
             2 => {
-                let [digest, recorded_at] = fields("manifest", record)?;
+                let [digest, recorded_at] = fields("manifest", head)?;
                 (digest, recorded_at, None)
             }
             _ => {
-                let [digest, recorded_at, config, size] = fields("manifest", record)?;
+                let [digest, recorded_at, config, size] = fields("manifest", head)?;
                 (digest, recorded_at, Some((config, size)))
             }
         };
-        let blobs = match config {
-            Some((config, size)) => vec![(config.to_owned(), number("config size", size)?)],
-            None => Vec::new(),
-        };
+        let mut blobs = Vec::with_capacity(1 + layers.len() / 70);
+        if let Some((config, size)) = config {
+            blobs.push((config.to_owned(), number("config size", size)?));
+        }
+        let mut parts = layers.split(' ').filter(|p| !p.is_empty());
+        while let Some(layer) = parts.next() {
+            let size = parts
+                .next()
+                .ok_or_else(|| format!("manifest {digest}: layer {layer} has no size"))?;
+            blobs.push((layer.to_owned(), number("layer size", size)?));
+        }
         at.insert(digest, state.manifests.len());
         state.manifests.push(ManifestState {
             digest: digest.to_owned(),
@@ -87,13 +110,6 @@ pub fn unpack_image(
             children: Vec::new(),
             blobs,
         });
-    }
-    for record in records(layers) {
-        let [manifest, digest, size] = fields("layer", record)?;
-        if let Some(&m) = at.get(manifest) {
-            let size = number("layer size", size)?;
-            state.manifests[m].blobs.push((digest.to_owned(), size));
-        }
     }
     for record in records(children) {
         let [parent, child] = fields("index child", record)?;
@@ -155,10 +171,17 @@ mod tests {
     #[test]
     fn an_image_unpacks_with_its_configs_layers_and_children_in_order() {
         let tags = format!("v1 sha256:aa {T} 7,latest sha256:ix {T} 9");
-        let manifests = format!("sha256:aa {T} sha256:c1 15,sha256:ix {T},sha256:bb {T}");
-        let layers = "sha256:aa sha256:l1 100,sha256:aa sha256:l2 200,sha256:zz sha256:l3 1";
+        let layers = [("sha256:l1", 100), ("sha256:l2", 200)].map(|(digest, size)| Blob {
+            digest: digest.into(),
+            size,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        });
+        let manifests = format!(
+            "sha256:aa {T} sha256:c1 15;{},sha256:ix {T};,sha256:bb {T};",
+            pack_layers(&layers)
+        );
         let children = "sha256:ix sha256:bb,sha256:ix sha256:aa";
-        let state = unpack_image(&tags, &manifests, layers, children).unwrap();
+        let state = unpack_image(&tags, &manifests, children).unwrap();
 
         assert_eq!(state.tags.len(), 2);
         assert_eq!(state.tags[1].name, "latest");
@@ -174,7 +197,7 @@ mod tests {
                 ("sha256:l2".to_owned(), 200),
             ]
         );
-        // No config, no layers; a layer of a manifest not read is not attached anywhere.
+        // No config, no layers.
         assert!(state.manifests[1].blobs.is_empty());
         assert_eq!(state.manifests[1].children, ["sha256:bb", "sha256:aa"]);
         assert!(state.manifests[2].blobs.is_empty());
@@ -182,23 +205,30 @@ mod tests {
 
     #[test]
     fn an_image_without_rows_unpacks_empty() {
-        assert_eq!(unpack_image("", "", "", "").unwrap(), ImageState::default());
+        assert_eq!(unpack_image("", "", "").unwrap(), ImageState::default());
+        assert_eq!(pack_layers(&[]), "");
     }
 
     #[test]
     fn a_record_of_the_wrong_shape_is_an_error_naming_it() {
-        let e = unpack_image(&format!("v1 sha256:aa {T}"), "", "", "").unwrap_err();
+        let e = unpack_image(&format!("v1 sha256:aa {T}"), "", "").unwrap_err();
         assert!(e.contains("tag record") && e.contains("too few"), "{e}");
-        let e = unpack_image("", &format!("sha256:aa {T} sha256:c1"), "", "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T} sha256:c1;"), "").unwrap_err();
         assert!(
             e.contains("manifest record") && e.contains("too few"),
             "{e}"
         );
-        let e = unpack_image(&format!("v1 sha256:aa {T} 7 x"), "", "", "").unwrap_err();
-        assert!(e.contains("too many"), "{e}");
-        let e = unpack_image(&format!("v1 sha256:aa {T} seven"), "", "", "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T}"), "").unwrap_err();
+        assert!(e.contains("no layer list"), "{e}");
+        let e = unpack_image("", &format!("sha256:aa {T};sha256:l1"), "").unwrap_err();
+        assert!(e.contains("sha256:l1 has no size"), "{e}");
+        let e = unpack_image("", &format!("sha256:aa {T};sha256:l1 big"), "").unwrap_err();
         assert!(e.contains("not a number"), "{e}");
-        let e = unpack_image("v1 sha256:aa yesterday 7", "", "", "").unwrap_err();
+        let e = unpack_image(&format!("v1 sha256:aa {T} 7 x"), "", "").unwrap_err();
+        assert!(e.contains("too many"), "{e}");
+        let e = unpack_image(&format!("v1 sha256:aa {T} seven"), "", "").unwrap_err();
+        assert!(e.contains("not a number"), "{e}");
+        let e = unpack_image("v1 sha256:aa yesterday 7", "", "").unwrap_err();
         assert!(e.contains("not a stored time"), "{e}");
     }
 }

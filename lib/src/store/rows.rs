@@ -88,6 +88,8 @@ pub struct ManifestRow {
     pub blobs_size: i64,
     pub created_at: String,
     pub seq: i64,
+    /// Its layers, packed for prune planning ([`super::plans::pack_layers`]).
+    pub layers_packed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -397,6 +399,7 @@ pub fn materialize<'a>(
                 blobs_size: distinct_blobs(r).iter().map(|b| b.size).sum(),
                 created_at: m.created_at.clone(),
                 seq: m.seq,
+                layers_packed: super::plans::pack_layers(&r.layers),
             });
             for (idx, layer) in r.layers.iter().enumerate() {
                 rows.manifest_layers.push(ManifestLayerRow {

@@ -652,7 +652,7 @@ async fn record_manifests(
     for chunk in run.chunks(MANIFESTS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Db>::new(
             "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
-             config_size, config_media_type, blobs_size, created_at, seq) ",
+             config_size, config_media_type, blobs_size, created_at, seq, layers_packed) ",
         );
         insert.push_values(chunk, |mut row, (m, position)| {
             row.push_bind(image_id.to_owned())
@@ -664,7 +664,8 @@ async fn record_manifests(
                 .push_bind(m.config.as_ref().map(|b| b.media_type.clone()))
                 .push_bind(distinct_blobs(m).iter().map(|b| b.size).sum::<i64>())
                 .push_bind(at.to_owned())
-                .push_bind(*position);
+                .push_bind(*position)
+                .push_bind(crate::store::plans::pack_layers(&m.layers));
         });
         insert.build().execute(&mut *conn).await?;
     }

@@ -9,30 +9,27 @@ const PLAN_ITEM_INSERT_COLUMNS: &str = "job_id, attempt, idx, image_id, image_na
     digest, pushed_version, reason, bytes";
 
 /// A page of a namespace's images (`$1`), those not in status `$2` named after `$3`, each
-/// with its tags, manifests, manifest layers and index children packed as text: records
+/// with its tags, manifests (with their layers) and index children packed as text: records
 /// separated by `,`, fields by a space (neither occurs in a tag name, a digest, a stored time
 /// or a number). Tag: `name digest pushed_at pushed_version`; manifest: `digest recorded_at`
-/// and, with a config, `config_digest config_size`; layer: `manifest_digest digest size`;
-/// child: `parent_digest child_digest`, in list order. `string_agg` is PostgreSQL's and,
-/// since 3.44, SQLite's.
+/// and, with a config, `config_digest config_size`, then `;` and its `layers_packed` (see
+/// [`crate::store::plans::pack_layers`]); child: `parent_digest child_digest`, in list order.
+/// `string_agg` and `concat_ws` (which skips NULLs) are PostgreSQL's and, since 3.44,
+/// SQLite's.
 const SNAPSHOT_SQL: &str = "SELECT i.id, i.name, \
-     (SELECT string_agg(t.name || ' ' || t.digest || ' ' || t.updated_at || ' ' || \
-        CAST(t.pushed_version AS TEXT), ',') FROM tags t WHERE t.image_id = i.id), \
-     (SELECT string_agg(m.digest || ' ' || m.created_at || \
-        COALESCE(' ' || m.config_digest || ' ' || CAST(m.config_size AS TEXT), ''), ',') \
-        FROM manifests m WHERE m.image_id = i.id), \
-     (SELECT string_agg(l.manifest_digest || ' ' || l.digest || ' ' || CAST(l.size AS TEXT), \
-        ',') FROM manifest_layers l WHERE l.image_id = i.id), \
-     (SELECT string_agg(c.parent_digest || ' ' || c.child_digest, ',' ORDER BY c.idx) \
+     (SELECT string_agg(concat_ws(' ', t.name, t.digest, t.updated_at, t.pushed_version), ',') \
+        FROM tags t WHERE t.image_id = i.id), \
+     (SELECT string_agg(concat_ws(' ', m.digest, m.created_at, m.config_digest, m.config_size) \
+        || ';' || m.layers_packed, ',') FROM manifests m WHERE m.image_id = i.id), \
+     (SELECT string_agg(concat_ws(' ', c.parent_digest, c.child_digest), ',' ORDER BY c.idx) \
         FROM manifest_children c WHERE c.image_id = i.id) \
      FROM images i WHERE i.namespace_id = $1 AND i.status <> $2 AND i.name > $3 \
      ORDER BY i.name LIMIT $4";
 
-/// A row of [`SNAPSHOT_SQL`]: id, name, and the packed tags, manifests, layers, children.
+/// A row of [`SNAPSHOT_SQL`]: id, name, and the packed tags, manifests, children.
 type PackedImage = (
     String,
     String,
-    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -41,11 +38,10 @@ type PackedImage = (
 /// Unpacks a page of [`SNAPSHOT_SQL`] rows; an error names the image.
 fn unpack_page(page: Vec<PackedImage>) -> Result<Vec<SnapshotImage>, String> {
     page.into_iter()
-        .map(|(id, name, tags, manifests, layers, children)| {
+        .map(|(id, name, tags, manifests, children)| {
             let state = unpack_image(
                 tags.as_deref().unwrap_or(""),
                 manifests.as_deref().unwrap_or(""),
-                layers.as_deref().unwrap_or(""),
                 children.as_deref().unwrap_or(""),
             )
             .map_err(|e| format!("image {id}: {e}"))?;

@@ -11,7 +11,7 @@ const IMAGE_COLUMNS: &str = "id, namespace_id, region, project_id, organization_
     visibility, status, size, created_at, updated_at, version";
 const TAG_COLUMNS: &str = "id, image_id, name, digest, created_at, updated_at, pushed_version";
 const MANIFEST_COLUMNS: &str = "image_id, digest, media_type, platform, config_digest, \
-    config_size, config_media_type, blobs_size, created_at, seq";
+    config_size, config_media_type, blobs_size, created_at, seq, layers_packed";
 const MANIFEST_LAYER_COLUMNS: &str = "image_id, manifest_digest, idx, digest, size, media_type";
 const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest";
 const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
@@ -104,6 +104,7 @@ fn manifest_row(r: &DbRow) -> Result<ManifestRow, sqlx::Error> {
         blobs_size: r.try_get("blobs_size")?,
         created_at: r.try_get("created_at")?,
         seq: r.try_get("seq")?,
+        layers_packed: r.try_get("layers_packed")?,
     })
 }
 
