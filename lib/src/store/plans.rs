@@ -28,14 +28,12 @@ pub struct SnapshotImage {
 /// number). Prune planning reads them from there rather than from `manifest_layers`, which
 /// holds a row per layer: a million manifests are a million rows to read, not three million.
 pub fn pack_layers(layers: &[Blob]) -> String {
-    let mut out = String::with_capacity(layers.len() * 80);
+    use std::fmt::Write;
+    let mut out = String::new();
     for layer in layers {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&layer.digest);
-        out.push(' ');
-        out.push_str(&layer.size.to_string());
+        let sep = if out.is_empty() { "" } else { " " };
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{sep}{} {}", layer.digest, layer.size);
     }
     out
 }
@@ -92,7 +90,7 @@ pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<Image
                 (digest, recorded_at, Some((config, size)))
             }
         };
-        let mut blobs = Vec::with_capacity(1 + layers.len() / 70);
+        let mut blobs = Vec::new();
         if let Some((config, size)) = config {
             blobs.push((config.to_owned(), number("config size", size)?));
         }
