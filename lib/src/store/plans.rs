@@ -38,6 +38,23 @@ pub fn pack_layers(layers: &[Blob]) -> String {
     out
 }
 
+/// The `(digest, size)` of each layer in a `layers_packed` value (see [`pack_layers`]), in
+/// order. A layer without a size, or a size that is no number, is an error naming it.
+pub fn unpack_layers(packed: &str) -> Result<Vec<(&str, i64)>, String> {
+    let mut out = Vec::new();
+    let mut parts = packed.split(' ').filter(|p| !p.is_empty());
+    while let Some(layer) = parts.next() {
+        let size = parts
+            .next()
+            .ok_or_else(|| format!("layer {layer} has no size"))?;
+        let size = size
+            .parse()
+            .map_err(|_| format!("layer {layer}: size {size:?} is not a number"))?;
+        out.push((layer, size));
+    }
+    Ok(out)
+}
+
 /// One image's state from the text the snapshot query packs it into (records separated by
 /// `,`, fields by a space; the layouts are those of the snapshot query). A record of the
 /// wrong shape is an error naming it, never skipped: a plan made from a misread state could
@@ -94,13 +111,8 @@ pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<Image
         if let Some((config, size)) = config {
             blobs.push((config.to_owned(), number("config size", size)?));
         }
-        let mut parts = layers.split(' ').filter(|p| !p.is_empty());
-        while let Some(layer) = parts.next() {
-            let size = parts
-                .next()
-                .ok_or_else(|| format!("manifest {digest}: layer {layer} has no size"))?;
-            blobs.push((layer.to_owned(), number("layer size", size)?));
-        }
+        let layers = unpack_layers(layers).map_err(|e| format!("manifest {digest}: {e}"))?;
+        blobs.extend(layers.into_iter().map(|(d, size)| (d.to_owned(), size)));
         at.insert(digest, state.manifests.len());
         state.manifests.push(ManifestState {
             digest: digest.to_owned(),

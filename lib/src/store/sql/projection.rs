@@ -790,40 +790,54 @@ async fn record_manifests(
 /// Deletes manifests `digests` of image `image_id` and releases the blobs they held:
 /// a blob leaves the image when no remaining manifest of it references it, and leaves the
 /// namespace's stored blobs when no image of it does. Returns the change in image size.
+///
+/// The manifest rows' own `layers_packed` and config say which blobs they held, read back
+/// as they are deleted: one statement, rather than a read of their layer rows first.
 async fn delete_manifests(
     conn: &mut Conn,
     image_id: &str,
     digests: &[&str],
 ) -> Result<i64, StoreError> {
-    // Each blob with the number of the deleted manifests referencing it (a manifest counts
-    // once however often it lists the blob: UNION keeps distinct triples).
-    let mut q = QueryBuilder::<Db>::new(
-        "SELECT digest, MAX(size) AS size, COUNT(*) AS refs FROM (\
-         SELECT manifest_digest AS m, digest, size FROM manifest_layers WHERE image_id = ",
-    );
-    q.push_bind(image_id.to_owned())
-        .push(" AND manifest_digest IN (");
+    let mut q = QueryBuilder::<Db>::new("DELETE FROM manifests WHERE image_id = ");
+    q.push_bind(image_id.to_owned()).push(" AND digest IN (");
     push_list(&mut q, digests);
-    q.push(
-        " UNION SELECT digest AS m, config_digest AS digest, config_size AS size FROM manifests \
-         WHERE config_digest IS NOT NULL AND image_id = ",
-    )
-    .push_bind(image_id.to_owned())
-    .push(" AND digest IN (");
-    push_list(&mut q, digests);
-    q.push(") x GROUP BY digest");
-    let released: Vec<(String, i64, i64)> = q
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("digest")?, r.try_get("size")?, r.try_get("refs")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    q.push(" RETURNING digest, config_digest, config_size, layers_packed");
+    let deleted = q.build().fetch_all(&mut *conn).await?;
+    // Each blob with its size and the number of deleted manifests referencing it (a
+    // manifest counts once however often it lists the blob).
+    let mut refs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for row in &deleted {
+        let digest: &str = row.try_get("digest")?;
+        let config: Option<&str> = row.try_get("config_digest")?;
+        let config_size: Option<i64> = row.try_get("config_size")?;
+        let packed: &str = row.try_get("layers_packed")?;
+        let unreadable = |e: String| {
+            let e = format!("manifest {digest} of image {image_id}: {e}");
+            StoreError::Database(sqlx::Error::Decode(e.into()))
+        };
+        let layers = crate::store::plans::unpack_layers(packed).map_err(unreadable)?;
+        let config = match (config, config_size) {
+            (Some(c), Some(size)) => Some((c, size)),
+            (Some(c), None) => return Err(unreadable(format!("config {c} has no size"))),
+            (None, _) => None,
+        };
+        let mut blobs: Vec<(&str, i64)> = config.into_iter().chain(layers).collect();
+        blobs.sort_unstable();
+        blobs.dedup_by(|a, b| a.0 == b.0);
+        for (blob, size) in blobs {
+            let entry = refs.entry(blob.to_owned()).or_insert((size, 0));
+            entry.0 = entry.0.max(size);
+            entry.1 += 1;
+        }
+    }
+    let released: Vec<(String, i64, i64)> = refs
+        .into_iter()
+        .map(|(digest, (size, n))| (digest, size, n))
+        .collect();
 
     for (table, column) in [
         ("manifest_layers", "manifest_digest"),
         ("manifest_children", "parent_digest"),
-        ("manifests", "digest"),
     ] {
         let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE image_id = "));
         q.push_bind(image_id.to_owned())
@@ -859,12 +873,16 @@ async fn delete_manifests(
 /// `namespace_blobs`, keyed by `owner_column`) and removes the rows left at zero; returns
 /// those blobs with their sizes.
 ///
-/// Blobs losing the same number of references share one `UPDATE … digest IN (…)`: a run
-/// usually drops one reference from most blobs and a few more from shared ones, so that is
-/// a statement or two, each an index lookup per blob. (A per-row `CASE digest WHEN …` over
-/// every blob costs a comparison per blob per row, which a prune of hundreds of blobs an
-/// image felt.) The distinct counts are few: `k` of them need at least `1 + 2 + … + k`
-/// references in all.
+/// Blobs losing the same number of references share their statements: a run usually drops
+/// one reference from most blobs and a few more from shared ones, so that is a group or two,
+/// each an index lookup per blob. (A per-row `CASE digest WHEN …` over every blob costs a
+/// comparison per blob per row, which a prune of hundreds of blobs an image felt.) The
+/// distinct counts are few: `k` of them need at least `1 + 2 + … + k` references in all.
+///
+/// A row losing its last reference is deleted straight away rather than first updated to
+/// zero: writing a new row version and its index entry only to delete it cost PostgreSQL
+/// about as much as the rest of a prune's projection. Only the blobs still referenced
+/// afterwards are updated.
 async fn release(
     conn: &mut Conn,
     table: &'static str,
@@ -879,26 +897,33 @@ async fn release(
     let mut gone: Vec<(String, i64)> = Vec::new();
     for (refs, digests) in &by_count {
         for chunk in digests.chunks(DIGESTS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - "));
-            q.push_bind(*refs)
-                .push(format!(" WHERE {owner_column} = "))
-                .push_bind(owner.to_owned())
+            let mut q =
+                QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE {owner_column} = "));
+            q.push_bind(owner.to_owned())
+                .push(" AND refs <= ")
+                .push_bind(*refs)
                 .push(" AND digest IN (");
             push_list(&mut q, chunk);
-            q.push(" RETURNING digest, size, refs");
-            for r in q.build().fetch_all(&mut *conn).await? {
-                if r.try_get::<i64, _>("refs")? <= 0 {
-                    gone.push((r.try_get("digest")?, r.try_get("size")?));
+            q.push(" RETURNING digest, size");
+            let deleted = q.build().fetch_all(&mut *conn).await?;
+            if deleted.len() < chunk.len() {
+                let mut left: HashSet<&str> = chunk.iter().copied().collect();
+                for r in &deleted {
+                    left.remove(r.try_get::<&str, _>("digest")?);
                 }
+                let left: Vec<&str> = chunk.iter().copied().filter(|d| left.contains(d)).collect();
+                let mut q = QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - "));
+                q.push_bind(*refs)
+                    .push(format!(" WHERE {owner_column} = "))
+                    .push_bind(owner.to_owned())
+                    .push(" AND digest IN (");
+                push_list(&mut q, &left);
+                q.build().execute(&mut *conn).await?;
+            }
+            for r in deleted {
+                gone.push((r.try_get("digest")?, r.try_get("size")?));
             }
         }
-    }
-    let digests: Vec<&str> = gone.iter().map(|(d, _)| d.as_str()).collect();
-    for chunk in digests.chunks(DIGESTS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE {owner_column} = "));
-        q.push_bind(owner.to_owned()).push(" AND digest IN (");
-        push_list(&mut q, chunk);
-        q.build().execute(&mut *conn).await?;
     }
     Ok(gone)
 }
