@@ -18,11 +18,13 @@ use layerline_core::domain::policy::{Policy, PruneInput};
 use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, select};
 use layerline_core::importer::Failed;
 use layerline_core::metric;
+use layerline_core::oci::Client;
+use layerline_core::service::Registry;
 use layerline_core::service::ServiceError;
 use layerline_core::store::plans::{
     KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot, SnapshotImage,
 };
-use layerline_core::store::{Store, StoreError};
+use layerline_core::store::{Metadata, Store, StoreError};
 use serde_json::{Value, json};
 
 use crate::handlers::ours;
@@ -141,8 +143,8 @@ fn select_images(
     out
 }
 
-/// Images whose deletions are written at once (their appends share the writer's group
-/// commits); a cancel is seen between such groups.
+/// Images whose deletions are under way at once (their appends share the writer's group
+/// commits).
 const IMAGES_AT_ONCE: usize = 4;
 
 /// Tags deleted, manifests deleted and the bytes those manifests freed, by `events`.
@@ -159,6 +161,66 @@ fn tally(events: &[DomainEvent], bytes: &HashMap<String, i64>) -> (i64, i64, i64
         }
     }
     (tags, manifests, freed)
+}
+
+/// Deletes one image's planned items (and, with `target`, the manifests this job deleted
+/// at the backend repository); returns the tags, manifests and bytes this job deleted from
+/// the image in all its attempts, and the manifests deleted at the backend now.
+async fn prune_image(
+    registry: Registry<Store>,
+    target: Option<(Client, String)>,
+    meta: Metadata,
+    job_id: String,
+    rerun: bool,
+    image_id: String,
+    list: Vec<PlanItem>,
+) -> Result<((i64, i64, i64), i64), Failure> {
+    let tags = list
+        .iter()
+        .filter(|i| i.kind == KIND_TAG)
+        .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
+        .collect();
+    let bytes: HashMap<String, i64> = list
+        .iter()
+        .filter(|i| i.kind == KIND_MANIFEST)
+        .map(|i| (i.digest.clone(), i.bytes))
+        .collect();
+    let manifests = bytes.keys().cloned().collect();
+    let cmd = ImageCommand::Prune { tags, manifests };
+    let appended = match registry.image(&image_id, cmd, &meta).await {
+        Ok(events) => events,
+        Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
+        Err(e) => return Err(Failure::from(e)),
+    };
+    // The metrics count this attempt's deletions; the output counts what every attempt of
+    // this job deleted.
+    let (tags, manifests, freed) = tally(&appended, &bytes);
+    metric::pruned(tags as u64, manifests as u64, freed as u64);
+    let events = if rerun {
+        ours(&registry, &job_id, &image_id).await?
+    } else {
+        appended
+    };
+    // Every manifest this job deleted, again on a rerun (one already gone is not an error),
+    // so a crash between the two leaves nothing behind.
+    let mut at_backend = 0;
+    if let Some((client, repository)) = &target {
+        for e in &events {
+            if let DomainEvent::ManifestDeleted(m) = e {
+                client
+                    .delete_manifest(repository, &m.digest)
+                    .await
+                    .map_err(|e| match Failed::from(e) {
+                        Failed::Transient(m) => Failure::Transient(m),
+                        Failed::Permanent(m) => Failure::Permanent(format!(
+                            "deleting from the backend {repository}: {m}"
+                        )),
+                    })?;
+                at_backend += 1;
+            }
+        }
+    }
+    Ok((tally(&events, &bytes), at_backend))
 }
 
 pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
@@ -235,12 +297,23 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
         .namespace_blobs(&policy.namespace_id)
         .await
         .map_err(transient)?;
+    // Images are deleted a few at once, a new one starting as soon as one ends, so that the
+    // writer always has the next appends waiting while it writes a group. Each start is a
+    // step boundary; when one stops the run, the images already started finish first.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = by_image.iter();
     let mut done = 0;
-    for group in by_image.chunks(IMAGES_AT_ONCE) {
-        ctx.boundary(done, total, &format!("prune image {}", group[0].1), false)
-            .await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for (image_id, image_name, list) in group {
+    let mut stopped = None;
+    loop {
+        while stopped.is_none() && tasks.len() < IMAGES_AT_ONCE {
+            let Some((image_id, image_name, list)) = pending.next() else {
+                break;
+            };
+            let step = format!("prune image {image_name}");
+            if let Err(stop) = ctx.boundary(done, total, &step, false).await {
+                stopped = Some(stop);
+                break;
+            }
             let registry = ctx.registry().clone();
             let target = backend
                 .as_ref()
@@ -248,64 +321,23 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             let meta = ctx.meta.clone();
             let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
             let (image_id, list) = (image_id.clone(), list.clone());
-            tasks.spawn(async move {
-                let tags = list
-                    .iter()
-                    .filter(|i| i.kind == KIND_TAG)
-                    .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
-                    .collect();
-                let bytes: HashMap<String, i64> = list
-                    .iter()
-                    .filter(|i| i.kind == KIND_MANIFEST)
-                    .map(|i| (i.digest.clone(), i.bytes))
-                    .collect();
-                let manifests = bytes.keys().cloned().collect();
-                let cmd = ImageCommand::Prune { tags, manifests };
-                let appended = match registry.image(&image_id, cmd, &meta).await {
-                    Ok(events) => events,
-                    Err(ServiceError::Domain(DomainError::NotFound { .. })) => Vec::new(),
-                    Err(e) => return Err(Failure::from(e)),
-                };
-                // The metrics count this attempt's deletions; the output counts what every
-                // attempt of this job deleted.
-                let (tags, manifests, freed) = tally(&appended, &bytes);
-                metric::pruned(tags as u64, manifests as u64, freed as u64);
-                let events = if rerun {
-                    ours(&registry, &job_id, &image_id).await?
-                } else {
-                    appended
-                };
-                // Every manifest this job deleted, again on a rerun (one already gone is
-                // not an error), so a crash between the two leaves nothing behind.
-                let mut at_backend = 0;
-                if let Some((client, repository)) = &target {
-                    for e in &events {
-                        if let DomainEvent::ManifestDeleted(m) = e {
-                            client
-                                .delete_manifest(repository, &m.digest)
-                                .await
-                                .map_err(|e| match Failed::from(e) {
-                                    Failed::Transient(m) => Failure::Transient(m),
-                                    Failed::Permanent(m) => Failure::Permanent(format!(
-                                        "deleting from the backend {repository}: {m}"
-                                    )),
-                                })?;
-                            at_backend += 1;
-                        }
-                    }
-                }
-                Ok((tally(&events, &bytes), at_backend))
-            });
+            tasks.spawn(prune_image(
+                registry, target, meta, job_id, rerun, image_id, list,
+            ));
         }
-        while let Some(joined) = tasks.join_next().await {
-            let ((tags, manifests, freed), at_backend) =
-                joined.map_err(|e| Failure::Transient(format!("an image's task died: {e}")))??;
-            backend_deleted += at_backend;
-            tags_deleted += tags;
-            manifests_deleted += manifests;
-            bytes_freed += freed;
-        }
-        done += group.len() as i64;
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let ((tags, manifests, freed), at_backend) =
+            joined.map_err(|e| Failure::Transient(format!("an image's task died: {e}")))??;
+        backend_deleted += at_backend;
+        tags_deleted += tags;
+        manifests_deleted += manifests;
+        bytes_freed += freed;
+        done += 1;
+    }
+    if let Some(stop) = stopped {
+        return Err(stop);
     }
     ctx.boundary(total, total, "done", true).await?;
     timings.insert("apply".into(), ms(started));
