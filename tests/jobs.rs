@@ -514,12 +514,23 @@ async fn start_pool(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
-    use layerline_jobs::{PoolConfig, Queues, RetryPolicy, Runner};
-    use std::sync::Arc;
-    let config = PoolConfig {
+    let config = layerline_jobs::PoolConfig {
         poll,
-        ..PoolConfig::default()
+        ..layerline_jobs::PoolConfig::default()
     };
+    start_pool_with(store, config).await
+}
+
+async fn start_pool_with(
+    store: &Store,
+    config: layerline_jobs::PoolConfig,
+) -> (
+    layerline_jobs::Queues,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    use layerline_jobs::{Queues, RetryPolicy, Runner};
+    use std::sync::Arc;
     let queues = Queues::new(store.clone(), config);
     queues.migrate().await.unwrap();
     let runner = Runner::new(
@@ -674,6 +685,32 @@ async fn a_task_pushed_by_another_process_wakes_the_worker_on_postgres() {
     let elsewhere =
         layerline_jobs::Queues::new(store.clone(), layerline_jobs::PoolConfig::default());
     probe_to_completion(&store, &elsewhere, json!({"steps": 1})).await;
+    let _ = stop.send(true);
+    pool.await.unwrap();
+}
+
+/// On SQLite an idle queue does not fetch at every tick (a fetch takes the database's write
+/// lock even when it finds nothing); one read per tick finds the queues with tasks due and
+/// wakes only their workers. Here the ticks that still fetch come at the heartbeat's pace,
+/// every 150 s (a 600 s orphan timeout), so a task pushed by another process (a second
+/// `Queues`, whose nudges reach no worker here) completes within the probe's 60 s only
+/// because that read found it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_pushed_by_another_process_is_found_by_the_due_read_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    let store = db.store().await;
+    let config = layerline_jobs::PoolConfig {
+        poll: Duration::from_millis(100),
+        orphan_after: Duration::from_secs(600),
+        ..layerline_jobs::PoolConfig::default()
+    };
+    let (_, stop, pool) = start_pool_with(&store, config).await;
+    // Past the workers' first fetches at start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elsewhere = layerline_jobs::Queues::new(store.clone(), config);
+    let started = Instant::now();
+    probe_to_completion(&store, &elsewhere, json!({"steps": 1})).await;
+    eprintln!("picked up and completed in {:?}", started.elapsed());
     let _ = stop.send(true);
     pool.await.unwrap();
 }

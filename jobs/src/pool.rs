@@ -3,8 +3,9 @@
 //! `apalis-notes.md` is closed here, in our code, never by patching the crate:
 //!
 //! * queue names are `queue::*` constants, never type paths;
-//! * idle pickup polls every `poll`, instead of waiting for the next heartbeat; the ticks
-//!   are ours ([`Ticks`]), because apalis's interval strategy does not arm its next tick; a
+//! * idle pickup polls every `poll`, instead of waiting for the next heartbeat (on SQLite
+//!   by reading which queues have tasks due, [`due_loop`]); the ticks are ours
+//!   ([`Ticks`]), because apalis's interval strategy does not arm its next tick; a
 //!   task pushed from this process wakes this process's worker of its queue at once
 //!   ([`Nudged`]), and on PostgreSQL so does one pushed by any process ([`listen_loop`]);
 //! * a worker whose stream ends (one database error ends it) is rebuilt by `serve_queue`
@@ -178,12 +179,20 @@ impl Queues {
         Nudged::new(self.nudges.0[name].clone())
     }
 
-    /// When the worker of queue `name` fetches, on either backend: at once after a push from
-    /// this process, and at every tick.
+    /// When the worker of queue `name` fetches: at once after a push from this process, and
+    /// on PostgreSQL at every tick. On SQLite a fetch takes the database's one write lock
+    /// even when it finds nothing, so an idle queue polling every tick stalls whatever else
+    /// writes (seven queues at 100 ms are 70 lock takes a second); there [`due_loop`] reads
+    /// which queues have tasks due and nudges only those, and the ticks are only a backstop
+    /// at the heartbeat's pace.
     fn wake_ups(&self, name: &str) -> Strategy {
+        let tick = match self.store {
+            Store::Sqlite(_) => self.heartbeat(),
+            Store::Postgres(_) => self.config.poll,
+        };
         Strategy::new()
             .apply(self.nudged(name))
-            .apply(Ticks::new(self.config.poll))
+            .apply(Ticks::new(tick))
     }
 
     /// Creates or upgrades apalis's own tables (PostgreSQL schema `apalis`; SQLite tables
@@ -380,6 +389,7 @@ pub async fn run(queues: Queues, runner: Arc<Runner>, shutdown: watch::Receiver<
         )));
     }
     tasks.push(tokio::spawn(listen_loop(queues.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(due_loop(queues.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(sweep_loop(queues, shutdown)));
     for t in tasks {
         let _ = t.await;
@@ -440,6 +450,38 @@ async fn listen(
                 payload = notification.payload(),
                 "unexpected insert notification; ignored"
             ),
+        }
+    }
+}
+
+/// The queues with a task that apalis's fetch would take now (as its SQLite fetch chooses
+/// them: pending and unlocked, or failed with attempts left, and due).
+const DUE_QUEUES: &str = "SELECT DISTINCT job_type FROM Jobs \
+    WHERE ((status = 'Pending' AND lock_by IS NULL) \
+        OR (status = 'Failed' AND attempts < max_attempts)) \
+    AND (run_at IS NULL OR run_at <= ?1)";
+
+/// On SQLite, reads every `poll` which queues have tasks due (a read, which takes no lock
+/// from writers) and nudges their workers, so that only those fetch. Tasks pushed by this
+/// process nudge their worker at once without it; this finds those pushed by another
+/// process, and retries coming due.
+async fn due_loop(queues: Queues, mut shutdown: watch::Receiver<bool>) {
+    let Store::Sqlite(s) = &queues.store else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(queues.config.poll) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let due = sqlx::query_scalar::<_, String>(DUE_QUEUES)
+            .bind(Utc::now().timestamp())
+            .fetch_all(s.pool())
+            .await;
+        match due {
+            Ok(names) => names.iter().for_each(|name| queues.nudge(name)),
+            // The heartbeat's ticks still fetch meanwhile.
+            Err(e) => tracing::debug!(error = %e, "reading which queues have tasks due failed"),
         }
     }
 }
