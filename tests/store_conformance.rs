@@ -73,6 +73,7 @@ conformance!(
     a_prune_releases_each_blob_by_the_references_it_drops,
     a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
     the_packed_layers_migration_fills_manifests_recorded_before_it,
+    a_kept_state_is_decided_on_and_read_again_once_the_stream_moved,
 );
 
 fn update(description: &str) -> DomainEvent {
@@ -1670,4 +1671,76 @@ async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: 
     sorted.sort();
     assert_eq!(names, sorted, "images in byte order");
     assert!(items.iter().enumerate().all(|(n, i)| i.idx == n as i64));
+}
+
+/// A job's runner keeps its job's state between commands (`Registry::execute_on`): each
+/// command is decided on that state and folded into it as stored. Once another writer has
+/// moved the stream, a command decided on the kept state is decided again on the stream as
+/// stored, whether the version check stopped it (a progress) or the kept state refused it
+/// (confirming a cancel it had not seen); either way it is written once.
+async fn a_kept_state_is_decided_on_and_read_again_once_the_stream_moved(store: Store) {
+    use layerline_core::domain::Aggregate;
+    use layerline_core::domain::job::{Job, JobAccepted, JobCommand, JobKind, JobState};
+    use layerline_core::service::Registry;
+    let registry = Registry::new(store.clone());
+    let meta = Metadata::default();
+    let progress = |done| JobCommand::Progress {
+        attempt: 1,
+        done,
+        total: 10,
+        step: format!("step {done}"),
+    };
+    for id in ["job-progress", "job-cancel"] {
+        let accept = JobCommand::Accept(JobAccepted {
+            job_id: id.to_owned(),
+            kind: JobKind::Probe,
+            caption: "probe".to_owned(),
+            input: serde_json::json!({}),
+            creator: None,
+            idempotency_key: None,
+        });
+        registry.execute::<Job>(id, accept, &meta).await.unwrap();
+        let mut kept: Job = registry.load(id).await.unwrap();
+        let start = JobCommand::Start {
+            task: "task-1".to_owned(),
+            takeover: false,
+        };
+        registry
+            .execute_on(id, &mut kept, start, &meta)
+            .await
+            .unwrap();
+        let stored: Job = registry.load(id).await.unwrap();
+        assert_eq!(kept, stored, "{id}: the kept state is folded as stored");
+        assert_eq!(kept.version(), 2);
+
+        // Another writer moves the stream behind the kept state's back.
+        let other = match id {
+            "job-progress" => progress(1),
+            _ => JobCommand::RequestCancel {
+                by: Some("someone".to_owned()),
+            },
+        };
+        registry.execute::<Job>(id, other, &meta).await.unwrap();
+        let ours = match id {
+            "job-progress" => progress(2),
+            _ => JobCommand::ConfirmCancel { attempt: 1 },
+        };
+        let events = registry
+            .execute_on(id, &mut kept, ours, &meta)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "{id}");
+        let stored: Job = registry.load(id).await.unwrap();
+        assert_eq!(kept, stored, "{id}: read again, then folded as stored");
+        assert_eq!(stored.version(), 4, "{id}: each command written once");
+        let expected = match id {
+            "job-progress" => (JobState::Running, 2),
+            _ => (JobState::Cancelled, 0),
+        };
+        assert_eq!(
+            (stored.state, stored.done),
+            (Some(expected.0), expected.1),
+            "{id}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use layerline_core::domain::{DomainError, parse_time};
 use layerline_core::jobs::Dispatcher;
 use layerline_core::metric;
 use layerline_core::service::{Registry, ServiceError};
-use layerline_core::store::{Metadata, ReadModels, Store};
+use layerline_core::store::{Metadata, ReadModels, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -113,29 +113,33 @@ impl Runner {
             .await
             .expect("the semaphore is never closed");
         let id = ticket.job_id.as_str();
-        // The descriptor row answers the checks before the attempt; `Start` folds the stream.
-        let Some(job) = self
-            .registry
-            .store()
-            .job(id)
-            .await
-            .map_err(ServiceError::Store)?
-        else {
+        // The job's stream answers the checks before the attempt, and is the state the
+        // attempt's commands are decided on from then on (see `Ctx::job`).
+        let mut job: Job = match self.registry.load(id).await {
+            Ok(job) => job,
+            Err(ServiceError::Store(e @ StoreError::Decode { .. })) => {
+                tracing::warn!(job_id = id, error = %e, "job stream unreadable by this build; dropped");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(accepted) = &job.accepted else {
             tracing::warn!(job_id = id, "queued job has no stream; dropped");
             return Ok(());
         };
-        let Some(kind) = JobKind::parse(&job.kind) else {
-            tracing::warn!(job_id = id, kind = job.kind, "unknown job kind; dropped");
-            return Ok(());
-        };
-        match job.state.as_str() {
-            "completed" | "error" | "cancelled" => return Ok(()),
+        let (kind, input) = (accepted.kind, accepted.input.clone());
+        match job.state {
+            Some(state) if state.is_final() => return Ok(()),
             // An early duplicate: the retry's own delivery is queued for its time.
-            "scheduled" if due_later(job.next_retry_at.as_deref()) => return Ok(()),
+            Some(JobState::Scheduled) if due_later(job.retry_at.as_deref()) => return Ok(()),
             _ => {}
         }
-        // Stored by us as JSON; should it not parse, the handler refuses it as bad input.
-        let input: Value = serde_json::from_str(&job.input).unwrap_or(Value::Null);
+        // Runnable since its acceptance, or since its retry time; a takeover waited for the
+        // orphan timeout, which says nothing about the queue.
+        let runnable_since = match job.state {
+            Some(JobState::Scheduled) => job.retry_at.clone(),
+            _ => Some(job.created_at.clone()),
+        };
         let meta = Metadata {
             job_id: Some(id.to_owned()),
             actor: Some(format!("job:{}", kind.as_str())),
@@ -145,7 +149,7 @@ impl Runner {
             task: task.to_owned(),
             takeover: ticket.takeover,
         };
-        let attempt = match self.registry.execute::<Job>(id, start, &meta).await {
+        let attempt = match self.registry.execute_on(id, &mut job, start, &meta).await {
             Ok(events) => match events.first() {
                 Some(layerline_core::domain::DomainEvent::JobStarted(s)) => s.attempt,
                 // Its cancel outlived a dead attempt.
@@ -161,13 +165,8 @@ impl Runner {
             }
             Err(e) => return Err(e),
         };
-        // Runnable since its acceptance, or since its retry time; a takeover waited for the
-        // orphan timeout, which says nothing about the queue.
-        let runnable_since = match job.state.as_str() {
-            "scheduled" => job.next_retry_at.as_deref(),
-            _ => Some(job.created_at.as_str()),
-        };
         let waited = runnable_since
+            .as_deref()
             .and_then(parse_time)
             .filter(|_| !ticket.takeover)
             .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
@@ -181,10 +180,11 @@ impl Runner {
                 job_id: id.to_owned(),
                 attempt,
                 meta,
+                job,
                 last_progress: None,
             };
             let outcome = handlers::run(kind, &input, &mut ctx).await;
-            let ended = self.finish(kind, &ctx, outcome).await?;
+            let ended = self.finish(kind, &mut ctx, outcome).await?;
             metric::job_attempt_ended(kind, ended, started.elapsed());
             Ok(())
         }
@@ -197,7 +197,7 @@ impl Runner {
     async fn finish(
         &self,
         kind: JobKind,
-        ctx: &Ctx<'_>,
+        ctx: &mut Ctx<'_>,
         outcome: Outcome,
     ) -> Result<&'static str, ServiceError> {
         let (id, attempt) = (ctx.job_id.as_str(), ctx.attempt);
@@ -245,7 +245,11 @@ impl Runner {
                     error,
                     retry_at: Some(layerline_core::domain::format_time(at)),
                 };
-                return match self.registry.execute::<Job>(id, cmd, &ctx.meta).await {
+                return match self
+                    .registry
+                    .execute_on(id, &mut ctx.job, cmd, &ctx.meta)
+                    .await
+                {
                     Ok(_) => {
                         if let Err(error) =
                             self.dispatcher.dispatch(kind, id, Some(at), false).await
@@ -259,7 +263,11 @@ impl Runner {
                 };
             }
         };
-        match self.registry.execute::<Job>(id, cmd, &ctx.meta).await {
+        match self
+            .registry
+            .execute_on(id, &mut ctx.job, cmd, &ctx.meta)
+            .await
+        {
             Ok(_) => Ok(ended),
             // Refused: a newer attempt owns the job now.
             Err(ServiceError::Domain(_)) => Ok("superseded"),
@@ -285,6 +293,10 @@ pub struct Ctx<'a> {
     pub attempt: i64,
     /// Metadata for the effects' events: they name the job.
     pub meta: Metadata,
+    /// The job as this attempt last wrote or read its stream: its own commands are decided
+    /// on it without reading the stream again (a change made meanwhile by anyone else fails
+    /// the append's version check, and the stream is read then).
+    job: Job,
     last_progress: Option<Instant>,
 }
 
@@ -323,8 +335,9 @@ impl<'a> Ctx<'a> {
                 self.progress(done, total, step).await?;
             }
             return match self
-                .registry()
-                .execute::<Job>(&self.job_id, cmd, &self.meta)
+                .runner
+                .registry
+                .execute_on(&self.job_id, &mut self.job, cmd, &self.meta)
                 .await
             {
                 Ok(_) => Err(Failure::Cancelled),
@@ -349,8 +362,9 @@ impl<'a> Ctx<'a> {
             step: step.to_owned(),
         };
         match self
-            .registry()
-            .execute::<Job>(&self.job_id, cmd, &self.meta)
+            .runner
+            .registry
+            .execute_on(&self.job_id, &mut self.job, cmd, &self.meta)
             .await
         {
             Ok(_) => {

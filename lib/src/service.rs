@@ -71,10 +71,48 @@ impl<S: EventStore + ReadModels> Registry<S> {
         cmd: A::Command,
         meta: &Metadata,
     ) -> Result<Vec<DomainEvent>, ServiceError> {
+        let mut state: A = self.load(id).await?;
+        self.decide_and_append(id, &mut state, true, cmd, meta)
+            .await
+    }
+
+    /// [`execute`](Self::execute) for a caller that keeps aggregate `id`'s state between
+    /// commands (a job's runner): decides on `state` as it is, without reading the stream,
+    /// and folds the appended events into it. Should the stream have moved since `state` was
+    /// folded, the append's version check (or a refusal of the command) sends it back to
+    /// the stream, and it is decided again on the state as stored.
+    pub async fn execute_on<A: Aggregate>(
+        &self,
+        id: &str,
+        state: &mut A,
+        cmd: A::Command,
+        meta: &Metadata,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
+        self.decide_and_append(id, state, false, cmd, meta).await
+    }
+
+    /// Decides `cmd` on `state` (just loaded when `fresh`) and appends at its version,
+    /// loading the state afresh after a conflict, or after a refusal of a state that was
+    /// not fresh.
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        id: &str,
+        state: &mut A,
+        mut fresh: bool,
+        cmd: A::Command,
+        meta: &Metadata,
+    ) -> Result<Vec<DomainEvent>, ServiceError> {
         let stream_id = A::stream(id);
         for _ in 0..MAX_ATTEMPTS {
-            let state: A = self.load(id).await?;
-            let events = state.decide(id, cmd.clone())?;
+            let events = match state.decide(id, cmd.clone()) {
+                Ok(events) => events,
+                Err(_) if !fresh => {
+                    *state = self.load(id).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             match self
                 .store
                 .append(
@@ -85,8 +123,17 @@ impl<S: EventStore + ReadModels> Registry<S> {
                 )
                 .await
             {
-                Ok(_) => return Ok(events),
-                Err(StoreError::Conflict { .. }) => continue,
+                Ok(appended) => {
+                    for (n, event) in events.iter().enumerate() {
+                        let position = appended.first_position + n as i64;
+                        state.apply(event, &appended.recorded_at, position);
+                    }
+                    return Ok(events);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    *state = self.load(id).await?;
+                    fresh = true;
+                }
                 Err(e) => return Err(refusal(e, &events)),
             }
         }

@@ -64,13 +64,15 @@ pub struct RecordedEvent {
 }
 
 /// What an append wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     /// Position of the first event appended (0 when nothing was appended).
     pub first_position: i64,
     pub last_position: i64,
     /// The stream's version after the append.
     pub stream_version: i64,
+    /// When the events were recorded (RFC 3339; empty when nothing was appended).
+    pub recorded_at: String,
 }
 
 /// Failures of the store. Each variant says how callers handle it.

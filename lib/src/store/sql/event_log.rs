@@ -101,6 +101,7 @@ impl SqlStore {
                 first_position: 0,
                 last_position: 0,
                 stream_version: version,
+                recorded_at: String::new(),
             });
         }
         let (reply, outcome) = oneshot::channel();
@@ -402,6 +403,7 @@ async fn write_group(
             first_position: next,
             last_position: next + count - 1,
             stream_version: base + count,
+            recorded_at: at.clone(),
         }));
         next += count;
     }
