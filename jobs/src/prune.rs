@@ -301,7 +301,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     // writer always has the next appends waiting while it writes a group. Each start is a
     // step boundary; when one stops the run, the images already started finish first.
     let mut tasks = tokio::task::JoinSet::new();
-    let mut pending = by_image.iter();
+    let mut pending = by_image.into_iter();
     let mut done = 0;
     let mut stopped = None;
     loop {
@@ -317,10 +317,9 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             let registry = ctx.registry().clone();
             let target = backend
                 .as_ref()
-                .map(|b| (b.client.clone(), b.repository(image_name)));
+                .map(|b| (b.client.clone(), b.repository(&image_name)));
             let meta = ctx.meta.clone();
             let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
-            let (image_id, list) = (image_id.clone(), list.clone());
             tasks.spawn(prune_image(
                 registry, target, meta, job_id, rerun, image_id, list,
             ));

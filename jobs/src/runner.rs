@@ -335,8 +335,7 @@ impl<'a> Ctx<'a> {
                 self.progress(done, total, step).await?;
             }
             return match self
-                .runner
-                .registry
+                .registry()
                 .execute_on(&self.job_id, &mut self.job, cmd, &self.meta)
                 .await
             {
@@ -362,8 +361,7 @@ impl<'a> Ctx<'a> {
             step: step.to_owned(),
         };
         match self
-            .runner
-            .registry
+            .registry()
             .execute_on(&self.job_id, &mut self.job, cmd, &self.meta)
             .await
         {

@@ -907,11 +907,15 @@ async fn release(
             q.push(" RETURNING digest, size");
             let deleted = q.build().fetch_all(&mut *conn).await?;
             if deleted.len() < chunk.len() {
-                let mut left: HashSet<&str> = chunk.iter().copied().collect();
-                for r in &deleted {
-                    left.remove(r.try_get::<&str, _>("digest")?);
-                }
-                let left: Vec<&str> = chunk.iter().copied().filter(|d| left.contains(d)).collect();
+                let went: HashSet<&str> = deleted
+                    .iter()
+                    .map(|r| r.try_get("digest"))
+                    .collect::<Result<_, _>>()?;
+                let left: Vec<&str> = chunk
+                    .iter()
+                    .copied()
+                    .filter(|d| !went.contains(d))
+                    .collect();
                 let mut q = QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - "));
                 q.push_bind(*refs)
                     .push(format!(" WHERE {owner_column} = "))
