@@ -231,8 +231,9 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
     // What this attempt spent planning, storing the plan and deleting, in milliseconds.
     let mut timings = serde_json::Map::new();
     let ms = |since: Instant| Value::from(since.elapsed().as_millis() as u64);
-    let header = match store.plan(&ctx.job_id).await.map_err(transient)? {
-        Some(header) => header,
+    // The plan's items, when this attempt stored them: then they need not be read back.
+    let (header, planned_here) = match store.plan(&ctx.job_id).await.map_err(transient)? {
+        Some(header) => (header, None),
         None => {
             ctx.boundary(0, 1, "plan", true).await?;
             let started = Instant::now();
@@ -244,14 +245,17 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             timings.insert("plan".into(), ms(started));
             metric::prune_planned(input.dry_run);
             let started = Instant::now();
-            store.save_plan(&header, &items).await.map_err(transient)?;
+            let ours = store.save_plan(&header, &items).await.map_err(transient)?;
             timings.insert("store".into(), ms(started));
-            // Another attempt may have stored its plan first: the stored one is the plan.
-            store
-                .plan(&ctx.job_id)
-                .await
-                .map_err(transient)?
-                .ok_or_else(|| Failure::Transient("the stored plan vanished".to_owned()))?
+            if ours {
+                (header, Some(items))
+            } else {
+                // Another attempt stored its plan first: the stored one is the plan.
+                let stored = store.plan(&ctx.job_id).await.map_err(transient)?;
+                let stored = stored
+                    .ok_or_else(|| Failure::Transient("the stored plan vanished".to_owned()))?;
+                (stored, None)
+            }
         }
     };
     let planned = json!({
@@ -277,10 +281,13 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
         .map_err(|e: GuardExceeded| Failure::Permanent(e.to_string()))?;
 
     let started = Instant::now();
-    let items = store
-        .plan_items(&ctx.job_id, 0, i64::MAX)
-        .await
-        .map_err(transient)?;
+    let items = match planned_here {
+        Some(items) => items,
+        None => store
+            .plan_items(&ctx.job_id, 0, i64::MAX)
+            .await
+            .map_err(transient)?,
+    };
     let mut by_image: Vec<(String, String, Vec<PlanItem>)> = Vec::new();
     for item in items {
         match by_image.last_mut() {
