@@ -2,9 +2,9 @@
 //!
 //! Two identical namespaces are seeded in bulk: one with its event streams and read models
 //! (ours), one with read models only (the baseline's). Planning is timed in-process (the
-//! snapshot read with the selection overlapping it, as a run does them; and the read
-//! alone) and, separately, inside a real prune
-//! job run by our worker pool, which then applies its plan. The baseline deletes the same
+//! snapshot read with the selection overlapping it, as a run does them; the read alone; and
+//! the selection alone, on one thread, from a snapshot in memory) and, separately, inside a
+//! real prune job run by our worker pool, which then applies its plan. The baseline deletes the same
 //! tag and manifest rows with plain SQL, one transaction per image, in the same run.
 
 use std::time::Instant;
@@ -18,7 +18,7 @@ use layerline_core::domain::{Aggregate, Blob, DomainEvent, format_time, streams}
 use layerline_core::store::Store;
 use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanItem};
 use layerline_core::store::rows::materialize;
-use layerline_jobs::prune::plan_from_store;
+use layerline_jobs::prune::{make_plan, plan_from_store};
 use layerline_jobs::{PoolConfig, Queues};
 
 use super::{Pool, bench_namespace, quantiles, run_job};
@@ -88,6 +88,7 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let policy = std::sync::Arc::new(Policy::compile(&ours_input.policy)?);
     let mut plans = Vec::new();
     let mut reads = Vec::new();
+    let mut selections = Vec::new();
     let mut planned = 0;
     for _ in 0..args.plans.max(1) {
         let t = Instant::now();
@@ -105,10 +106,15 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
         let t = Instant::now();
         let snapshot = store.prune_snapshot(&ours).await?;
         reads.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (_, items) = make_plan("bench", &ours_input, &policy, &snapshot, chrono::Utc::now());
+        selections.push(t.elapsed().as_secs_f64());
+        drop(items);
         drop(snapshot);
     }
     let (plan, _) = quantiles(&mut plans);
     let (read, _) = quantiles(&mut reads);
+    let (selection, _) = quantiles(&mut selections);
 
     // Ours: a real prune job through the worker pool (it plans again, stores, applies).
     let pool = Pool::start(&store, &queues, config.workers);
@@ -145,6 +151,9 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
         args.plans.max(1)
     );
     println!("| the snapshot read alone (median) | {read:.2} | |");
+    println!(
+        "| the selection alone, one thread, from the read snapshot (median) | {selection:.2} | |"
+    );
     println!(
         "| plan inside the job | {:.2} | stored in {:.2} s |",
         timing("plan"),
