@@ -4,8 +4,8 @@
 //! (ours), one with read models only (the baseline's). Planning is timed in-process (the
 //! snapshot read with the selection overlapping it, as a run does them; the read alone; and
 //! the selection alone, on one thread, from a snapshot in memory) and, separately, inside a
-//! real prune job run by our worker pool, which then applies its plan. The baseline deletes the same
-//! tag and manifest rows with plain SQL, one transaction per image, in the same run.
+//! real prune job run by our worker pool, which then applies its plan. The baseline deletes
+//! the same tag and manifest rows with plain SQL, one transaction per image, in the same run.
 
 use std::time::Instant;
 
