@@ -91,9 +91,9 @@ impl<S: EventStore + ReadModels> Registry<S> {
         self.decide_and_append(id, state, false, cmd, meta).await
     }
 
-    /// Decides `cmd` on `state` (just loaded when `fresh`) and appends at its version,
-    /// loading the state afresh after a conflict, or after a refusal of a state that was
-    /// not fresh.
+    /// Decides `cmd` on `state` (just loaded when `fresh`) and appends at its version; after
+    /// a conflict, or a refusal by a state that was not fresh, reads the stream again and
+    /// decides afresh.
     async fn decide_and_append<A: Aggregate>(
         &self,
         id: &str,
@@ -103,14 +103,15 @@ impl<S: EventStore + ReadModels> Registry<S> {
         meta: &Metadata,
     ) -> Result<Vec<DomainEvent>, ServiceError> {
         let stream_id = A::stream(id);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            // Only a conflict or a refusal by a state that was not fresh comes round again.
+            if attempt > 0 {
+                *state = self.load(id).await?;
+                fresh = true;
+            }
             let events = match state.decide(id, cmd.clone()) {
                 Ok(events) => events,
-                Err(_) if !fresh => {
-                    *state = self.load(id).await?;
-                    fresh = true;
-                    continue;
-                }
+                Err(_) if !fresh => continue,
                 Err(e) => return Err(e.into()),
             };
             match self
@@ -130,10 +131,7 @@ impl<S: EventStore + ReadModels> Registry<S> {
                     }
                     return Ok(events);
                 }
-                Err(StoreError::Conflict { .. }) => {
-                    *state = self.load(id).await?;
-                    fresh = true;
-                }
+                Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(refusal(e, &events)),
             }
         }
