@@ -1451,7 +1451,8 @@ async fn prune_policies_follow_their_streams_and_survive_rebuild(store: Store) {
 }
 
 async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
-    use layerline_core::store::plans::{PlanHeader, PlanItem};
+    use layerline_core::domain::retention::Reason;
+    use layerline_core::store::plans::{ItemKind, PlanHeader, PlanItem};
     let header = |attempt: i64, tags: i64| PlanHeader {
         job_id: "j1".into(),
         position: 10 * attempt,
@@ -1470,11 +1471,11 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
                 idx,
                 image_id: "i1".into(),
                 image_name: "app".into(),
-                kind: "tag".into(),
+                kind: ItemKind::Tag,
                 tag: Some(format!("a{attempt}-t{idx}")),
                 digest: digest(idx as u64),
                 pushed_version: Some(idx + 1),
-                reason: "keep_last".into(),
+                reason: Reason::KeepLast,
                 bytes: 0,
             })
             .collect()
@@ -1493,7 +1494,7 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
     let tags: Vec<_> = page.iter().map(|i| i.tag.clone().unwrap()).collect();
     assert_eq!(tags, ["a1-t11998", "a1-t11999"]);
     let all = store.plan_items("j1", 0, i64::MAX).await.unwrap();
-    assert_eq!(all.len(), 12_000);
+    assert_eq!(all, items(1, 12_000), "every field reads back as stored");
     assert!(
         all.iter()
             .all(|i| i.tag.as_deref().unwrap().starts_with("a1-"))
@@ -1528,12 +1529,12 @@ async fn a_prune_snapshot_reads_every_image_of_its_namespace_whole(store: Store)
     assert_eq!(snapshot.position, position);
     assert_eq!(snapshot.images.len(), 502);
     let names: std::collections::BTreeSet<&str> =
-        snapshot.images.iter().map(|i| i.name.as_str()).collect();
+        snapshot.images.iter().map(|i| &*i.name).collect();
     assert_eq!(names.len(), 502, "no image read twice");
-    for image in snapshot.images.iter().filter(|i| i.name != "multi") {
+    for image in snapshot.images.iter().filter(|i| &*i.name != "multi") {
         assert_eq!(image.state, Default::default(), "{}", image.name);
     }
-    let image = snapshot.images.iter().find(|i| i.id == multi).unwrap();
+    let image = snapshot.images.iter().find(|i| *i.id == *multi).unwrap();
     let mut tags: Vec<(&str, &str)> = image
         .state
         .tags
@@ -1666,7 +1667,7 @@ async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: 
     assert_eq!(header, whole_header);
     assert_eq!(items, whole_items);
     assert_eq!((header.images, header.tags, header.manifests), (5, 15, 15));
-    let names: Vec<&str> = items.iter().map(|i| i.image_name.as_str()).collect();
+    let names: Vec<&str> = items.iter().map(|i| &*i.image_name).collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "images in byte order");

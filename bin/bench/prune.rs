@@ -16,7 +16,7 @@ use layerline_core::domain::namespace::Namespace;
 use layerline_core::domain::policy::{Policy, PolicySpec, PruneInput};
 use layerline_core::domain::{Aggregate, Blob, DomainEvent, format_time, streams};
 use layerline_core::store::Store;
-use layerline_core::store::plans::{KIND_MANIFEST, KIND_TAG, PlanItem};
+use layerline_core::store::plans::{ItemKind, PlanItem};
 use layerline_core::store::rows::materialize;
 use layerline_jobs::prune::{make_plan, plan_from_store};
 use layerline_jobs::{PoolConfig, Queues};
@@ -129,7 +129,7 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let plain_policy = std::sync::Arc::new(Policy::compile(&plain_input.policy)?);
     let now = chrono::Utc::now();
     let (_, items) = plan_from_store(&store, "bench", &plain_input, plain_policy, now).await?;
-    let plain_tags = items.iter().filter(|i| i.kind == KIND_TAG).count();
+    let plain_tags = items.iter().filter(|i| i.kind == ItemKind::Tag).count();
     let t = Instant::now();
     plain_delete(&store, &items).await?;
     let plain_secs = t.elapsed().as_secs_f64();
@@ -267,14 +267,14 @@ async fn plain_delete(store: &Store, items: &[PlanItem]) -> anyhow::Result<()> {
     for item in items {
         if by_image
             .last()
-            .is_none_or(|(id, _, _)| *id != item.image_id)
+            .is_none_or(|(id, _, _)| *id != &*item.image_id)
         {
             by_image.push((&item.image_id, Vec::new(), Vec::new()));
         }
         let (_, tags, manifests) = by_image.last_mut().expect("pushed above");
-        match item.kind.as_str() {
-            KIND_MANIFEST => manifests.push(&item.digest),
-            _ => tags.push(item.tag.as_deref().unwrap_or_default()),
+        match item.kind {
+            ItemKind::Manifest => manifests.push(&item.digest),
+            ItemKind::Tag => tags.push(item.tag.as_deref().unwrap_or_default()),
         }
     }
     macro_rules! delete_all {

@@ -15,15 +15,13 @@ use layerline_core::domain::event::DomainEvent;
 use layerline_core::domain::format_time;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::policy::{Policy, PruneInput};
-use layerline_core::domain::retention::{GuardExceeded, Reason, check_guard, select};
+use layerline_core::domain::retention::{GuardExceeded, check_guard, select};
 use layerline_core::importer::Failed;
 use layerline_core::metric;
 use layerline_core::oci::Client;
 use layerline_core::service::Registry;
 use layerline_core::service::ServiceError;
-use layerline_core::store::plans::{
-    KIND_MANIFEST, KIND_TAG, PlanHeader, PlanItem, Snapshot, SnapshotImage,
-};
+use layerline_core::store::plans::{ItemKind, PlanHeader, PlanItem, Snapshot, SnapshotImage};
 use layerline_core::store::{Metadata, Store, StoreError};
 use serde_json::{Value, json};
 
@@ -71,8 +69,15 @@ fn assemble(
     let mut images: Vec<Vec<PlanItem>> = selected.into_iter().flatten().collect();
     images.sort_unstable_by(|a, b| a[0].image_name.cmp(&b[0].image_name));
     let touched = images.len() as i64;
-    let items: Vec<PlanItem> = images.into_iter().flatten().collect();
-    let tags = items.iter().filter(|i| i.kind == KIND_TAG).count() as i64;
+    // Sized once: a plan of millions of items would otherwise be copied as it grows.
+    let mut items = Vec::with_capacity(images.iter().map(Vec::len).sum());
+    for list in images {
+        for item in list {
+            let idx = items.len() as i64;
+            items.push(PlanItem { idx, ..item });
+        }
+    }
+    let tags = items.iter().filter(|i| i.kind == ItemKind::Tag).count() as i64;
     let header = PlanHeader {
         job_id: job_id.to_owned(),
         position,
@@ -86,14 +91,6 @@ fn assemble(
         bytes: items.iter().map(|i| i.bytes).sum(),
         created_at: format_time(now),
     };
-    let items = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| PlanItem {
-            idx: i as i64,
-            ..item
-        })
-        .collect();
     (header, items)
 }
 
@@ -110,33 +107,30 @@ fn select_images(
         if plan.deletions() == 0 {
             continue;
         }
-        let item =
-            |kind: &str, tag: Option<String>, digest: String, pushed, reason: Reason, bytes| {
-                PlanItem {
-                    idx: 0,
-                    image_id: image.id.clone(),
-                    image_name: image.name.clone(),
-                    kind: kind.to_owned(),
-                    tag,
-                    digest,
-                    pushed_version: pushed,
-                    reason: reason.as_str().to_owned(),
-                    bytes,
-                }
-            };
+        let item = |kind, reason, digest| PlanItem {
+            idx: 0,
+            image_id: image.id.clone(),
+            image_name: image.name.clone(),
+            kind,
+            tag: None,
+            digest,
+            pushed_version: None,
+            reason,
+            bytes: 0,
+        };
         let mut items = Vec::with_capacity(plan.deletions());
         for t in plan.tags {
-            items.push(item(
-                KIND_TAG,
-                Some(t.name),
-                t.digest,
-                Some(t.pushed_version),
-                t.reason,
-                0,
-            ));
+            items.push(PlanItem {
+                tag: Some(t.name),
+                pushed_version: Some(t.pushed_version),
+                ..item(ItemKind::Tag, t.reason, t.digest)
+            });
         }
         for m in plan.manifests {
-            items.push(item(KIND_MANIFEST, None, m.digest, None, m.reason, m.bytes));
+            items.push(PlanItem {
+                bytes: m.bytes,
+                ..item(ItemKind::Manifest, m.reason, m.digest)
+            });
         }
         out.push(items);
     }
@@ -172,17 +166,17 @@ async fn prune_image(
     meta: Metadata,
     job_id: String,
     rerun: bool,
-    image_id: String,
+    image_id: Arc<str>,
     list: Vec<PlanItem>,
 ) -> Result<((i64, i64, i64), i64), Failure> {
     let tags = list
         .iter()
-        .filter(|i| i.kind == KIND_TAG)
+        .filter(|i| i.kind == ItemKind::Tag)
         .filter_map(|i| Some((i.tag.clone()?, i.pushed_version?)))
         .collect();
     let bytes: HashMap<String, i64> = list
         .iter()
-        .filter(|i| i.kind == KIND_MANIFEST)
+        .filter(|i| i.kind == ItemKind::Manifest)
         .map(|i| (i.digest.clone(), i.bytes))
         .collect();
     let manifests = bytes.keys().cloned().collect();
@@ -288,7 +282,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             .await
             .map_err(transient)?,
     };
-    let mut by_image: Vec<(String, String, Vec<PlanItem>)> = Vec::new();
+    let mut by_image: Vec<(Arc<str>, Arc<str>, Vec<PlanItem>)> = Vec::new();
     for item in items {
         match by_image.last_mut() {
             Some((id, _, list)) if *id == item.image_id => list.push(item),

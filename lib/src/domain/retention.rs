@@ -187,6 +187,20 @@ impl Reason {
             Reason::ChildOfDeleted => "child_of_deleted",
         }
     }
+
+    pub const ALL: [Reason; 6] = [
+        Reason::TagPattern,
+        Reason::KeepLast,
+        Reason::OlderThan,
+        Reason::TagsDeleted,
+        Reason::Untagged,
+        Reason::ChildOfDeleted,
+    ];
+
+    /// The reason named `name` (see [`Reason::as_str`]).
+    pub fn parse(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

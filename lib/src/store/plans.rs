@@ -1,12 +1,14 @@
 //! Prune plans as stored: the state a plan was made from, and what it chose.
 
+use std::sync::Arc;
+
 use foldhash::{HashMap, HashMapExt};
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Blob;
 use crate::domain::parse_time;
-use crate::domain::retention::{ImageState, ManifestState, TagState};
+use crate::domain::retention::{ImageState, ManifestState, Reason, TagState};
 
 /// The images of one namespace with their tags and manifests, read in one transaction, and
 /// the log position they are current at.
@@ -16,10 +18,11 @@ pub struct Snapshot {
     pub images: Vec<SnapshotImage>,
 }
 
+/// An image of a snapshot; its id and name are shared with the plan items made from it.
 #[derive(Debug, Clone)]
 pub struct SnapshotImage {
-    pub id: String,
-    pub name: String,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
     pub state: ImageState,
 }
 
@@ -154,23 +157,48 @@ pub struct PlanHeader {
 
 /// One planned deletion: a tag (`kind` `tag`, with its name and the version that last
 /// pushed it) or a manifest (`kind` `manifest`).
+///
+/// A plan can hold millions of items, so an item holds no more heap than it must: the
+/// image's id and name are shared by all its items, and the kind and reason are enums.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanItem {
     pub idx: i64,
-    pub image_id: String,
-    pub image_name: String,
-    pub kind: String,
+    pub image_id: Arc<str>,
+    pub image_name: Arc<str>,
+    pub kind: ItemKind,
     pub tag: Option<String>,
     pub digest: String,
     pub pushed_version: Option<i64>,
     /// The rule that chose it (`keep_last`, `older_than`, `untagged`…).
-    pub reason: String,
+    pub reason: Reason,
     /// Bytes only this deletion frees (manifests; 0 for tags).
     pub bytes: i64,
 }
 
-pub const KIND_TAG: &str = "tag";
-pub const KIND_MANIFEST: &str = "manifest";
+/// What a plan item deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    Tag,
+    Manifest,
+}
+
+impl ItemKind {
+    /// Its name as plans store it and the API shows it (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Tag => "tag",
+            ItemKind::Manifest => "manifest",
+        }
+    }
+
+    /// The kind named `name` (see [`ItemKind::as_str`]).
+    pub fn parse(name: &str) -> Option<ItemKind> {
+        [ItemKind::Tag, ItemKind::Manifest]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -211,6 +239,15 @@ mod tests {
         assert!(state.manifests[1].blobs.is_empty());
         assert_eq!(state.manifests[1].children, ["sha256:bb", "sha256:aa"]);
         assert!(state.manifests[2].blobs.is_empty());
+    }
+
+    #[test]
+    fn an_item_kind_is_stored_under_its_serde_name_and_read_back() {
+        for kind in [ItemKind::Tag, ItemKind::Manifest] {
+            assert_eq!(serde_json::json!(kind), kind.as_str());
+            assert_eq!(ItemKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ItemKind::parse("blob"), None);
     }
 
     #[test]

@@ -330,15 +330,10 @@ fn a_child_also_listed_by_an_untagged_index_that_stays_is_kept() {
 }
 
 #[test]
-fn a_reason_is_stored_under_its_serde_name() {
-    for reason in [
-        Reason::TagPattern,
-        Reason::KeepLast,
-        Reason::OlderThan,
-        Reason::TagsDeleted,
-        Reason::Untagged,
-        Reason::ChildOfDeleted,
-    ] {
+fn a_reason_is_stored_under_its_serde_name_and_read_back() {
+    for reason in Reason::ALL {
         assert_eq!(serde_json::json!(reason), reason.as_str());
+        assert_eq!(Reason::parse(reason.as_str()), Some(reason));
     }
+    assert_eq!(Reason::parse("keep-last"), None);
 }

@@ -1,7 +1,10 @@
 // Prune plans: the snapshot a plan is made from, and the stored plan. Included by
 // `backend.rs` once per backend.
 
-use crate::store::plans::{OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image};
+use crate::domain::retention::Reason;
+use crate::store::plans::{
+    ItemKind, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image,
+};
 
 const PLAN_ITEM_COLUMNS: &str =
     "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
@@ -45,7 +48,11 @@ fn unpack_page(page: Vec<PackedImage>) -> Result<Vec<SnapshotImage>, String> {
                 children.as_deref().unwrap_or(""),
             )
             .map_err(|e| format!("image {id}: {e}"))?;
-            Ok(SnapshotImage { id, name, state })
+            Ok(SnapshotImage {
+                id: id.into(),
+                name: name.into(),
+                state,
+            })
         })
         .collect()
 }
@@ -237,17 +244,24 @@ impl SqlStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
+        let named = |column: &str, name: String| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("plan item {column} {name:?} is unknown").into(),
+            ))
+        };
         rows.iter()
             .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let reason: String = r.try_get("reason")?;
                 Ok(PlanItem {
                     idx: r.try_get("idx")?,
-                    image_id: r.try_get("image_id")?,
-                    image_name: r.try_get("image_name")?,
-                    kind: r.try_get("kind")?,
+                    image_id: r.try_get::<String, _>("image_id")?.into(),
+                    image_name: r.try_get::<String, _>("image_name")?.into(),
+                    kind: ItemKind::parse(&kind).ok_or_else(|| named("kind", kind))?,
                     tag: r.try_get("tag")?,
                     digest: r.try_get("digest")?,
                     pushed_version: r.try_get("pushed_version")?,
-                    reason: r.try_get("reason")?,
+                    reason: Reason::parse(&reason).ok_or_else(|| named("reason", reason))?,
                     bytes: r.try_get("bytes")?,
                 })
             })
