@@ -15,6 +15,8 @@ pub mod sqlite {
     const LOCK_MIGRATIONS: Option<&str> = None;
     /// A read transaction: in WAL mode it reads one snapshot from its first read on.
     const BEGIN_SNAPSHOT: &str = "BEGIN";
+    /// Nothing to set for a prune snapshot's read.
+    const PRUNE_SNAPSHOT_SETTINGS: Option<&str> = None;
 
     /// `INSERT … SELECT` from a JSON array bound as `$1` (one object per row, keys named as
     /// the columns).
@@ -47,6 +49,10 @@ pub mod postgres {
     const LOCK_MIGRATIONS: Option<&str> = Some("SELECT pg_advisory_xact_lock(7215081342)");
     /// Every statement of the transaction reads the snapshot its first one saw.
     const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    /// The snapshot query's estimated cost is high enough for PostgreSQL to JIT-compile it,
+    /// for every page, and the compiling costs more than it saves: on a 10 000-image
+    /// namespace, 10 ms of 50 per page of 500 images.
+    const PRUNE_SNAPSHOT_SETTINGS: Option<&str> = Some("SET LOCAL jit = off");
 
     /// `INSERT … SELECT` from a JSON array bound as `$1`; PostgreSQL maps the keys onto the
     /// table's columns by name.

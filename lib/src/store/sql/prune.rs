@@ -98,6 +98,9 @@ impl SqlStore {
         on_page: OnPage<T>,
     ) -> Result<(i64, Vec<T>), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
+        if let Some(settings) = PRUNE_SNAPSHOT_SETTINGS {
+            sqlx::query(settings).execute(&mut *tx).await?;
+        }
         let position: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
