@@ -202,7 +202,7 @@ async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
     };
     let compiled = Policy::compile(&input.policy).unwrap();
     let snapshot = store.prune_snapshot(&t.ns).await.unwrap();
-    let (header, items) = make_plan(&id, &input, &compiled, &snapshot, Utc::now());
+    let (header, items) = make_plan(&id, &input, &compiled, &snapshot, Utc::now()).unwrap();
     assert!(store.save_plan(&header, &items).await.unwrap());
     assert!(items.iter().any(|i| i.tag.as_deref() == Some("v2")));
 

@@ -36,9 +36,15 @@ pub fn make_plan(
     policy: &Policy,
     snapshot: &Snapshot,
     now: DateTime<Utc>,
-) -> (PlanHeader, Vec<PlanItem>) {
-    let selected = select_images(&snapshot.images, policy, now);
-    assemble(job_id, input, snapshot.position, now, vec![selected])
+) -> Result<(PlanHeader, Vec<PlanItem>), StoreError> {
+    let selected = select_images(&snapshot.images, policy, now)?;
+    Ok(assemble(
+        job_id,
+        input,
+        snapshot.position,
+        now,
+        vec![selected],
+    ))
 }
 
 /// [`make_plan`] over namespace `policy.namespace_id` as the store holds it now, selecting
@@ -54,6 +60,7 @@ pub async fn plan_from_store(
     let namespace_id = policy.namespace_id.clone();
     let on_page = Arc::new(move |page: Vec<SnapshotImage>| select_images(&page, &policy, now));
     let (position, pages) = store.prune_snapshot_with(&namespace_id, on_page).await?;
+    let pages = pages.into_iter().collect::<Result<_, _>>()?;
     Ok(assemble(job_id, input, position, now, pages))
 }
 
@@ -95,15 +102,16 @@ fn assemble(
 }
 
 /// Per image of `images` the policy deletes something from, its plan items (`idx` not yet
-/// set): its tags, then its manifests.
+/// set): its tags, then its manifests. Only the images the policy covers are unpacked.
 fn select_images(
     images: &[SnapshotImage],
     policy: &Policy,
     now: DateTime<Utc>,
-) -> Vec<Vec<PlanItem>> {
+) -> Result<Vec<Vec<PlanItem>>, StoreError> {
     let mut out = Vec::new();
     for image in images.iter().filter(|i| policy.covers(&i.name)) {
-        let plan = select(&policy.rules, &image.state, now);
+        let state = image.state()?;
+        let plan = select(&policy.rules, &state, now);
         if plan.deletions() == 0 {
             continue;
         }
@@ -121,20 +129,20 @@ fn select_images(
         let mut items = Vec::with_capacity(plan.deletions());
         for t in plan.tags {
             items.push(PlanItem {
-                tag: Some(t.name),
+                tag: Some(t.name.to_owned()),
                 pushed_version: Some(t.pushed_version),
-                ..item(ItemKind::Tag, t.reason, t.digest)
+                ..item(ItemKind::Tag, t.reason, t.digest.to_owned())
             });
         }
         for m in plan.manifests {
             items.push(PlanItem {
                 bytes: m.bytes,
-                ..item(ItemKind::Manifest, m.reason, m.digest)
+                ..item(ItemKind::Manifest, m.reason, m.digest.to_owned())
             });
         }
         out.push(items);
     }
-    out
+    Ok(out)
 }
 
 /// Images whose deletions are under way at once (their appends share the writer's group

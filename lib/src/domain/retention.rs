@@ -127,11 +127,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A tag as selection sees it.
+/// A tag as selection sees it. The state borrows its text (from the snapshot's packed rows):
+/// a namespace's snapshot holds millions of names and digests, and selection copies only
+/// those it plans to delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagState {
-    pub name: String,
-    pub digest: String,
+pub struct TagState<'a> {
+    pub name: &'a str,
+    pub digest: &'a str,
     /// When the tag was last pushed or moved.
     pub pushed_at: DateTime<Utc>,
     /// The image stream version of that push: orders pushes made at one instant, and tells
@@ -141,20 +143,20 @@ pub struct TagState {
 
 /// A manifest as selection sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestState {
-    pub digest: String,
+pub struct ManifestState<'a> {
+    pub digest: &'a str,
     pub recorded_at: DateTime<Utc>,
     /// The manifests an index lists; empty for an image manifest.
-    pub children: Vec<String>,
+    pub children: Vec<&'a str>,
     /// Its distinct blobs, `(digest, size)`.
-    pub blobs: Vec<(String, i64)>,
+    pub blobs: Vec<(&'a str, i64)>,
 }
 
 /// One image's tags and manifests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageState {
-    pub tags: Vec<TagState>,
-    pub manifests: Vec<ManifestState>,
+pub struct ImageState<'a> {
+    pub tags: Vec<TagState<'a>>,
+    pub manifests: Vec<ManifestState<'a>>,
 }
 
 /// The rule that chose an item.
@@ -203,30 +205,30 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedTag {
-    pub name: String,
-    pub digest: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTag<'a> {
+    pub name: &'a str,
+    pub digest: &'a str,
     pub pushed_version: i64,
     pub reason: Reason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedManifest {
-    pub digest: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedManifest<'a> {
+    pub digest: &'a str,
     pub reason: Reason,
     /// Bytes of blobs only this deletion frees.
     pub bytes: i64,
 }
 
 /// What the rules delete from one image, tags by name and manifests by digest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImagePlan {
-    pub tags: Vec<PlannedTag>,
-    pub manifests: Vec<PlannedManifest>,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImagePlan<'a> {
+    pub tags: Vec<PlannedTag<'a>>,
+    pub manifests: Vec<PlannedManifest<'a>>,
 }
 
-impl ImagePlan {
+impl ImagePlan<'_> {
     pub fn deletions(&self) -> usize {
         self.tags.len() + self.manifests.len()
     }
@@ -237,24 +239,24 @@ impl ImagePlan {
 }
 
 /// Selects what `rules` delete from `image` at time `now`.
-pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePlan {
+pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> ImagePlan<'a> {
     let cutoff = rules.older_than.map(|d| now - d);
     // 1–3: tags.
-    let mut candidates: Vec<&TagState> = image
+    let mut candidates: Vec<&TagState<'a>> = image
         .tags
         .iter()
-        .filter(|t| rules.tag_pattern.is_match(&t.name))
+        .filter(|t| rules.tag_pattern.is_match(t.name))
         .filter(|t| {
             !rules
                 .keep_tag_pattern
                 .as_ref()
-                .is_some_and(|k| k.is_match(&t.name))
+                .is_some_and(|k| k.is_match(t.name))
         })
         .collect();
     candidates.sort_by(|a, b| {
         (b.pushed_at, b.pushed_version)
             .cmp(&(a.pushed_at, a.pushed_version))
-            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.name.cmp(b.name))
     });
     let reason = match (rules.older_than, rules.keep_last) {
         (Some(_), _) => Reason::OlderThan,
@@ -266,49 +268,43 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
         .skip(rules.keep_last)
         .filter(|t| cutoff.is_none_or(|c| t.pushed_at < c))
         .map(|t| PlannedTag {
-            name: t.name.clone(),
-            digest: t.digest.clone(),
+            name: t.name,
+            digest: t.digest,
             pushed_version: t.pushed_version,
             reason,
         })
         .collect();
-    tags.sort_by(|a, b| a.name.cmp(&b.name));
-    let deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name.as_str()).collect();
+    tags.sort_by(|a, b| a.name.cmp(b.name));
+    let deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name).collect();
 
     // 4–5: manifests.
-    let manifests: HashMap<&str, &ManifestState> = image
-        .manifests
-        .iter()
-        .map(|m| (m.digest.as_str(), m))
-        .collect();
+    let manifests: HashMap<&str, &ManifestState<'a>> =
+        image.manifests.iter().map(|m| (m.digest, m)).collect();
     let mut protected: HashSet<&str> = HashSet::new();
     let mut stack: Vec<&str> = image
         .tags
         .iter()
-        .filter(|t| !deleted_tags.contains(t.name.as_str()))
-        .map(|t| t.digest.as_str())
+        .filter(|t| !deleted_tags.contains(t.name))
+        .map(|t| t.digest)
         .collect();
     while let Some(digest) = stack.pop() {
         if protected.insert(digest)
             && let Some(m) = manifests.get(digest)
         {
-            stack.extend(m.children.iter().map(String::as_str));
+            stack.extend(m.children.iter().copied());
         }
     }
-    let tagged: HashSet<&str> = image.tags.iter().map(|t| t.digest.as_str()).collect();
+    let tagged: HashSet<&str> = image.tags.iter().map(|t| t.digest).collect();
     let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
     for m in &image.manifests {
         for c in &m.children {
-            parents
-                .entry(c.as_str())
-                .or_default()
-                .push(m.digest.as_str());
+            parents.entry(c).or_default().push(m.digest);
         }
     }
     // Manifests no index lists: by their tags, or by the untagged rule.
-    let mut deleted: HashMap<&str, Reason> = HashMap::new();
+    let mut deleted: HashMap<&'a str, Reason> = HashMap::new();
     for m in &image.manifests {
-        let digest = m.digest.as_str();
+        let digest = m.digest;
         if protected.contains(digest) || parents.contains_key(digest) {
             continue;
         }
@@ -345,11 +341,11 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
     let remaining: HashSet<&str> = image
         .manifests
         .iter()
-        .filter(|m| !deleted.contains_key(m.digest.as_str()))
-        .flat_map(|m| m.blobs.iter().map(|(d, _)| d.as_str()))
+        .filter(|m| !deleted.contains_key(m.digest))
+        .flat_map(|m| m.blobs.iter().map(|(d, _)| *d))
         .collect();
     let mut counted: HashSet<&str> = HashSet::new();
-    let mut deleted: Vec<(&str, Reason)> = deleted.into_iter().collect();
+    let mut deleted: Vec<(&'a str, Reason)> = deleted.into_iter().collect();
     deleted.sort_unstable_by_key(|(digest, _)| *digest);
     let manifests = deleted
         .into_iter()
@@ -357,11 +353,11 @@ pub fn select(rules: &Rules, image: &ImageState, now: DateTime<Utc>) -> ImagePla
             let bytes = manifests[digest]
                 .blobs
                 .iter()
-                .filter(|(d, _)| !remaining.contains(d.as_str()) && counted.insert(d.as_str()))
+                .filter(|(d, _)| !remaining.contains(d) && counted.insert(d))
                 .map(|(_, size)| size)
                 .sum();
             PlannedManifest {
-                digest: digest.to_owned(),
+                digest,
                 reason,
                 bytes,
             }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::event::Blob;
 use crate::domain::parse_time;
 use crate::domain::retention::{ImageState, ManifestState, Reason, TagState};
+use crate::store::StoreError;
 
 /// The images of one namespace with their tags and manifests, read in one transaction, and
 /// the log position they are current at.
@@ -18,12 +19,28 @@ pub struct Snapshot {
     pub images: Vec<SnapshotImage>,
 }
 
-/// An image of a snapshot; its id and name are shared with the plan items made from it.
+/// An image of a snapshot: its tags, manifests and index children as the snapshot query
+/// packed them (see [`unpack_image`]), unpacked on demand by [`SnapshotImage::state`]. Its
+/// id and name are shared with the plan items made from it.
 #[derive(Debug, Clone)]
 pub struct SnapshotImage {
     pub id: Arc<str>,
     pub name: Arc<str>,
-    pub state: ImageState,
+    pub tags: String,
+    pub manifests: String,
+    pub children: String,
+}
+
+impl SnapshotImage {
+    /// The image's state, borrowing from its packed text; an error names the image and the
+    /// record at fault.
+    pub fn state(&self) -> Result<ImageState<'_>, StoreError> {
+        unpack_image(&self.tags, &self.manifests, &self.children).map_err(|e| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("image {}: {e}", self.id).into(),
+            ))
+        })
+    }
 }
 
 /// A manifest's layers as the `manifests.layers_packed` column holds them: `digest size`
@@ -45,6 +62,12 @@ pub fn pack_layers(layers: &[Blob]) -> String {
 /// order. A layer without a size, or a size that is no number, is an error naming it.
 pub fn unpack_layers(packed: &str) -> Result<Vec<(&str, i64)>, String> {
     let mut out = Vec::new();
+    unpack_layers_into(packed, &mut out)?;
+    Ok(out)
+}
+
+/// [`unpack_layers`], appending to `out`.
+fn unpack_layers_into<'a>(packed: &'a str, out: &mut Vec<(&'a str, i64)>) -> Result<(), String> {
     let mut parts = packed.split(' ').filter(|p| !p.is_empty());
     while let Some(layer) = parts.next() {
         let size = parts
@@ -55,14 +78,18 @@ pub fn unpack_layers(packed: &str) -> Result<Vec<(&str, i64)>, String> {
             .map_err(|_| format!("layer {layer}: size {size:?} is not a number"))?;
         out.push((layer, size));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One image's state from the text the snapshot query packs it into (records separated by
 /// `,`, fields by a space; the layouts are those of the snapshot query). A record of the
 /// wrong shape is an error naming it, never skipped: a plan made from a misread state could
 /// delete what it should keep.
-pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<ImageState, String> {
+pub fn unpack_image<'a>(
+    tags: &'a str,
+    manifests: &'a str,
+    children: &'a str,
+) -> Result<ImageState<'a>, String> {
     fn records(packed: &str) -> impl Iterator<Item = &str> {
         packed.split(',').filter(|r| !r.is_empty())
     }
@@ -89,8 +116,8 @@ pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<Image
     for record in records(tags) {
         let [name, digest, pushed_at, version] = fields("tag", record)?;
         state.tags.push(TagState {
-            name: name.to_owned(),
-            digest: digest.to_owned(),
+            name,
+            digest,
             pushed_at: time(pushed_at)?,
             pushed_version: number("tag version", version)?,
         });
@@ -112,13 +139,12 @@ pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<Image
         };
         let mut blobs = Vec::new();
         if let Some((config, size)) = config {
-            blobs.push((config.to_owned(), number("config size", size)?));
+            blobs.push((config, number("config size", size)?));
         }
-        let layers = unpack_layers(layers).map_err(|e| format!("manifest {digest}: {e}"))?;
-        blobs.extend(layers.into_iter().map(|(d, size)| (d.to_owned(), size)));
+        unpack_layers_into(layers, &mut blobs).map_err(|e| format!("manifest {digest}: {e}"))?;
         at.insert(digest, state.manifests.len());
         state.manifests.push(ManifestState {
-            digest: digest.to_owned(),
+            digest,
             recorded_at: time(recorded_at)?,
             children: Vec::new(),
             blobs,
@@ -127,7 +153,7 @@ pub fn unpack_image(tags: &str, manifests: &str, children: &str) -> Result<Image
     for record in records(children) {
         let [parent, child] = fields("index child", record)?;
         if let Some(&m) = at.get(parent) {
-            state.manifests[m].children.push(child.to_owned());
+            state.manifests[m].children.push(child);
         }
     }
     Ok(state)
@@ -229,16 +255,29 @@ mod tests {
         let aa = &state.manifests[0];
         assert_eq!(
             aa.blobs,
-            [
-                ("sha256:c1".to_owned(), 15),
-                ("sha256:l1".to_owned(), 100),
-                ("sha256:l2".to_owned(), 200),
-            ]
+            [("sha256:c1", 15), ("sha256:l1", 100), ("sha256:l2", 200),]
         );
         // No config, no layers.
         assert!(state.manifests[1].blobs.is_empty());
         assert_eq!(state.manifests[1].children, ["sha256:bb", "sha256:aa"]);
         assert!(state.manifests[2].blobs.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_image_unpacks_on_demand_and_its_errors_name_it() {
+        let image = |tags: &str| SnapshotImage {
+            id: "img-7".into(),
+            name: "app".into(),
+            tags: tags.into(),
+            manifests: format!("sha256:aa {T};"),
+            children: String::new(),
+        };
+        let good = image(&format!("v1 sha256:aa {T} 7"));
+        let state = good.state().unwrap();
+        assert_eq!((state.tags[0].name, state.manifests.len()), ("v1", 1));
+        let e = image(&format!("v1 sha256:aa {T}")).state().unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("image img-7") && e.contains("too few"), "{e}");
     }
 
     #[test]

@@ -15,44 +15,44 @@ fn days_ago(d: i64) -> DateTime<Utc> {
 
 /// An image built tag by tag and manifest by manifest.
 #[derive(Default)]
-struct Given(ImageState);
+struct Given(ImageState<'static>);
 
 impl Given {
     /// An image manifest holding `blobs` (`(name, size)`), recorded `age` days ago.
-    fn manifest(mut self, digest: &str, age: i64, blobs: &[(&str, i64)]) -> Self {
+    fn manifest(mut self, digest: &'static str, age: i64, blobs: &[(&'static str, i64)]) -> Self {
         self.0.manifests.push(ManifestState {
-            digest: digest.into(),
+            digest,
             recorded_at: days_ago(age),
             children: vec![],
-            blobs: blobs.iter().map(|(d, s)| (d.to_string(), *s)).collect(),
+            blobs: blobs.to_vec(),
         });
         self
     }
 
     /// An index listing `children`, recorded `age` days ago.
-    fn index(mut self, digest: &str, age: i64, children: &[&str]) -> Self {
+    fn index(mut self, digest: &'static str, age: i64, children: &[&'static str]) -> Self {
         self.0.manifests.push(ManifestState {
-            digest: digest.into(),
+            digest,
             recorded_at: days_ago(age),
-            children: children.iter().map(|c| c.to_string()).collect(),
+            children: children.to_vec(),
             blobs: vec![],
         });
         self
     }
 
     /// Tag `name` on `digest`, (last) pushed `age` days ago.
-    fn tag(mut self, name: &str, digest: &str, age: i64) -> Self {
+    fn tag(mut self, name: &'static str, digest: &'static str, age: i64) -> Self {
         let version = self.0.tags.len() as i64 + 100;
         self.0.tags.push(TagState {
-            name: name.into(),
-            digest: digest.into(),
+            name,
+            digest,
             pushed_at: days_ago(age),
             pushed_version: version,
         });
         self
     }
 
-    fn when(&self, rules: RulesSpec) -> ImagePlan {
+    fn when(&self, rules: RulesSpec) -> ImagePlan<'static> {
         let rules = Rules::compile(&rules).expect("valid rules");
         select(&rules, &self.0, now())
     }
@@ -62,23 +62,27 @@ fn rules(json: serde_json::Value) -> RulesSpec {
     serde_json::from_value(json).expect("a rules object")
 }
 
-fn tags(plan: &ImagePlan) -> Vec<&str> {
-    plan.tags.iter().map(|t| t.name.as_str()).collect()
+fn tags<'a>(plan: &ImagePlan<'a>) -> Vec<&'a str> {
+    plan.tags.iter().map(|t| t.name).collect()
 }
 
-fn manifests(plan: &ImagePlan) -> Vec<&str> {
-    plan.manifests.iter().map(|m| m.digest.as_str()).collect()
+fn manifests<'a>(plan: &ImagePlan<'a>) -> Vec<&'a str> {
+    plan.manifests.iter().map(|m| m.digest).collect()
 }
 
 /// Five tags on five manifests, `v1` the oldest (50 days) to `v5` the newest (10 days).
 fn five_versions() -> Given {
     let mut g = Given::default();
-    for i in 1..=5 {
+    let names = [
+        ("m1", "layer1", "v1"),
+        ("m2", "layer2", "v2"),
+        ("m3", "layer3", "v3"),
+        ("m4", "layer4", "v4"),
+        ("m5", "layer5", "v5"),
+    ];
+    for (i, (m, layer, tag)) in (1..).zip(names) {
         let age = 60 - 10 * i;
-        let m = format!("m{i}");
-        g = g
-            .manifest(&m, age, &[(&format!("layer{i}"), 10 * i)])
-            .tag(&format!("v{i}"), &m, age);
+        g = g.manifest(m, age, &[(layer, 10 * i)]).tag(tag, m, age);
     }
     g
 }

@@ -2,9 +2,7 @@
 // `backend.rs` once per backend.
 
 use crate::domain::retention::Reason;
-use crate::store::plans::{
-    ItemKind, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage, unpack_image,
-};
+use crate::store::plans::{ItemKind, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage};
 
 const PLAN_ITEM_COLUMNS: &str =
     "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
@@ -38,33 +36,25 @@ type PackedImage = (
     Option<String>,
 );
 
-/// Unpacks a page of [`SNAPSHOT_SQL`] rows; an error names the image.
-fn unpack_page(page: Vec<PackedImage>) -> Result<Vec<SnapshotImage>, String> {
+/// The images of a page of [`SNAPSHOT_SQL`] rows (left packed: see [`SnapshotImage`]).
+fn snapshot_images(page: Vec<PackedImage>) -> Vec<SnapshotImage> {
     page.into_iter()
-        .map(|(id, name, tags, manifests, children)| {
-            let state = unpack_image(
-                tags.as_deref().unwrap_or(""),
-                manifests.as_deref().unwrap_or(""),
-                children.as_deref().unwrap_or(""),
-            )
-            .map_err(|e| format!("image {id}: {e}"))?;
-            Ok(SnapshotImage {
-                id: id.into(),
-                name: name.into(),
-                state,
-            })
+        .map(|(id, name, tags, manifests, children)| SnapshotImage {
+            id: id.into(),
+            name: name.into(),
+            tags: tags.unwrap_or_default(),
+            manifests: manifests.unwrap_or_default(),
+            children: children.unwrap_or_default(),
         })
         .collect()
 }
 
-async fn join_unpacked<T>(
-    unpacking: tokio::task::JoinHandle<Result<T, String>>,
-) -> Result<T, StoreError> {
-    let decode = |e: String| StoreError::Database(sqlx::Error::Decode(e.into()));
-    unpacking
-        .await
-        .map_err(|e| decode(format!("unpacking a snapshot page: {e}")))?
-        .map_err(decode)
+async fn join_page<T>(page: tokio::task::JoinHandle<T>) -> Result<T, StoreError> {
+    page.await.map_err(|e| {
+        StoreError::Database(sqlx::Error::Decode(
+            format!("a snapshot page's handler failed: {e}").into(),
+        ))
+    })
 }
 
 /// Images a snapshot reads per query.
@@ -78,7 +68,8 @@ impl SqlStore {
     /// Each image comes back as one row, its tags, manifests, layers and index children
     /// packed by the database into text (see [`SNAPSHOT_SQL`]): a namespace of a million
     /// tags is ten thousand rows to decode, not four million. Images are read a page at a
-    /// time, in name order, so the packed text held at once stays bounded.
+    /// time, in name order, so the packed text held at once stays bounded. The images stay
+    /// packed until their state is asked for ([`SnapshotImage::state`]).
     pub async fn prune_snapshot(&self, namespace_id: &str) -> Result<Snapshot, StoreError> {
         let (position, pages) = self
             .prune_snapshot_with(namespace_id, std::sync::Arc::new(|page| page))
@@ -89,9 +80,9 @@ impl SqlStore {
         })
     }
 
-    /// As [`Self::prune_snapshot`], handing each page of images to `on_page` as it is
-    /// unpacked, on a blocking thread while the database reads the next page; returns the
-    /// position and what `on_page` returned, page by page.
+    /// As [`Self::prune_snapshot`], handing each page of images to `on_page` as it is read,
+    /// on a blocking thread while the database reads the next page; returns the position and
+    /// what `on_page` returned, page by page.
     pub async fn prune_snapshot_with<T: Send + 'static>(
         &self,
         namespace_id: &str,
@@ -106,10 +97,10 @@ impl SqlStore {
             .await?;
         let mut out = Vec::new();
         let mut after = String::new();
-        // Pages being unpacked (and handed to `on_page`), oldest first; at most one per core
-        // while the database reads the next.
+        // Pages in `on_page`'s hands, oldest first; at most one per core while the database
+        // reads the next.
         let in_flight = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut unpacking = std::collections::VecDeque::new();
+        let mut handling = std::collections::VecDeque::new();
         loop {
             let page: Vec<PackedImage> = sqlx::query_as(SNAPSHOT_SQL)
                 .bind(namespace_id)
@@ -118,24 +109,24 @@ impl SqlStore {
                 .bind(SNAPSHOT_PAGE)
                 .fetch_all(&mut *tx)
                 .await?;
-            while unpacking.len() >= in_flight {
-                let oldest = unpacking.pop_front().expect("not empty");
-                out.push(join_unpacked(oldest).await?);
+            while handling.len() >= in_flight {
+                let oldest = handling.pop_front().expect("not empty");
+                out.push(join_page(oldest).await?);
             }
             let full = page.len() as i64 == SNAPSHOT_PAGE;
             if let Some((_, name, ..)) = page.last() {
                 after.clone_from(name);
             }
             let on_page = on_page.clone();
-            unpacking.push_back(tokio::task::spawn_blocking(move || {
-                unpack_page(page).map(|images| on_page(images))
+            handling.push_back(tokio::task::spawn_blocking(move || {
+                on_page(snapshot_images(page))
             }));
             if !full {
                 break;
             }
         }
-        for unpacked in unpacking {
-            out.push(join_unpacked(unpacked).await?);
+        for page in handling {
+            out.push(join_page(page).await?);
         }
         tx.commit().await?;
         Ok((position, out))
