@@ -565,6 +565,11 @@ async fn push_many(reg: &Registry, repo: &str, tags: usize) {
     }
 }
 
+/// Tags of `team/big` for the tests that stop an import midway: enough that the import passes
+/// several of its step boundaries (one per 100 ms) on a fast machine. With 600, and progress
+/// polled every 100 ms, a run on a fast machine saw the import complete between two polls.
+const BIG_TAGS: usize = 1_200;
+
 /// A registry holding `tags` tags of `team/big` (see [`push_many`]) and, on `db`, the image
 /// `big` of namespace `team` to import them into: the registry, the store, a fixture on it
 /// and the image's id.
@@ -590,17 +595,27 @@ async fn import_big_until_50(server: &Server, registry: &str, image: &str) -> St
     .await;
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
-    wait_for(server, &id, Duration::from_secs(60), |j| {
-        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
-    })
-    .await;
+    // Polled every 10 ms rather than `wait_for`'s 100: the import records its progress every
+    // 100 ms, and the test must catch it between two of those, still running.
+    let started = Instant::now();
+    while common::job(server, &id).await["progress"]["done"]
+        .as_i64()
+        .unwrap_or(0)
+        < 50
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "job {id} stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     id
 }
 
 async fn an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once(
     db: &TestDb,
 ) {
-    const TAGS: usize = 600;
+    const TAGS: usize = BIG_TAGS;
     let (reg, store, fx, image) = team_big(db, TAGS).await;
     let dir = tempfile::tempdir().unwrap();
     let timing = ["--orphan-timeout-secs", "4"];
@@ -646,7 +661,7 @@ async fn an_import_killed_midway_completes_after_a_restart_recording_each_manife
 /// A cancel stops an import at a step boundary: what it recorded is exactly the progress its
 /// descriptor reports, although fetches were still going on when the cancel was seen.
 async fn a_cancelled_import_records_exactly_the_progress_it_reports(db: &TestDb) {
-    const TAGS: usize = 600;
+    const TAGS: usize = BIG_TAGS;
     let (reg, store, fx, image) = team_big(db, TAGS).await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::on_database(&db.url, dir.path(), &[]);
