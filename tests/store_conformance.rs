@@ -350,13 +350,11 @@ async fn an_index_counts_its_childrens_blobs(store: Store) {
     .await
     .unwrap();
     assert_eq!(f.image_size(&img).await, 0);
+    let rows = f.store().read_model_rows().await.unwrap();
+    assert!(rows.manifests.is_empty());
     assert!(
-        f.store()
-            .read_model_rows()
-            .await
-            .unwrap()
-            .manifests
-            .is_empty()
+        rows.manifest_children.is_empty(),
+        "the index's child rows go with it"
     );
 }
 

@@ -801,15 +801,20 @@ async fn delete_manifests(
     let mut q = QueryBuilder::<Db>::new("DELETE FROM manifests WHERE image_id = ");
     q.push_bind(image_id.to_owned()).push(" AND digest IN (");
     push_list(&mut q, digests);
-    // The image's namespace comes back with the rows (a round trip fewer on the writer's
-    // connection, which every append waits on).
+    // The image's namespace, and whether each manifest lists children, come back with the
+    // rows: round trips fewer on the writer's connection, which every append waits on.
     q.push(
         " RETURNING digest, config_digest, config_size, layers_packed, \
          (SELECT namespace_id FROM images WHERE id = ",
     )
     .push_bind(image_id.to_owned())
-    .push(") AS namespace_id");
+    .push(
+        ") AS namespace_id, EXISTS (SELECT 1 FROM manifest_children c \
+         WHERE c.image_id = manifests.image_id AND c.parent_digest = manifests.digest) \
+         AS has_children",
+    );
     let deleted = q.build().fetch_all(&mut *conn).await?;
+    let mut any_children = false;
     // Each blob with its size and the number of deleted manifests referencing it (a
     // manifest counts once however often it lists the blob).
     let mut refs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
@@ -818,6 +823,7 @@ async fn delete_manifests(
         let config: Option<&str> = row.try_get("config_digest")?;
         let config_size: Option<i64> = row.try_get("config_size")?;
         let packed: &str = row.try_get("layers_packed")?;
+        any_children |= row.try_get::<bool, _>("has_children")?;
         let unreadable = |e: String| {
             let e = format!("manifest {digest} of image {image_id}: {e}");
             StoreError::Database(sqlx::Error::Decode(e.into()))
@@ -842,10 +848,12 @@ async fn delete_manifests(
         .map(|(digest, (size, n))| (digest, size, n))
         .collect();
 
-    for (table, column) in [
+    let tables = [
         ("manifest_layers", "manifest_digest"),
         ("manifest_children", "parent_digest"),
-    ] {
+    ];
+    // No child rows to delete unless a deleted manifest is an index.
+    for (table, column) in &tables[..if any_children { 2 } else { 1 }] {
         let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE image_id = "));
         q.push_bind(image_id.to_owned())
             .push(format!(" AND {column} IN ("));
