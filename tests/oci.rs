@@ -305,7 +305,7 @@ async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
 // ---------------------------------------------------------------------------------------
 // Import jobs, through the real binary
 
-use common::{Fixture, Server, TestDb, call, cancel_and_wait, state, wait_for};
+use common::{Fixture, Server, TestDb, call, cancel_and_wait, state, wait_for, wait_for_every};
 use layerline_core::domain::Aggregate;
 use layerline_core::domain::image::Image;
 use layerline_core::store::{Backend, EventStore, ReadModels, Store};
@@ -595,20 +595,13 @@ async fn import_big_until_50(server: &Server, registry: &str, image: &str) -> St
     .await;
     assert_eq!(status, 200, "{body}");
     let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
-    // Polled every 10 ms rather than `wait_for`'s 100: the import records its progress every
-    // 100 ms, and the test must catch it between two of those, still running.
-    let started = Instant::now();
-    while common::job(server, &id).await["progress"]["done"]
-        .as_i64()
-        .unwrap_or(0)
-        < 50
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "job {id} stuck"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Polled every 10 ms rather than 100: the import records its progress every 100 ms, and
+    // the test must catch it between two of those, still running.
+    let every = Duration::from_millis(10);
+    wait_for_every(server, &id, Duration::from_secs(60), every, |j| {
+        j["progress"]["done"].as_i64().unwrap_or(0) >= 50
+    })
+    .await;
     id
 }
 

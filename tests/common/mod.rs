@@ -439,11 +439,22 @@ pub async fn job(server: &Server, id: &str) -> Value {
     body["data"].clone()
 }
 
-/// Polls job `id` until `done(job)` holds, failing after `limit`.
+/// Polls job `id` every 100 ms until `done(job)` holds, failing after `limit`.
 pub async fn wait_for(
     server: &Server,
     id: &str,
     limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for_every(server, id, limit, Duration::from_millis(100), done).await
+}
+
+/// [`wait_for`], polling every `every`.
+pub async fn wait_for_every(
+    server: &Server,
+    id: &str,
+    limit: Duration,
+    every: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     let started = Instant::now();
@@ -456,7 +467,7 @@ pub async fn wait_for(
             started.elapsed() < limit,
             "job {id} did not get there in {limit:?}: {j}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
