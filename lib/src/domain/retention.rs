@@ -190,6 +190,7 @@ impl Reason {
         }
     }
 
+    /// Every reason (the names [`Reason::parse`] knows).
     pub const ALL: [Reason; 6] = [
         Reason::TagPattern,
         Reason::KeepLast,

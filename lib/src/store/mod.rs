@@ -111,6 +111,13 @@ pub enum StoreError {
     Database(sqlx::Error),
 }
 
+impl StoreError {
+    /// A stored row this build cannot read (`what` names it and says what is wrong).
+    pub fn unreadable(what: impl Into<String>) -> StoreError {
+        StoreError::Database(sqlx::Error::Decode(what.into().into()))
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &err {

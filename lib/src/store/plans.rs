@@ -35,11 +35,8 @@ impl SnapshotImage {
     /// The image's state, borrowing from its packed text; an error names the image and the
     /// record at fault.
     pub fn state(&self) -> Result<ImageState<'_>, StoreError> {
-        unpack_image(&self.tags, &self.manifests, &self.children).map_err(|e| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("image {}: {e}", self.id).into(),
-            ))
-        })
+        unpack_image(&self.tags, &self.manifests, &self.children)
+            .map_err(|e| StoreError::unreadable(format!("image {}: {e}", self.id)))
     }
 }
 
@@ -59,15 +56,9 @@ pub fn pack_layers(layers: &[Blob]) -> String {
 }
 
 /// The `(digest, size)` of each layer in a `layers_packed` value (see [`pack_layers`]), in
-/// order. A layer without a size, or a size that is no number, is an error naming it.
-pub fn unpack_layers(packed: &str) -> Result<Vec<(&str, i64)>, String> {
-    let mut out = Vec::new();
-    unpack_layers_into(packed, &mut out)?;
-    Ok(out)
-}
-
-/// [`unpack_layers`], appending to `out`.
-fn unpack_layers_into<'a>(packed: &'a str, out: &mut Vec<(&'a str, i64)>) -> Result<(), String> {
+/// order, appended to `out`. A layer without a size, or a size that is no number, is an
+/// error naming it.
+pub fn unpack_layers<'a>(packed: &'a str, out: &mut Vec<(&'a str, i64)>) -> Result<(), String> {
     let mut parts = packed.split(' ').filter(|p| !p.is_empty());
     while let Some(layer) = parts.next() {
         let size = parts
@@ -141,7 +132,7 @@ pub fn unpack_image<'a>(
         if let Some((config, size)) = config {
             blobs.push((config, number("config size", size)?));
         }
-        unpack_layers_into(layers, &mut blobs).map_err(|e| format!("manifest {digest}: {e}"))?;
+        unpack_layers(layers, &mut blobs).map_err(|e| format!("manifest {digest}: {e}"))?;
         at.insert(digest, state.manifests.len());
         state.manifests.push(ManifestState {
             digest,
@@ -210,6 +201,8 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
+    pub const ALL: [ItemKind; 2] = [ItemKind::Tag, ItemKind::Manifest];
+
     /// Its name as plans store it and the API shows it (the serde name).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -220,9 +213,7 @@ impl ItemKind {
 
     /// The kind named `name` (see [`ItemKind::as_str`]).
     pub fn parse(name: &str) -> Option<ItemKind> {
-        [ItemKind::Tag, ItemKind::Manifest]
-            .into_iter()
-            .find(|k| k.as_str() == name)
+        ItemKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -282,7 +273,7 @@ mod tests {
 
     #[test]
     fn an_item_kind_is_stored_under_its_serde_name_and_read_back() {
-        for kind in [ItemKind::Tag, ItemKind::Manifest] {
+        for kind in ItemKind::ALL {
             assert_eq!(serde_json::json!(kind), kind.as_str());
             assert_eq!(ItemKind::parse(kind.as_str()), Some(kind));
         }

@@ -825,16 +825,14 @@ async fn delete_manifests(
         let packed: &str = row.try_get("layers_packed")?;
         any_children |= row.try_get::<bool, _>("has_children")?;
         let unreadable = |e: String| {
-            let e = format!("manifest {digest} of image {image_id}: {e}");
-            StoreError::Database(sqlx::Error::Decode(e.into()))
+            StoreError::unreadable(format!("manifest {digest} of image {image_id}: {e}"))
         };
-        let layers = crate::store::plans::unpack_layers(packed).map_err(unreadable)?;
-        let config = match (config, config_size) {
-            (Some(c), Some(size)) => Some((c, size)),
+        let mut blobs: Vec<(&str, i64)> = match (config, config_size) {
+            (Some(c), Some(size)) => vec![(c, size)],
             (Some(c), None) => return Err(unreadable(format!("config {c} has no size"))),
-            (None, _) => None,
+            (None, _) => Vec::new(),
         };
-        let mut blobs: Vec<(&str, i64)> = config.into_iter().chain(layers).collect();
+        crate::store::plans::unpack_layers(packed, &mut blobs).map_err(unreadable)?;
         blobs.sort_unstable();
         blobs.dedup_by(|a, b| a.0 == b.0);
         for (blob, size) in blobs {
@@ -848,12 +846,14 @@ async fn delete_manifests(
         .map(|(digest, (size, n))| (digest, size, n))
         .collect();
 
-    let tables = [
-        ("manifest_layers", "manifest_digest"),
-        ("manifest_children", "parent_digest"),
-    ];
-    // No child rows to delete unless a deleted manifest is an index.
-    for (table, column) in &tables[..if any_children { 2 } else { 1 }] {
+    // Child rows only when a deleted manifest is an index.
+    for (table, column, any) in [
+        ("manifest_layers", "manifest_digest", true),
+        ("manifest_children", "parent_digest", any_children),
+    ] {
+        if !any {
+            continue;
+        }
         let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE image_id = "));
         q.push_bind(image_id.to_owned())
             .push(format!(" AND {column} IN ("));
@@ -870,7 +870,7 @@ async fn delete_manifests(
         return Ok(0);
     }
     let namespace_id: Option<String> = deleted[0].try_get("namespace_id")?;
-    let namespace_id = namespace_id.ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+    let namespace_id = namespace_id.ok_or(sqlx::Error::RowNotFound)?;
     let once: Vec<(String, i64, i64)> = gone.into_iter().map(|(d, size)| (d, size, 1)).collect();
     let stored_gone = release(
         conn,

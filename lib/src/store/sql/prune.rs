@@ -50,11 +50,8 @@ fn snapshot_images(page: Vec<PackedImage>) -> Vec<SnapshotImage> {
 }
 
 async fn join_page<T>(page: tokio::task::JoinHandle<T>) -> Result<T, StoreError> {
-    page.await.map_err(|e| {
-        StoreError::Database(sqlx::Error::Decode(
-            format!("a snapshot page's handler failed: {e}").into(),
-        ))
-    })
+    page.await
+        .map_err(|e| StoreError::unreadable(format!("a snapshot page's handler failed: {e}")))
 }
 
 /// Images a snapshot reads per query.
@@ -239,18 +236,23 @@ impl SqlStore {
             .fetch_all(&self.pool)
             .await?;
         let named = |column: &str, name: String| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("plan item {column} {name:?} is unknown").into(),
-            ))
+            StoreError::unreadable(format!("plan item {column} {name:?} is unknown"))
         };
+        // Items come image by image: consecutive items share their image's id and name.
+        let mut image: Option<(std::sync::Arc<str>, std::sync::Arc<str>)> = None;
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
                 let reason: String = r.try_get("reason")?;
+                let (id, name): (&str, &str) = (r.try_get("image_id")?, r.try_get("image_name")?);
+                let (image_id, image_name) = match &image {
+                    Some((i, n)) if **i == *id && **n == *name => (i.clone(), n.clone()),
+                    _ => image.insert((id.into(), name.into())).clone(),
+                };
                 Ok(PlanItem {
                     idx: r.try_get("idx")?,
-                    image_id: r.try_get::<String, _>("image_id")?.into(),
-                    image_name: r.try_get::<String, _>("image_name")?.into(),
+                    image_id,
+                    image_name,
                     kind: ItemKind::parse(&kind).ok_or_else(|| named("kind", kind))?,
                     tag: r.try_get("tag")?,
                     digest: r.try_get("digest")?,
