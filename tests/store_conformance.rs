@@ -72,7 +72,6 @@ conformance!(
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
     a_prune_releases_each_blob_by_the_references_it_drops,
     a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
-    the_packed_layers_migration_fills_manifests_recorded_before_it,
     a_kept_state_is_decided_on_and_read_again_once_the_stream_moved,
 );
 
@@ -240,7 +239,26 @@ async fn migrations_are_idempotent(store: Store) {
 
 /// Migration 9 packs each manifest's layers into its row; manifests recorded before it get
 /// theirs from `manifest_layers`, the same text the projection writes for new ones.
-async fn the_packed_layers_migration_fills_manifests_recorded_before_it(store: Store) {
+// Not in `conformance!`: an upgrade runs its migrations in a process just started, so this
+// test opens a second store for them. Running them on the first store's pool would leave
+// its connections holding statements prepared against the old shape of `manifests`, which
+// sqlx's SQLite driver reads past the end of (an index panic in `SqliteRow::current`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_the_packed_layers_migration_fills_manifests_recorded_before_it() {
+    let db = TestDb::new(Backend::Sqlite).await.expect("sqlite");
+    the_packed_layers_migration_fills_manifests_recorded_before_it(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_packed_layers_migration_fills_manifests_recorded_before_it() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    the_packed_layers_migration_fills_manifests_recorded_before_it(&db).await;
+}
+
+async fn the_packed_layers_migration_fills_manifests_recorded_before_it(db: &TestDb) {
+    let store = db.store().await;
     let f = Fixture::new(store.clone());
     random_workload(&f, 1, 250).await;
     let before = store.read_model_rows().await.unwrap();
@@ -258,8 +276,12 @@ async fn the_packed_layers_migration_fills_manifests_recorded_before_it(store: S
         Store::Sqlite(s) => drop(sqlx::raw_sql(undo).execute(s.pool()).await.unwrap()),
         Store::Postgres(p) => drop(sqlx::raw_sql(undo).execute(p.pool()).await.unwrap()),
     }
-    assert_eq!(store.migrate().await.unwrap(), [9]);
-    assert_eq!(store.read_model_rows().await.unwrap(), before);
+    store.close().await;
+
+    let upgraded = Store::connect(&db.url, 4).await.expect("connect");
+    assert_eq!(upgraded.migrate().await.unwrap(), [9]);
+    assert_eq!(upgraded.read_model_rows().await.unwrap(), before);
+    upgraded.close().await;
 }
 
 // ---------------------------------------------------------------------------------------
