@@ -71,6 +71,7 @@ conformance!(
     a_job_keeps_the_first_plan_stored_and_only_its_items,
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
     a_prune_releases_each_blob_by_the_references_it_drops,
+    concurrent_prunes_written_together_release_shared_blobs_by_every_reference,
     a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
     a_kept_state_is_decided_on_and_read_again_once_the_stream_moved,
 );
@@ -1650,6 +1651,140 @@ async fn a_prune_releases_each_blob_by_the_references_it_drops(store: Store) {
     assert_eq!(stored, expected);
     let ns_row = f.namespace_row(&ns).await;
     assert_eq!(ns_row.stored_size, 1000 + 200 + 30 + 10 + 10);
+}
+
+/// Prunes of many images arriving at once are written as one group with one set of
+/// statements (design §4's reference counts must still hold per image and per namespace).
+async fn concurrent_prunes_written_together_release_shared_blobs_by_every_reference(store: Store) {
+    let f = Fixture::new(store.clone());
+    let ns_a = f.namespace("group-a").await;
+    let ns_b = f.namespace("group-b").await;
+    // Every image keeps manifest `n*10 + 1` (tag `keep`) and loses `n*10 + 2` (tag `old`).
+    // Blob 100 is in every manifest (it stays); 101 is in the lost manifests of a0..a3 (it
+    // leaves namespace A, four references at once) and of b0, and in b1's kept one (it
+    // stays in B); 102 is in the lost manifests of a4 and a5 and in a6's kept one (it stays
+    // in A with one reference); each image has a blob of its own in its lost manifest.
+    let mut images = Vec::new();
+    for n in 0..8_u64 {
+        let img = f.image(&ns_a, &format!("a{n}")).await;
+        let kept: Vec<(u64, i64)> = match n {
+            6 => vec![(100, 1000), (102, 300)],
+            _ => vec![(100, 1000)],
+        };
+        let mut lost = vec![(100, 1000), (1000 + n, 7)];
+        match n {
+            0..=3 => lost.push((101, 200)),
+            4 | 5 => lost.push((102, 300)),
+            _ => {}
+        }
+        f.manifest(&img, n * 10 + 1, &kept).await;
+        f.manifest(&img, n * 10 + 2, &lost).await;
+        images.push((img, n));
+    }
+    for n in 8..12_u64 {
+        let img = f.image(&ns_b, &format!("b{n}")).await;
+        let kept = match n {
+            9 => vec![(100, 1000), (101, 200)],
+            _ => vec![(100, 1000)],
+        };
+        let lost = match n {
+            8 => vec![(100, 1000), (101, 200), (1000 + n, 7)],
+            _ => vec![(100, 1000), (1000 + n, 7)],
+        };
+        f.manifest(&img, n * 10 + 1, &kept).await;
+        f.manifest(&img, n * 10 + 2, &lost).await;
+        images.push((img, n));
+    }
+    // a7's lost manifest is also listed by an index, which goes with it.
+    let (a7, _) = &images[7];
+    f.image_cmd(a7, ImageCommand::RecordManifest(index(73, &[72])))
+        .await
+        .unwrap();
+    for (img, n) in &images {
+        f.tag(img, "keep", n * 10 + 1).await;
+        f.tag(img, "old", n * 10 + 2).await;
+    }
+    let versions: BTreeMap<String, i64> = store
+        .read_model_rows()
+        .await
+        .unwrap()
+        .tags
+        .into_iter()
+        .filter(|t| t.name == "old")
+        .map(|t| (t.image_id, t.pushed_version))
+        .collect();
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(images.len()));
+    let mut prunes = Vec::new();
+    for (img, n) in images.clone() {
+        let mut manifests = vec![digest(n * 10 + 2)];
+        if n == 7 {
+            manifests.push(digest(73));
+        }
+        let cmd = ImageCommand::Prune {
+            tags: vec![("old".into(), versions[&img])],
+            manifests,
+        };
+        let (registry, barrier) = (f.registry.clone(), barrier.clone());
+        prunes.push(tokio::spawn(async move {
+            barrier.wait().await;
+            registry.image(&img, cmd, &Metadata::default()).await
+        }));
+    }
+    for prune in prunes {
+        let events = prune.await.unwrap().unwrap();
+        assert!(events.len() >= 2, "each prune deletes its tag and manifest");
+    }
+
+    // The path under test ran: some transaction wrote several images' prunes (a group's
+    // events share their `recorded_at`).
+    let log = store.read_all(0, 100_000).await.unwrap();
+    let mut groups: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for e in &log {
+        if matches!(e.event, DomainEvent::TagDeleted(_)) {
+            groups
+                .entry(e.recorded_at.as_str())
+                .or_default()
+                .insert(&e.stream_id);
+        }
+    }
+    let largest = groups.values().map(HashSet::len).max().unwrap_or(0);
+    assert!(largest >= 2, "no group held two images' prunes: {groups:?}");
+
+    let rows = store.read_model_rows().await.unwrap();
+    let stored = |ns: &str| -> BTreeMap<String, i64> {
+        rows.namespace_blobs
+            .iter()
+            .filter(|b| b.namespace_id == ns)
+            .map(|b| (b.digest.clone(), b.refs))
+            .collect()
+    };
+    // A keeps 100 (eight images), 102 (a6) and the configs of the kept manifests.
+    let mut expected: BTreeMap<String, i64> =
+        [(digest(100), 8), (digest(102), 1)].into_iter().collect();
+    expected.extend((0..8).map(|n| (digest(10_000 + n * 10 + 1), 1)));
+    assert_eq!(stored(&ns_a), expected);
+    let mut expected: BTreeMap<String, i64> =
+        [(digest(100), 4), (digest(101), 1)].into_iter().collect();
+    expected.extend((8..12).map(|n| (digest(10_000 + n * 10 + 1), 1)));
+    assert_eq!(stored(&ns_b), expected);
+    assert!(
+        rows.manifest_children.is_empty(),
+        "the index's child rows went"
+    );
+    assert_eq!(rows.tags.len(), 12, "only the kept tags remain");
+    for (img, n) in &images {
+        let own = if *n == 6 { 300 } else { 0 } + if *n == 9 { 200 } else { 0 };
+        assert_eq!(f.image_size(img).await, 1000 + 10 + own, "image {n}");
+    }
+    let a = f.namespace_row(&ns_a).await;
+    assert_eq!((a.size, a.stored_size), (8 * 1010 + 300, 1000 + 300 + 80));
+    let b = f.namespace_row(&ns_b).await;
+    assert_eq!((b.size, b.stored_size), (4 * 1010 + 200, 1000 + 200 + 40));
+
+    // And the log replays to the same rows, versions and sizes included.
+    store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), rows);
 }
 
 async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: Store) {

@@ -319,8 +319,10 @@ async fn write_on(
 
 /// One transaction for the group: stream versions claimed, then the head, then projections
 /// and events in arrival order, then the descriptor changes of the group's job steps, one
-/// statement per kind of step. An append whose stream moved gets its conflict and writes
-/// nothing.
+/// statement per kind of step. Consecutive appends that only delete tags and manifests
+/// (a prune's images) are projected together, with one set of statements for all of them,
+/// before the next append of another kind. An append whose stream moved gets its conflict
+/// and writes nothing.
 async fn write_group(
     conn: &mut Conn,
     batch: &[Request],
@@ -381,6 +383,8 @@ async fn write_group(
     let mut rows = Vec::with_capacity(total as usize);
     // Descriptor changes of single job events, written after the loop a kind at a time.
     let mut job_updates = Vec::new();
+    // Runs of tag and manifest deletions (a prune's images), written together.
+    let mut deletions = GroupDeletions::default();
     for (r, claim) in batch.iter().zip(claims) {
         let base = match claim.expect("every append was claimed") {
             Ok(base) => base,
@@ -390,11 +394,19 @@ async fn write_group(
             }
         };
         let count = r.events.len() as i64;
-        match deferred_job_update(&r.stream_id, base, &r.events) {
-            Some(update) => job_updates.push(update),
-            None => project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
+        if let Some(update) = deferred_job_update(&r.stream_id, base, &r.events) {
+            job_updates.push(update);
+        } else if let Some(run) = Deletions::of_append(&r.stream_id, &r.events) {
+            deletions.push(run, base + count);
+        } else {
+            // Whatever the deletions gathered so far touch is written before this append.
+            deletions
+                .flush(&mut tx, &at)
                 .await
-                .map_err(Failed::Before)?,
+                .map_err(Failed::Before)?;
+            project_batch(&mut tx, &r.stream_id, base, next, &r.events, &at)
+                .await
+                .map_err(Failed::Before)?;
         }
         for (n, event) in r.events.iter().enumerate() {
             rows.push((next + n as i64, r, base + n as i64 + 1, event));
@@ -407,6 +419,10 @@ async fn write_group(
         }));
         next += count;
     }
+    deletions
+        .flush(&mut tx, &at)
+        .await
+        .map_err(Failed::Before)?;
     job_updates.sort_by_key(|u: &JobUpdate| u.set);
     for run in job_updates.chunk_by(|a, b| a.set == b.set) {
         write_job_updates(&mut tx, &at, run)

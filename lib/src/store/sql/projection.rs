@@ -3,6 +3,8 @@
 // removes it when its last one goes; nothing is ever summed by scanning.
 // Included by `backend.rs` once per backend.
 
+use std::collections::BTreeMap;
+
 use crate::domain::event::{ManifestRecorded, TagPushed};
 use crate::domain::image::distinct_blobs;
 use crate::domain::streams;
@@ -27,19 +29,22 @@ async fn project_batch(
     let mut image_change: Option<i64> = None;
     let mut pushes: Vec<(&TagPushed, i64)> = Vec::new();
     let mut records: Vec<(&ManifestRecorded, i64)> = Vec::new();
-    let mut deletes = Deletions::default();
+    let mut deletes = Deletions {
+        image_id,
+        ..Deletions::default()
+    };
     for (i, event) in events.iter().enumerate() {
         let version = base + i as i64 + 1;
         match event {
             // Recorded manifests and pushed tags do not depend on each other's rows: both
             // runs go on across the other kind.
             DomainEvent::TagPushed(t) => {
-                *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+                *image_change.get_or_insert(0) += deletes.flush(conn).await?;
                 pushes.push((t, version));
                 continue;
             }
             DomainEvent::ManifestRecorded(m) => {
-                *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+                *image_change.get_or_insert(0) += deletes.flush(conn).await?;
                 records.push((m, first + i as i64));
                 continue;
             }
@@ -67,7 +72,7 @@ async fn project_batch(
         // Only a run of deletions changes the image here: an event of another stream (a
         // job's, a namespace's) leaves the image row alone.
         if !deletes.is_empty() {
-            *image_change.get_or_insert(0) += deletes.flush(conn, image_id).await?;
+            *image_change.get_or_insert(0) += deletes.flush(conn).await?;
         }
         let position = first + i as i64;
         if let Some(delta) = project(conn, stream_id, version, position, event, at).await? {
@@ -81,7 +86,7 @@ async fn project_batch(
     if let Some(change) = image_change.as_mut() {
         *change += record_manifests(conn, image_id, &mut records, at).await?;
     }
-    let freed = deletes.flush(conn, image_id).await?;
+    let freed = deletes.flush(conn).await?;
     if let Some(delta) = image_change {
         touch_image(
             conn,
@@ -100,33 +105,174 @@ async fn project_batch(
 /// manifest is deleted at most once.
 #[derive(Default)]
 struct Deletions<'a> {
+    image_id: &'a str,
     tags: Vec<&'a str>,
     manifests: Vec<&'a str>,
 }
 
-/// Digests per statement in a deletion run (well under both backends' bind limits).
+/// Digests per statement in a deletion run (well under both backends' bind limits: a
+/// digest may go with its owner's id, two values each).
 const DIGESTS_PER_STATEMENT: usize = 1_000;
 
-impl Deletions<'_> {
+impl<'a> Deletions<'a> {
+    /// An append made only of tag and manifest deletions of an image (a prune's or a bulk
+    /// delete's): its run, which the writer may write together with other images' runs.
+    fn of_append(stream_id: &'a str, events: &'a [DomainEvent]) -> Option<Deletions<'a>> {
+        let image_id = stream_id.strip_prefix(streams::IMAGE)?;
+        if events.is_empty() {
+            return None;
+        }
+        let mut run = Deletions {
+            image_id,
+            ..Deletions::default()
+        };
+        for event in events {
+            match event {
+                DomainEvent::TagDeleted(t) => run.tags.push(&t.tag_id),
+                DomainEvent::ManifestDeleted(d) => run.manifests.push(&d.digest),
+                _ => return None,
+            }
+        }
+        Some(run)
+    }
+
     fn is_empty(&self) -> bool {
         self.tags.is_empty() && self.manifests.is_empty()
     }
 
     /// Writes the run and empties it; returns how much the image's size changed.
-    async fn flush(&mut self, conn: &mut Conn, image_id: &str) -> Result<i64, StoreError> {
-        for chunk in self.tags.chunks(DIGESTS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Db>::new("DELETE FROM tags WHERE id IN (");
-            push_list(&mut q, chunk);
-            q.build().execute(&mut *conn).await?;
+    async fn flush(&mut self, conn: &mut Conn) -> Result<i64, StoreError> {
+        if self.is_empty() {
+            return Ok(0);
         }
-        self.tags.clear();
-        let mut delta = 0;
-        for chunk in self.manifests.chunks(DIGESTS_PER_STATEMENT) {
-            delta += delete_manifests(conn, image_id, chunk).await?;
-        }
-        self.manifests.clear();
-        Ok(delta)
+        let run = Deletions {
+            image_id: self.image_id,
+            tags: std::mem::take(&mut self.tags),
+            manifests: std::mem::take(&mut self.manifests),
+        };
+        Ok(delete_runs(conn, std::slice::from_ref(&run)).await?[0])
     }
+}
+
+/// Writes several images' runs of deletions with one set of statements for all of them
+/// (chunked by [`DIGESTS_PER_STATEMENT`]); returns each run's change in its image's size.
+/// A prune's images are written a group at a time this way, so the writer's round trips
+/// per group do not grow with the images in it.
+async fn delete_runs(conn: &mut Conn, runs: &[Deletions<'_>]) -> Result<Vec<i64>, StoreError> {
+    let tags: Vec<&str> = runs.iter().flat_map(|r| r.tags.iter().copied()).collect();
+    for chunk in tags.chunks(DIGESTS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Db>::new("DELETE FROM tags WHERE id IN (");
+        push_list(&mut q, chunk);
+        q.build().execute(&mut *conn).await?;
+    }
+    let manifests: Vec<(&str, &str)> = runs
+        .iter()
+        .flat_map(|r| r.manifests.iter().map(|d| (r.image_id, *d)))
+        .collect();
+    let mut removed: HashMap<String, i64> = HashMap::new();
+    for chunk in manifests.chunks(DIGESTS_PER_STATEMENT) {
+        for (image_id, bytes) in delete_manifests(conn, chunk).await? {
+            *removed.entry(image_id).or_default() += bytes;
+        }
+    }
+    Ok(runs
+        .iter()
+        .map(|r| -removed.get(r.image_id).copied().unwrap_or(0))
+        .collect())
+}
+
+/// Consecutive appends of a group that only delete tags and manifests (see
+/// [`Deletions::of_append`]), each with the image version it moves to, written together.
+#[derive(Default)]
+struct GroupDeletions<'a> {
+    runs: Vec<Deletions<'a>>,
+    versions: Vec<i64>,
+}
+
+impl<'a> GroupDeletions<'a> {
+    fn push(&mut self, run: Deletions<'a>, version: i64) {
+        self.runs.push(run);
+        self.versions.push(version);
+    }
+
+    /// Writes the runs gathered and their images' rows, and empties the list.
+    async fn flush(&mut self, conn: &mut Conn, at: &str) -> Result<(), StoreError> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let deltas = delete_runs(conn, &self.runs).await?;
+        let changes: Vec<(&str, i64, i64)> = self
+            .runs
+            .iter()
+            .zip(deltas)
+            .zip(&self.versions)
+            .map(|((run, delta), version)| (run.image_id, delta, *version))
+            .collect();
+        touch_images(conn, &changes, at).await?;
+        self.runs.clear();
+        self.versions.clear();
+        Ok(())
+    }
+}
+
+/// Pushes the condition that `(owner_column, digest_column)` is one of `keys`: with a single
+/// owner, `owner = $ AND digest IN (…)` (one index range); otherwise a row-value list.
+fn push_keys(
+    q: &mut QueryBuilder<Db>,
+    owner_column: &str,
+    digest_column: &str,
+    keys: &[(&str, &str)],
+) {
+    let owner = keys[0].0;
+    if keys.iter().all(|(o, _)| *o == owner) {
+        q.push(format!("{owner_column} = "))
+            .push_bind(owner.to_owned())
+            .push(format!(" AND {digest_column} IN ("));
+        let digests: Vec<&str> = keys.iter().map(|(_, d)| *d).collect();
+        push_list(q, &digests);
+        return;
+    }
+    q.push(format!("({owner_column}, {digest_column}) IN (VALUES "));
+    let mut list = q.separated(", ");
+    for (owner, digest) in keys {
+        list.push("(")
+            .push_bind_unseparated((*owner).to_owned())
+            .push_unseparated(", ")
+            .push_bind_unseparated((*digest).to_owned())
+            .push_unseparated(")");
+    }
+    list.push_unseparated(")");
+}
+
+/// Adds each `(image, size change, version)` to its image's size and marks it changed at
+/// that version, in one statement (images gone are left alone).
+async fn touch_images(
+    conn: &mut Conn,
+    changes: &[(&str, i64, i64)],
+    at: &str,
+) -> Result<(), StoreError> {
+    if let [(image_id, delta, version)] = changes {
+        return touch_image(conn, image_id, *delta, *version, at).await;
+    }
+    for chunk in changes.chunks(DIGESTS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Db>::new(
+            "UPDATE images SET size = size + v.column2, version = v.column3, updated_at = ",
+        );
+        q.push_bind(at.to_owned()).push(" FROM (VALUES ");
+        let mut list = q.separated(", ");
+        for (image_id, delta, version) in chunk {
+            list.push("(")
+                .push_bind_unseparated((*image_id).to_owned())
+                .push_unseparated(", ")
+                .push_bind_unseparated(*delta)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*version)
+                .push_unseparated(")");
+        }
+        q.push(") AS v WHERE images.id = v.column1");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Pushes `(v1, v2, …)` as bound values, closing the parenthesis.
@@ -787,43 +933,46 @@ async fn record_manifests(
     Ok(added)
 }
 
-/// Deletes manifests `digests` of image `image_id` and releases the blobs they held:
-/// a blob leaves the image when no remaining manifest of it references it, and leaves the
-/// namespace's stored blobs when no image of it does. Returns the change in image size.
+/// Deletes manifests `keys` (each `(image, digest)`) and releases the blobs they held: a
+/// blob leaves an image when no remaining manifest of it references it, and leaves the
+/// namespace's stored blobs when no image of it does. Returns, per image that lost any,
+/// the bytes its size lost.
 ///
 /// The manifest rows' own `layers_packed` and config say which blobs they held, read back
 /// as they are deleted: one statement, rather than a read of their layer rows first.
 async fn delete_manifests(
     conn: &mut Conn,
-    image_id: &str,
-    digests: &[&str],
-) -> Result<i64, StoreError> {
-    let mut q = QueryBuilder::<Db>::new("DELETE FROM manifests WHERE image_id = ");
-    q.push_bind(image_id.to_owned()).push(" AND digest IN (");
-    push_list(&mut q, digests);
-    // The image's namespace, and whether each manifest lists children, come back with the
+    keys: &[(&str, &str)],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let mut q = QueryBuilder::<Db>::new("DELETE FROM manifests WHERE ");
+    push_keys(&mut q, "image_id", "digest", keys);
+    // Each image's namespace, and whether each manifest lists children, come back with the
     // rows: round trips fewer on the writer's connection, which every append waits on.
     q.push(
-        " RETURNING digest, config_digest, config_size, layers_packed, \
-         (SELECT namespace_id FROM images WHERE id = ",
-    )
-    .push_bind(image_id.to_owned())
-    .push(
-        ") AS namespace_id, EXISTS (SELECT 1 FROM manifest_children c \
+        " RETURNING image_id, digest, config_digest, config_size, layers_packed, \
+         (SELECT namespace_id FROM images WHERE images.id = manifests.image_id) \
+         AS namespace_id, EXISTS (SELECT 1 FROM manifest_children c \
          WHERE c.image_id = manifests.image_id AND c.parent_digest = manifests.digest) \
          AS has_children",
     );
     let deleted = q.build().fetch_all(&mut *conn).await?;
     let mut any_children = false;
-    // Each blob with its size and the number of deleted manifests referencing it (a
-    // manifest counts once however often it lists the blob).
-    let mut refs: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    // Each image's blobs with their sizes and the number of deleted manifests referencing
+    // them (a manifest counts once however often it lists the blob).
+    let mut refs: BTreeMap<(&str, String), (i64, i64)> = BTreeMap::new();
+    let mut namespaces: HashMap<&str, String> = HashMap::new();
     for row in &deleted {
+        let image_id: &str = row.try_get("image_id")?;
         let digest: &str = row.try_get("digest")?;
         let config: Option<&str> = row.try_get("config_digest")?;
         let config_size: Option<i64> = row.try_get("config_size")?;
         let packed: &str = row.try_get("layers_packed")?;
         any_children |= row.try_get::<bool, _>("has_children")?;
+        if !namespaces.contains_key(image_id) {
+            let namespace_id: Option<String> = row.try_get("namespace_id")?;
+            let namespace_id = namespace_id.ok_or(sqlx::Error::RowNotFound)?;
+            namespaces.insert(image_id, namespace_id);
+        }
         let unreadable = |e: String| {
             StoreError::unreadable(format!("manifest {digest} of image {image_id}: {e}"))
         };
@@ -836,16 +985,11 @@ async fn delete_manifests(
         blobs.sort_unstable();
         blobs.dedup_by(|a, b| a.0 == b.0);
         for (blob, size) in blobs {
-            let entry = refs.entry(blob.to_owned()).or_insert((size, 0));
+            let entry = refs.entry((image_id, blob.to_owned())).or_insert((size, 0));
             entry.0 = entry.0.max(size);
             entry.1 += 1;
         }
     }
-    let released: Vec<(String, i64, i64)> = refs
-        .into_iter()
-        .map(|(digest, (size, n))| (digest, size, n))
-        .collect();
-
     // Child rows only when a deleted manifest is an index.
     for (table, column, any) in [
         ("manifest_layers", "manifest_digest", true),
@@ -854,40 +998,60 @@ async fn delete_manifests(
         if !any {
             continue;
         }
-        let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE image_id = "));
-        q.push_bind(image_id.to_owned())
-            .push(format!(" AND {column} IN ("));
-        push_list(&mut q, digests);
+        let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE "));
+        push_keys(&mut q, "image_id", column, keys);
         q.build().execute(&mut *conn).await?;
     }
-    if released.is_empty() {
-        return Ok(0);
+    let mut removed: HashMap<String, i64> = HashMap::new();
+    if refs.is_empty() {
+        return Ok(removed);
     }
 
-    let gone = release(conn, "image_blobs", "image_id", image_id, &released).await?;
-    let removed: i64 = gone.iter().map(|(_, size)| size).sum();
-    if gone.is_empty() {
-        return Ok(0);
+    let released: Vec<Release> = refs
+        .iter()
+        .map(|((image_id, digest), &(size, n))| (*image_id, digest.as_str(), size, n))
+        .collect();
+    let gone = release(conn, "image_blobs", "image_id", &released).await?;
+    // A blob gone from an image drops one reference from its namespace.
+    let mut by_namespace: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    // Per namespace: the image bytes and the stored bytes it loses.
+    let mut size_change: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (image_id, digest, size) in &gone {
+        *removed.entry(image_id.clone()).or_default() += size;
+        let namespace_id = namespaces[image_id.as_str()].as_str();
+        size_change.entry(namespace_id).or_default().0 += size;
+        let entry = by_namespace
+            .entry((namespace_id, digest.as_str()))
+            .or_insert((*size, 0));
+        entry.1 += 1;
     }
-    let namespace_id: Option<String> = deleted[0].try_get("namespace_id")?;
-    let namespace_id = namespace_id.ok_or(sqlx::Error::RowNotFound)?;
-    let once: Vec<(String, i64, i64)> = gone.into_iter().map(|(d, size)| (d, size, 1)).collect();
-    let stored_gone = release(
-        conn,
-        "namespace_blobs",
-        "namespace_id",
-        &namespace_id,
-        &once,
-    )
-    .await?;
-    let stored_removed: i64 = stored_gone.iter().map(|(_, size)| size).sum();
-    add_to_namespace(conn, &namespace_id, -removed, -stored_removed).await?;
-    Ok(-removed)
+    if gone.is_empty() {
+        return Ok(removed);
+    }
+    let once: Vec<Release> = by_namespace
+        .iter()
+        .map(|(&(namespace_id, digest), &(size, n))| (namespace_id, digest, size, n))
+        .collect();
+    let stored_gone = release(conn, "namespace_blobs", "namespace_id", &once).await?;
+    for (namespace_id, change) in size_change.iter_mut() {
+        change.1 += stored_gone
+            .iter()
+            .filter(|(n, _, _)| n == namespace_id)
+            .map(|(_, _, size)| size)
+            .sum::<i64>();
+    }
+    for (namespace_id, (size, stored)) in size_change {
+        add_to_namespace(conn, namespace_id, -size, -stored).await?;
+    }
+    Ok(removed)
 }
 
-/// Drops `refs` references of `owner` to each blob in `table` (`image_blobs` or
+/// References to drop: `(owner, blob digest, blob size, references)`.
+type Release<'a> = (&'a str, &'a str, i64, i64);
+
+/// Drops each `(owner, digest, _, refs)`'s `refs` references in `table` (`image_blobs` or
 /// `namespace_blobs`, keyed by `owner_column`) and removes the rows left at zero; returns
-/// those blobs with their sizes.
+/// those rows as `(owner, digest, size)`.
 ///
 /// Blobs losing the same number of references share their statements: a run usually drops
 /// one reference from most blobs and a few more from shared ones, so that is a group or two,
@@ -903,45 +1067,42 @@ async fn release(
     conn: &mut Conn,
     table: &'static str,
     owner_column: &'static str,
-    owner: &str,
-    blobs: &[(String, i64, i64)],
-) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut by_count: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
-    for (digest, _, refs) in blobs {
-        by_count.entry(*refs).or_default().push(digest);
+    blobs: &[Release<'_>],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let mut by_count: BTreeMap<i64, Vec<(&str, &str)>> = BTreeMap::new();
+    for &(owner, digest, _, refs) in blobs {
+        by_count.entry(refs).or_default().push((owner, digest));
     }
-    let mut gone: Vec<(String, i64)> = Vec::new();
-    for (refs, digests) in &by_count {
-        for chunk in digests.chunks(DIGESTS_PER_STATEMENT) {
-            let mut q =
-                QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE {owner_column} = "));
-            q.push_bind(owner.to_owned())
-                .push(" AND refs <= ")
-                .push_bind(*refs)
-                .push(" AND digest IN (");
-            push_list(&mut q, chunk);
-            q.push(" RETURNING digest, size");
+    let mut gone: Vec<(String, String, i64)> = Vec::new();
+    for (refs, keys) in &by_count {
+        for chunk in keys.chunks(DIGESTS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Db>::new(format!("DELETE FROM {table} WHERE refs <= "));
+            q.push_bind(*refs).push(" AND ");
+            push_keys(&mut q, owner_column, "digest", chunk);
+            q.push(format!(" RETURNING {owner_column} AS owner, digest, size"));
             let deleted = q.build().fetch_all(&mut *conn).await?;
-            if deleted.len() < chunk.len() {
-                let went: HashSet<&str> = deleted
+            let before = gone.len();
+            for r in deleted {
+                gone.push((
+                    r.try_get("owner")?,
+                    r.try_get("digest")?,
+                    r.try_get("size")?,
+                ));
+            }
+            if gone.len() - before < chunk.len() {
+                let went: HashSet<(&str, &str)> = gone[before..]
                     .iter()
-                    .map(|r| r.try_get("digest"))
-                    .collect::<Result<_, _>>()?;
-                let left: Vec<&str> = chunk
+                    .map(|(o, d, _)| (o.as_str(), d.as_str()))
+                    .collect();
+                let left: Vec<(&str, &str)> = chunk
                     .iter()
                     .copied()
-                    .filter(|d| !went.contains(d))
+                    .filter(|k| !went.contains(k))
                     .collect();
                 let mut q = QueryBuilder::<Db>::new(format!("UPDATE {table} SET refs = refs - "));
-                q.push_bind(*refs)
-                    .push(format!(" WHERE {owner_column} = "))
-                    .push_bind(owner.to_owned())
-                    .push(" AND digest IN (");
-                push_list(&mut q, &left);
+                q.push_bind(*refs).push(" WHERE ");
+                push_keys(&mut q, owner_column, "digest", &left);
                 q.build().execute(&mut *conn).await?;
-            }
-            for r in deleted {
-                gone.push((r.try_get("digest")?, r.try_get("size")?));
             }
         }
     }
