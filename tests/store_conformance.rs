@@ -70,6 +70,7 @@ conformance!(
     prune_policies_follow_their_streams_and_survive_rebuild,
     a_job_keeps_the_first_plan_stored_and_only_its_items,
     a_prune_snapshot_reads_every_image_of_its_namespace_whole,
+    a_prune_snapshot_read_by_two_connections_is_one_point_in_time,
     a_prune_releases_each_blob_by_the_references_it_drops,
     concurrent_prunes_written_together_release_shared_blobs_by_every_reference,
     a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot,
@@ -1522,6 +1523,61 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
     );
     assert!(store.plan("j2").await.unwrap().is_none());
     assert!(store.plan_items("j2", 0, 10).await.unwrap().is_empty());
+}
+
+/// On PostgreSQL a snapshot's pages are read by two connections sharing one exported
+/// snapshot. A writer pushes tag `t{k}` to the first image and then to the last (pages
+/// apart, read by different connections) while snapshots are taken: in each, the last
+/// image's tags are the first's, or all but the newest.
+async fn a_prune_snapshot_read_by_two_connections_is_one_point_in_time(store: Store) {
+    let f = Fixture::new(store.clone());
+    let ns = f.namespace("lockstep").await;
+    let first = f.image(&ns, "a-first").await;
+    for i in 0..1500 {
+        f.image(&ns, &format!("m-{i:04}")).await;
+    }
+    let last = f.image(&ns, "z-last").await;
+    for img in [&first, &last] {
+        f.manifest(img, 1, &[(100, 10)]).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (f, stop) = (Fixture::new(store.clone()), stop.clone());
+        let (first, last) = (first.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.tag(&first, &format!("t{k}"), 1).await;
+                f.tag(&last, &format!("t{k}"), 1).await;
+                k += 1;
+            }
+            k
+        })
+    };
+    let tags = |image: &layerline_core::store::plans::SnapshotImage| -> HashSet<String> {
+        let state = image.state().unwrap();
+        state.tags.iter().map(|t| t.name.to_owned()).collect()
+    };
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let snapshot = store.prune_snapshot(&ns).await.unwrap();
+        assert_eq!(snapshot.images.len(), 1502);
+        let a = tags(snapshot.images.first().unwrap());
+        let z = tags(snapshot.images.last().unwrap());
+        assert!(
+            z.is_subset(&a) && a.len() - z.len() <= 1,
+            "the last image has {} tags, the first {}: not one point in time",
+            z.len(),
+            a.len()
+        );
+        seen.insert(a.len());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let pushed = writer.await.unwrap();
+    assert!(
+        pushed > 0 && seen.len() > 1,
+        "the writer ran between snapshots"
+    );
 }
 
 async fn a_prune_snapshot_reads_every_image_of_its_namespace_whole(store: Store) {

@@ -17,6 +17,8 @@ pub mod sqlite {
     const BEGIN_SNAPSHOT: &str = "BEGIN";
     /// Nothing to set for a prune snapshot's read.
     const PRUNE_SNAPSHOT_SETTINGS: Option<&str> = None;
+    /// A read transaction's snapshot cannot be shared with another connection.
+    const EXPORT_SNAPSHOT: Option<&str> = None;
 
     /// `INSERT … SELECT` from a JSON array bound as `$1` (one object per row, keys named as
     /// the columns).
@@ -53,6 +55,8 @@ pub mod postgres {
     /// for every page, and the compiling costs more than it saves: on a 10 000-image
     /// namespace, 10 ms of 50 per page of 500 images.
     const PRUNE_SNAPSHOT_SETTINGS: Option<&str> = Some("SET LOCAL jit = off");
+    /// Names the transaction's snapshot, for a second connection to read the same one.
+    const EXPORT_SNAPSHOT: Option<&str> = Some("SELECT pg_export_snapshot()");
 
     /// `INSERT … SELECT` from a JSON array bound as `$1`; PostgreSQL maps the keys onto the
     /// table's columns by name.
