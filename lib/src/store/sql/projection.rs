@@ -145,12 +145,10 @@ impl<'a> Deletions<'a> {
         if self.is_empty() {
             return Ok(0);
         }
-        let run = Deletions {
-            image_id: self.image_id,
-            tags: std::mem::take(&mut self.tags),
-            manifests: std::mem::take(&mut self.manifests),
-        };
-        Ok(delete_runs(conn, std::slice::from_ref(&run)).await?[0])
+        let delta = delete_runs(conn, std::slice::from_ref(self)).await?[0];
+        self.tags.clear();
+        self.manifests.clear();
+        Ok(delta)
     }
 }
 
@@ -1033,12 +1031,11 @@ async fn delete_manifests(
         .map(|(&(namespace_id, digest), &(size, n))| (namespace_id, digest, size, n))
         .collect();
     let stored_gone = release(conn, "namespace_blobs", "namespace_id", &once).await?;
-    for (namespace_id, change) in size_change.iter_mut() {
-        change.1 += stored_gone
-            .iter()
-            .filter(|(n, _, _)| n == namespace_id)
-            .map(|(_, _, size)| size)
-            .sum::<i64>();
+    for (namespace_id, _, size) in &stored_gone {
+        // A blob leaves a namespace only when one of its images released it.
+        if let Some(change) = size_change.get_mut(namespace_id.as_str()) {
+            change.1 += size;
+        }
     }
     for (namespace_id, (size, stored)) in size_change {
         add_to_namespace(conn, namespace_id, -size, -stored).await?;

@@ -49,6 +49,14 @@ fn snapshot_images(page: Vec<PackedImage>) -> Vec<SnapshotImage> {
         .collect()
 }
 
+/// Applies [`PRUNE_SNAPSHOT_SETTINGS`] to a snapshot's read transaction.
+async fn snapshot_settings(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    if let Some(settings) = PRUNE_SNAPSHOT_SETTINGS {
+        sqlx::query(settings).execute(conn).await?;
+    }
+    Ok(())
+}
+
 /// The page of [`SNAPSHOT_SQL`] after image name `after`.
 async fn snapshot_page(
     conn: &mut Conn,
@@ -103,9 +111,7 @@ impl SqlStore {
         on_page: OnPage<T>,
     ) -> Result<(i64, Vec<T>), StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_SNAPSHOT).await?;
-        if let Some(settings) = PRUNE_SNAPSHOT_SETTINGS {
-            sqlx::query(settings).execute(&mut *tx).await?;
-        }
+        snapshot_settings(&mut tx).await?;
         let position: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
@@ -131,12 +137,12 @@ impl SqlStore {
         // A second reader of the same snapshot, where the backend can share one and the pool
         // has a connection to spare: the database's half of the read then runs on two cores.
         let mut spare = match EXPORT_SNAPSHOT {
-            Some(_) if starts.len() > 1 => self.pool.try_acquire(),
+            Some(export) if starts.len() > 1 => self.pool.try_acquire().map(|c| (c, export)),
             _ => None,
         };
         let mut second = None;
-        if let (Some(conn), Some(export)) = (spare.as_mut(), EXPORT_SNAPSHOT) {
-            let id: String = sqlx::query_scalar(export).fetch_one(&mut *tx).await?;
+        if let Some((conn, export)) = spare.as_mut() {
+            let id: String = sqlx::query_scalar(*export).fetch_one(&mut *tx).await?;
             // The id is the server's own; checked anyway, as it is spliced into the SQL
             // (`SET TRANSACTION SNAPSHOT` takes no parameters).
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
@@ -147,9 +153,7 @@ impl SqlStore {
             sqlx::raw_sql(sqlx::AssertSqlSafe(set))
                 .execute(&mut *tx2)
                 .await?;
-            if let Some(settings) = PRUNE_SNAPSHOT_SETTINGS {
-                sqlx::query(settings).execute(&mut *tx2).await?;
-            }
+            snapshot_settings(&mut tx2).await?;
             second = Some(tx2);
         }
         let mut out = Vec::new();
