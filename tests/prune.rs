@@ -202,7 +202,8 @@ async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
     };
     let compiled = Policy::compile(&input.policy).unwrap();
     let snapshot = store.prune_snapshot(&t.ns).await.unwrap();
-    let (header, items) = make_plan(&id, &input, &compiled, &snapshot, Utc::now()).unwrap();
+    let (header, images) = make_plan(&id, &input, &compiled, &snapshot, Utc::now()).unwrap();
+    let items: Vec<_> = images.into_iter().flatten().collect();
     assert!(store.save_plan(&header, &items).await.unwrap());
     assert!(items.iter().any(|i| i.tag.as_deref() == Some("v2")));
 

@@ -1870,13 +1870,20 @@ async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: 
     let policy = Arc::new(Policy::compile(&input.policy).unwrap());
     let now = chrono::Utc::now();
 
-    let (header, items) = plan_from_store(f.store(), "job", &input, policy.clone(), now)
+    let (header, images) = plan_from_store(f.store(), "job", &input, policy.clone(), now)
         .await
         .unwrap();
     let snapshot = f.store().prune_snapshot(&ns).await.unwrap();
-    let (whole_header, whole_items) = make_plan("job", &input, &policy, &snapshot, now).unwrap();
+    let (whole_header, whole_images) = make_plan("job", &input, &policy, &snapshot, now).unwrap();
     assert_eq!(header, whole_header);
-    assert_eq!(items, whole_items);
+    assert_eq!(images, whole_images);
+    assert!(
+        images
+            .iter()
+            .all(|list| list.iter().all(|i| i.image_id == list[0].image_id)),
+        "each list is one image's"
+    );
+    let items: Vec<_> = images.into_iter().flatten().collect();
     assert_eq!((header.images, header.tags, header.manifests), (5, 15, 15));
     let names: Vec<&str> = items.iter().map(|i| &*i.image_name).collect();
     let mut sorted = names.clone();

@@ -129,10 +129,14 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let plain_input = input(&plain)?;
     let plain_policy = std::sync::Arc::new(Policy::compile(&plain_input.policy)?);
     let now = chrono::Utc::now();
-    let (_, items) = plan_from_store(&store, "bench", &plain_input, plain_policy, now).await?;
-    let plain_tags = items.iter().filter(|i| i.kind == ItemKind::Tag).count();
+    let (_, images) = plan_from_store(&store, "bench", &plain_input, plain_policy, now).await?;
+    let plain_tags = images
+        .iter()
+        .flatten()
+        .filter(|i| i.kind == ItemKind::Tag)
+        .count();
     let t = Instant::now();
-    plain_delete(&store, &items).await?;
+    plain_delete(&store, &images).await?;
     let plain_secs = t.elapsed().as_secs_f64();
     let plain_rate = plain_tags as f64 / plain_secs;
 
@@ -263,20 +267,17 @@ async fn settle(store: &Store) -> anyhow::Result<()> {
 
 /// Deletes the planned tag and manifest rows (with the manifests' layer rows), one
 /// transaction per image, three statements each.
-async fn plain_delete(store: &Store, items: &[PlanItem]) -> anyhow::Result<()> {
+async fn plain_delete(store: &Store, images: &[Vec<PlanItem>]) -> anyhow::Result<()> {
     let mut by_image: Vec<(&str, Vec<&str>, Vec<&str>)> = Vec::new();
-    for item in items {
-        if by_image
-            .last()
-            .is_none_or(|(id, _, _)| *id != &*item.image_id)
-        {
-            by_image.push((&item.image_id, Vec::new(), Vec::new()));
+    for list in images {
+        let (mut tags, mut manifests) = (Vec::new(), Vec::new());
+        for item in list {
+            match item.kind {
+                ItemKind::Manifest => manifests.push(item.digest.as_str()),
+                ItemKind::Tag => tags.push(item.tag.as_deref().unwrap_or_default()),
+            }
         }
-        let (_, tags, manifests) = by_image.last_mut().expect("pushed above");
-        match item.kind {
-            ItemKind::Manifest => manifests.push(&item.digest),
-            ItemKind::Tag => tags.push(item.tag.as_deref().unwrap_or_default()),
-        }
+        by_image.push((&list[0].image_id, tags, manifests));
     }
     macro_rules! delete_all {
         ($pool:expr, $db:ty) => {

@@ -423,11 +423,15 @@ impl Store {
     }
 
     /// Stores a prune job's plan with its items unless it has one; whether this stored it.
-    pub async fn save_plan(
+    pub async fn save_plan<'a, I>(
         &self,
         header: &plans::PlanHeader,
-        items: &[plans::PlanItem],
-    ) -> Result<bool, StoreError> {
+        items: I,
+    ) -> Result<bool, StoreError>
+    where
+        I: IntoIterator<Item = &'a plans::PlanItem>,
+        I::IntoIter: Send,
+    {
         dispatch!(self, s => s.save_plan(header, items).await)
     }
 

@@ -198,11 +198,11 @@ impl SqlStore {
     /// has one; returns whether this call stored it. The items go first, a few thousand per
     /// transaction, so a large plan never holds the write lock for long; the summary row goes
     /// last and makes them the plan (items of an attempt that lost the race are deleted).
-    pub async fn save_plan(
-        &self,
-        header: &PlanHeader,
-        items: &[PlanItem],
-    ) -> Result<bool, StoreError> {
+    pub async fn save_plan<'a, I>(&self, header: &PlanHeader, items: I) -> Result<bool, StoreError>
+    where
+        I: IntoIterator<Item = &'a PlanItem>,
+        I::IntoIter: Send,
+    {
         if self.plan(&header.job_id).await?.is_some() {
             return Ok(false);
         }
@@ -210,9 +210,11 @@ impl SqlStore {
             "{} WHERE TRUE ON CONFLICT (job_id, attempt, idx) DO NOTHING",
             bulk_insert_sql("prune_plan_items", PLAN_ITEM_INSERT_COLUMNS)
         );
-        for chunk in items.chunks(ROWS_PER_INSERT) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let rows: Vec<serde_json::Value> = items
+                .by_ref()
+                .take(ROWS_PER_INSERT)
                 .map(|item| {
                     let mut row = serde_json::to_value(item).unwrap_or_default();
                     row["job_id"] = header.job_id.clone().into();
