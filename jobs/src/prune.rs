@@ -167,8 +167,8 @@ fn tally(events: &[DomainEvent], bytes: &HashMap<String, i64>) -> (i64, i64, i64
     (tags, manifests, freed)
 }
 
-/// Deletes one image's planned items (and, with `target`, the manifests this job deleted
-/// at the backend repository); returns the tags, manifests and bytes this job deleted from
+/// Deletes one image's planned items, `list` (and, with `target`, the manifests this job
+/// deleted at the backend repository); returns the tags, manifests and bytes this job deleted from
 /// the image in all its attempts, and the manifests deleted at the backend now.
 async fn prune_image(
     registry: Registry<Store>,
@@ -176,9 +176,9 @@ async fn prune_image(
     meta: Metadata,
     job_id: String,
     rerun: bool,
-    image_id: Arc<str>,
     list: Vec<PlanItem>,
 ) -> Result<((i64, i64, i64), i64), Failure> {
+    let image_id = list[0].image_id.clone();
     let tags = list
         .iter()
         .filter(|i| i.kind == ItemKind::Tag)
@@ -327,7 +327,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
             let Some(list) = pending.next() else {
                 break;
             };
-            let (image_id, image_name) = (list[0].image_id.clone(), list[0].image_name.clone());
+            let image_name = list[0].image_name.clone();
             let step = format!("prune image {image_name}");
             if let Err(stop) = ctx.boundary(done, total, &step, false).await {
                 stopped = Some(stop);
@@ -339,9 +339,7 @@ pub(crate) async fn prune(input: PruneInput, ctx: &mut Ctx<'_>) -> Outcome {
                 .map(|b| (b.client.clone(), b.repository(&image_name)));
             let meta = ctx.meta.clone();
             let (job_id, rerun) = (ctx.job_id.clone(), ctx.attempt > 1);
-            tasks.spawn(prune_image(
-                registry, target, meta, job_id, rerun, image_id, list,
-            ));
+            tasks.spawn(prune_image(registry, target, meta, job_id, rerun, list));
         }
         let Some(joined) = tasks.join_next().await else {
             break;

@@ -955,9 +955,9 @@ async fn delete_manifests(
     );
     let deleted = q.build().fetch_all(&mut *conn).await?;
     let mut any_children = false;
-    // Each image's blobs with their sizes and the number of deleted manifests referencing
-    // them (a manifest counts once however often it lists the blob).
-    let mut refs: BTreeMap<(&str, String), (i64, i64)> = BTreeMap::new();
+    // Each image's blobs with the number of deleted manifests referencing them (a manifest
+    // counts once however often it lists the blob). Sizes come back from the rows released.
+    let mut refs: BTreeMap<(&str, String), i64> = BTreeMap::new();
     let mut namespaces: HashMap<&str, String> = HashMap::new();
     for row in &deleted {
         let image_id: &str = row.try_get("image_id")?;
@@ -982,10 +982,8 @@ async fn delete_manifests(
         crate::store::plans::unpack_layers(packed, &mut blobs).map_err(unreadable)?;
         blobs.sort_unstable();
         blobs.dedup_by(|a, b| a.0 == b.0);
-        for (blob, size) in blobs {
-            let entry = refs.entry((image_id, blob.to_owned())).or_insert((size, 0));
-            entry.0 = entry.0.max(size);
-            entry.1 += 1;
+        for (blob, _) in blobs {
+            *refs.entry((image_id, blob.to_owned())).or_default() += 1;
         }
     }
     // Child rows only when a deleted manifest is an index.
@@ -1007,28 +1005,27 @@ async fn delete_manifests(
 
     let released: Vec<Release> = refs
         .iter()
-        .map(|((image_id, digest), &(size, n))| (*image_id, digest.as_str(), size, n))
+        .map(|((image_id, digest), &n)| (*image_id, digest.as_str(), n))
         .collect();
     let gone = release(conn, "image_blobs", "image_id", &released).await?;
     // A blob gone from an image drops one reference from its namespace.
-    let mut by_namespace: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    let mut by_namespace: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     // Per namespace: the image bytes and the stored bytes it loses.
     let mut size_change: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for (image_id, digest, size) in &gone {
         *removed.entry(image_id.clone()).or_default() += size;
         let namespace_id = namespaces[image_id.as_str()].as_str();
         size_change.entry(namespace_id).or_default().0 += size;
-        let entry = by_namespace
+        *by_namespace
             .entry((namespace_id, digest.as_str()))
-            .or_insert((*size, 0));
-        entry.1 += 1;
+            .or_default() += 1;
     }
     if gone.is_empty() {
         return Ok(removed);
     }
     let once: Vec<Release> = by_namespace
         .iter()
-        .map(|(&(namespace_id, digest), &(size, n))| (namespace_id, digest, size, n))
+        .map(|(&(namespace_id, digest), &n)| (namespace_id, digest, n))
         .collect();
     let stored_gone = release(conn, "namespace_blobs", "namespace_id", &once).await?;
     for (namespace_id, _, size) in &stored_gone {
@@ -1043,10 +1040,10 @@ async fn delete_manifests(
     Ok(removed)
 }
 
-/// References to drop: `(owner, blob digest, blob size, references)`.
-type Release<'a> = (&'a str, &'a str, i64, i64);
+/// References to drop: `(owner, blob digest, references)`.
+type Release<'a> = (&'a str, &'a str, i64);
 
-/// Drops each `(owner, digest, _, refs)`'s `refs` references in `table` (`image_blobs` or
+/// Drops each `(owner, digest, refs)`'s `refs` references in `table` (`image_blobs` or
 /// `namespace_blobs`, keyed by `owner_column`) and removes the rows left at zero; returns
 /// those rows as `(owner, digest, size)`.
 ///
@@ -1067,7 +1064,7 @@ async fn release(
     blobs: &[Release<'_>],
 ) -> Result<Vec<(String, String, i64)>, StoreError> {
     let mut by_count: BTreeMap<i64, Vec<(&str, &str)>> = BTreeMap::new();
-    for &(owner, digest, _, refs) in blobs {
+    for &(owner, digest, refs) in blobs {
         by_count.entry(refs).or_default().push((owner, digest));
     }
     let mut gone: Vec<(String, String, i64)> = Vec::new();
