@@ -14,7 +14,7 @@ use layerline_core::domain::{DomainError, DomainEvent, format_time, streams};
 use layerline_core::service::ServiceError;
 use layerline_core::store::rows::materialize;
 use layerline_core::store::{
-    Backend, EventStore, Expected, Metadata, ReadModels, Store, StoreError,
+    Backend, EventStore, Expected, Metadata, ReadModelRows, ReadModels, Store, StoreError,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1694,19 +1694,22 @@ async fn a_prune_releases_each_blob_by_the_references_it_drops(store: Store) {
     assert_eq!(refs(&img), expected);
     assert_eq!(f.image_size(&img).await, 1000 + 30 + 10);
     // 101 left the image but not the namespace; the configs of 1 and 2 left both.
-    let stored: BTreeMap<String, i64> = rows
-        .namespace_blobs
-        .iter()
-        .filter(|b| b.namespace_id == ns)
-        .map(|b| (b.digest.clone(), b.refs))
-        .collect();
     let expected: BTreeMap<String, i64> = [100, 101, 102, 10_003, 10_004]
         .into_iter()
         .map(|n| (digest(n), 1))
         .collect();
-    assert_eq!(stored, expected);
+    assert_eq!(namespace_refs(&rows, &ns), expected);
     let ns_row = f.namespace_row(&ns).await;
     assert_eq!(ns_row.stored_size, 1000 + 200 + 30 + 10 + 10);
+}
+
+/// The stored blobs of namespace `ns` in `rows`, each with its reference count.
+fn namespace_refs(rows: &ReadModelRows, ns: &str) -> BTreeMap<String, i64> {
+    rows.namespace_blobs
+        .iter()
+        .filter(|b| b.namespace_id == ns)
+        .map(|b| (b.digest.clone(), b.refs))
+        .collect()
 }
 
 /// Prunes of many images arriving at once are written as one group with one set of
@@ -1808,22 +1811,15 @@ async fn concurrent_prunes_written_together_release_shared_blobs_by_every_refere
     assert!(largest >= 2, "no group held two images' prunes: {groups:?}");
 
     let rows = store.read_model_rows().await.unwrap();
-    let stored = |ns: &str| -> BTreeMap<String, i64> {
-        rows.namespace_blobs
-            .iter()
-            .filter(|b| b.namespace_id == ns)
-            .map(|b| (b.digest.clone(), b.refs))
-            .collect()
-    };
     // A keeps 100 (eight images), 102 (a6) and the configs of the kept manifests.
     let mut expected: BTreeMap<String, i64> =
         [(digest(100), 8), (digest(102), 1)].into_iter().collect();
     expected.extend((0..8).map(|n| (digest(10_000 + n * 10 + 1), 1)));
-    assert_eq!(stored(&ns_a), expected);
+    assert_eq!(namespace_refs(&rows, &ns_a), expected);
     let mut expected: BTreeMap<String, i64> =
         [(digest(100), 4), (digest(101), 1)].into_iter().collect();
     expected.extend((8..12).map(|n| (digest(10_000 + n * 10 + 1), 1)));
-    assert_eq!(stored(&ns_b), expected);
+    assert_eq!(namespace_refs(&rows, &ns_b), expected);
     assert!(
         rows.manifest_children.is_empty(),
         "the index's child rows went"
