@@ -168,8 +168,8 @@ fn tally(events: &[DomainEvent], bytes: &HashMap<String, i64>) -> (i64, i64, i64
 }
 
 /// Deletes one image's planned items, `list` (and, with `target`, the manifests this job
-/// deleted at the backend repository); returns the tags, manifests and bytes this job deleted from
-/// the image in all its attempts, and the manifests deleted at the backend now.
+/// deleted at the backend repository); returns the tags, manifests and bytes this job
+/// deleted from the image in all its attempts, and the manifests deleted at the backend now.
 async fn prune_image(
     registry: Registry<Store>,
     target: Option<(Client, String)>,
