@@ -174,7 +174,7 @@ async fn bare_drain(store: &Store, config: &PoolConfig, n: usize) -> anyhow::Res
             let cfg = apalis_sqlite::Config::default()
                 .queue(BARE_QUEUE)
                 .batch_size(config.workers);
-            let mut storage = SqliteStorage::<u64>::new(s.pool()).with_config(cfg);
+            let mut storage = SqliteStorage::<u64>::new(s.write_pool()).with_config(cfg);
             for chunk in (0..n as u64).collect::<Vec<_>>().chunks(500) {
                 storage.push_bulk(chunk.to_vec()).await?;
             }
@@ -191,7 +191,7 @@ async fn bare_drain(store: &Store, config: &PoolConfig, n: usize) -> anyhow::Res
             let cfg = apalis_postgres::Config::default()
                 .queue(BARE_QUEUE)
                 .batch_size(config.workers);
-            let mut storage = PostgresStorage::<u64>::new(s.pool()).with_config(cfg);
+            let mut storage = PostgresStorage::<u64>::new(s.write_pool()).with_config(cfg);
             for chunk in (0..n as u64).collect::<Vec<_>>().chunks(500) {
                 storage.push_bulk(chunk.to_vec()).await?;
             }

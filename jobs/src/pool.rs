@@ -1,5 +1,5 @@
 //! The worker pool on apalis: one apalis worker per queue (queue = job kind, explicit names),
-//! sharing the store's connection pool, plus the sweep. Each gap listed in
+//! writing through the store's write connections, plus the sweep. Each gap listed in
 //! `apalis-notes.md` is closed here, in our code, never by patching the crate:
 //!
 //! * queue names are `queue::*` constants, never type paths;
@@ -200,8 +200,8 @@ impl Queues {
     /// `layerline_migrations`, so they never meet.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         match &self.store {
-            Store::Sqlite(s) => SqliteStorage::migrations().run(s.pool()).await?,
-            Store::Postgres(s) => PostgresStorage::migrations().run(s.pool()).await?,
+            Store::Sqlite(s) => SqliteStorage::migrations().run(s.write_pool()).await?,
+            Store::Postgres(s) => PostgresStorage::migrations().run(s.write_pool()).await?,
         }
         Ok(())
     }
@@ -251,12 +251,12 @@ impl Queues {
         let name = kind.as_str();
         match &self.store {
             Store::Sqlite(s) => {
-                let mut storage =
-                    SqliteStorage::<Ticket>::new(s.pool()).with_config(self.sqlite_config(name));
+                let mut storage = SqliteStorage::<Ticket>::new(s.write_pool())
+                    .with_config(self.sqlite_config(name));
                 storage.push_task(task).await.map_err(|e| e.to_string())?
             }
             Store::Postgres(s) => {
-                let mut storage = PostgresStorage::<Ticket>::new(s.pool())
+                let mut storage = PostgresStorage::<Ticket>::new(s.write_pool())
                     .with_config(self.postgres_config(name));
                 storage.push_task(task).await.map_err(|e| e.to_string())?
             }
@@ -520,7 +520,7 @@ async fn serve_queue(
         };
         let result = match &queues.store {
             Store::Sqlite(s) => {
-                let storage = SqliteStorage::<Ticket>::new(s.pool())
+                let storage = SqliteStorage::<Ticket>::new(s.write_pool())
                     .with_config(queues.sqlite_config(name))
                     .poll_with_strategy(queues.wake_ups(name));
                 WorkerBuilder::new(worker.as_str())
@@ -532,7 +532,7 @@ async fn serve_queue(
                     .await
             }
             Store::Postgres(s) => {
-                let storage = PostgresStorage::<Ticket>::new(s.pool())
+                let storage = PostgresStorage::<Ticket>::new(s.write_pool())
                     .with_config(queues.postgres_config(name))
                     .poll_with_strategy(queues.wake_ups(name));
                 WorkerBuilder::new(worker.as_str())

@@ -325,7 +325,8 @@ impl Store {
     /// Connects to `url` (`sqlite:path` — created if missing — or `postgres://…`). Runs no
     /// migrations; see [`Store::migrate`]. SQLite connections each get WAL, `synchronous =
     /// NORMAL`, a busy timeout and foreign keys, set in the connect options so every pooled
-    /// connection has them.
+    /// connection has them. On SQLite, `max_connections` are for reads, and writes go
+    /// through one more connection of their own (see `write_pool` of the backend stores).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         match Backend::of_url(url)? {
             Backend::Sqlite => {
@@ -333,7 +334,13 @@ impl Store {
                     .max_connections(max_connections)
                     .connect_with(sqlite_options(url)?)
                     .await?;
-                Ok(Store::Sqlite(backend::sqlite::SqlStore::new(pool)))
+                // A writer waits for it as long as it would wait for SQLite's lock.
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(BUSY_TIMEOUT)
+                    .connect_with(sqlite_options(url)?)
+                    .await?;
+                Ok(Store::Sqlite(backend::sqlite::SqlStore::new(pool, write)))
             }
             Backend::Postgres => {
                 let pool = PgPoolOptions::new()
@@ -341,7 +348,10 @@ impl Store {
                     .acquire_timeout(BUSY_TIMEOUT)
                     .connect(url)
                     .await?;
-                Ok(Store::Postgres(backend::postgres::SqlStore::new(pool)))
+                Ok(Store::Postgres(backend::postgres::SqlStore::new(
+                    pool.clone(),
+                    pool,
+                )))
             }
         }
     }

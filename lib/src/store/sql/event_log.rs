@@ -24,25 +24,39 @@ const EVENTS_PER_INSERT: usize = 1000;
 /// The log and its read models on one database.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
+    /// Reads (and on PostgreSQL, everything).
     pub(crate) pool: Pool<Db>,
+    /// Writes: see [`SqlStore::write_pool`].
+    pub(crate) write: Pool<Db>,
     batcher: Arc<Batcher>,
 }
 
 impl SqlStore {
-    pub fn new(pool: Pool<Db>) -> Self {
+    pub fn new(pool: Pool<Db>, write: Pool<Db>) -> Self {
         SqlStore {
             pool,
+            write,
             batcher: Arc::default(),
         }
     }
 
-    /// The connection pool, shared with the job queue's storage.
+    /// The connection pool for reads.
     pub fn pool(&self) -> &Pool<Db> {
         &self.pool
     }
 
+    /// The connections writes go through, shared with the job queue's storage (whose
+    /// fetches and acknowledgements are writes). On SQLite that is one connection: SQLite
+    /// lets one writer in at a time, and a writer on another connection that finds the lock
+    /// taken sleeps in SQLite's busy handler (1 ms, then longer), where here it waits its turn
+    /// in the pool and is woken when the connection is handed back. On PostgreSQL it is the
+    /// pool itself.
+    pub fn write_pool(&self) -> &Pool<Db> {
+        &self.write
+    }
+
     pub async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         if let Some(lock) = LOCK_MIGRATIONS {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
@@ -72,6 +86,7 @@ impl SqlStore {
     /// Closes the pool, once the appends under way are written.
     pub async fn close(&self) {
         *self.batcher.writer.lock().await = None;
+        self.write.close().await;
         self.pool.close().await;
     }
 
@@ -119,7 +134,7 @@ impl SqlStore {
             .push(request);
         // Written by a task of its own, so that a caller cancelled meanwhile (a client went
         // away) neither strands its append nor the others in its group.
-        tokio::spawn(drive(self.batcher.clone(), self.pool.clone()));
+        tokio::spawn(drive(self.batcher.clone(), self.write.clone()));
         outcome.await.unwrap_or_else(|_| Err(lost()))
     }
 
@@ -154,7 +169,7 @@ impl SqlStore {
         schema_version: i32,
         payload: &str,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         // Stream row first, then the head: the order every append takes its locks in.
         let version = claim_versions(&mut tx, stream_id, Expected::Any, 1).await? + 1;
         let position: i64 = sqlx::query_scalar(
@@ -192,8 +207,9 @@ const BATCH_EVENTS: usize = 10_000;
 #[derive(Debug, Default)]
 struct Batcher {
     waiting: std::sync::Mutex<Vec<Request>>,
-    /// Held while a group is written: one at a time per process, on a connection kept for
-    /// the purpose (taken from the pool when missing, dropped after an error).
+    /// Held while a group is written: one at a time per process, on a connection of the
+    /// write pool, taken when missing and dropped after an error; kept between groups on
+    /// PostgreSQL, handed back after each group on SQLite (see `KEEP_WRITER`).
     writer: Arc<tokio::sync::Mutex<Writer>>,
 }
 
@@ -259,6 +275,9 @@ async fn drive(batcher: Arc<Batcher>, pool: Pool<Db>) {
             return;
         }
         write_batch(&pool, batch, &mut writer).await;
+        if !KEEP_WRITER {
+            *writer = None;
+        }
     }
 }
 

@@ -222,14 +222,14 @@ impl SqlStore {
                     row
                 })
                 .collect();
-            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(serde_json::Value::Array(rows).to_string())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
         }
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(
             "INSERT INTO prune_plans (job_id, position, policy_id, policy_version, attempt, \
              images, tags, manifests, bytes, created_at) \
@@ -254,7 +254,7 @@ impl SqlStore {
             sqlx::query("DELETE FROM prune_plan_items WHERE job_id = $1 AND attempt = $2")
                 .bind(&header.job_id)
                 .bind(header.attempt)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?;
         }
         Ok(inserted > 0)
@@ -347,7 +347,7 @@ impl SqlStore {
         )
         .bind(id)
         .bind(at)
-        .execute(&self.pool)
+        .execute(&self.write)
         .await?;
         Ok(())
     }

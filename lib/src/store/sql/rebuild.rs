@@ -36,7 +36,7 @@ const ROWS_PER_INSERT: usize = 5_000;
 
 impl SqlStore {
     pub async fn rebuild(&self, progress: Progress<'_>) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         // Holding the head row keeps appends (and their projections) out until we commit.
         let head: i64 = sqlx::query_scalar(
             "UPDATE event_log_head SET position = position WHERE id = 1 RETURNING position",
@@ -114,7 +114,7 @@ impl SqlStore {
         }
         let total: i64 = streams.iter().map(|(_, e)| e.len() as i64).sum();
         let at = format_time(chrono::Utc::now());
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         let last: i64 = sqlx::query_scalar(
             "UPDATE event_log_head SET position = position + $1 WHERE id = 1 RETURNING position",
         )
@@ -178,7 +178,7 @@ impl SqlStore {
     }
 
     pub async fn bulk_load(&self, rows: &ReadModelRows) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         let tables = insert_rows(&mut tx, rows).await?;
         tx.commit().await?;
         // Planner statistics of the loaded tables, as a database in steady state has them
@@ -187,7 +187,7 @@ impl SqlStore {
         // migration gives it.
         for table in tables {
             sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?;
         }
         Ok(())
