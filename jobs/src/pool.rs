@@ -157,6 +157,14 @@ impl Default for PoolConfig {
 /// Heartbeats per orphan timeout: a worker is dead after missing this many.
 const MISSED_HEARTBEATS: u32 = 4;
 
+/// Whether apalis marks each task `Running` when its handler starts. Its fetch has already
+/// taken the task for the worker (`Queued`, `lock_by` set), its orphan recovery re-queues
+/// `Queued` tasks as well as `Running` ones, and our sweep counts any unfinished task as
+/// live; nothing of ours reads the difference. The mark costs a write transaction in the
+/// worker's one loop of fetches and acknowledgements whenever a job outlasts the loop's
+/// turn (every job that writes to the database), and that loop fetches nothing meanwhile.
+const LOCK_TASKS: bool = false;
+
 /// The job queues on the store's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Queues {
@@ -212,6 +220,7 @@ impl Queues {
             .heartbeat_interval(self.heartbeat())
             .missed_heartbeats(MISSED_HEARTBEATS as usize)
             .batch_size(self.config.workers.max(1))
+            .lock_tasks(LOCK_TASKS)
     }
 
     fn postgres_config(&self, name: &str) -> apalis_postgres::Config {
@@ -220,6 +229,7 @@ impl Queues {
             .heartbeat_interval(self.heartbeat())
             .missed_heartbeats(MISSED_HEARTBEATS as usize)
             .batch_size(self.config.workers.max(1))
+            .lock_tasks(LOCK_TASKS)
     }
 
     fn heartbeat(&self) -> Duration {
