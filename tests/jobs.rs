@@ -716,8 +716,8 @@ async fn a_task_pushed_by_another_process_is_found_by_the_due_read_on_sqlite() {
 }
 
 /// How SQLite plans the two statements apalis runs per batch of tasks (the shapes of its
-/// acknowledgement and of its lock; the values are placeholders), as a connection of `pool`
-/// sees them.
+/// acknowledgement and of its lock, which our pool turns off but apalis's default runs; the
+/// values are placeholders), as a connection of `pool` sees them.
 async fn queue_plans(pool: &sqlx::SqlitePool) -> Vec<String> {
     let statements = [
         "EXPLAIN QUERY PLAN UPDATE Jobs SET status = 'Done', done_at = 1 \
@@ -749,9 +749,9 @@ async fn sqlite_looks_queued_tasks_up_by_id_from_the_first_start() {
     let Store::Sqlite(s) = &store else {
         unreachable!("a SQLite store")
     };
-    // The connections that ran the migrations, and one opened afterwards.
+    // The connection that ran the migrations, the store's readers, and one opened afterwards.
     let fresh = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-    for pool in [s.pool(), &fresh] {
+    for pool in [s.write_pool(), s.pool(), &fresh] {
         for plan in queue_plans(pool).await {
             assert!(
                 plan.contains("sqlite_autoindex_Jobs_1 (id=?)"),
