@@ -11,9 +11,6 @@ pub mod sqlite {
     /// Takes SQLite's write lock at once, so a transaction never has to upgrade a read lock
     /// (which would fail with SQLITE_BUSY instead of waiting).
     const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-    /// The log's writer hands its connection back after each group of appends: it is the one
-    /// write connection, which the job queue's storage also needs.
-    const KEEP_WRITER: bool = false;
     /// The write lock taken by `BEGIN IMMEDIATE` already serialises migrations.
     const LOCK_MIGRATIONS: Option<&str> = None;
     /// A read transaction: in WAL mode it reads one snapshot from its first read on.
@@ -50,8 +47,6 @@ pub mod postgres {
 
     const MIGRATIONS: &[Migration] = POSTGRES;
     const BEGIN_WRITE: &str = "BEGIN";
-    /// The log's writer keeps a connection of the pool between groups of appends.
-    const KEEP_WRITER: bool = true;
     /// Several processes may start at once; one migrates while the others wait.
     const LOCK_MIGRATIONS: Option<&str> = Some("SELECT pg_advisory_xact_lock(7215081342)");
     /// Every statement of the transaction reads the snapshot its first one saw.

@@ -208,8 +208,8 @@ const BATCH_EVENTS: usize = 10_000;
 struct Batcher {
     waiting: std::sync::Mutex<Vec<Request>>,
     /// Held while a group is written: one at a time per process, on a connection of the
-    /// write pool, taken when missing and dropped after an error; kept between groups on
-    /// PostgreSQL, handed back after each group on SQLite (see `KEEP_WRITER`).
+    /// write pool, taken when missing and dropped after an error; kept between groups unless
+    /// it is the pool's only one (SQLite's), which others need between groups.
     writer: Arc<tokio::sync::Mutex<Writer>>,
 }
 
@@ -275,7 +275,7 @@ async fn drive(batcher: Arc<Batcher>, pool: Pool<Db>) {
             return;
         }
         write_batch(&pool, batch, &mut writer).await;
-        if !KEEP_WRITER {
+        if pool.options().get_max_connections() == 1 {
             *writer = None;
         }
     }
