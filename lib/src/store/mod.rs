@@ -334,9 +334,12 @@ impl Store {
                     .max_connections(max_connections)
                     .connect_with(sqlite_options(url)?)
                     .await?;
-                // A writer waits for it as long as it would wait for SQLite's lock.
+                // A writer waits for it as long as it would wait for SQLite's lock. It is
+                // taken for every group of appends and every fetch and acknowledgement of a
+                // queue, and not pinged each time: an in-process connection does not go stale.
                 let write = SqlitePoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(BUSY_TIMEOUT)
                     .connect_with(sqlite_options(url)?)
                     .await?;
