@@ -167,6 +167,7 @@ async fn run_job(
         creator: None,
         idempotency_key: None,
         marks: None,
+        project_id: None,
     };
     let job = layerline_core::jobs::submit(&Registry::new(store.clone()), queues, sub).await?;
     let row = loop {

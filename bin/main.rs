@@ -386,8 +386,14 @@ async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
     let Ok(value) = std::env::var("LAYERLINE_BOOTSTRAP_TOKEN") else {
         return Ok(());
     };
-    let secret =
-        uuid::Uuid::parse_str(value.trim()).context("LAYERLINE_BOOTSTRAP_TOKEN must be a UUID")?;
+    // Tokens are accepted only in the spelling they were made with, the canonical one.
+    let secret = uuid::Uuid::parse_str(value.trim())
+        .ok()
+        .filter(|u| u.hyphenated().to_string() == value.trim())
+        .context(
+            "LAYERLINE_BOOTSTRAP_TOKEN must be a UUID in lowercase with hyphens \
+             (as /proc/sys/kernel/random/uuid prints one)",
+        )?;
     let meta = Metadata {
         actor: Some("bootstrap".to_owned()),
         ..Metadata::default()

@@ -489,6 +489,7 @@ async fn a_job_accepted_but_never_queued_is_found_by_the_sweep(db: &TestDb) {
         creator: None,
         idempotency_key: None,
         marks: None,
+        project_id: None,
     };
     let job = layerline_core::jobs::submit(&registry, &layerline_core::jobs::NoDispatch, sub)
         .await
@@ -557,6 +558,7 @@ async fn probe_to_completion(store: &Store, queues: &layerline_jobs::Queues, inp
         creator: None,
         idempotency_key: None,
         marks: None,
+        project_id: None,
     };
     let registry = layerline_core::service::Registry::new(store.clone());
     let job = layerline_core::jobs::submit(&registry, queues, sub)

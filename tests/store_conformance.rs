@@ -1077,6 +1077,7 @@ async fn job_descriptors_follow_their_streams_and_survive_rebuild(store: Store) 
             input: serde_json::json!({"image_id": "i1"}),
             creator: Some("token:t".into()),
             idempotency_key: key.map(str::to_owned),
+            project_id: None,
         })
     };
     run("j1", accept("j1", Some("k-1"))).await.unwrap();
@@ -1240,6 +1241,7 @@ async fn concurrent_job_steps_written_together_each_follow_their_own_stream(stor
             input: serde_json::json!({}),
             creator: None,
             idempotency_key: None,
+            project_id: None,
         })
     }
     /// Runs `commands` on job `i` in order, on a task of its own.
@@ -1442,6 +1444,7 @@ async fn prune_policies_follow_their_streams_and_survive_rebuild(store: Store) {
                 input: serde_json::json!({"policy_id": "p1"}),
                 creator: None,
                 idempotency_key: None,
+                project_id: None,
             });
             registry
                 .execute::<Job>(id, cmd, &Metadata::default())
@@ -1913,6 +1916,7 @@ async fn a_kept_state_is_decided_on_and_read_again_once_the_stream_moved(store: 
             input: serde_json::json!({}),
             creator: None,
             idempotency_key: None,
+            project_id: None,
         });
         registry.execute::<Job>(id, accept, &meta).await.unwrap();
         let mut kept: Job = registry.load(id).await.unwrap();

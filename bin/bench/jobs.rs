@@ -133,6 +133,7 @@ fn probe(i: usize) -> Submission {
         creator: None,
         idempotency_key: None,
         marks: None,
+        project_id: None,
     }
 }
 

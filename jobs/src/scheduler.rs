@@ -19,8 +19,8 @@ use layerline_core::domain::schedule::Schedule;
 use layerline_core::domain::{format_time, parse_time};
 use layerline_core::jobs::{Dispatch, Submission, submit};
 use layerline_core::service::{Registry, ServiceError};
-use layerline_core::store::Store;
 use layerline_core::store::rows::PolicyRow;
+use layerline_core::store::{ReadModels, Store};
 use tokio::sync::watch;
 
 /// Who the scheduler's jobs are by (their creator).
@@ -107,6 +107,14 @@ impl Scheduler {
             tracing::warn!(policy_id = %row.id, "stored policy body does not parse; not scheduled");
             return Ok(());
         };
+        // The run is in its namespace's project, as a run started over the API is.
+        let project_id = self
+            .registry
+            .store()
+            .namespace(&policy.namespace_id)
+            .await
+            .map_err(ServiceError::Store)?
+            .map(|n| n.project_id);
         let at = format_time(instant);
         let input = PruneInput {
             policy_id: Some(row.id.clone()),
@@ -122,6 +130,7 @@ impl Scheduler {
             creator: Some(CREATOR.to_owned()),
             idempotency_key: Some(key(&row.id, &at)),
             marks: None,
+            project_id,
         };
         let job = submit(&self.registry, self.dispatcher.as_ref(), sub).await?;
         tracing::info!(policy_id = %row.id, job_id = %job.id, scheduled_for = %at, "scheduled prune run");

@@ -53,6 +53,9 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// The resource marked `deleting` by a delete job.
     pub marks: Option<Mark>,
+    /// The project the job acts in: the project of the namespace or image it names. Tokens
+    /// scoped to another project never see the job.
+    pub project_id: Option<String>,
 }
 
 impl Submission {
@@ -61,6 +64,7 @@ impl Submission {
     pub fn delete(
         mark: Mark,
         name: &str,
+        project_id: &str,
         creator: String,
         idempotency_key: Option<String>,
     ) -> Self {
@@ -83,6 +87,7 @@ impl Submission {
             creator: Some(creator),
             idempotency_key,
             marks: Some(mark),
+            project_id: Some(project_id.to_owned()),
         }
     }
 }
@@ -109,7 +114,7 @@ pub async fn submit<S: EventStore + ReadModels>(
     if let Some(key) = &key
         && let Some(job) = by_key(registry, key).await?
     {
-        return Ok(job);
+        return same_request(sub.kind, &sub.input, job);
     }
     if let Some(existing) = running_delete(registry, sub.marks.as_ref()).await? {
         return Ok(existing);
@@ -124,9 +129,10 @@ pub async fn submit<S: EventStore + ReadModels>(
         job_id: job_id.clone(),
         kind: sub.kind,
         caption: sub.caption,
-        input: sub.input,
+        input: sub.input.clone(),
         creator: sub.creator,
         idempotency_key: key.clone(),
+        project_id: sub.project_id,
     };
     match registry
         .execute::<Job>(&job_id, JobCommand::Accept(accepted), &meta)
@@ -140,7 +146,7 @@ pub async fn submit<S: EventStore + ReadModels>(
         Err(ServiceError::Store(StoreError::Unique { .. })) if key.is_some() => {
             let key = key.as_deref().unwrap_or_default();
             if let Some(job) = by_key(registry, key).await? {
-                return Ok(job);
+                return same_request(sub.kind, &sub.input, job);
             }
         }
         Err(e) => return Err(e),
@@ -189,6 +195,34 @@ pub async fn submit<S: EventStore + ReadModels>(
         .map_err(ServiceError::Store)?
         .ok_or_else(|| ServiceError::Domain(DomainError::not_found("job", &job_id)))?;
     Ok(job)
+}
+
+/// The job `job` found under the submission's idempotency key, when it was submitted for the
+/// same request (same kind, same input); a key reused for another request is refused
+/// (`Invalid` naming `Idempotency-Key`), so the second request is never silently dropped.
+fn same_request(
+    kind: JobKind,
+    input: &Value,
+    job: JobDescriptorRow,
+) -> Result<JobDescriptorRow, ServiceError> {
+    let stored: Option<Value> = serde_json::from_str(&job.input).ok();
+    if job.kind == kind.as_str() && stored.as_ref() == Some(input) {
+        return Ok(job);
+    }
+    // The stored key is `<creator>:<the client's key>`.
+    let stored_key = job.idempotency_key.as_deref().unwrap_or_default();
+    let creator = format!("{}:", job.creator.as_deref().unwrap_or_default());
+    let key = stored_key.strip_prefix(&creator).unwrap_or(stored_key);
+    Err(ServiceError::Domain(DomainError::invalid(
+        "Idempotency-Key",
+        format!(
+            "the key `{}` was used for another request (job {}, {}); use a new key for a \
+             new request",
+            crate::domain::validate::clip(key),
+            job.id,
+            job.kind
+        ),
+    )))
 }
 
 async fn by_key<S: EventStore + ReadModels>(

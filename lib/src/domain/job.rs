@@ -100,6 +100,10 @@ pub struct JobAccepted {
     pub creator: Option<String>,
     /// A client's key: submitting again with the same key returns this job.
     pub idempotency_key: Option<String>,
+    /// The project the job acts in; `None` for jobs of no project (and those accepted before
+    /// jobs recorded one), which only unscoped tokens see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +423,7 @@ mod tests {
             input: serde_json::json!({"image_id": "i"}),
             creator: Some("token:t".into()),
             idempotency_key: None,
+            project_id: None,
         }))
         .unwrap();
         g

@@ -101,7 +101,7 @@ pub fn digest(field: &'static str, d: &str) -> Result<(), DomainError> {
         }
         _ => Err(DomainError::invalid(
             field,
-            format!("`{d}` is not a sha256 or sha512 digest"),
+            format!("`{}` is not a sha256 or sha512 digest", clip(d)),
         )),
     }
 }
@@ -133,6 +133,18 @@ pub fn visibility(v: &str) -> Result<(), DomainError> {
             "visibility",
             "must be one of inherit, public, private",
         ))
+    }
+}
+
+/// Most characters of a caller's input that an error message repeats.
+pub const ECHO_MAX: usize = 64;
+
+/// `text` as an error message may repeat it: its first [`ECHO_MAX`] characters, with `…`
+/// when it was longer, so a request cannot make an answer as long as itself.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_MAX) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
     }
 }
 

@@ -48,6 +48,16 @@ impl Principal {
     pub fn sees(&self, project_id: &str) -> bool {
         self.project_id.as_deref().is_none_or(|p| p == project_id)
     }
+
+    /// Whether a job of `project_id` is visible to this token: a scoped token sees only its
+    /// project's jobs, never those of no project.
+    pub fn sees_job(&self, project_id: Option<&str>) -> bool {
+        match (&self.project_id, project_id) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => mine == theirs,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// The secret from `X-Auth-Token` or `Authorization: Bearer`.
@@ -63,13 +73,20 @@ fn presented_secret(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Authenticates the request. Secrets are UUIDs; anything else is refused before any lookup.
+/// Authenticates the request. Secrets are UUIDs in their canonical spelling; anything else is
+/// refused before any lookup.
 /// The lookup is by the secret's SHA-256, and the stored hash is compared again in constant
 /// time, so response timing tells nothing about the secret.
 pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, AuthError> {
     let secret = presented_secret(headers).ok_or(AuthError::Unauthorized)?;
-    let secret = uuid::Uuid::parse_str(secret).map_err(|_| AuthError::Unauthorized)?;
-    let hash = hash_secret(&secret.to_string());
+    // One spelling per secret: the lowercase, hyphenated one it was shown in. The parser
+    // also takes upper case, no hyphens, braces and `urn:uuid:`, which would make one
+    // token answer to several strings.
+    let parsed = uuid::Uuid::parse_str(secret).map_err(|_| AuthError::Unauthorized)?;
+    if parsed.hyphenated().to_string() != secret {
+        return Err(AuthError::Unauthorized);
+    }
+    let hash = hash_secret(secret);
     let row = store
         .token_by_hash(&hash)
         .await?

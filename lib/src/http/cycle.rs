@@ -250,6 +250,18 @@ pub(crate) async fn visible_image(
     })
 }
 
+/// Job `id`, when the principal sees its project; otherwise 404, as if it did not exist. A
+/// job of no project is seen only by unscoped tokens.
+pub(crate) async fn visible_job(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<JobDescriptorRow, ApiError> {
+    let job = state.store().job(id).await.map_err(internal)?;
+    job.filter(|j| p.sees_job(j.project_id.as_deref()))
+        .ok_or_else(|| ApiError::missing_job(id))
+}
+
 /// The request's `Idempotency-Key`, checked (other surfaces map the error to their shape).
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
@@ -586,7 +598,7 @@ pub(crate) async fn list_jobs(
     headers: HeaderMap,
     Params(p): Params<JobListParams>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers, Capability::JobsView).await?;
+    let principal = principal(&state, &headers, Capability::JobsView).await?;
     let size = number("page[size]", p.page_size.as_deref(), 20, MAX_PAGE_SIZE)?;
     let page = number("page[number]", p.page_number.as_deref(), 1, 1_000_000)?;
     let kinds: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -612,6 +624,7 @@ pub(crate) async fn list_jobs(
     let query = JobQuery {
         states: list("filter[state]", p.filter_state.as_deref(), &STATES)?,
         kinds: list("filter[kind]", p.filter_kind.as_deref(), &kinds)?,
+        project_id: principal.project_id,
         sort,
         desc,
         limit: size,
@@ -644,13 +657,8 @@ pub(crate) async fn get_job(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers, Capability::JobsView).await?;
-    let row = state
-        .store()
-        .job(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::missing_job(&id))?;
+    let p = principal(&state, &headers, Capability::JobsView).await?;
+    let row = visible_job(&state, &p, &id).await?;
     Ok(data(StatusCode::OK, Job::new(&row)))
 }
 
@@ -683,12 +691,7 @@ pub(crate) async fn job_task(
             format!("unknown action `{}` (cancel)", req.action),
         ));
     }
-    let before = state
-        .store()
-        .job(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::missing_job(&id))?;
+    let before = visible_job(&state, &p, &id).await?;
     let by = Some(p.actor());
     let meta = Metadata {
         actor: by.clone(),
@@ -737,6 +740,16 @@ pub(crate) async fn create_job(
     Body(req): Body<ProbeRequest>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers, Capability::Admin).await?;
+    // A probe checks the whole service's pool and belongs to no project, so a token
+    // confined to one project may not start it.
+    if p.project_id.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "403.permissions",
+            "Forbidden",
+            "probe jobs are for admin tokens of no project",
+        ));
+    }
     if req.kind != JobKind::Probe.as_str() {
         return Err(ApiError::invalid(
             "kind",
@@ -755,6 +768,8 @@ pub(crate) async fn create_job(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(&headers)?,
         marks: None,
+        // A diagnostic of the whole service, in no project.
+        project_id: None,
     };
     accepted(&state, sub, StatusCode::ACCEPTED).await
 }
@@ -843,6 +858,7 @@ async fn catalog_import_task(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(headers)?,
         marks: None,
+        project_id: Some(namespace.project_id),
     };
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
@@ -865,16 +881,23 @@ async fn delete_tags_task(
     if c.tag_ids.is_empty() || c.tag_ids.len() > 10_000 {
         return Err(ApiError::invalid("contents/tag_ids", "1 to 10000 tag ids"));
     }
-    // Tags of projects the token cannot see are refused as unknown.
+    // Tags of projects the token cannot see are refused as unknown. The job is in the
+    // tags' project when they share one (an unscoped token may name tags of several).
+    let mut projects = std::collections::BTreeSet::new();
     for id in &c.tag_ids {
-        let visible = match state.store().tag(id).await.map_err(internal)? {
-            Some(tag) => match state.store().image(&tag.image_id).await.map_err(internal)? {
-                Some(image) => p.sees(&image.project_id),
-                None => false,
-            },
-            None => false,
+        let project = match state.store().tag(id).await.map_err(internal)? {
+            Some(tag) => state
+                .store()
+                .image(&tag.image_id)
+                .await
+                .map_err(internal)?
+                .map(|image| image.project_id)
+                .filter(|project| p.sees(project)),
+            None => None,
         };
-        if !visible {
+        if let Some(project) = project {
+            projects.insert(project);
+        } else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "404.tag",
@@ -890,6 +913,9 @@ async fn delete_tags_task(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(headers)?,
         marks: None,
+        project_id: (projects.len() == 1)
+            .then(|| projects.pop_first())
+            .flatten(),
     };
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
@@ -917,6 +943,7 @@ async fn gc_task(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(headers)?,
         marks: None,
+        project_id: Some(namespace.project_id),
     };
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
@@ -1010,6 +1037,7 @@ async fn prune_task(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(headers)?,
         marks: None,
+        project_id: Some(namespace.project_id),
     };
     accepted(state, sub, StatusCode::ACCEPTED).await
 }
@@ -1061,15 +1089,10 @@ pub(crate) async fn job_plan(
     Path(id): Path<String>,
     Params(q): Params<PlanParams>,
 ) -> Result<Response, ApiError> {
-    principal(&state, &headers, Capability::JobsView).await?;
+    let p = principal(&state, &headers, Capability::JobsView).await?;
     let size = number("page[size]", q.page_size.as_deref(), 100, MAX_PLAN_PAGE)?;
     let page = number("page[number]", q.page_number.as_deref(), 1, 1_000_000)?;
-    state
-        .store()
-        .job(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::missing_job(&id))?;
+    visible_job(&state, &p, &id).await?;
     let Some(header) = state.store().plan(&id).await.map_err(internal)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1119,6 +1142,7 @@ pub(crate) async fn delete_image(
     let sub = Submission::delete(
         Mark::Image(image.id),
         &image.name,
+        &image.project_id,
         p.actor(),
         idempotency_key(&headers)?,
     );
@@ -1128,7 +1152,7 @@ pub(crate) async fn delete_image(
 #[utoipa::path(
     post, path = "/v1/images/{id}/tasks", tag = "jobs", params(("id" = String, Path)),
     request_body = TaskRequest,
-    summary = "Import into an image (images-import): {\"action\": \"import\", \"contents\": {\"source\": {\"registry\", \"repository\", \"tags\", \"credentials\": {\"username\", \"password_env\"}}}}",
+    summary = "Import into an image (images-import): {\"action\": \"import\", \"contents\": {\"source\": {\"registry\", \"repository\", \"tags\", \"credentials\": {\"set\"}}}}",
     responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The import job", body = Data<JobDescriptor>), (status = 404, description = "No such image"), (status = 422, description = "A field is invalid; `source` names it")),
     security(("token" = []), ("bearer" = []))
 )]
@@ -1171,6 +1195,7 @@ pub(crate) async fn image_task(
         creator: Some(p.actor()),
         idempotency_key: idempotency_key(&headers)?,
         marks: None,
+        project_id: Some(image.project_id),
     };
     accepted(&state, sub, StatusCode::OK).await
 }
@@ -1181,8 +1206,8 @@ pub struct CreateImage {
     /// The image's name in its namespace (an OCI repository path).
     name: String,
     namespace_id: String,
-    /// Where to import it from: `{"registry", "repository", "tags", "credentials":
-    /// {"username", "password_env"}}`.
+    /// Where to import it from: `{"registry", "repository", "tags", "credentials": {"set"}}`,
+    /// the set one the workers have configured for that registry's host.
     #[schema(value_type = Object)]
     source: Source,
 }
@@ -1214,7 +1239,7 @@ pub(crate) async fn create_image(
     req.source.check().map_err(ServiceError::Domain)?;
     crate::domain::validate::image_name(&req.name).map_err(ServiceError::Domain)?;
     let key = idempotency_key(&headers)?;
-    visible_namespace(&state, &p, &req.namespace_id).await?;
+    let namespace = visible_namespace(&state, &p, &req.namespace_id).await?;
     let image_id = uuid::Uuid::now_v7().to_string();
     let meta = Metadata {
         actor: Some(p.actor()),
@@ -1243,6 +1268,7 @@ pub(crate) async fn create_image(
         creator: Some(p.actor()),
         idempotency_key: key,
         marks: None,
+        project_id: Some(namespace.project_id),
     };
     let job = submit(&state.registry, state.dispatcher.as_ref(), sub).await?;
     let image = state

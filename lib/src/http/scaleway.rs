@@ -831,6 +831,7 @@ pub(crate) async fn delete_namespace(
     let sub = Submission::delete(
         Mark::Namespace(id.clone()),
         &n.name,
+        &n.project_id,
         principal.actor(),
         key(&headers)?,
     );
@@ -1025,6 +1026,7 @@ pub(crate) async fn delete_image(
     let sub = Submission::delete(
         Mark::Image(id.clone()),
         &v.image.name,
+        &v.image.project_id,
         principal.actor(),
         key(&headers)?,
     );

@@ -727,11 +727,13 @@ impl JobSort {
     }
 }
 
-/// Filters and page of a job list: any of `states`, any of `kinds` (empty: all).
+/// Filters and page of a job list: any of `states`, any of `kinds` (empty: all), one project.
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
     pub states: Vec<String>,
     pub kinds: Vec<String>,
+    /// Only jobs of this project (a scoped token's list).
+    pub project_id: Option<String>,
     pub sort: JobSort,
     pub desc: bool,
     pub limit: i64,

@@ -164,6 +164,8 @@ pub struct JobDescriptorRow {
     pub completed_at: Option<String>,
     pub updated_at: String,
     pub version: i64,
+    /// The project the job acts in (`None`: no project; only unscoped tokens see it).
+    pub project_id: Option<String>,
 }
 
 /// A prune policy's latest version, and the newest run started for it.
@@ -311,6 +313,7 @@ pub fn materialize<'a>(
             completed_at: job.completed_at.clone(),
             updated_at: job.updated_at.clone(),
             version: job.version,
+            project_id: a.project_id.clone(),
         });
     }
     for token in tokens {

@@ -579,8 +579,8 @@ async fn project_job(
     sqlx::query(
         "INSERT INTO job_descriptors (id, kind, state, caption, creator, input, \
          attempts, progress_done, progress_total, cancel_requested, idempotency_key, \
-         created_at, updated_at, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, FALSE, $7, $8, $9, $10)",
+         created_at, updated_at, version, project_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0, FALSE, $7, $8, $9, $10, $11)",
     )
     .bind(&a.job_id)
     .bind(a.kind.as_str())
@@ -592,6 +592,7 @@ async fn project_job(
     .bind(at)
     .bind(at)
     .bind(version)
+    .bind(&a.project_id)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -23,7 +23,8 @@ const MANIFEST_VIEWS: &str = "SELECT m.*, n.name AS ns_name, i.name AS image_nam
 const API_TOKEN_COLUMNS: &str = "id, name, secret_hash, capabilities, project_id, created_at";
 const JOB_DESCRIPTOR_COLUMNS: &str = "id, kind, state, caption, creator, input, output, \
     attempts, progress_done, progress_total, progress_step, last_error, next_retry_at, \
-    cancel_requested, idempotency_key, created_at, started_at, completed_at, updated_at, version";
+    cancel_requested, idempotency_key, created_at, started_at, completed_at, updated_at, version, \
+    project_id";
 
 const POLICY_COLUMNS: &str = "id, name, namespace_id, body, enabled, schedule, timezone, \
     last_run_job_id, created_at, updated_at, version";
@@ -168,6 +169,7 @@ fn job_descriptor_row(r: &DbRow) -> Result<JobDescriptorRow, sqlx::Error> {
         completed_at: r.try_get("completed_at")?,
         updated_at: r.try_get("updated_at")?,
         version: r.try_get("version")?,
+        project_id: r.try_get("project_id")?,
     })
 }
 
@@ -427,6 +429,9 @@ impl SqlStore {
                     list.push_bind(v.clone());
                 }
                 list.push_unseparated(")");
+            }
+            if let Some(project) = &query.project_id {
+                q.push(" AND project_id = ").push_bind(project.clone());
             }
         }
         let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM job_descriptors WHERE 1 = 1");
