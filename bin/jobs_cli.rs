@@ -118,13 +118,10 @@ pub struct ImportArgs {
     /// The namespace's region.
     #[arg(long, default_value = "fr-par")]
     region: String,
-    /// Username for the source registry; its password is read by the workers from the
-    /// environment variable named by --password-env.
-    #[arg(long, requires = "password_env")]
-    username: Option<String>,
-    /// Environment variable of the workers holding the source registry's password.
-    #[arg(long, requires = "username")]
-    password_env: Option<String>,
+    /// The credential set to reach the source registry with: one the workers have configured
+    /// for that registry's host as LAYERLINE_REGISTRY_<SET>_HOST, _USERNAME and _PASSWORD.
+    #[arg(long, value_name = "SET")]
+    credentials: Option<String>,
     /// Base URL of a running `layerline serve`.
     #[arg(long, env = "LAYERLINE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -179,8 +176,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(tag) = tag {
         source["tags"] = json!([tag]);
     }
-    if let (Some(username), Some(env)) = (&args.username, &args.password_env) {
-        source["credentials"] = json!({"username": username, "password_env": env});
+    if let Some(set) = &args.credentials {
+        source["credentials"] = json!({ "set": set });
     }
     let images = api
         .raw(

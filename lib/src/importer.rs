@@ -37,26 +37,71 @@ impl From<OciError> for Failed {
     }
 }
 
-/// The client of `registry` with credentials referenced by `credentials` (the password read
-/// from this process's environment variable `password_env`), `concurrency` requests at once.
+/// The client of `registry` with the credential set `credentials` names (read from this
+/// process's environment), `concurrency` requests at once.
 pub fn client_for(
     registry: &str,
     credentials: Option<&crate::domain::source::CredentialsRef>,
     concurrency: usize,
 ) -> Result<Client, Failed> {
-    let credentials = match credentials {
-        None => crate::oci::Credentials::Anonymous,
-        Some(c) => crate::oci::Credentials::Basic {
-            username: c.username.clone(),
-            password: std::env::var(&c.password_env).map_err(|_| {
-                Failed::Permanent(format!(
-                    "this process has no environment variable {} (the password_env of {registry})",
-                    c.password_env
-                ))
-            })?,
-        },
+    let env = |name: &str| std::env::var(name).ok();
+    let (credentials, token_host) = match credentials {
+        None => (crate::oci::Credentials::Anonymous, None),
+        Some(c) => credential_set(registry, c, env)?,
     };
-    Client::new(registry, credentials, concurrency).map_err(Failed::from)
+    Ok(Client::new(registry, credentials, concurrency)
+        .map_err(Failed::from)?
+        .with_token_host(token_host))
+}
+
+/// The credentials of the set `credentials` names, for `registry`, with the token host they
+/// may also go to; `env` reads the workers' environment. Only the set's own variables
+/// (`LAYERLINE_REGISTRY_<SET>_…`) are read, and a set is used only for the registry host it
+/// is bound to, so a source can neither read another variable nor send a set to a host of
+/// its choosing. Every refusal is permanent and names no secret.
+pub fn credential_set(
+    registry: &str,
+    credentials: &crate::domain::source::CredentialsRef,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(crate::oci::Credentials, Option<String>), Failed> {
+    use crate::domain::source::CREDENTIALS_PREFIX;
+    let set = credentials
+        .set_name()
+        .map_err(|(field, reason)| Failed::Permanent(format!("credentials.{field}: {reason}")))?;
+    let var = |what: &str| format!("{CREDENTIALS_PREFIX}{set}_{what}");
+    let read = |what: &str| env(&var(what)).filter(|v| !v.is_empty());
+    let host = read("HOST").ok_or_else(|| {
+        Failed::Permanent(format!(
+            "credential set {set} is not configured on this worker: {} names no host",
+            var("HOST")
+        ))
+    })?;
+    let wanted = crate::oci::host_of(registry);
+    if wanted.as_deref() != Some(host.trim().to_ascii_lowercase().as_str()) {
+        return Err(Failed::Permanent(format!(
+            "credential set {set} is for {host}, not for {}; a set is only sent to its own host",
+            wanted.as_deref().unwrap_or(registry)
+        )));
+    }
+    // The legacy form names the username in the source; a set's own username wins.
+    let username = read("USERNAME")
+        .or_else(|| credentials.username.clone())
+        .ok_or_else(|| {
+            Failed::Permanent(format!(
+                "credential set {set}: {} is not set",
+                var("USERNAME")
+            ))
+        })?;
+    let password = read("PASSWORD").ok_or_else(|| {
+        Failed::Permanent(format!(
+            "credential set {set}: {} is not set",
+            var("PASSWORD")
+        ))
+    })?;
+    Ok((
+        crate::oci::Credentials::Basic { username, password },
+        read("TOKEN_HOST"),
+    ))
 }
 
 /// A namespace's backend registry with its client: imports copy there, prune runs and

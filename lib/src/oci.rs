@@ -8,7 +8,10 @@
 //!   `Docker-Content-Digest` the registry sent, and they are bounded in size.
 //! * Auth: anonymous, basic, and the bearer-token flow (a 401 with `WWW-Authenticate: Bearer
 //!   realm=…,service=…,scope=…` sends us to the realm for a token, with the basic credentials
-//!   when there are some).
+//!   when there are some). Credentials are sent only after the registry challenged us, and
+//!   only to the registry's own host (and to its token service's host, when it is another
+//!   one the operator named): never on a first request, never to a host a `Link` or a realm
+//!   points at.
 //! * 429 and 5xx answers are retried, honouring `Retry-After` (seconds), a few times.
 //! * Requests in flight are bounded per client.
 
@@ -45,7 +48,9 @@ pub enum OciError {
     NotFound { registry: String, what: String },
     #[error("{registry} refused the credentials ({status})")]
     Unauthorized { registry: String, status: u16 },
-    #[error("{url} answered {status}: {message}")]
+    /// The registry's answer body (`message`) is kept for the log, never shown: it may name
+    /// the registry's storage paths.
+    #[error("{url} answered {status}")]
     Status {
         url: String,
         status: u16,
@@ -115,7 +120,13 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     credentials: Credentials,
+    /// The host of the registry's token service, when it is not the registry's own host
+    /// and may be sent the basic credentials.
+    token_host: Option<String>,
     token: Arc<Mutex<Option<String>>>,
+    /// The registry answered a `Basic` challenge: later requests send the credentials
+    /// straight away.
+    basic: Arc<std::sync::atomic::AtomicBool>,
     in_flight: Arc<Semaphore>,
     /// Retries of a 429/5xx/transport failure.
     retries: u32,
@@ -138,7 +149,9 @@ impl Client {
             http,
             base: base.to_owned(),
             credentials,
+            token_host: None,
             token: Arc::new(Mutex::new(None)),
+            basic: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
             retries: 4,
             page: PAGE,
@@ -151,6 +164,13 @@ impl Client {
             reqwest::Certificate::from_pem(pem).map_err(|e| OciError::Transport(e.to_string()))?;
         self.http = http_client(Some(cert)).map_err(OciError::Transport)?;
         Ok(self)
+    }
+
+    /// Lets the basic credentials go to `host` (`host[:port]`) too, when a bearer challenge's
+    /// realm is there: the registry's token service on a host of its own.
+    pub fn with_token_host(mut self, host: Option<String>) -> Self {
+        self.token_host = host.map(|h| h.to_ascii_lowercase());
+        self
     }
 
     /// Asks for `n` entries per catalog or tag list page (the registry may send fewer).
@@ -277,6 +297,37 @@ impl Client {
             media_type,
             body: body.to_vec(),
         })
+    }
+
+    /// The digest manifest `reference` (a tag or a digest) of `repository` has at the
+    /// registry now, asked with `HEAD` (the `Docker-Content-Digest` it answers); `None` when
+    /// the registry has no such manifest.
+    pub async fn resolve(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<String>, OciError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let res = match self
+            .send(reqwest::Method::HEAD, &path, Some(MANIFEST_ACCEPT))
+            .await
+        {
+            Err(OciError::Status { status: 404, .. }) => return Ok(None),
+            other => other?,
+        };
+        let digest = res
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match digest {
+            Some(d) => Ok(Some(d)),
+            // A registry that does not say: the manifest's own bytes do.
+            None => self
+                .manifest(repository, reference)
+                .await
+                .map(|f| Some(f.digest)),
+        }
     }
 
     /// Deletes manifest `digest` of `repository`; one already gone is not an error.
@@ -434,31 +485,42 @@ impl Client {
                     req = req.header("content-length", n);
                 }
             }
-            let token = self.token.lock().await.clone();
-            req = match (&token, &self.credentials) {
-                (Some(token), _) => req.bearer_auth(token),
-                (None, Credentials::Basic { username, password }) => {
-                    req.basic_auth(username, Some(password))
-                }
-                (None, Credentials::Anonymous) => req,
-            };
+            // What authenticates us goes only to the registry's own host.
+            if same_host(&url, &self.base) {
+                let token = self.token.lock().await.clone();
+                let basic = self.basic.load(std::sync::atomic::Ordering::Relaxed);
+                req = match (&token, &self.credentials) {
+                    (Some(token), _) => req.bearer_auth(token),
+                    (None, Credentials::Basic { username, password }) if basic => {
+                        req.basic_auth(username, Some(password))
+                    }
+                    _ => req,
+                };
+            }
             let failure = match req.send().await {
                 Ok(res) if res.status().is_success() => return Ok(res),
-                Ok(res) if res.status() == 401 && !challenged => {
+                Ok(res) if res.status() == 401 && !challenged && same_host(&url, &self.base) => {
                     challenged = true;
                     let challenge = res
                         .headers()
                         .get("www-authenticate")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match challenge.as_deref().and_then(bearer_challenge) {
-                        Some(c) => {
-                            let token = self.fetch_token(&c).await?;
-                            *self.token.lock().await = Some(token);
-                            continue;
-                        }
-                        None => return Err(self.unauthorized(401)),
+                    let challenge = challenge.as_deref().unwrap_or_default();
+                    if let Some(c) = bearer_challenge(challenge) {
+                        let token = self.fetch_token(&c).await?;
+                        *self.token.lock().await = Some(token);
+                        continue;
                     }
+                    let basic_asked = challenge
+                        .trim_start()
+                        .get(..6)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("basic "));
+                    if basic_asked && matches!(self.credentials, Credentials::Basic { .. }) {
+                        self.basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    return Err(self.unauthorized(401));
                 }
                 Ok(res) if matches!(res.status().as_u16(), 401 | 403) => {
                     return Err(self.unauthorized(res.status().as_u16()));
@@ -471,10 +533,12 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok());
                     let message = res.text().await.unwrap_or_default();
+                    let message: String = message.chars().take(300).collect();
+                    tracing::debug!(%url, status, body = %message, "registry refused a request");
                     let err = OciError::Status {
                         url: url.clone(),
                         status,
-                        message: message.chars().take(300).collect(),
+                        message,
                     };
                     (err, retry_after)
                 }
@@ -515,7 +579,16 @@ impl Client {
             query.push(("scope", scope.as_str()));
         }
         let mut req = self.http.get(&c.realm).query(&query);
-        if let Credentials::Basic { username, password } = &self.credentials {
+        // The basic credentials go to the realm only when it is the registry's own host or
+        // the token host the operator named with them.
+        let trusted = same_host(&c.realm, &self.base)
+            || self
+                .token_host
+                .as_deref()
+                .is_some_and(|h| host_of(&c.realm).as_deref() == Some(h));
+        if let Credentials::Basic { username, password } = &self.credentials
+            && trusted
+        {
             req = req.basic_auth(username, Some(password));
         }
         let res = req
@@ -581,6 +654,30 @@ fn http_client(extra: Option<reqwest::Certificate>) -> Result<reqwest::Client, S
         builder = builder.add_root_certificate(cert);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// `host[:port]` of `url`, lowercase, with the port only when the URL names one.
+pub fn host_of(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_ascii_lowercase();
+    Some(match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
+}
+
+/// Whether `a` and `b` are URLs of the same scheme, host and port.
+fn same_host(a: &str, b: &str) -> bool {
+    let origin = |u: &str| {
+        reqwest::Url::parse(u).ok().map(|u| {
+            (
+                u.scheme().to_owned(),
+                u.host_str().map(str::to_ascii_lowercase),
+                u.port_or_known_default(),
+            )
+        })
+    };
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// An error with its causes (`reqwest` keeps the useful part, such as a refused

@@ -1,6 +1,7 @@
 //! Where an import reads from: a registry, a repository, optionally some tags, and how to
-//! authenticate. Passwords are never stored: a source names the environment variable of the
-//! worker that holds one (`password_env`).
+//! authenticate. Passwords are never stored, nor chosen by a caller: a source names a
+//! *credential set* the operator configured on the workers ([`CREDENTIALS_PREFIX`]), which
+//! is bound to the one registry host it is for.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,13 +20,72 @@ pub struct Source {
     pub credentials: Option<CredentialsRef>,
 }
 
-/// Basic credentials by reference: the password is read from the worker's environment
-/// variable `password_env` when the job runs.
+/// Where credential sets are configured: set `NAME` is the workers' environment variables
+/// `LAYERLINE_REGISTRY_<NAME>_HOST` (the registry host, `host[:port]`, it is for),
+/// `…_USERNAME` and `…_PASSWORD`, and optionally `…_TOKEN_HOST` (the host of the registry's
+/// token service when it is another one). No other variable is ever read for a source.
+pub const CREDENTIALS_PREFIX: &str = "LAYERLINE_REGISTRY_";
+
+/// Credentials by reference: the name of a credential set (`{"set": "ghcr"}`). The older form
+/// `{"username", "password_env"}` is still read, but only for a `password_env` of the form
+/// `LAYERLINE_REGISTRY_<NAME>_PASSWORD`, which names set `NAME` (with this username).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsRef {
-    pub username: String,
-    pub password_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+impl CredentialsRef {
+    /// Credentials of set `name`.
+    pub fn set(name: &str) -> Self {
+        CredentialsRef {
+            set: Some(name.to_owned()),
+            username: None,
+            password_env: None,
+        }
+    }
+
+    /// The credential set this names, as its variables spell it (`GHCR`), or the refusal:
+    /// `(field, reason)`. Checked on every request and again before a job reads a variable,
+    /// so a stored input from before this rule cannot read one either.
+    pub fn set_name(&self) -> Result<String, (&'static str, String)> {
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        match (&self.set, &self.username, &self.password_env) {
+            (Some(set), None, None) if valid(set) => Ok(set.to_ascii_uppercase()),
+            (Some(_), None, None) => Err((
+                "set",
+                "a credential set's name: 1 to 64 of A-Z, a-z, 0-9 and _".to_owned(),
+            )),
+            (None, Some(user), Some(env)) if !user.is_empty() => env
+                .strip_prefix(CREDENTIALS_PREFIX)
+                .and_then(|rest| rest.strip_suffix("_PASSWORD"))
+                .filter(|n| valid(n) && !n.bytes().any(|b| b.is_ascii_lowercase()))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    (
+                        "password_env",
+                        format!(
+                            "only a credential set's variable,                              {CREDENTIALS_PREFIX}<NAME>_PASSWORD, may be named; better, name                              the set: {{\"set\": \"<NAME>\"}}"
+                        ),
+                    )
+                }),
+            _ => Err((
+                "set",
+                "name a credential set: {\"set\": \"<NAME>\"}, configured on the workers \
+                 as LAYERLINE_REGISTRY_<NAME>_HOST, _USERNAME and _PASSWORD"
+                    .to_owned(),
+            )),
+        }
+    }
 }
 
 /// Most tags one import names.
@@ -38,7 +98,8 @@ impl Source {
         if !repository_ok(&self.repository) {
             return Err(DomainError::invalid(
                 "source.repository",
-                "a repository name: lowercase path components of a-z, 0-9, '.', '_', '-'",
+                "an OCI repository name: lowercase path components of a-z and 0-9 joined by \
+                 '.', '_', '__' or dashes, separated by '/'",
             ));
         }
         if let Some(tags) = &self.tags {
@@ -77,8 +138,8 @@ impl NamespaceBackend {
         if !repository_ok(&self.prefix) || self.prefix.len() > 128 {
             return Err(DomainError::invalid(
                 "prefix",
-                "a repository path of at most 128 bytes: lowercase components of a-z, 0-9, \
-                 '.', '_', '-'",
+                "an OCI repository path of at most 128 bytes: lowercase components of a-z \
+                 and 0-9 joined by '.', '_', '__' or dashes, separated by '/'",
             ));
         }
         check_credentials("credentials", self.credentials.as_ref())
@@ -90,16 +151,10 @@ impl NamespaceBackend {
     }
 }
 
-/// Whether `name` is a repository path: lowercase components of a-z, 0-9, `.`, `_`, `-`.
+/// Whether `name` is a repository path by the OCI distribution grammar (no empty, `.` or
+/// `..` component, nothing that could leave `/v2/<name>/` in a request's path).
 fn repository_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        })
+    super::validate::image_name(name).is_ok()
 }
 
 /// Checks a registry URL: `https://host[:port]`, or `http://` for a loopback host.
@@ -133,18 +188,16 @@ fn check_credentials(
     let Some(c) = credentials else {
         return Ok(());
     };
-    let env_ok = !c.password_env.is_empty()
-        && c.password_env
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if c.username.is_empty() || !env_ok {
-        return Err(DomainError::invalid(
-            field,
-            "a username and password_env, the name of an environment variable (A-Z, 0-9, _) \
-             of the workers holding the password",
-        ));
-    }
-    Ok(())
+    c.set_name().map(drop).map_err(|(inner, reason)| {
+        // The field names the part refused: `source.credentials.password_env`, …
+        let named: &'static str = match (field, inner) {
+            ("source.credentials", "password_env") => "source.credentials.password_env",
+            ("source.credentials", _) => "source.credentials.set",
+            (_, "password_env") => "credentials.password_env",
+            _ => "credentials.set",
+        };
+        DomainError::invalid(named, reason)
+    })
 }
 
 #[cfg(test)]
@@ -181,6 +234,55 @@ mod tests {
         assert_eq!(field(source("https://x/v2", "a")), "source.registry");
         assert_eq!(field(source("https://x", "Team/App")), "source.repository");
         assert_eq!(field(source("https://x", "a//b")), "source.repository");
+        for steering in ["../../secret/../x", "a/../b", "./a", "a/.", "-a", "a_"] {
+            assert_eq!(field(source("https://x", steering)), "source.repository");
+        }
+    }
+
+    #[test]
+    fn credentials_name_a_set_never_another_variable() {
+        let legacy = |username: &str, env: &str| CredentialsRef {
+            set: None,
+            username: Some(username.into()),
+            password_env: Some(env.into()),
+        };
+        assert_eq!(
+            CredentialsRef::set("ghcr_ro").set_name(),
+            Ok("GHCR_RO".into())
+        );
+        assert_eq!(
+            legacy("ci", "LAYERLINE_REGISTRY_GHCR_PASSWORD").set_name(),
+            Ok("GHCR".into())
+        );
+        for env in [
+            "LAYERLINE_BOOTSTRAP_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "LAYERLINE_REGISTRY_GHCR_HOST",
+            "LAYERLINE_REGISTRY__PASSWORD",
+            "LAYERLINE_REGISTRY_ghcr_PASSWORD",
+        ] {
+            let refused = legacy("ci", env).set_name().unwrap_err();
+            assert_eq!(refused.0, "password_env", "{env}");
+        }
+        for set in ["", "a-b", "../x", &"x".repeat(65)] {
+            assert_eq!(
+                CredentialsRef::set(set).set_name().unwrap_err().0,
+                "set",
+                "{set:?}"
+            );
+        }
+        let mut both = CredentialsRef::set("ghcr");
+        both.password_env = Some("LAYERLINE_REGISTRY_GHCR_PASSWORD".into());
+        assert!(both.set_name().is_err());
+        let mut s = source("https://x", "a");
+        s.credentials = Some(legacy("ci", "HOME"));
+        assert!(matches!(
+            s.check(),
+            Err(DomainError::Invalid {
+                field: "source.credentials.password_env",
+                ..
+            })
+        ));
     }
 }
 

@@ -1,8 +1,8 @@
 //! A namespace's backend registry (`/v1/namespaces/{namespace_id}/backend`), in the Cycle
 //! surface's shapes. Imports into a linked namespace copy blobs and manifests there, and
 //! prune runs delete manifests there. Reading needs `images-view`; linking and unlinking
-//! `images-manage`. Credentials are only referenced: `password_env` names the workers'
-//! environment variable holding the password.
+//! `images-manage`. Credentials are only referenced: `{"set": "NAME"}` names a credential set
+//! configured on the workers (`LAYERLINE_REGISTRY_<NAME>_HOST`, `_USERNAME`, `_PASSWORD`).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -34,7 +34,7 @@ pub struct BackendView {
     registry: String,
     /// Repository path the namespace's images go under: image `app` is `<prefix>/app`.
     prefix: String,
-    /// `{username, password_env}` when the backend needs credentials.
+    /// `{"set": "NAME"}`, the credential set the backend is reached with, if any.
     #[schema(value_type = Option<Object>)]
     credentials: Option<serde_json::Value>,
 }
@@ -45,9 +45,9 @@ impl BackendView {
             namespace_id: namespace_id.to_owned(),
             registry: b.registry,
             prefix: b.prefix,
-            credentials: b.credentials.map(
-                |c| serde_json::json!({"username": c.username, "password_env": c.password_env}),
-            ),
+            credentials: b
+                .credentials
+                .map(|c| serde_json::to_value(c).unwrap_or_default()),
         }
     }
 }
@@ -86,7 +86,7 @@ pub(crate) async fn get_backend(
 #[utoipa::path(
     put, path = "/v1/namespaces/{namespace_id}/backend", tag = "jobs",
     params(("namespace_id" = String, Path)),
-    request_body(content = Object, description = "`{registry, prefix, credentials?: {username, password_env}}`"),
+    request_body(content = Object, description = "`{registry, prefix, credentials?: {set}}`"),
     summary = "Link the namespace to a backend registry, or change it (images-manage)",
     responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "The backend", body = Data<BackendView>), (status = 404, description = "No such namespace"), (status = 422, description = "A field is invalid; `source` names it")),
     security(("token" = []), ("bearer" = []))
