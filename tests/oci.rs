@@ -313,6 +313,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 on_both_backends!(
+    forged_notifications_change_nothing_until_the_registry_agrees,
     an_import_records_tags_manifests_and_the_registrys_sizes_once,
     an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once,
     a_cancelled_import_records_exactly_the_progress_it_reports,
@@ -868,8 +869,12 @@ async fn registry_notifications_record_pushes_and_deletes_and_redeliveries_chang
     .await;
     assert_eq!(fx.image_size(&app).await, expected_size(&[&v2_body]));
 
-    // A redelivered event changes nothing, even after the tag it names has moved on.
-    let v2_digest = sha256(&v2_body);
+    // A redelivered event changes nothing, even after the tag it names has moved on. (The
+    // registry tags v2 `stable` first: a push is recorded only when its tag resolves there.)
+    let v2_digest = reg
+        .manifest("team/app", "stable", OCI_MANIFEST, &v2_body)
+        .await;
+    assert_eq!(v2_digest, sha256(&v2_body));
     let envelope = json!({"events": [{
         "id": "delivery-1", "action": "push",
         "target": {"mediaType": OCI_MANIFEST, "digest": v2_digest, "size": v2_body.len(),
@@ -1477,4 +1482,162 @@ async fn notifications_into_a_backend_linked_namespace_mirror_pushes_and_deletes
         )
     })
     .await;
+}
+
+/// Notifications are claims, checked against the real registry: a push is recorded only
+/// when the registry serves the manifest and resolves its tag to it, a delete only once the
+/// registry answers 404 for the manifest (and only for a token with `images-manage`);
+/// malformed events are refused for good (never 503) without a request or an echo of the
+/// registry's answers; and a refused or ignored event stores nothing, neither an image nor
+/// its id.
+async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &TestDb) {
+    let reg = Registry::start().await;
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let hook = format!(
+        "{}/v1/hooks/registry?namespace_id={ns}&registry={}",
+        server.base, reg.base
+    );
+    let importer = token_for(&db.url, "images-import");
+    let deliver = |token: String, events: Value| {
+        let hook = hook.clone();
+        async move {
+            let res = reqwest::Client::new()
+                .post(&hook)
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({ "events": events }))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            assert_eq!(status, 200, "{text}");
+            assert!(
+                !text.contains("docker/registry"),
+                "a storage path was echoed: {text}"
+            );
+            serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
+        }
+    };
+    let admin = common::ADMIN.to_owned();
+    let event = |id: &str, action: &str, repo: &str, digest: &str, tag: Option<&str>| {
+        json!({"id": id, "action": action, "target": {"mediaType": OCI_MANIFEST,
+               "digest": digest, "repository": repo, "tag": tag}})
+    };
+    let images = || async {
+        let rows = store.read_model_rows().await.unwrap();
+        let mut names: Vec<String> = rows.images.into_iter().map(|i| i.name).collect();
+        names.sort();
+        names
+    };
+    let (v1, _) = reg
+        .image("team/app", "v1", OCI_MANIFEST, &["base", "one"])
+        .await;
+
+    let done = deliver(
+        admin.clone(),
+        json!([event("push-1", "push", "team/app", &v1, Some("v1"))]),
+    )
+    .await;
+    assert_eq!(done["recorded"], 1, "{done}");
+    let app = store
+        .image_by_name(&ns, "team/app")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_eq!(fx.tag_names(&app).await, ["v1"]);
+
+    // Claims the registry does not back: a tag it does not have for that digest, a
+    // repository it does not have, malformed digests, tags and repositories.
+    let forged = json!([
+        event("tag-1", "push", "team/app", &v1, Some("v-url")),
+        event("ghost-1", "push", "team/ghost", &v1, Some("v1")),
+        event("md5-1", "push", "team/app", "md5:abc", None),
+        event("tag-2", "push", "team/app", &v1, Some("-bad")),
+        event("path-1", "push", "../../secret/../x", &v1, None),
+        event("del-1", "delete", "team/app", &v1, None),
+    ]);
+    let before = store.head().await.unwrap();
+    for _ in 0..2 {
+        let done = deliver(admin.clone(), forged.clone()).await;
+        assert_eq!(
+            (done["recorded"].as_i64(), done["duplicates"].as_i64()),
+            (Some(0), Some(0)),
+            "{done}"
+        );
+        let refused: Vec<&str> = done["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            refused,
+            ["tag-1", "ghost-1", "md5-1", "tag-2", "path-1", "del-1"],
+            "{done}"
+        );
+    }
+    assert_eq!(store.head().await.unwrap(), before, "nothing was appended");
+    assert_eq!(images().await, ["team/app"], "no image was created");
+    assert_eq!(fx.tag_names(&app).await, ["v1"]);
+    for id in ["tag-1", "ghost-1", "md5-1", "del-1"] {
+        assert!(!store.hook_event_seen(id).await.unwrap(), "{id} was stored");
+    }
+
+    // Ignored events store nothing either: a delivery of 1 000 pulls.
+    let pulls: Vec<Value> = (0..1000)
+        .map(|i| json!({"id": format!("pull-{i}"), "action": "pull", "target": {}}))
+        .collect();
+    let done = deliver(admin.clone(), Value::Array(pulls)).await;
+    assert_eq!(done["ignored"], 1000, "{done}");
+    assert!(!store.hook_event_seen("pull-0").await.unwrap());
+    assert!(store.hook_event_seen("push-1").await.unwrap());
+
+    // Once the registry has deleted it, the delete applies — for a token that may delete.
+    let res = reqwest::Client::new()
+        .delete(format!("{}/v2/team/app/manifests/{v1}", reg.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let done = deliver(
+        importer,
+        json!([event("del-2", "delete", "team/app", &v1, None)]),
+    )
+    .await;
+    assert_eq!(done["recorded"], 0, "{done}");
+    assert!(
+        done["refused"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("images-manage"),
+        "{done}"
+    );
+    assert_eq!(fx.tag_names(&app).await, ["v1"]);
+    let done = deliver(
+        admin,
+        json!([event("del-3", "delete", "team/app", &v1, None)]),
+    )
+    .await;
+    assert_eq!(done["recorded"], 1, "{done}");
+    assert!(fx.tag_names(&app).await.is_empty());
+}
+
+/// A token with `caps`, made with the real CLI.
+fn token_for(db_url: &str, caps: &str) -> String {
+    let out = Command::new(common::BIN)
+        .args(["token", "create", "--name", "t", "--capabilities", caps])
+        .args(["--database-url", db_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }

@@ -2,15 +2,21 @@
 //! registry configured with this endpoint (and a token with `images-import` in an
 //! `Authorization` header) reports pushes and deletes as they happen:
 //!
+//! An event is a claim, checked against the registry before anything is recorded:
+//!
 //! * a manifest push is fetched back from the registry named in the endpoint's query (never
-//!   from a URL in the payload), verified and recorded into the namespace's image named after
-//!   the repository (created when missing), and the tag pushed when the event names one;
-//! * a manifest delete deletes it (with its tags) from that image;
+//!   from a URL in the payload) and verified; when the event names a tag, the registry must
+//!   resolve that tag to the pushed digest. Only then is it recorded into the namespace's
+//!   image named after the repository (created when missing), with its tag;
+//! * a manifest delete is applied only when the registry answers 404 for the manifest (it is
+//!   really gone), and only for a token that may delete (`images-manage`);
 //! * anything else (blob pushes, pulls, mounts) is ignored.
 //!
-//! Registries redeliver: each event id is handled once. A failure worth retrying answers 503
-//! (the registry sends the batch again; handled ids are skipped); a final one (a manifest that
-//! fails verification) is reported in the answer and not retried.
+//! Malformed repositories, digests, tags and ids are refused for good before any request.
+//! Registries redeliver: each event id that was recorded is handled once. A failure worth
+//! retrying answers 503 (the registry sends the batch again; handled ids are skipped); a
+//! final one is reported in the answer and not retried. A refused or ignored event stores
+//! nothing — no image, no event id — so one request stores at most [`MAX_EVENTS`] ids.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -85,7 +91,10 @@ pub struct HookResult {
 }
 
 /// Most events handled per delivery.
-const MAX_EVENTS: usize = 1_000;
+pub const MAX_EVENTS: usize = 1_000;
+
+/// Longest event id kept (CNCF distribution's are UUIDs).
+const MAX_EVENT_ID: usize = 200;
 
 #[utoipa::path(
     post, path = "/v1/hooks/registry", tag = "jobs", params(HookParams),
@@ -156,71 +165,44 @@ pub(crate) async fn registry_hook(
             duplicates += 1;
             continue;
         }
-        let manifest =
-            event.target.media_type.as_deref().is_some_and(|t| {
-                [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].contains(&t)
-            });
-        let outcome = match (
-            event.action.as_str(),
-            &event.target.repository,
-            &event.target.digest,
-        ) {
-            ("push", Some(repo), Some(digest)) if manifest => {
-                let image = image_for(&state.registry, &q.namespace_id, repo, &meta).await;
-                match image {
-                    Ok(image) => {
-                        let tag = event.target.tag.as_deref();
-                        push(
-                            &state,
-                            &client,
-                            backend.as_ref(),
-                            repo,
-                            digest,
-                            tag,
-                            &image,
-                            &meta,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            ("delete", Some(repo), Some(digest)) => {
-                let deleted = delete(&state, &q.namespace_id, repo, digest, &meta).await;
-                match (&deleted, &backend) {
-                    (Ok(_), Some((b, _))) => b
-                        .client
-                        .delete_manifest(&b.repository(repo), digest)
-                        .await
-                        .map_err(Failed::from)
-                        .and(deleted),
-                    _ => deleted,
-                }
-            }
-            _ => Ok(false),
-        };
+        let outcome = handle(
+            &state,
+            &client,
+            backend.as_ref(),
+            &q.namespace_id,
+            &p,
+            event,
+            &meta,
+        )
+        .await;
+        let id = crate::domain::validate::clip(&event.id);
         match outcome {
-            Ok(true) => recorded += 1,
+            Ok(true) => {
+                recorded += 1;
+                let at = format_time(chrono::Utc::now());
+                store
+                    .record_hook_event(&event.id, &at)
+                    .await
+                    .map_err(internal)?;
+            }
             Ok(false) => ignored += 1,
             Err(Failed::Transient(message)) => {
-                tracing::warn!(event_id = %event.id, error = %message, "notification not handled; the registry will redeliver");
+                // The detail (an address, a connection error) is for the log only.
+                tracing::warn!(event_id = %id, error = %message, "notification not handled; the registry will redeliver");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "503.not-ready",
                     "Try again",
-                    message,
+                    format!(
+                        "event {id} could not be checked against the registry now; redeliver it"
+                    ),
                 ));
             }
             Err(Failed::Permanent(message)) => {
-                tracing::warn!(event_id = %event.id, error = %message, "notification refused");
-                refused.push(json!({"id": event.id, "error": message}));
+                tracing::warn!(event_id = %id, error = %message, "notification refused");
+                refused.push(json!({"id": id, "error": message}));
             }
         }
-        let at = format_time(chrono::Utc::now());
-        store
-            .record_hook_event(&event.id, &at)
-            .await
-            .map_err(internal)?;
     }
     Ok(data(
         StatusCode::OK,
@@ -233,20 +215,129 @@ pub(crate) async fn registry_hook(
     ))
 }
 
-/// Records manifest `digest` of `repo` (and `tag`) into `image`, fetched and verified from
-/// the notifying registry; copied first to the namespace's backend, when it has one.
+/// What one event does, once checked: `Ok(true)` when it was recorded, `Ok(false)` when it
+/// is of no interest or changes nothing.
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    state: &AppState,
+    client: &Client,
+    backend: Option<&(Linked, BlobsDone)>,
+    namespace_id: &str,
+    p: &crate::http::auth::Principal,
+    event: &Event,
+    meta: &Metadata,
+) -> Result<bool, Failed> {
+    let manifest = event
+        .target
+        .media_type
+        .as_deref()
+        .is_some_and(|t| [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST].contains(&t));
+    let push_event = event.action == "push" && manifest;
+    let delete_event = event.action == "delete";
+    if !push_event && !delete_event {
+        return Ok(false);
+    }
+    let t = &event.target;
+    let (Some(repo), Some(digest)) = (&t.repository, &t.digest) else {
+        return Err(Failed::Permanent(
+            "the event names no repository or no digest".to_owned(),
+        ));
+    };
+    claimed(&event.id, repo, digest, t.tag.as_deref())?;
+    if push_event {
+        return push(
+            state,
+            client,
+            backend,
+            namespace_id,
+            repo,
+            digest,
+            t.tag.as_deref(),
+            meta,
+        )
+        .await;
+    }
+    if p.require(Capability::ImagesManage).is_err() {
+        return Err(Failed::Permanent(
+            "a delete needs a token with images-manage; this one may only record pushes".to_owned(),
+        ));
+    }
+    // Only what the registry no longer has is deleted here.
+    if client.resolve(repo, digest).await?.is_some() {
+        return Err(Failed::Permanent(format!(
+            "the registry still serves {repo}@{digest}; nothing was deleted"
+        )));
+    }
+    let deleted = delete(state, namespace_id, repo, digest, meta).await;
+    match (&deleted, backend) {
+        (Ok(_), Some((b, _))) => b
+            .client
+            .delete_manifest(&b.repository(repo), digest)
+            .await
+            .map_err(Failed::from)
+            .and(deleted),
+        _ => deleted,
+    }
+}
+
+/// Refuses, for good, an event whose id, repository, digest or tag is malformed (before any
+/// request is made with them). The reason repeats at most the start of what was sent.
+fn claimed(id: &str, repo: &str, digest: &str, tag: Option<&str>) -> Result<(), Failed> {
+    use crate::domain::validate::{self, clip};
+    let refuse = |what: String| Err(Failed::Permanent(what));
+    if id.is_empty() || id.len() > MAX_EVENT_ID {
+        return refuse(format!("an event id must be 1 to {MAX_EVENT_ID} bytes"));
+    }
+    if validate::image_name(repo).is_err() {
+        return refuse(format!("`{}` is not an OCI repository name", clip(repo)));
+    }
+    if validate::digest("digest", digest).is_err() {
+        return refuse(format!(
+            "`{}` is not a sha256 or sha512 digest",
+            clip(digest)
+        ));
+    }
+    if let Some(tag) = tag
+        && validate::tag_name(tag).is_err()
+    {
+        return refuse(format!("`{}` is not a tag name", clip(tag)));
+    }
+    Ok(())
+}
+
+/// Records manifest `digest` of `repo` (and `tag`) into the namespace's image named `repo`
+/// (created when missing), fetched and verified from the notifying registry, and only when
+/// the registry resolves `tag` to `digest`; copied first to the namespace's backend, when it
+/// has one.
 #[allow(clippy::too_many_arguments)]
 async fn push(
     state: &AppState,
     client: &Client,
     backend: Option<&(Linked, BlobsDone)>,
+    namespace_id: &str,
     repo: &str,
     digest: &str,
     tag: Option<&str>,
-    image: &str,
     meta: &Metadata,
 ) -> Result<bool, Failed> {
     let verified = fetch(client, repo, digest).await?;
+    if let Some(tag) = tag {
+        match client.resolve(repo, tag).await? {
+            Some(at) if at == verified.digest => {}
+            Some(at) => {
+                return Err(Failed::Permanent(format!(
+                    "tag {tag} of {repo} is at {at} in the registry, not at {digest}; not recorded"
+                )));
+            }
+            None => {
+                return Err(Failed::Permanent(format!(
+                    "the registry has no tag {tag} in {repo}; not recorded"
+                )));
+            }
+        }
+    }
+    let image = image_for(&state.registry, namespace_id, repo, meta).await?;
+    let image = image.as_str();
     if let Some((b, done)) = backend {
         copy(
             client,
