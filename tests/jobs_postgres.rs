@@ -92,6 +92,7 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
             creator: None,
             idempotency_key: None,
             marks: None,
+            project_id: None,
         };
         submit(&registry, &queues, sub).await.unwrap();
     }
@@ -190,4 +191,44 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
         "completed"
     );
     assert_eq!(count(&store, "running").await, 0);
+
+    // An idle service, its writer's connection kept, sees the database restart: readiness
+    // says so within a second every time while it is away, and the first write after it
+    // succeeds (the connection the restart ended is replaced without failing the append).
+    store.close().await;
+    pg_ctl("stop");
+    let outage = Instant::now();
+    let mut answers = 0;
+    while outage.elapsed() < Duration::from_secs(5) {
+        let asked = Instant::now();
+        let res = reqwest::Client::new()
+            .get(format!("{}/readyz", server.base))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        let took = asked.elapsed();
+        assert_eq!(res.status().as_u16(), 503, "/readyz during the outage");
+        assert!(took < Duration::from_secs(1), "/readyz took {took:?}");
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answers >= 3, "{answers} readiness answers in 5 s");
+    pg_ctl("start");
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.base))
+        .header("X-Auth-Token", ADMIN)
+        .json(&json!({"kind": "probe", "input": {"steps": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(status, 202, "the first write after the restart: {first}");
+    let first = first["data"]["job"]["id"].as_str().unwrap().to_owned();
+    let store = db.store().await;
+    assert_eq!(
+        wait_final(&store, &first, Duration::from_secs(60)).await,
+        "completed"
+    );
 }

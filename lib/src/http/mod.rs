@@ -226,7 +226,11 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers and every migration has been applied.
+/// Longest `/readyz` waits for the database before answering 503.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Readiness: the database answers (within [`READY_TIMEOUT`]) and every migration has been
+/// applied.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -238,7 +242,16 @@ pub(crate) async fn healthz() -> impl IntoResponse {
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store().ready().await {
+    // A database that does not answer is not ready: say so at once rather than after the
+    // pool's own timeout, so a load balancer's probe gets its answer within its timeout.
+    let ready = tokio::time::timeout(READY_TIMEOUT, state.store().ready())
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::store::StoreError::Database(
+                sqlx::Error::PoolTimedOut,
+            ))
+        });
+    match ready {
         Ok(true) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -325,6 +325,7 @@ async fn write_on(
     writer: &mut Writer,
     batch: &[Request],
 ) -> Result<Vec<Result<Appended, StoreError>>, Failed> {
+    let kept = writer.is_some();
     let conn = match writer {
         Some(conn) => conn,
         None => writer.insert(pool.acquire().await?),
@@ -333,7 +334,35 @@ async fn write_on(
     if written.is_err() {
         *writer = None;
     }
-    written
+    match written {
+        // A kept connection the server dropped since its last use (a database restart):
+        // nothing of the group was committed, so it is written once more, on a new
+        // connection. A refusal, or a failure at commit, is answered as it is.
+        Err(Failed::Before(err)) if kept && is_disconnect(&err) => {
+            tracing::info!(%err, "the writer's connection was lost; writing on a new one");
+            let conn = writer.insert(pool.acquire().await?);
+            let written = write_group(conn, batch).await;
+            if written.is_err() {
+                *writer = None;
+            }
+            written
+        }
+        other => other,
+    }
+}
+
+/// Whether `err` says the connection is gone (closed, reset, or ended by the server), not
+/// that the database refused a statement.
+fn is_disconnect(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::Protocol(_)) => true,
+        // Class 08 (connection exception) and 57P01-57P03 (the server is shutting down or
+        // restarting), by SQLSTATE.
+        StoreError::Database(sqlx::Error::Database(e)) => e
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
 }
 
 /// One transaction for the group: stream versions claimed, then the head, then projections
