@@ -176,6 +176,12 @@ async fn push_fixtures(base: &str, args: &ImportArgs) -> anyhow::Result<()> {
 
 pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::Result<()> {
     let registry = local_registry().await?;
+    // The import jobs reach only what the operator allows, loopback included.
+    layerline_core::oci::Egress::from_env()
+        .check_url(&registry.base)
+        .map_err(|e| {
+            anyhow::anyhow!("{e}; run the bench with LAYERLINE_REGISTRY_ALLOW=127.0.0.1")
+        })?;
     let started = Instant::now();
     push_fixtures(&registry.base, args).await?;
     let manifests = args.repos * args.tags;

@@ -38,7 +38,8 @@ impl From<OciError> for Failed {
 }
 
 /// The client of `registry` with the credential set `credentials` names (read from this
-/// process's environment), `concurrency` requests at once.
+/// process's environment), `concurrency` requests at once, reaching only what the
+/// operator's egress policy allows (`oci::Egress`).
 pub fn client_for(
     registry: &str,
     credentials: Option<&crate::domain::source::CredentialsRef>,
@@ -50,6 +51,7 @@ pub fn client_for(
         Some(c) => credential_set(registry, c, env)?,
     };
     Ok(Client::new(registry, credentials, concurrency)
+        .and_then(Client::guarded)
         .map_err(Failed::from)?
         .with_token_host(token_host))
 }

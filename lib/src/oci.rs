@@ -12,6 +12,10 @@
 //!   only to the registry's own host (and to its token service's host, when it is another
 //!   one the operator named): never on a first request, never to a host a `Link` or a realm
 //!   points at.
+//! * Where the service may connect ([`Egress`]): a client made [`Client::guarded`] reaches
+//!   only the hosts `LAYERLINE_REGISTRY_ALLOW` lists, when it is set, and never a loopback,
+//!   private, link-local (cloud metadata) or otherwise non-public address, checked after
+//!   name resolution and on every redirect, unless the list names that host.
 //! * 429 and 5xx answers are retried, honouring `Retry-After` (seconds), a few times.
 //! * Requests in flight are bounded per client.
 
@@ -64,6 +68,9 @@ pub enum OciError {
     },
     #[error("manifest {reference}: {reason}")]
     BadManifest { reference: String, reason: String },
+    /// The host is not one this service may reach ([`Egress`]): final.
+    #[error("{host} is not a registry this service may reach: {reason}")]
+    Refused { host: String, reason: String },
     #[error("{0}")]
     Transport(String),
 }
@@ -130,6 +137,8 @@ pub struct Client {
     in_flight: Arc<Semaphore>,
     /// Retries of a 429/5xx/transport failure.
     retries: u32,
+    /// Where it may connect, when guarded.
+    egress: Option<Egress>,
     /// Entries asked for per catalog or tag list page.
     page: usize,
 }
@@ -155,7 +164,19 @@ impl Client {
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
             retries: 4,
             page: PAGE,
+            egress: None,
         })
+    }
+
+    /// This client, reaching only what the process's [`Egress`] allows (the operator's
+    /// `LAYERLINE_REGISTRY_ALLOW`): what the service uses for every source, backend and
+    /// notifying registry. Refuses a base URL outside it at once.
+    pub fn guarded(mut self) -> Result<Self, OciError> {
+        let egress = Egress::from_env();
+        egress.check_url(&self.base)?;
+        self.http = guarded_http()?;
+        self.egress = Some(egress);
+        Ok(self)
     }
 
     /// Trusts the CA certificate `pem` besides the public roots (and the configured CA).
@@ -466,6 +487,9 @@ impl Client {
         } else {
             format!("{}{path}", self.base)
         };
+        if let Some(egress) = &self.egress {
+            egress.check_url(&url)?;
+        }
         let _permit = self.in_flight.acquire().await.expect("never closed");
         let mut challenged = false;
         let mut attempt = 0;
@@ -541,6 +565,17 @@ impl Client {
                         message,
                     };
                     (err, retry_after)
+                }
+                // The egress guard's refusal of every address a name resolved to: final, and
+                // said without the connection's error chain.
+                Err(e) if chain(&e).contains(NO_ALLOWED_ADDRESS) => {
+                    return Err(OciError::Refused {
+                        host: host_of(&url).unwrap_or_default(),
+                        reason: format!(
+                            "{NO_ALLOWED_ADDRESS} (loopback, private and link-local ones need \
+                             {ALLOW_ENV} to list the host)"
+                        ),
+                    });
                 }
                 Err(e) => (OciError::Transport(format!("{url}: {}", chain(&e))), None),
             };
@@ -637,11 +672,48 @@ fn shared_http() -> Result<reqwest::Client, OciError> {
         .map_err(OciError::Transport)
 }
 
+/// The shared HTTP client of guarded registry clients: [`shared_http`]'s, with the process's
+/// [`Egress`] checking every resolved address and every redirect.
+fn guarded_http() -> Result<reqwest::Client, OciError> {
+    static GUARDED: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    GUARDED
+        .get_or_init(|| {
+            let egress = Egress::from_env();
+            let redirects = egress.clone();
+            let builder = base_builder()
+                .dns_resolver(Arc::new(GuardedResolver { egress }))
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= 10 {
+                        attempt.error("too many redirects")
+                    } else if redirects.check_url(attempt.url().as_str()).is_ok() {
+                        attempt.follow()
+                    } else {
+                        attempt.error("redirected to a host registries are not reached at")
+                    }
+                }));
+            with_roots(builder, None)
+        })
+        .clone()
+        .map_err(OciError::Transport)
+}
+
 /// A new HTTP client trusting the public roots, the configured CA file and `extra`.
 fn http_client(extra: Option<reqwest::Certificate>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
+    with_roots(base_builder(), extra)
+}
+
+fn base_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60));
+        .timeout(Duration::from_secs(60))
+}
+
+/// `builder` trusting the public roots, the configured CA file and `extra`.
+fn with_roots(
+    mut builder: reqwest::ClientBuilder,
+    extra: Option<reqwest::Certificate>,
+) -> Result<reqwest::Client, String> {
     // Registries with certificates of a private CA: its PEM file, trusted besides the
     // public roots.
     if let Ok(path) = std::env::var(CA_FILE_ENV) {
@@ -654,6 +726,154 @@ fn http_client(extra: Option<reqwest::Certificate>) -> Result<reqwest::Client, S
         builder = builder.add_root_certificate(cert);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// Environment variable listing the registry hosts the service may connect to, comma
+/// separated: `host` (any port), `host:port`, or `*.example.com` (any host under it).
+pub const ALLOW_ENV: &str = "LAYERLINE_REGISTRY_ALLOW";
+
+/// Where the service may connect for sources, backends and notifying registries. Without a
+/// list, any host whose addresses are public; with one, only the hosts it names, which may
+/// then also be loopback or private (the operator said so). A link-local address (the cloud
+/// metadata service at 169.254.169.254) is reached only when its host is listed, too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    allow: Option<Vec<String>>,
+}
+
+impl Egress {
+    /// The policy `list` (as [`ALLOW_ENV`] spells it) describes; `None`: no list.
+    pub fn new(list: Option<&str>) -> Egress {
+        let allow = list.map(|l| {
+            l.split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        });
+        Egress { allow }
+    }
+
+    /// This process's policy, read once from [`ALLOW_ENV`].
+    pub fn from_env() -> Egress {
+        static EGRESS: std::sync::OnceLock<Egress> = std::sync::OnceLock::new();
+        EGRESS
+            .get_or_init(|| {
+                let list = std::env::var(ALLOW_ENV).ok();
+                Egress::new(list.as_deref().filter(|l| !l.trim().is_empty()))
+            })
+            .clone()
+    }
+
+    /// Whether the list names `host` (with `port`, or any port).
+    fn listed(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.allow.iter().flatten().any(|entry| {
+            let entry = entry.as_str();
+            let (name, entry_port) = match entry.rsplit_once(':') {
+                Some((n, p)) if !n.contains(':') || n.ends_with(']') => (n, p.parse().ok()),
+                _ => (entry, None),
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            let name_ok = match name.strip_prefix("*.") {
+                Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                None => name == host,
+            };
+            name_ok && (entry_port.is_none() || entry_port == port)
+        })
+    }
+
+    /// Refuses `url` when its host is not one the service may reach by name: outside the
+    /// list (when there is one), or an address that is not public and not listed.
+    pub fn check_url(&self, url: &str) -> Result<(), OciError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| OciError::Refused {
+            host: crate::domain::validate::clip(url).into_owned(),
+            reason: "not a URL".to_owned(),
+        })?;
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let refused = |reason: &str| OciError::Refused {
+            host: host_of(url).unwrap_or_else(|| host.clone()),
+            reason: reason.to_owned(),
+        };
+        let port = parsed.port_or_known_default();
+        if self.listed(&host, port) {
+            return Ok(());
+        }
+        if self.allow.is_some() {
+            return Err(refused(&format!("{ALLOW_ENV} does not list it")));
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) if !is_public(ip) => Err(refused(&format!(
+                "a loopback, private or link-local address (list it in {ALLOW_ENV} to allow it)"
+            ))),
+            // A name is checked once resolved (GuardedResolver).
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `host` may be reached at address `ip` (once resolved).
+    fn address_ok(&self, host: &str, ip: std::net::IpAddr) -> bool {
+        self.listed(host, None) || (self.allow.is_none() && is_public(ip))
+    }
+}
+
+/// Whether `ip` is an address of the public internet: not loopback, private, link-local,
+/// shared (100.64/10), unspecified, broadcast, documentation or multicast.
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [b0, b1, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || b0 == 0
+                || (b0 == 100 && (64..128).contains(&b1)))
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = a.segments()[0];
+                !(a.is_loopback()
+                    || a.is_unspecified()
+                    || a.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// What the guard's resolver says of a host left with no address it may reach.
+const NO_ALLOWED_ADDRESS: &str = "resolves to no address registries are reached at";
+
+/// Resolves names as the system does, keeping only the addresses [`Egress`] allows; a host
+/// left with none is refused, naming the host only.
+struct GuardedResolver {
+    egress: Egress,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let egress = self.egress.clone();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|a| egress.address_ok(&host, a.ip()))
+                .collect();
+            if kept.is_empty() {
+                return Err(format!("{host} {NO_ALLOWED_ADDRESS}").into());
+            }
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// `host[:port]` of `url`, lowercase, with the port only when the URL names one.
@@ -879,6 +1099,54 @@ pub fn recorded(fetched: &Fetched, parsed: Parsed, platform: Option<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_lists_hosts_and_refuses_addresses_that_are_not_public() {
+        use std::net::IpAddr;
+        let open = Egress::new(None);
+        for url in [
+            "https://registry.example.com",
+            "https://8.8.8.8:5000",
+            "https://[2001:4860::1]",
+        ] {
+            assert!(open.check_url(url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:5000",
+            "https://169.254.169.254",
+            "https://10.1.2.3",
+            "https://172.16.0.1",
+            "https://192.168.1.1",
+            "https://100.64.0.1",
+            "https://0.0.0.0",
+            "https://[::1]",
+            "https://[fe80::1]",
+            "https://[fd00::1]",
+            "https://[::ffff:127.0.0.1]",
+        ] {
+            let err = open.check_url(url).unwrap_err();
+            assert!(matches!(err, OciError::Refused { .. }), "{url}: {err}");
+            assert!(!err.is_transient());
+        }
+        let listed = Egress::new(Some("127.0.0.1, registry.example.com:5000,*.corp.example"));
+        assert!(listed.check_url("http://127.0.0.1:9999").is_ok());
+        assert!(
+            listed
+                .check_url("https://registry.example.com:5000")
+                .is_ok()
+        );
+        assert!(
+            listed.check_url("https://registry.example.com").is_err(),
+            "another port"
+        );
+        assert!(listed.check_url("https://a.corp.example").is_ok());
+        assert!(listed.check_url("https://corp.example").is_err());
+        assert!(listed.check_url("https://other.example").is_err());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(listed.address_ok("a.corp.example", ip("10.0.0.1")));
+        assert!(!open.address_ok("registry.example.com", ip("169.254.169.254")));
+        assert!(open.address_ok("registry.example.com", ip("93.184.216.34")));
+    }
 
     #[test]
     fn bearer_challenges_keep_commas_inside_quoted_scopes() {

@@ -171,6 +171,9 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("LAYERLINE_DATABASE_URL")
+            // The tests' registries are on loopback, which a server reaches only when the
+            // operator lists it; a test may set another list.
+            .env("LAYERLINE_REGISTRY_ALLOW", "127.0.0.1")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
