@@ -18,6 +18,8 @@ on_both_backends!(
     no_route_shows_or_changes_another_projects_resources,
     an_idempotency_key_reused_for_another_request_is_refused,
     tokens_are_accepted_only_in_their_canonical_spelling,
+    oversized_requests_get_json_refusals_that_repeat_little,
+    outgoing_requests_reach_only_what_the_operator_allows,
 );
 
 /// A token with `caps` (and `project`), made with the real CLI.
@@ -509,5 +511,146 @@ async fn an_import_source_can_name_only_a_credential_set_and_only_for_its_host(d
             .iter()
             .flatten()
             .any(|h| h.contains(leaked))
+    );
+}
+
+/// Every refusal is JSON in its surface's shape and of bounded size: a request target over
+/// 8 KiB (414), a hook body over 1 MiB (413, and only after the token is checked), ids of any
+/// length in 404s (clipped), and a schedule no date matches (422 instead of a policy that
+/// never runs).
+async fn oversized_requests_get_json_refusals_that_repeat_little(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let base = &server.base;
+    let json_of = |status: u16, text: &str| -> Value {
+        serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    let long = "a".repeat(9000);
+    let (status, text) = send(&Method::GET, &format!("{base}/v1/jobs/{long}"), ADMIN, None).await;
+    assert_eq!(status, 414, "{text}");
+    assert_eq!(json_of(status, &text)["error"]["code"], "414.too-long");
+    assert!(text.len() < 1000, "{} bytes", text.len());
+    let url = format!("{base}/registry/v1/regions/fr-par/images/{long}");
+    let (status, text) = send(&Method::GET, &url, ADMIN, None).await;
+    assert_eq!(status, 414, "{text}");
+    assert_eq!(json_of(status, &text)["type"], "invalid_arguments");
+
+    let id = "b".repeat(4000);
+    let (status, text) = send(&Method::GET, &format!("{base}/v1/jobs/{id}"), ADMIN, None).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.len() < 1000, "a 404 of {} bytes", text.len());
+    let url = format!("{base}/registry/v1/regions/fr-par/images/{id}");
+    let (status, text) = send(&Method::GET, &url, ADMIN, None).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.len() < 1000, "a 404 of {} bytes", text.len());
+
+    let hook = format!("{base}/v1/hooks/registry?namespace_id=x&registry=http://127.0.0.1:9");
+    let huge = format!(
+        "{{\"events\": [], \"pad\": \"{}\"}}",
+        "c".repeat(1024 * 1024)
+    );
+    for (token, expected) in [(None, 401), (Some(ADMIN), 413)] {
+        let mut req = reqwest::Client::new().post(&hook).body(huge.clone());
+        if let Some(t) = token {
+            req = req.header("X-Auth-Token", t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, expected, "{text}");
+        let body = json_of(status, &text);
+        assert_eq!(body["error"]["status"], expected, "{body}");
+    }
+
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("team").await;
+    let policy = json!({"name": "never", "namespace_id": ns, "image_names": ["*"],
+                        "rules": {"tag_pattern": ".*", "keep_last": 1}, "schedule": "0 0 30 2 *"});
+    let (status, body) = call(
+        Method::POST,
+        &format!("{base}/v1/prune-policies"),
+        Some(policy),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/schedule", "{body}");
+}
+
+/// Where the workers and the hook may connect: with no `LAYERLINE_REGISTRY_ALLOW`, public
+/// addresses only — a loopback address given as an IP or as a name (`localhost`, refused once
+/// resolved) and the link-local metadata address are refused, naming the host and not the
+/// connection's error chain; with a list, only the hosts it names. Nothing reaches the
+/// listener in between.
+async fn outgoing_requests_reach_only_what_the_operator_allows(db: &TestDb) {
+    let (host, seen) = recording_registry().await;
+    let port = host.rsplit_once(':').unwrap().1.to_owned();
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("team").await;
+    let img = fx.image(&ns, "app").await;
+    for (allow, registries) in [
+        (
+            "",
+            vec![format!("http://{host}"), format!("http://localhost:{port}")],
+        ),
+        ("registry.example.com", vec![format!("http://{host}")]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start_logging_to(
+            dir.path(),
+            &["--database-url", &db.url],
+            &[
+                ("LAYERLINE_BOOTSTRAP_TOKEN", ADMIN),
+                ("LAYERLINE_REGISTRY_ALLOW", allow),
+            ],
+            std::process::Stdio::null(),
+        );
+        for registry in registries {
+            let body = json!({"action": "import", "contents": {"source": {
+                "registry": registry, "repository": "x/y"}}});
+            let url = format!("{}/v1/images/{img}/tasks", server.base);
+            let (status, body) = call(Method::POST, &url, Some(body)).await;
+            assert_eq!(status, 200, "{body}");
+            let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+            let job = wait_for(&server, &id, Duration::from_secs(60), |j| {
+                matches!(state(j), "completed" | "error")
+            })
+            .await;
+            let error = job["last_error"].as_str().unwrap_or_default();
+            assert_eq!(state(&job), "error", "{allow:?} {registry}: {job}");
+            let named = registry.trim_start_matches("http://").to_owned();
+            assert!(
+                error.contains(&named) || error.contains("localhost"),
+                "{allow:?} {registry}: {error}"
+            );
+            assert!(error.contains("LAYERLINE_REGISTRY_ALLOW"), "{error}");
+            assert!(!error.contains("tcp connect error"), "{error}");
+        }
+        // The hook names its registry in the query: refused before any connection.
+        let hook = format!(
+            "{}/v1/hooks/registry?namespace_id={ns}&registry=https://169.254.169.254",
+            server.base
+        );
+        let (status, body) = call(Method::POST, &hook, Some(json!({"events": []}))).await;
+        assert_eq!(status, 422, "{body}");
+        let detail = body["error"]["detail"].as_str().unwrap();
+        assert!(detail.contains("169.254.169.254"), "{detail}");
+        assert!(!detail.contains("error trying to connect"), "{detail}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the listener was reached: {:?}",
+        seen.lock()
+    );
+
+    // A repository that would leave /v2/<name>/ is refused before any request.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let body = json!({"action": "import", "contents": {"source": {
+        "registry": format!("http://{host}"), "repository": "../../secret/../x"}}});
+    let url = format!("{}/v1/images/{img}/tasks", server.base);
+    let (status, body) = call(Method::POST, &url, Some(body)).await;
+    assert_eq!(
+        (status, body["error"]["source"].as_str()),
+        (422, Some("/source.repository"))
     );
 }

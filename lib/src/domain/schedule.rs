@@ -42,6 +42,24 @@ impl Schedule {
         let text = to_cron_crate(expression.trim()).map_err(|r| ("schedule", r))?;
         let cron = cron::Schedule::from_str(&text)
             .map_err(|e| ("schedule", format!("not a cron expression: {e}")))?;
+        // An expression no date matches (`0 0 30 2 *`) would be accepted and never run. Any
+        // date that matches at all comes round within a 28-year calendar cycle of 2001.
+        let epoch = DateTime::from_timestamp(978_307_200, 0).expect("2001-01-01 is a time");
+        let cycle_end =
+            DateTime::from_timestamp(978_307_200 + 29 * 366 * 86_400, 0).expect("a time in 2030");
+        if cron
+            .after(&epoch.with_timezone(&tz))
+            .next()
+            .is_none_or(|first| first.with_timezone(&Utc) > cycle_end)
+        {
+            return Err((
+                "schedule",
+                format!(
+                    "`{}` matches no date, so it would never run",
+                    expression.trim()
+                ),
+            ));
+        }
         Ok(Schedule { cron, tz })
     }
 
@@ -222,6 +240,12 @@ mod tests {
         assert_eq!(field("0 3 * * 5-2", "UTC"), "schedule");
         assert_eq!(field("61 * * * *", "UTC"), "schedule");
         assert_eq!(field("@reboot", "UTC"), "schedule");
+        // Dates that never come: refused instead of stored with no next run.
+        for never in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 11 *", "0 0 0 30 2 *"] {
+            assert_eq!(field(never, "UTC"), "schedule", "{never}");
+        }
+        // 29 February does come.
+        assert!(Schedule::parse("0 0 29 2 *", "UTC").is_ok());
         assert_eq!(field("0 3 * * *", "Mars/Olympus"), "timezone");
     }
 }

@@ -142,7 +142,16 @@ pub const ECHO_MAX: usize = 64;
 /// `text` as an error message may repeat it: its first [`ECHO_MAX`] characters, with `…`
 /// when it was longer, so a request cannot make an answer as long as itself.
 pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(ECHO_MAX) {
+    clip_to(text, ECHO_MAX)
+}
+
+/// Most characters of an error message an API answers with: whatever a message repeats of
+/// a request (a path, an id), the answer stays small.
+pub const MESSAGE_MAX: usize = 500;
+
+/// `text`'s first `max` characters, with `…` when it was longer.
+pub fn clip_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
         Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
     }

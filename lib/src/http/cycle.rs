@@ -95,12 +95,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use crate::domain::validate::{MESSAGE_MAX, clip_to};
         let body = json!({
             "error": {
                 "status": self.status.as_u16(),
                 "code": self.code,
                 "title": self.title,
-                "detail": self.detail,
+                "detail": clip_to(&self.detail, MESSAGE_MAX),
                 "source": self.source,
             },
             "data": null,

@@ -107,9 +107,19 @@ pub(crate) async fn registry_hook(
     State(state): State<AppState>,
     headers: HeaderMap,
     Params(q): Params<HookParams>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let p = principal(&state, &headers, Capability::ImagesImport).await?;
+    // After the token: an anonymous caller learns nothing of the body's fate.
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "413.too-large"
+        } else {
+            "400.invalid-syntax"
+        };
+        ApiError::new(status, code, "Bad request body", rejection.body_text())
+    })?;
     let check = Source {
         registry: q.registry.clone(),
         repository: "x".into(),
@@ -133,6 +143,7 @@ pub(crate) async fn registry_hook(
         ));
     }
     let client = Client::new(&q.registry, Credentials::Anonymous, 4)
+        .and_then(Client::guarded)
         .map_err(|e| ApiError::invalid("registry", e.to_string()))?;
     // A backend-linked namespace mirrors the notifying registry: pushes are copied there
     // before they are recorded, deletes follow.

@@ -98,6 +98,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// and records the HTTP metrics (labelled by route template, so ids never become labels).
 async fn observe(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let started = std::time::Instant::now();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
+        let path = crate::domain::validate::clip_to(request.uri().path(), 64).into_owned();
+        return refuse(&path, Refusal::UriTooLong);
+    }
     let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
@@ -132,7 +140,13 @@ enum Refusal {
     NoRoute,
     MethodNotAllowed,
     BadQuery(String),
+    UriTooLong,
 }
+
+/// Longest request target (path and query) accepted, in bytes (414 above it, in the
+/// surface's error shape). Longer ones than the HTTP server's own limit (64 KiB) get its
+/// bare 414.
+pub const MAX_URI: usize = 8 * 1024;
 
 fn refuse(path: &str, refusal: Refusal) -> Response {
     if path.starts_with(cycle::PREFIX) {
@@ -148,6 +162,11 @@ fn refuse(path: &str, refusal: Refusal) -> Response {
                 format!("method not allowed on {path}"),
             ),
             Refusal::BadQuery(m) => (StatusCode::BAD_REQUEST, "400.invalid-syntax", m),
+            Refusal::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "414.too-long",
+                format!("the request target is longer than {MAX_URI} bytes"),
+            ),
         };
         return cycle::ApiError::new(status, code, "Refused", message).into_response();
     }
@@ -175,6 +194,18 @@ fn refuse(path: &str, refusal: Refusal) -> Response {
         }
         .into_response(),
         (Refusal::BadQuery(message), true) => yandex::ApiError::Invalid(message).into_response(),
+        (Refusal::UriTooLong, true) => yandex::ApiError::Status {
+            status: StatusCode::URI_TOO_LONG,
+            code: 3,
+            message: format!("the request target is longer than {MAX_URI} bytes"),
+        }
+        .into_response(),
+        (Refusal::UriTooLong, false) => scaleway::ApiError::Route {
+            status: StatusCode::URI_TOO_LONG,
+            kind: "invalid_arguments",
+            message: format!("the request target is longer than {MAX_URI} bytes"),
+        }
+        .into_response(),
         (Refusal::BadQuery(message), false) => scaleway::ApiError::Invalid {
             argument: scaleway::quoted_field(&message).unwrap_or_else(|| "query".to_owned()),
             help: message,

@@ -88,6 +88,7 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use crate::domain::validate::{MESSAGE_MAX, clip, clip_to};
         let body = |message: String, kind: &str| ErrorBody {
             message,
             kind: kind.to_owned(),
@@ -107,7 +108,7 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 ErrorBody {
                     resource: Some(resource.to_owned()),
-                    resource_id: Some(id),
+                    resource_id: Some(clip(&id).into_owned()),
                     ..body(format!("{resource} not found"), "not_found")
                 },
             ),
@@ -155,6 +156,10 @@ impl IntoResponse for ApiError {
                     body("internal error".to_owned(), "internal"),
                 )
             }
+        };
+        let body = ErrorBody {
+            message: clip_to(&body.message, MESSAGE_MAX).into_owned(),
+            ..body
         };
         (status, Json(body)).into_response()
     }

@@ -73,7 +73,11 @@ impl IntoResponse for ApiError {
         };
         let body = StatusBody {
             code,
-            message,
+            message: crate::domain::validate::clip_to(
+                &message,
+                crate::domain::validate::MESSAGE_MAX,
+            )
+            .into_owned(),
             details: Vec::new(),
         };
         (status, Json(body)).into_response()
