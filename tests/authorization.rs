@@ -20,6 +20,8 @@ on_both_backends!(
     tokens_are_accepted_only_in_their_canonical_spelling,
     oversized_requests_get_json_refusals_that_repeat_little,
     outgoing_requests_reach_only_what_the_operator_allows,
+    the_token_is_checked_before_the_body_is_read,
+    page_tokens_are_signed_by_the_deployment,
 );
 
 /// A token with `caps` (and `project`), made with the real CLI.
@@ -653,4 +655,97 @@ async fn outgoing_requests_reach_only_what_the_operator_allows(db: &TestDb) {
         (status, body["error"]["source"].as_str()),
         (422, Some("/source.repository"))
     );
+}
+
+/// Every route that takes a body checks the token before it reads the body: a malformed body
+/// sent without a valid token is answered 401, on every write route of `/openapi.json`.
+async fn the_token_is_checked_before_the_body_is_read(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let base = &server.base;
+    let (_, doc) = call(Method::GET, &format!("{base}/openapi.json"), None).await;
+    let mut walked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{region}", "fr-par")
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') {
+                    "00000000-0000-4000-8000-000000000000"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            if !matches!(method.as_str(), "post" | "put" | "patch") {
+                continue;
+            }
+            let verb = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            for token in [None, Some(uuid::Uuid::new_v4().to_string())] {
+                // The hook's query is read first (it names where the events come from).
+                let query = if template == "/v1/hooks/registry" {
+                    "?namespace_id=x&registry=https://registry.example.com"
+                } else {
+                    ""
+                };
+                let mut req = reqwest::Client::new()
+                    .request(verb.clone(), format!("{base}{path}{query}"))
+                    .header("content-type", "application/json")
+                    .body("{\"not\": json");
+                if let Some(t) = &token {
+                    req = req.header("X-Auth-Token", t);
+                }
+                let res = req.send().await.unwrap();
+                let status = res.status().as_u16();
+                let text = res.text().await.unwrap();
+                assert_eq!(status, 401, "{method} {template} with {token:?}: {text}");
+                assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+            }
+            walked += 1;
+        }
+    }
+    assert!(walked >= 12, "{walked} write routes");
+}
+
+/// Yandex page tokens are signed with a key the deployment keeps in its database: a token
+/// one process issued pages on in another, and a token whose position was changed, or made
+/// up, is refused.
+async fn page_tokens_are_signed_by_the_deployment(db: &TestDb) {
+    let fx = Fixture::new(db.store().await);
+    let ns = fx.namespace("team").await;
+    let img = fx.image(&ns, "app").await;
+    for n in 1..=3 {
+        fx.manifest(&img, n, &[(100 + n, 5)]).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let b = Server::on_database(&db.url, dir.path(), &["--role", "api"]);
+    let list = |server: &Server, token: &str| {
+        format!(
+            "{}/container-registry/v1/images?repositoryName=team/app&pageSize=1&pageToken={token}",
+            server.base
+        )
+    };
+    let (status, first) = call(Method::GET, &list(&a, ""), None).await;
+    assert_eq!(status, 200, "{first}");
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    let (status, second) = call(Method::GET, &list(&b, &token), None).await;
+    assert_eq!(status, 200, "another process pages on: {second}");
+    assert_ne!(second["images"][0]["id"], first["images"][0]["id"]);
+    let (seq, tag) = token.split_once('.').unwrap();
+    let moved = format!("{}.{tag}", seq.parse::<i64>().unwrap() + 1);
+    for forged in [
+        moved,
+        format!("{seq}.000000000000000000000000"),
+        "1.abc".to_owned(),
+    ] {
+        let (status, body) = call(Method::GET, &list(&b, &forged), None).await;
+        assert_eq!(
+            (status, body["code"].as_i64()),
+            (400, Some(3)),
+            "{forged}: {body}"
+        );
+    }
 }

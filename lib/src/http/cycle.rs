@@ -177,13 +177,19 @@ pub(crate) fn internal(err: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// Bodies: JSON only, unknown fields refused with the field named.
+/// Bodies: JSON only, unknown fields refused with the field named. The token is checked
+/// first, so an anonymous request learns nothing from how its body would be judged (the
+/// handler checks the capability).
 pub struct Body<T>(pub T);
 
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state.store(), req.headers()).await?;
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(rejection) => {

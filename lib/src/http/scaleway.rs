@@ -237,13 +237,18 @@ fn check_region(state: &AppState, region: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A JSON body: rejections become Scaleway errors (400 naming the field, 413, 415).
+/// A JSON body: rejections become Scaleway errors (400 naming the field, 413, 415). The token
+/// is checked first (401), so an anonymous request learns nothing from how its body would be
+/// judged; the handler checks the capability.
 pub struct Body<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        authenticate(state.store(), req.headers())
+            .await
+            .map_err(|e| auth_error(e, "body", "write"))?;
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Body(value)),
             Err(rejection) => Err(body_error(rejection)),
