@@ -27,6 +27,9 @@ use crate::jobs::Dispatcher;
 use crate::service::Registry;
 use crate::store::Store;
 
+/// The server key page tokens are signed with.
+pub const PAGE_TOKEN_KEY: &str = "page-token";
+
 /// Largest request body accepted, in bytes (413 above it).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -48,6 +51,8 @@ pub struct AppState {
     pub api: Arc<ApiConfig>,
     /// Where accepted jobs are queued.
     pub dispatcher: Dispatcher,
+    /// The key page tokens are signed with, read from the database once.
+    page_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }
 
 impl AppState {
@@ -58,7 +63,16 @@ impl AppState {
             registry: Registry::new(store),
             api: Arc::new(api),
             dispatcher: Arc::new(crate::jobs::NoDispatch),
+            page_key: Arc::default(),
         }
+    }
+
+    /// The key page tokens are signed with (the database's `page-token` server key).
+    pub async fn page_key(&self) -> Result<&[u8], crate::store::StoreError> {
+        self.page_key
+            .get_or_try_init(|| self.store().server_key(PAGE_TOKEN_KEY))
+            .await
+            .map(Vec::as_slice)
     }
 
     pub fn with_dispatcher(mut self, dispatcher: Dispatcher) -> Self {

@@ -7,9 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthError, authenticate};
@@ -176,34 +177,53 @@ fn parse_order(order_by: &str) -> Result<Vec<(ManifestKey, bool)>, ApiError> {
     Ok(keys)
 }
 
-/// A page token: the last row's `seq` and a fingerprint of the listing it belongs to, so a
-/// token is not silently reused with other filters or another order.
-fn fingerprint(query: &ManifestQuery) -> String {
+/// Bytes of the page token's tag kept (96 bits).
+const TAG_BYTES: usize = 12;
+
+/// The HMAC of a page position within its listing (filters, project, order), keyed by the
+/// server's own page-token key: a client can neither make a token nor move one to another
+/// listing or position.
+fn token_mac(key: &[u8], query: &ManifestQuery, seq: i64) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     let text = format!(
-        "{:?}|{:?}|{:?}|{:?}",
+        "{seq}|{:?}|{:?}|{:?}|{:?}",
         query.namespace_id, query.project_id, query.repository, query.order
     );
-    Sha256::digest(text.as_bytes())
+    mac.update(text.as_bytes());
+    mac
+}
+
+/// A page token: the last row's `seq` and its tag (see [`token_mac`]).
+fn page_token(key: &[u8], query: &ManifestQuery, seq: i64) -> String {
+    let tag = token_mac(key, query, seq).finalize().into_bytes();
+    let hex: String = tag[..TAG_BYTES]
         .iter()
-        .take(6)
         .map(|b| format!("{b:02x}"))
-        .collect()
+        .collect();
+    format!("{seq}.{hex}")
 }
 
-fn page_token(query: &ManifestQuery, seq: i64) -> String {
-    format!("{seq}.{}", fingerprint(query))
-}
-
-fn parse_page_token(query: &ManifestQuery, token: &str) -> Result<i64, ApiError> {
+/// The position a token this listing issued points at; any other token is refused.
+fn parse_page_token(key: &[u8], query: &ManifestQuery, token: &str) -> Result<i64, ApiError> {
     let bad = || ApiError::Invalid("pageToken is not a token this listing issued".to_owned());
     if token.len() > 100 {
         return Err(bad());
     }
-    let (seq, print) = token.split_once('.').ok_or_else(bad)?;
-    if print != fingerprint(query) {
-        return Err(bad());
-    }
-    seq.parse().map_err(|_| bad())
+    let (seq, hex) = token.split_once('.').ok_or_else(bad)?;
+    let seq: i64 = seq.parse().map_err(|_| bad())?;
+    let tag: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .filter(|t: &Vec<u8>| t.len() == TAG_BYTES)
+        .ok_or_else(bad)?;
+    token_mac(key, query, seq)
+        .verify_truncated_left(&tag)
+        .map_err(|_| bad())?;
+    Ok(seq)
 }
 
 /// A blob (config or layer) of a listed manifest; sizes are int64 as strings.
@@ -351,8 +371,9 @@ pub(crate) async fn list_images(
         Some(o) => parse_order(o)?,
         None => Vec::new(),
     };
+    let key = state.page_key().await?;
     if let Some(token) = params.page_token.as_deref().filter(|t| !t.is_empty()) {
-        query.after_seq = Some(parse_page_token(&query, token)?);
+        query.after_seq = Some(parse_page_token(key, &query, token)?);
     }
     let mut rows = match state.store().list_manifests(&query).await? {
         Ok(rows) => rows,
@@ -368,7 +389,7 @@ pub(crate) async fn list_images(
     let next_page_token = rows
         .last()
         .filter(|_| more)
-        .map(|last| page_token(&query, last.manifest.seq));
+        .map(|last| page_token(key, &query, last.manifest.seq));
     Ok(Json(ImageListBody {
         images: rows.iter().map(ImageBody::new).collect(),
         next_page_token,
@@ -430,16 +451,23 @@ mod tests {
     }
 
     #[test]
-    fn page_tokens_belong_to_their_listing() {
+    fn page_tokens_belong_to_their_listing_and_their_server() {
+        let key = b"the server's key";
         let q = ManifestQuery::default();
-        let token = page_token(&q, 42);
+        let token = page_token(key, &q, 42);
         assert!(token.len() <= 100);
-        assert_eq!(parse_page_token(&q, &token).unwrap(), 42);
+        assert_eq!(parse_page_token(key, &q, &token).unwrap(), 42);
         let other = ManifestQuery {
             order: vec![(ManifestKey::Digest, false)],
             ..ManifestQuery::default()
         };
-        assert!(parse_page_token(&other, &token).is_err());
-        assert!(parse_page_token(&q, "garbage").is_err());
+        assert!(parse_page_token(key, &other, &token).is_err());
+        assert!(parse_page_token(key, &q, "garbage").is_err());
+        // Another position with the same tag, or the same token under another key.
+        let (_, tag) = token.split_once('.').unwrap();
+        assert!(parse_page_token(key, &q, &format!("41.{tag}")).is_err());
+        assert!(parse_page_token(b"another key", &q, &token).is_err());
+        // The unkeyed fingerprint of before is no longer a token.
+        assert!(parse_page_token(key, &q, "42.0123456789ab").is_err());
     }
 }

@@ -517,6 +517,31 @@ impl Store {
         dispatch!(self, s => s.record_hook_event(id, at).await)
     }
 
+    /// The server's secret key `name`: 32 bytes made by the first process that asks (two v4
+    /// UUIDs from the operating system's generator, 244 random bits), stored in the database
+    /// so every process of the deployment shares it.
+    pub async fn server_key(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let candidate: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+            .iter()
+            .flat_map(|u| u.into_bytes())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let hex = dispatch!(self, s => s.server_key(name, &candidate).await)?;
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Decode(
+                    format!("server key {name} is not 32 bytes of hex").into(),
+                ))
+            })
+    }
+
     /// Job `job_id`'s stored plan, if it has one.
     pub async fn plan(&self, job_id: &str) -> Result<Option<plans::PlanHeader>, StoreError> {
         dispatch!(self, s => s.plan(job_id).await)

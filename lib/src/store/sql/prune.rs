@@ -352,6 +352,27 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The server's secret key `name` (hex), made from `candidate` by the first caller: every
+    /// process of the deployment reads the same one. Kept beside the read models, never in
+    /// the log, and untouched by `rebuild`.
+    pub async fn server_key(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO server_keys (name, secret, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(crate::domain::format_time(chrono::Utc::now()))
+        .execute(&self.write)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT secret FROM server_keys WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.write)
+                .await?,
+        )
+    }
+
     /// The newest import job into image `image_id` (import inputs start with the image id).
     pub async fn last_import_job(&self, image_id: &str) -> Result<Option<String>, StoreError> {
         let pattern = format!(
