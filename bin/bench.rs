@@ -230,6 +230,9 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
                 }),
                 layers: vec![],
                 children: vec![],
+                created: None,
+                subject: None,
+                artifact_type: None,
             }),
             &meta,
         )
@@ -241,6 +244,7 @@ async fn append(args: &AppendArgs, url: &str, max_connections: u32) -> anyhow::R
             tag_id: uuid::Uuid::now_v7().to_string(),
             name: format!("t{n}"),
             digest: digest.clone(),
+            pushed_at: None,
         })
     };
 
@@ -417,6 +421,9 @@ async fn write_history(store: &Store, images: usize) -> anyhow::Result<()> {
                     layer(sha(5, img, n), 200_000 + n as i64),
                 ],
                 children: vec![],
+                created: None,
+                subject: None,
+                artifact_type: None,
             }));
             let build_id = uuid::Uuid::now_v7().to_string();
             build_ids.push(build_id.clone());
@@ -424,11 +431,13 @@ async fn write_history(store: &Store, images: usize) -> anyhow::Result<()> {
                 tag_id: build_id,
                 name: format!("build-{n}"),
                 digest: manifest.clone(),
+                pushed_at: None,
             }));
             events.push(DomainEvent::TagPushed(TagPushed {
                 tag_id: latest_id.clone(),
                 name: "latest".into(),
                 digest: manifest,
+                pushed_at: None,
             }));
             if n >= KEEP {
                 let old = n - KEEP;
@@ -611,6 +620,9 @@ mod api {
                     config: Some(blob(sha(2, i as u64), 1_000)),
                     layers: vec![blob(sha(3, 0), 30_000_000), blob(sha(4, i as u64), 100_000)],
                     children: vec![],
+                    created: None,
+                    subject: None,
+                    artifact_type: None,
                 }),
             ];
             for t in 0..tags {
@@ -618,6 +630,7 @@ mod api {
                     tag_id: uuid::Uuid::now_v7().to_string(),
                     name: format!("v{t}"),
                     digest: sha(1, i as u64),
+                    pushed_at: None,
                 }));
             }
             for (n, e) in events.iter().enumerate() {

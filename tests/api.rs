@@ -915,6 +915,9 @@ async fn yandex_listing_walks_every_manifest_once_while_others_are_inserted(env:
                     config: None,
                     layers: vec![],
                     children: vec![],
+                    created: None,
+                    subject: None,
+                    artifact_type: None,
                 };
                 registry
                     .image(&img, ImageCommand::RecordManifest(m), &Metadata::default())

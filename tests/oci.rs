@@ -313,6 +313,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 on_both_backends!(
+    imported_images_keep_their_real_age,
     forged_notifications_change_nothing_until_the_registry_agrees,
     an_import_records_tags_manifests_and_the_registrys_sizes_once,
     an_import_killed_midway_completes_after_a_restart_recording_each_manifest_once,
@@ -1533,7 +1534,7 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
         names.sort();
         names
     };
-    let (v1, _) = reg
+    let (v1, v1_body) = reg
         .image("team/app", "v1", OCI_MANIFEST, &["base", "one"])
         .await;
 
@@ -1550,6 +1551,18 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
         .unwrap()
         .id;
     assert_eq!(fx.tag_names(&app).await, ["v1"]);
+
+    // A push's time is the registry's timestamp of it, where the event has one.
+    reg.manifest("team/app", "stamped", OCI_MANIFEST, &v1_body)
+        .await;
+    let mut stamped = event("push-2", "push", "team/app", &v1, Some("stamped"));
+    stamped["timestamp"] = json!("2025-06-01T12:00:00.5Z");
+    let done = deliver(admin.clone(), json!([stamped])).await;
+    assert_eq!(done["recorded"], 1, "{done}");
+    let rows = store.read_model_rows().await.unwrap();
+    let tag = rows.tags.iter().find(|t| t.name == "stamped").unwrap();
+    assert_eq!(tag.created_at, "2025-06-01T12:00:00.500000Z");
+    assert_eq!(fx.tag_names(&app).await, ["stamped", "v1"]);
 
     // Claims the registry does not back: a tag it does not have for that digest, a
     // repository it does not have, malformed digests, tags and repositories.
@@ -1583,7 +1596,7 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
     }
     assert_eq!(store.head().await.unwrap(), before, "nothing was appended");
     assert_eq!(images().await, ["team/app"], "no image was created");
-    assert_eq!(fx.tag_names(&app).await, ["v1"]);
+    assert_eq!(fx.tag_names(&app).await, ["stamped", "v1"]);
     for id in ["tag-1", "ghost-1", "md5-1", "del-1"] {
         assert!(!store.hook_event_seen(id).await.unwrap(), "{id} was stored");
     }
@@ -1617,7 +1630,7 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
             .contains("images-manage"),
         "{done}"
     );
-    assert_eq!(fx.tag_names(&app).await, ["v1"]);
+    assert_eq!(fx.tag_names(&app).await, ["stamped", "v1"]);
     let done = deliver(
         admin,
         json!([event("del-3", "delete", "team/app", &v1, None)]),
@@ -1640,4 +1653,177 @@ fn token_for(db_url: &str, caps: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Pushes `repo:tag` with a config stating `created` (and an annotation, when given) and one
+/// layer of its own; returns the manifest's digest.
+async fn built_at(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    created: &str,
+    annotated: Option<&str>,
+) -> String {
+    let config = json!({"architecture": "amd64", "os": "linux", "created": created,
+                        "config": {"Labels": {"tag": tag}}})
+    .to_string();
+    let config_digest = reg.blob(repo, config.as_bytes()).await;
+    let layer = format!("layer of {tag}");
+    let layer_digest = reg.blob(repo, layer.as_bytes()).await;
+    let mut body = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer_digest, "size": layer.len()}],
+    });
+    if let Some(at) = annotated {
+        body["annotations"] = json!({"org.opencontainers.image.created": at});
+    }
+    reg.manifest(repo, tag, OCI_MANIFEST, body.to_string().as_bytes())
+        .await
+}
+
+/// Imported images keep their real age: the tags of an import are ordered by when their
+/// images were built (the annotation, else the config's `created`), not by name or by the
+/// order the import walked or the registry got them, so `keep_last` keeps the newest and
+/// `older_than` measures the build time; the API shows it as the tag's `created_at`; a
+/// config from before 1990 or from the future counts as recorded now.
+async fn imported_images_keep_their_real_age(db: &TestDb) {
+    let reg = Registry::start().await;
+    // Pushed v10 first, then v8, v9; built 2024-03, 2024-01, 2024-02 (v9's annotation wins
+    // over its config's year-2000 time).
+    let v10 = built_at(&reg, "team/app", "v10", "2024-03-05T10:00:00Z", None).await;
+    let v8 = built_at(&reg, "team/app", "v8", "2024-01-05T10:00:00Z", None).await;
+    let v9 = built_at(
+        &reg,
+        "team/app",
+        "v9",
+        "2000-01-01T00:00:00Z",
+        Some("2024-02-05T10:00:00+00:00"),
+    )
+    .await;
+    // Nonsense times: before 1990, and next century.
+    let old = built_at(&reg, "team/odd", "old", "1970-01-01T00:00:00Z", None).await;
+    let future = built_at(&reg, "team/odd", "future", "2199-01-01T00:00:00Z", None).await;
+
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let app = fx.image(&ns, "app").await;
+    let odd = fx.image(&ns, "odd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &[]);
+    let started = chrono::Utc::now();
+    for (image, repo) in [(&app, "team/app"), (&odd, "team/odd")] {
+        let j = import(
+            &server,
+            image,
+            json!({"registry": reg.base, "repository": repo}),
+        )
+        .await;
+        assert_eq!(state(&j), "completed", "{j}");
+    }
+    let rows = store.read_model_rows().await.unwrap();
+    let created = |digest: &str| {
+        let tag = rows.tags.iter().find(|t| t.digest == digest).unwrap();
+        let manifest = rows.manifests.iter().find(|m| m.digest == digest).unwrap();
+        assert_eq!(tag.created_at, manifest.created_at, "{digest}");
+        tag.created_at.clone()
+    };
+    assert_eq!(created(&v10), "2024-03-05T10:00:00.000000Z");
+    assert_eq!(created(&v8), "2024-01-05T10:00:00.000000Z");
+    assert_eq!(created(&v9), "2024-02-05T10:00:00.000000Z");
+    for odd_one in [&old, &future] {
+        let at = chrono::DateTime::parse_from_rfc3339(&created(odd_one)).unwrap();
+        assert!(at >= started && at <= chrono::Utc::now(), "{odd_one}: {at}");
+    }
+    // The Scaleway tag shows it.
+    let (_, tags) = call(
+        Method::GET,
+        &format!(
+            "{}/registry/v1/regions/fr-par/images/{app}/tags?order_by=created_at_asc",
+            server.base
+        ),
+        None,
+    )
+    .await;
+    let listed: Vec<(&str, &str)> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap(),
+                t["created_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed.iter().map(|t| t.0).collect::<Vec<_>>(),
+        ["v8", "v9", "v10"],
+        "{tags}"
+    );
+    assert!(listed[2].1.starts_with("2024-03-05T10:00:00"), "{tags}");
+
+    // Keep the newest: v10, though it was pushed first and sorts first by name.
+    let plan = |rules: Value| {
+        let server = &server;
+        let ns = ns.clone();
+        async move {
+            let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": rules});
+            let (status, body) = call(
+                Method::POST,
+                &format!("{}/v1/images/tasks", server.base),
+                Some(json!({"action": "prune", "contents": {"policy": policy, "dry_run": true}})),
+            )
+            .await;
+            assert_eq!(status, 202, "{body}");
+            let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+            let j = wait_for(server, &id, Duration::from_secs(60), |j| {
+                matches!(state(j), "completed" | "error")
+            })
+            .await;
+            assert_eq!(state(&j), "completed", "{j}");
+            let (_, plan) = call(
+                Method::GET,
+                &format!("{}/v1/jobs/{id}/plan", server.base),
+                None,
+            )
+            .await;
+            let mut tags: Vec<String> = plan["data"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["kind"] == "tag")
+                .map(|i| i["tag"].as_str().unwrap().to_owned())
+                .collect();
+            tags.sort();
+            tags
+        }
+    };
+    assert_eq!(
+        plan(json!({"tag_pattern": ".*", "keep_last": 1})).await,
+        ["v8", "v9"]
+    );
+    assert_eq!(
+        plan(json!({"tag_pattern": ".*", "keep_last": 2})).await,
+        ["v8"]
+    );
+    // Built in 2024: older than 300 days, though imported a minute ago.
+    assert_eq!(
+        plan(json!({"tag_pattern": ".*", "older_than": "300d"})).await,
+        ["v10", "v8", "v9"]
+    );
+    assert!(
+        plan(json!({"tag_pattern": ".*", "older_than": "36500d"}))
+            .await
+            .is_empty()
+    );
+
+    // Rebuilt from the log, the read models say the same.
+    let before = store.read_model_rows().await.unwrap();
+    store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
 }

@@ -547,6 +547,7 @@ async fn a_blob_size_disagreeing_within_one_import_is_refused_whole(store: Store
     let cmd = ImageCommand::Import {
         manifests: vec![manifest(1, &[(100, 1000)]), manifest(2, &[(100, 999)])],
         tags: vec![("v1".into(), digest(1), "t1".into())],
+        pushed_at: None,
     };
     let err = f.image_cmd(&a, cmd).await.unwrap_err();
     assert!(
@@ -572,6 +573,7 @@ async fn an_import_counts_shared_blobs_once_per_image_and_namespace(store: Store
             manifest(2, &[(100, 1000)]),
         ],
         tags: vec![],
+        pushed_at: None,
     };
     f.image_cmd(&a, cmd.clone()).await.unwrap();
     assert_eq!(f.image_size(&a).await, 1000 + 50 + 10 + 10);
@@ -856,9 +858,12 @@ async fn random_workload(f: &Fixture, seed: u64, commands: usize) {
                         tags.push((name.to_owned(), digest(n), tag_id));
                     }
                 }
-                f.image_cmd(&id, ImageCommand::Import { manifests, tags })
-                    .await
-                    .map(drop)
+                let cmd = ImageCommand::Import {
+                    manifests,
+                    tags,
+                    pushed_at: None,
+                };
+                f.image_cmd(&id, cmd).await.map(drop)
             }
             (30..46, _, Some(id)) => {
                 let n = rng.random_range(1..11);

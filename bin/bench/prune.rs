@@ -215,11 +215,15 @@ async fn seed(store: &Store, name: &str, args: &PruneArgs, events: bool) -> anyh
                     config: Some(blob(sha(2, t), 1_500)),
                     layers: vec![blob(sha(3, 0), 30_000_000), blob(sha(4, t), 200_000)],
                     children: vec![],
+                    created: None,
+                    subject: None,
+                    artifact_type: None,
                 }));
                 list.push(DomainEvent::TagPushed(TagPushed {
                     tag_id: uuid::Uuid::now_v7().to_string(),
                     name: format!("v{t}"),
                     digest: sha(1, t),
+                    pushed_at: None,
                 }));
             }
             let mut img = Image::default();

@@ -308,7 +308,7 @@ async fn recorder(
             }
         }
         for (image_id, batch) in by_image {
-            manifests += record_all(&registry, batch, &image_id, &meta).await?;
+            manifests += record_all(&registry, batch, None, &image_id, &meta).await?;
         }
         recorded.send_modify(|n| *n += count);
     }

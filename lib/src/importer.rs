@@ -231,6 +231,25 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     let digest = top.digest.clone();
     manifests.push(recorded(&top, parsed, None));
     fetched.push(top);
+    // An image's age: its annotation (already read), else its config's `created`; an index
+    // without an annotation is as old as its newest child.
+    for m in manifests.iter_mut().filter(|m| m.created.is_none()) {
+        if let Some(config) = &m.config {
+            m.created = config_created(client, repo, &named, &config.digest, config.size).await?;
+        }
+    }
+    let top = manifests.last_mut().expect("the top manifest");
+    if top.created.is_none() && !top.children.is_empty() {
+        let children = top.children.clone();
+        let newest = manifests
+            .iter()
+            .filter(|m| children.contains(&m.digest))
+            .filter_map(|m| m.created.clone())
+            .max();
+        if let Some(top) = manifests.last_mut() {
+            top.created = newest;
+        }
+    }
     Ok(Verified {
         named,
         manifests,
@@ -239,12 +258,56 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     })
 }
 
+/// Largest image config read for its creation time, in bytes.
+const MAX_CONFIG_BYTES: i64 = 1024 * 1024;
+
+/// The creation time image config `digest` (of `size` bytes) of `repo` states, when it states
+/// a sane one. A time before 1990 or in the future is logged and ignored: the image's age is
+/// then when it is recorded.
+async fn config_created(
+    client: &Client,
+    repo: &str,
+    named: &str,
+    digest: &str,
+    size: i64,
+) -> Result<Option<String>, Failed> {
+    if !(0..=MAX_CONFIG_BYTES).contains(&size) {
+        return Ok(None);
+    }
+    let (res, _) = client.blob(repo, digest).await?;
+    let bytes = res
+        .bytes()
+        .await
+        .map_err(|e| Failed::Transient(format!("config {digest} of {named}: {e}")))?;
+    let now = chrono::Utc::now();
+    let created = crate::oci::config_created(&bytes, now);
+    if created.is_none() && has_created(&bytes) {
+        tracing::warn!(
+            manifest = named,
+            config = digest,
+            "the image config's creation time is before 1990 or in the future; its age is \
+             taken as the time it is recorded"
+        );
+    }
+    Ok(created)
+}
+
+/// Whether a config states a `created` time at all.
+fn has_created(config: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| v.get("created").cloned())
+        .is_some_and(|c| !c.is_null())
+}
+
 /// Records several verified manifests, each with the tag to point at it (if any), into
-/// image `image_id` in one append. Returns the manifests recorded now (0 when all were
-/// there).
+/// image `image_id` in one append, the tags pushed at `pushed_at` when the source said when
+/// (else at their image's creation time). Returns the manifests recorded now (0 when all
+/// were there).
 pub async fn record_all<S: EventStore + ReadModels>(
     registry: &Registry<S>,
     batch: Vec<(Verified, Option<String>)>,
+    pushed_at: Option<String>,
     image_id: &str,
     meta: &Metadata,
 ) -> Result<usize, Failed> {
@@ -259,7 +322,15 @@ pub async fn record_all<S: EventStore + ReadModels>(
     }
     let fetched = manifests.len();
     let events = registry
-        .image(image_id, ImageCommand::Import { manifests, tags }, meta)
+        .image(
+            image_id,
+            ImageCommand::Import {
+                manifests,
+                tags,
+                pushed_at,
+            },
+            meta,
+        )
         .await
         .map_err(|e| refused(&named.join(", "), e))?;
     let (mut recorded, mut bytes) = (0, 0);

@@ -1014,6 +1014,12 @@ pub fn parse(reference: &str, fetched: &Fetched) -> Result<Parsed, OciError> {
     };
     let body: Body =
         serde_json::from_slice(&fetched.body).map_err(|e| bad(format!("not a manifest: {e}")))?;
+    // A subject must be a descriptor: what it names is what this manifest is attached to.
+    if let Some(subject) = attached(&fetched.body)?.subject {
+        let descriptor = serde_json::from_value::<Descriptor>(subject)
+            .map_err(|e| bad(format!("its subject is not a descriptor: {e}")))?;
+        check_digest(&descriptor.digest).map_err(|e| bad(format!("its subject: {e}")))?;
+    }
     if body.schema_version != Some(2) {
         return Err(bad(format!(
             "schema version {:?}; only version 2 is supported",
@@ -1075,9 +1081,61 @@ fn check_digest(d: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a manifest says about what it is attached to and when its image was made.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Attached {
+    subject: Option<serde_json::Value>,
+    artifact_type: Option<String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn attached(body: &[u8]) -> Result<Attached, OciError> {
+    Ok(serde_json::from_slice(body).unwrap_or_default())
+}
+
+/// The annotation naming when an image was made.
+pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
+
+/// `text` as a creation time, normalized (`format_time`), when it is an RFC 3339 time no
+/// earlier than 1990 and no later than a day after `now`; `None` for anything else.
+pub fn creation_time(text: &str, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()?
+        .with_timezone(&chrono::Utc);
+    let earliest = chrono::DateTime::from_timestamp(631_152_000, 0)?; // 1990-01-01
+    (t >= earliest && t <= now + chrono::Duration::days(1)).then(|| crate::domain::format_time(t))
+}
+
+/// The `created` time an image's config states, checked as [`creation_time`] does; `None`
+/// when the config has none, or one outside the sane range.
+pub fn config_created(config: &[u8], now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Config {
+        created: Option<String>,
+    }
+    let c: Config = serde_json::from_slice(config).ok()?;
+    creation_time(c.created.as_deref()?, now)
+}
+
 /// The event recording `fetched` (parsed as `parsed`), reached through an index with
-/// `platform` when it is a child.
+/// `platform` when it is a child. Its `created` is the manifest's annotation, when it has a
+/// sane one (the importer may fill it from the config); `subject` and `artifact_type` are the
+/// manifest's own (checked by [`parse`]).
 pub fn recorded(fetched: &Fetched, parsed: Parsed, platform: Option<String>) -> ManifestRecorded {
+    let facts = attached(&fetched.body).unwrap_or_default();
+    let subject = facts
+        .subject
+        .as_ref()
+        .and_then(|s| s.get("digest"))
+        .and_then(|d| d.as_str())
+        .map(str::to_owned);
+    let created = facts
+        .annotations
+        .get(CREATED_ANNOTATION)
+        .and_then(|v| v.as_str())
+        .and_then(|t| creation_time(t, chrono::Utc::now()));
     let (config, layers, children) = match parsed {
         Parsed::Image { config, layers } => (config, layers, Vec::new()),
         Parsed::Index { children } => (
@@ -1093,6 +1151,9 @@ pub fn recorded(fetched: &Fetched, parsed: Parsed, platform: Option<String>) -> 
         config,
         layers,
         children,
+        created,
+        subject,
+        artifact_type: facts.artifact_type,
     }
 }
 
@@ -1146,6 +1207,45 @@ mod tests {
         assert!(listed.address_ok("a.corp.example", ip("10.0.0.1")));
         assert!(!open.address_ok("registry.example.com", ip("169.254.169.254")));
         assert!(open.address_ok("registry.example.com", ip("93.184.216.34")));
+    }
+
+    #[test]
+    fn subjects_must_be_descriptors_and_ages_must_be_sane() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let manifest = |extra: &str| {
+            let body =
+                format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[]{extra}}}"#);
+            Fetched {
+                digest: sha256(body.as_bytes()),
+                media_type: OCI_MANIFEST.into(),
+                body: body.into_bytes(),
+            }
+        };
+        for bad in [
+            r#","subject":"sha256:x""#,
+            r#","subject":{"digest":"md5:1","size":1}"#,
+        ] {
+            let err = parse("team/app:sig", &manifest(bad)).unwrap_err();
+            assert!(err.to_string().contains("team/app:sig"), "{err}");
+            assert!(err.to_string().contains("subject"), "{err}");
+        }
+        let signed = manifest(&format!(
+            r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":9}},"artifactType":"application/vnd.example.sbom","annotations":{{"org.opencontainers.image.created":"2024-02-05T10:00:00+01:00"}}"#
+        ));
+        let parsed = parse("team/app:sbom", &signed).unwrap();
+        let m = recorded(&signed, parsed, None);
+        assert_eq!(m.subject.as_deref(), Some(d.as_str()));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom")
+        );
+        assert_eq!(m.created.as_deref(), Some("2024-02-05T09:00:00.000000Z"));
+        let now = chrono::Utc::now();
+        assert_eq!(creation_time("1989-12-31T23:59:59Z", now), None);
+        assert_eq!(creation_time("2199-01-01T00:00:00Z", now), None);
+        assert_eq!(creation_time("yesterday", now), None);
+        assert!(config_created(br#"{"created":"2024-01-05T10:00:00Z"}"#, now).is_some());
+        assert_eq!(config_created(br#"{"architecture":"amd64"}"#, now), None);
     }
 
     #[test]

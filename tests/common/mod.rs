@@ -398,6 +398,9 @@ pub fn manifest(n: u64, layers: &[(u64, i64)]) -> ManifestRecorded {
         }),
         layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
         children: vec![],
+        created: None,
+        subject: None,
+        artifact_type: None,
     }
 }
 
@@ -409,6 +412,9 @@ pub fn index(n: u64, children: &[u64]) -> ManifestRecorded {
         config: None,
         layers: vec![],
         children: children.iter().map(|c| digest(*c)).collect(),
+        created: None,
+        subject: None,
+        artifact_type: None,
     }
 }
 

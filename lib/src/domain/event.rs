@@ -101,6 +101,9 @@ pub struct DeletionRequested {
 
 /// A manifest stored under an image. An index has no blobs of its own and lists the digests
 /// of its child manifests, which are recorded in the same image before it.
+///
+/// Schema v2 added `created`, `subject` and `artifact_type`; a v1 event reads with none of
+/// them (created when it was recorded, attached to nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestRecorded {
@@ -111,6 +114,17 @@ pub struct ManifestRecorded {
     pub config: Option<Blob>,
     pub layers: Vec<Blob>,
     pub children: Vec<String>,
+    /// When the image was built (RFC 3339, as `format_time` writes it): the manifest's
+    /// `org.opencontainers.image.created` annotation, else its config's `created`; `None`
+    /// when neither says (or says nonsense), and the image's age is then when it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The digest of the manifest this one is attached to (OCI 1.1 `subject`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The manifest's OCI 1.1 `artifactType`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,12 +134,18 @@ pub struct ManifestDeleted {
 }
 
 /// A tag pointed at a digest: a new tag, or an existing one moved (same `tag_id`).
+///
+/// Schema v3 added `pushed_at`; older events read without it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagPushed {
     pub tag_id: String,
     pub name: String,
     pub digest: String,
+    /// When the tag moved in the registry it came from (an import: its image's creation
+    /// time; a notification: its timestamp); `None`: when it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,7 +368,6 @@ pub fn current_schema_version(event_type: &str) -> i32 {
         | IMAGE_DELETED
         | NAMESPACE_DELETION_REQUESTED
         | IMAGE_DELETION_REQUESTED
-        | MANIFEST_RECORDED
         | MANIFEST_DELETED
         | TOKEN_CREATED
         | JOB_ACCEPTED
@@ -362,8 +381,12 @@ pub fn current_schema_version(event_type: &str) -> i32 {
         | POLICY_CREATED
         | POLICY_UPDATED
         | POLICY_DELETED => 1,
+        // v2 added `created`, `subject` and `artifact_type` (read as absent from v1).
+        MANIFEST_RECORDED => 2,
         // v2 added `tag_id` (tags became addressable by id for the Scaleway API).
-        TAG_PUSHED | TAG_DELETED => 2,
+        TAG_DELETED => 2,
+        // v3 added `pushed_at` (read as absent from v2).
+        TAG_PUSHED => 3,
         _ => 0,
     }
 }
@@ -389,6 +412,7 @@ impl TagPushedV1 {
             tag_id: legacy_tag_id(stream_id, &self.tag),
             name: self.tag,
             digest: self.digest,
+            pushed_at: None,
         }
     }
 }
@@ -435,6 +459,7 @@ mod tests {
                 tag_id: "t".into(),
                 name: "v1".into(),
                 digest: "sha256:00".into(),
+                pushed_at: None,
             }),
             DomainEvent::ManifestRecorded(ManifestRecorded {
                 digest: "sha256:aa".into(),
@@ -447,6 +472,9 @@ mod tests {
                     media_type: "x".into(),
                 }],
                 children: vec![],
+                created: None,
+                subject: None,
+                artifact_type: None,
             }),
         ];
         for e in events {
@@ -479,8 +507,34 @@ mod tests {
             Err(DecodeError::UnknownType(_))
         ));
         assert!(matches!(
-            DomainEvent::decode(types::TAG_PUSHED, 3, "{}", "s"),
+            DomainEvent::decode(types::TAG_PUSHED, 4, "{}", "s"),
             Err(DecodeError::FutureSchema { .. })
         ));
+    }
+
+    #[test]
+    fn older_manifests_and_pushes_read_without_age_or_subject() {
+        let manifest = r#"{"digest":"sha256:01","media_type":"m","platform":null,
+            "config":null,"layers":[],"children":[]}"#;
+        match DomainEvent::decode(types::MANIFEST_RECORDED, 1, manifest, "image-1").unwrap() {
+            DomainEvent::ManifestRecorded(m) => {
+                assert_eq!((m.created, m.subject, m.artifact_type), (None, None, None));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let push = r#"{"tag_id":"t","name":"v1","digest":"sha256:01"}"#;
+        match DomainEvent::decode(types::TAG_PUSHED, 2, push, "image-1").unwrap() {
+            DomainEvent::TagPushed(t) => assert_eq!(t.pushed_at, None),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A v3 push with its time keeps it through the stored form.
+        let pushed = DomainEvent::TagPushed(TagPushed {
+            tag_id: "t".into(),
+            name: "v1".into(),
+            digest: "sha256:01".into(),
+            pushed_at: Some("2024-01-05T10:00:00.000000Z".into()),
+        });
+        let back = DomainEvent::decode(types::TAG_PUSHED, 3, &pushed.payload(), "image-1").unwrap();
+        assert_eq!(back, pushed);
     }
 }

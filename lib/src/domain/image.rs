@@ -87,10 +87,12 @@ pub enum ImageCommand {
     },
     /// Records what an import verified, in one append: each manifest not recorded yet (an
     /// index's children before it), then each tag `(name, digest, new_tag_id)` pointed at its
-    /// digest (nothing for a tag already there).
+    /// digest (nothing for a tag already there), pushed at `pushed_at` when the source said
+    /// when (a notification's timestamp), else at its manifest's creation time.
     Import {
         manifests: Vec<ManifestRecorded>,
         tags: Vec<(String, String, String)>,
+        pushed_at: Option<String>,
     },
     /// Applies a prune plan made at an earlier state: deletes each planned tag only while it
     /// still points where it did (`pushed_version` unchanged), then each planned manifest
@@ -126,12 +128,14 @@ impl Image {
     }
 
     /// The event pointing tag `name` at recorded manifest `digest` (a new tag gets
-    /// `new_tag_id`, a moved one keeps its id); none when it points there already.
+    /// `new_tag_id`, a moved one keeps its id), pushed at `pushed_at` (`None`: when it is
+    /// recorded); none when it points there already.
     fn tag_push(
         &self,
         name: String,
         digest: String,
         new_tag_id: String,
+        pushed_at: Option<String>,
     ) -> Result<Option<DomainEvent>, DomainError> {
         validate::tag_name(&name)?;
         if !self.manifests.contains_key(&digest) {
@@ -146,6 +150,7 @@ impl Image {
             tag_id,
             name,
             digest,
+            pushed_at,
         })))
     }
 
@@ -239,7 +244,7 @@ impl Aggregate for Image {
                     m.digest.clone(),
                     Manifest {
                         recorded: m.clone(),
-                        created_at: at.to_owned(),
+                        created_at: m.created.clone().unwrap_or_else(|| at.to_owned()),
                         seq: position,
                     },
                 );
@@ -259,18 +264,19 @@ impl Aggregate for Image {
             }
             DomainEvent::TagPushed(t) => {
                 let version = self.version;
+                let pushed_at = t.pushed_at.as_deref().unwrap_or(at);
                 self.tags
                     .entry(t.name.clone())
                     .and_modify(|tag| {
                         tag.digest = t.digest.clone();
-                        tag.updated_at = at.to_owned();
+                        tag.updated_at = pushed_at.to_owned();
                         tag.pushed_version = version;
                     })
                     .or_insert_with(|| Tag {
                         id: t.tag_id.clone(),
                         digest: t.digest.clone(),
-                        created_at: at.to_owned(),
-                        updated_at: at.to_owned(),
+                        created_at: pushed_at.to_owned(),
+                        updated_at: pushed_at.to_owned(),
                         pushed_version: version,
                     });
             }
@@ -327,7 +333,7 @@ impl Aggregate for Image {
                 digest,
                 new_tag_id,
             } => {
-                if let Some(push) = self.tag_push(name, digest, new_tag_id)? {
+                if let Some(push) = self.tag_push(name, digest, new_tag_id, None)? {
                     plan.emit(push);
                 }
             }
@@ -384,7 +390,11 @@ impl Aggregate for Image {
                 plan.untag(&digest);
                 plan.delete_manifest(&digest);
             }
-            ImageCommand::Import { manifests, tags } => {
+            ImageCommand::Import {
+                manifests,
+                tags,
+                pushed_at,
+            } => {
                 for m in manifests {
                     if plan.state.manifests.contains_key(&m.digest) {
                         continue;
@@ -392,8 +402,16 @@ impl Aggregate for Image {
                     plan.state.check_manifest(&m)?;
                     plan.emit(DomainEvent::ManifestRecorded(m));
                 }
+                // When the source does not say when a tag last moved, its image's creation
+                // time is the best it knows, so "keep the last N" keeps the newest images.
                 for (name, digest, new_tag_id) in tags {
-                    if let Some(push) = plan.state.tag_push(name, digest, new_tag_id)? {
+                    let created = pushed_at.clone().or_else(|| {
+                        plan.state
+                            .manifests
+                            .get(&digest)
+                            .and_then(|m| m.recorded.created.clone())
+                    });
+                    if let Some(push) = plan.state.tag_push(name, digest, new_tag_id, created)? {
                         plan.emit(push);
                     }
                 }
@@ -539,6 +557,9 @@ mod tests {
             config: Some(blob(n + 10_000, 10)),
             layers: layers.iter().map(|(d, s)| blob(*d, *s)).collect(),
             children: vec![],
+            created: None,
+            subject: None,
+            artifact_type: None,
         }
     }
 
@@ -550,6 +571,9 @@ mod tests {
             config: None,
             layers: vec![],
             children: children.iter().map(|c| digest(*c)).collect(),
+            created: None,
+            subject: None,
+            artifact_type: None,
         }
     }
 
@@ -688,6 +712,7 @@ mod tests {
                 tag_id: "tag-v1".into(),
                 name: "v1".into(),
                 digest: digest(2),
+                pushed_at: None,
             })]
         );
         assert!(g.0.manifests.contains_key(&digest(1)));
@@ -904,6 +929,7 @@ mod tests {
                 ("v1".into(), digest(1), "new-a".into()),
                 ("v2".into(), digest(3), "new-b".into()),
             ],
+            pushed_at: None,
         };
         let events = g.when(cmd.clone()).unwrap();
         // Manifest 1 and tag v1 were there: only 2, the index and v2 are new.
@@ -917,6 +943,7 @@ mod tests {
         let bad = ImageCommand::Import {
             manifests: vec![index(4, &[9])],
             tags: vec![],
+            pushed_at: None,
         };
         assert!(
             g.when(bad).is_err(),

@@ -106,7 +106,7 @@ pub(crate) async fn upload_archive(
         actor: Some(p.actor()),
         ..Metadata::default()
     };
-    let recorded = record_all(&state.registry, loaded.images, &id, &meta)
+    let recorded = record_all(&state.registry, loaded.images, None, &id, &meta)
         .await
         .map_err(|e| match e {
             Failed::Permanent(m) => ApiError::new(

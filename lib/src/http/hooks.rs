@@ -63,6 +63,9 @@ struct Envelope {
 struct Event {
     id: String,
     action: String,
+    /// When it happened at the registry (RFC 3339): a pushed tag's push time.
+    #[serde(default)]
+    timestamp: Option<String>,
     #[serde(default)]
     target: Target,
 }
@@ -256,6 +259,11 @@ async fn handle(
     };
     claimed(&event.id, repo, digest, t.tag.as_deref())?;
     if push_event {
+        // The registry's own time of the push, when it is a sane one.
+        let at = event
+            .timestamp
+            .as_deref()
+            .and_then(|ts| crate::oci::creation_time(ts, chrono::Utc::now()));
         return push(
             state,
             client,
@@ -264,6 +272,7 @@ async fn handle(
             repo,
             digest,
             t.tag.as_deref(),
+            at,
             meta,
         )
         .await;
@@ -329,6 +338,7 @@ async fn push(
     repo: &str,
     digest: &str,
     tag: Option<&str>,
+    pushed_at: Option<String>,
     meta: &Metadata,
 ) -> Result<bool, Failed> {
     let verified = fetch(client, repo, digest).await?;
@@ -362,7 +372,7 @@ async fn push(
         .await?;
     }
     let batch = vec![(verified, tag.map(str::to_owned))];
-    record_all(&state.registry, batch, image, meta).await?;
+    record_all(&state.registry, batch, pushed_at, image, meta).await?;
     Ok(true)
 }
 

@@ -309,12 +309,14 @@ async fn upsert_tags(
             "INSERT INTO tags (id, image_id, name, digest, created_at, updated_at, pushed_version) ",
         );
         insert.push_values(chunk, |mut row, (t, version)| {
+            // When it moved in its source registry, if that is known; else now.
+            let pushed_at = t.pushed_at.as_deref().unwrap_or(at);
             row.push_bind(t.tag_id.clone())
                 .push_bind(image_id.to_owned())
                 .push_bind(t.name.clone())
                 .push_bind(t.digest.clone())
-                .push_bind(at.to_owned())
-                .push_bind(at.to_owned())
+                .push_bind(pushed_at.to_owned())
+                .push_bind(pushed_at.to_owned())
                 .push_bind(*version);
         });
         insert.push(
@@ -808,7 +810,8 @@ async fn record_manifests(
                 .push_bind(m.config.as_ref().map(|b| b.size))
                 .push_bind(m.config.as_ref().map(|b| b.media_type.clone()))
                 .push_bind(distinct_blobs(m).iter().map(|b| b.size).sum::<i64>())
-                .push_bind(at.to_owned())
+                // The image's creation time, when the manifest says; else now.
+                .push_bind(m.created.clone().unwrap_or_else(|| at.to_owned()))
                 .push_bind(*position)
                 .push_bind(crate::store::plans::pack_layers(&m.layers));
         });
