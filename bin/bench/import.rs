@@ -203,31 +203,37 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
         store.backend(),
         args.concurrency
     );
+    // Two baselines: manifests only (what an import needed before it read each image's
+    // age), and manifests with their configs (what reading the age costs any importer).
     println!(
-        "| round | plain fetch, s | manifests/s | our import job, s | manifests/s | ratio | \
-         inside the job: listing, fetching and recording, ms |"
+        "| round | plain fetch, s | manifests/s | plain fetch with configs, s | our import job, s \
+         | manifests/s | ratio to plain | ratio to plain with configs | inside the job: listing, \
+         fetching and recording, ms |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut rounds = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let plain = plain_fetch(&registry.base, args.concurrency, manifests).await?;
+        let plain = plain_fetch(&registry.base, args.concurrency, manifests, false).await?;
+        let configs = plain_fetch(&registry.base, args.concurrency, manifests, true).await?;
         let (ours, output) = import_once(&store, &queues, &registry.base, manifests).await?;
         println!(
-            "| {round} | {plain:.2} | {:.0} | {ours:.2} | {:.0} | {:.2} | {} + {} |",
+            "| {round} | {plain:.2} | {:.0} | {configs:.2} | {ours:.2} | {:.0} | {:.2} | {:.2} \
+             | {} + {} |",
             manifests as f64 / plain,
             manifests as f64 / ours,
             plain / ours,
+            configs / ours,
             output["timings_ms"]["list"],
             output["timings_ms"]["import"]
         );
-        rounds.push((plain / ours, plain, ours));
+        rounds.push((plain / ours, configs / ours, plain, ours));
     }
     pool.stop().await?;
     rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (ratio, plain, ours) = rounds[rounds.len() / 2];
+    let (ratio, with_configs, plain, ours) = rounds[rounds.len() / 2];
     println!(
         "median round: plain {:.0} manifests/s, ours {:.0} manifests/s, ratio (ours / plain) \
-         {ratio:.2}",
+         {ratio:.2}, to plain with configs {with_configs:.2}",
         manifests as f64 / plain,
         manifests as f64 / ours
     );
@@ -235,9 +241,15 @@ pub async fn run(args: &ImportArgs, url: &str, max_connections: u32) -> anyhow::
     Ok(())
 }
 
-/// Baseline: the same client fetches (and verifies) every manifest, `concurrency` at once.
+/// Baseline: the same client fetches (and verifies) every manifest, `concurrency` at once,
+/// and with `configs` each image manifest's config blob too.
 /// Returns the seconds it took.
-async fn plain_fetch(base: &str, concurrency: usize, manifests: usize) -> anyhow::Result<f64> {
+async fn plain_fetch(
+    base: &str,
+    concurrency: usize,
+    manifests: usize,
+    configs: bool,
+) -> anyhow::Result<f64> {
     let client = Client::new(base, Credentials::Anonymous, concurrency)?;
     let t = Instant::now();
     let repos = client.catalog().await?;
@@ -246,7 +258,20 @@ async fn plain_fetch(base: &str, concurrency: usize, manifests: usize) -> anyhow
     for repo in &repos {
         for tag in client.tags(repo).await? {
             let (client, repo) = (client.clone(), repo.clone());
-            fetches.spawn(async move { client.manifest(&repo, &tag).await });
+            fetches.spawn(async move {
+                let m = client.manifest(&repo, &tag).await?;
+                if configs {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&m.body).unwrap_or_default();
+                    if let Some(digest) = body["config"]["digest"].as_str() {
+                        let (res, _) = client.blob(&repo, digest).await?;
+                        res.bytes()
+                            .await
+                            .map_err(|e| layerline_core::oci::OciError::Transport(e.to_string()))?;
+                    }
+                }
+                Ok::<_, layerline_core::oci::OciError>(m)
+            });
             while fetches.len() >= concurrency {
                 fetches.join_next().await.expect("non-empty")??;
                 fetched += 1;
