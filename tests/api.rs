@@ -151,27 +151,7 @@ impl Env {
 
     /// A token with `caps`, made with the real CLI.
     fn token(&self, db_url: &str, caps: &str, project: Option<&str>) -> String {
-        let mut cmd = std::process::Command::new(common::BIN);
-        cmd.args([
-            "token",
-            "create",
-            "--name",
-            "t",
-            "--capabilities",
-            caps,
-            "--database-url",
-            db_url,
-        ]);
-        if let Some(p) = project {
-            cmd.args(["--project-id", p]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        common::token(db_url, caps, project)
     }
 }
 

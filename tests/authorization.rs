@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{ADMIN, BIN, Fixture, Server, TestDb, call, namespace_created, state, wait_for};
+use common::{ADMIN, Fixture, Server, TestDb, call, namespace_created, state, token, wait_for};
 use layerline_core::store::{Backend, EventStore, ReadModels};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -23,23 +23,6 @@ on_both_backends!(
     the_token_is_checked_before_the_body_is_read,
     page_tokens_are_signed_by_the_deployment,
 );
-
-/// A token with `caps` (and `project`), made with the real CLI.
-fn token(db_url: &str, caps: &str, project: Option<&str>) -> String {
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["token", "create", "--name", "t", "--capabilities", caps]);
-    cmd.args(["--database-url", db_url]);
-    if let Some(p) = project {
-        cmd.args(["--project-id", p]);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// `method url` with `token` and an optional JSON body: the status and the body's text.
 async fn send(method: &Method, url: &str, token: &str, body: Option<&Value>) -> (u16, String) {

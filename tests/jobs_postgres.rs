@@ -215,17 +215,8 @@ async fn postgres_workers_share_jobs_once_and_survive_a_database_restart() {
     }
     assert!(answers >= 3, "{answers} readiness answers in 5 s");
     pg_ctl("start");
-    let res = reqwest::Client::new()
-        .post(format!("{}/v1/jobs", server.base))
-        .header("X-Auth-Token", ADMIN)
-        .json(&json!({"kind": "probe", "input": {"steps": 1}}))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let first: Value = res.json().await.unwrap();
-    assert_eq!(status, 202, "the first write after the restart: {first}");
-    let first = first["data"]["job"]["id"].as_str().unwrap().to_owned();
+    // `probe` asserts the submission is accepted (202).
+    let first = probe(&server.base, json!({"steps": 1})).await;
     let store = db.store().await;
     assert_eq!(
         wait_final(&store, &first, Duration::from_secs(60)).await,

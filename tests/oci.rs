@@ -1502,7 +1502,7 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
         "{}/v1/hooks/registry?namespace_id={ns}&registry={}",
         server.base, reg.base
     );
-    let importer = token_for(&db.url, "images-import");
+    let importer = common::token(&db.url, "images-import", None);
     let deliver = |token: String, events: Value| {
         let hook = hook.clone();
         async move {
@@ -1638,21 +1638,6 @@ async fn forged_notifications_change_nothing_until_the_registry_agrees(db: &Test
     .await;
     assert_eq!(done["recorded"], 1, "{done}");
     assert!(fx.tag_names(&app).await.is_empty());
-}
-
-/// A token with `caps`, made with the real CLI.
-fn token_for(db_url: &str, caps: &str) -> String {
-    let out = Command::new(common::BIN)
-        .args(["token", "create", "--name", "t", "--capabilities", caps])
-        .args(["--database-url", db_url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Pushes `repo:tag` with a config stating `created` (and an annotation, when given) and one

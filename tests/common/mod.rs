@@ -429,6 +429,23 @@ pub fn push(name: &str, n: u64) -> ImageCommand {
 // ---------------------------------------------------------------------------------------
 // The HTTP API as the admin sees it
 
+/// A token with `caps` (and `project`) on database `db_url`, made with the real CLI.
+pub fn token(db_url: &str, caps: &str, project: Option<&str>) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", "create", "--name", "t", "--capabilities", caps]);
+    cmd.args(["--database-url", db_url]);
+    if let Some(p) = project {
+        cmd.args(["--project-id", p]);
+    }
+    let out = cmd.output().expect("run layerline token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// `method url` with the admin token and a JSON body; the status and the JSON answer.
 pub async fn call(method: Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
