@@ -1724,6 +1724,18 @@ async fn imported_images_keep_their_real_age(db: &TestDb) {
         let at = chrono::DateTime::parse_from_rfc3339(&created(odd_one)).unwrap();
         assert!(at >= started && at <= chrono::Utc::now(), "{odd_one}: {at}");
     }
+    // The import log says which creation times it ignored.
+    let (_, log) = call(
+        Method::GET,
+        &format!("{}/v1/images/{odd}/build-log", server.base),
+        None,
+    )
+    .await;
+    let log = log["data"]["log"].as_str().unwrap_or_default().to_owned();
+    assert!(log.contains("creation_times_ignored"), "{log}");
+    for odd_one in [&old, &future] {
+        assert!(log.contains(&format!("team/odd@{odd_one}")), "{log}");
+    }
     // The Scaleway tag shows it.
     let (_, tags) = call(
         Method::GET,

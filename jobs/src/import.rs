@@ -58,13 +58,13 @@ const BOUNDARY_EVERY: std::time::Duration = std::time::Duration::from_millis(100
 /// Imports `items`, in one pipeline whatever repository each comes from: [`CONCURRENCY`] tags
 /// are fetched and verified (and copied to their backend, when there is one) at all times,
 /// while a recorder task records what is verified, everything waiting at once in one append
-/// per image. Progress counts tags. Returns the manifests recorded now and what the copies
-/// did.
+/// per image. Progress counts tags. Returns the manifests recorded now, what the copies did,
+/// and the manifests whose stated creation time was ignored.
 async fn import_items(
     client: &Client,
     items: Vec<Item>,
     ctx: &mut Ctx<'_>,
-) -> Result<(usize, Copied), Failure> {
+) -> Result<(usize, Copied, Vec<String>), Failure> {
     let total = items.len() as i64;
     let (to_record, queue) = tokio::sync::mpsc::unbounded_channel();
     let (recorded_tx, mut recorded) = tokio::sync::watch::channel(0_i64);
@@ -77,12 +77,12 @@ async fn import_items(
     let fetched = fetch_all(client, items, ctx, total, &to_record, &mut recorded).await;
     drop(to_record);
     match fetched {
-        Ok(copied) => {
+        Ok((copied, ages_ignored)) => {
             let manifests = recording
                 .await
                 .map_err(|e| Failure::Transient(format!("the recorder died: {e}")))?
                 .map_err(failure)?;
-            Ok((manifests, copied))
+            Ok((manifests, copied, ages_ignored))
         }
         Err(f) => {
             // What was verified before the failure is recorded (a cancel waited for the
@@ -107,10 +107,11 @@ async fn fetch_all(
     total: i64,
     to_record: &tokio::sync::mpsc::UnboundedSender<ToRecord>,
     recorded: &mut tokio::sync::watch::Receiver<i64>,
-) -> Result<Copied, Failure> {
+) -> Result<(Copied, Vec<String>), Failure> {
     let mut next = items.into_iter();
     let mut fetching = tokio::task::JoinSet::new();
     let mut copied = Copied::default();
+    let mut ages_ignored = Vec::new();
     let start = |fetching: &mut tokio::task::JoinSet<_>, item: Item| {
         let client = client.clone();
         fetching.spawn(async move {
@@ -176,6 +177,7 @@ async fn fetch_all(
                     .inspect_err(|_| metric::imported(0, 0, 1, 0))
                     .map_err(failure)?;
                 copied += copy;
+                ages_ignored.extend(verified.ages_ignored.iter().cloned());
                 let due = !passing && last_boundary.elapsed() >= BOUNDARY_EVERY;
                 let step = due.then(|| format!("import {repo}:{tag}"));
                 let tag = ToRecord::Tag(image_id, verified, tag);
@@ -209,7 +211,19 @@ async fn fetch_all(
             }
         }
     }
-    Ok(copied)
+    Ok((copied, ages_ignored))
+}
+
+/// The import log's note of the creation times ignored (at most the first 20 named).
+fn ages_note(output: &mut serde_json::Value, ignored: &[String]) {
+    if ignored.is_empty() {
+        return;
+    }
+    output["creation_times_ignored"] = json!({
+        "count": ignored.len(),
+        "reason": "before 1990 or in the future: these images count as recorded now",
+        "manifests": ignored.iter().take(20).collect::<Vec<_>>(),
+    });
 }
 
 /// Passing a step boundary of [`fetch_all`]: hands back what it borrowed, and the result.
@@ -375,7 +389,7 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
             target: target.clone(),
         })
         .collect();
-    let (recorded_now, copied) = import_items(&client, items, ctx).await?;
+    let (recorded_now, copied, ages_ignored) = import_items(&client, items, ctx).await?;
     ctx.boundary(total, total, "done", true).await?;
     let image: Image = ctx.registry().load(&input.image_id).await?;
     let mut output = json!({
@@ -385,6 +399,7 @@ async fn import_image(input: ImportInput, ctx: &mut Ctx<'_>) -> Outcome {
         "manifests_recorded": recorded_now,
         "image_size": image.size,
     });
+    ages_note(&mut output, &ages_ignored);
     if let Some(b) = backend {
         output["backend"] = backend_output(&b, copied);
     }
@@ -456,7 +471,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
     let tags_seen = items.len();
     let listed_ms = listing.elapsed().as_millis() as u64;
     let importing = std::time::Instant::now();
-    let (recorded_now, copied) = import_items(&client, items, ctx).await?;
+    let (recorded_now, copied, ages_ignored) = import_items(&client, items, ctx).await?;
     let imported_ms = importing.elapsed().as_millis() as u64;
     let tags = tags_seen as i64;
     ctx.boundary(tags, tags, "done", true).await?;
@@ -467,6 +482,7 @@ async fn import_catalog(input: CatalogImport, ctx: &mut Ctx<'_>) -> Outcome {
         "manifests_recorded": recorded_now,
         "timings_ms": {"list": listed_ms, "import": imported_ms},
     });
+    ages_note(&mut output, &ages_ignored);
     if let Some(b) = backend {
         output["backend"] = backend_output(&b, copied);
     }

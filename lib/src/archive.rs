@@ -265,6 +265,7 @@ fn oci_layout(
             manifests,
             fetched,
             digest,
+            ages_ignored: Vec::new(),
         };
         images.push((verified, tag));
     }
@@ -347,6 +348,7 @@ fn docker_save(
             manifests: vec![manifest.clone()],
             fetched: vec![fetched.clone()],
             digest: fetched.digest.clone(),
+            ages_ignored: Vec::new(),
         };
         if tags.is_empty() {
             images.push((verified(named.clone()), None));

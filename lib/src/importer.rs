@@ -201,6 +201,9 @@ pub struct Verified {
     /// The manifests as fetched, in the order of `manifests`: what a copy pushes.
     pub fetched: Vec<Fetched>,
     pub digest: String,
+    /// Manifests whose config states a creation time before 1990 or in the future, which
+    /// was ignored (`repository@digest`): what the import log reports.
+    pub ages_ignored: Vec<String>,
 }
 
 /// Fetches manifest `reference` (a tag or a digest) of `repo` and, for an index, each child;
@@ -233,9 +236,15 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     fetched.push(top);
     // An image's age: its annotation (already read), else its config's `created`; an index
     // without an annotation is as old as its newest child.
+    let mut ages_ignored = Vec::new();
     for m in manifests.iter_mut().filter(|m| m.created.is_none()) {
         if let Some(config) = &m.config {
-            m.created = config_created(client, repo, &named, &config.digest, config.size).await?;
+            let (created, ignored) =
+                config_created(client, repo, &named, &config.digest, config.size).await?;
+            m.created = created;
+            if ignored {
+                ages_ignored.push(format!("{repo}@{}", m.digest));
+            }
         }
     }
     let top = manifests.last_mut().expect("the top manifest");
@@ -255,6 +264,7 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
         manifests,
         fetched,
         digest,
+        ages_ignored,
     })
 }
 
@@ -262,17 +272,17 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
 const MAX_CONFIG_BYTES: i64 = 1024 * 1024;
 
 /// The creation time image config `digest` (of `size` bytes) of `repo` states, when it states
-/// a sane one. A time before 1990 or in the future is logged and ignored: the image's age is
-/// then when it is recorded.
+/// a sane one, and whether it stated one that was ignored: a time before 1990 or in the
+/// future is logged and ignored, and the image's age is then when it is recorded.
 async fn config_created(
     client: &Client,
     repo: &str,
     named: &str,
     digest: &str,
     size: i64,
-) -> Result<Option<String>, Failed> {
+) -> Result<(Option<String>, bool), Failed> {
     if !(0..=MAX_CONFIG_BYTES).contains(&size) {
-        return Ok(None);
+        return Ok((None, false));
     }
     let (res, _) = client.blob(repo, digest).await?;
     let bytes = res
@@ -281,7 +291,8 @@ async fn config_created(
         .map_err(|e| Failed::Transient(format!("config {digest} of {named}: {e}")))?;
     let now = chrono::Utc::now();
     let created = crate::oci::config_created(&bytes, now);
-    if created.is_none() && has_created(&bytes) {
+    let ignored = created.is_none() && has_created(&bytes);
+    if ignored {
         tracing::warn!(
             manifest = named,
             config = digest,
@@ -289,7 +300,7 @@ async fn config_created(
              taken as the time it is recorded"
         );
     }
-    Ok(created)
+    Ok((created, ignored))
 }
 
 /// Whether a config states a `created` time at all.
