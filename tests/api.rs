@@ -1137,6 +1137,11 @@ async fn openapi_describes_every_route_with_schemas(env: Env) {
         ("post", "/v1/images".to_owned(), Some("CreateImage")),
         ("post", "/v1/hooks/registry".to_owned(), None),
         ("get", "/v1/images/{id}/build-log".to_owned(), None),
+        (
+            "get",
+            "/v1/images/{id}/manifests/{digest}/referrers".to_owned(),
+            None,
+        ),
         ("get", "/v1/prune-policies".to_owned(), None),
         ("post", "/v1/prune-policies".to_owned(), None),
         ("get", "/v1/prune-policies/{id}".to_owned(), None),

@@ -46,10 +46,12 @@ struct Theirs {
     policy: String,
     /// A manifest's id in the Yandex listing.
     manifest: String,
+    /// A manifest's digest.
+    digest: String,
 }
 
 impl Theirs {
-    fn all(&self) -> [&str; 7] {
+    fn all(&self) -> [&str; 8] {
         [
             &self.namespace,
             &self.namespace_name,
@@ -58,6 +60,7 @@ impl Theirs {
             &self.job,
             &self.policy,
             &self.manifest,
+            &self.digest,
         ]
     }
 
@@ -77,6 +80,7 @@ impl Theirs {
                     (_, "tags") => self.tag.clone(),
                     (_, "jobs") => self.job.clone(),
                     (_, "prune-policies") => self.policy.clone(),
+                    (_, "manifests") => self.digest.clone(),
                     _ => panic!("{template}: no id of another project for {segment}"),
                 },
             };
@@ -220,6 +224,7 @@ async fn no_route_shows_or_changes_another_projects_resources(db: &TestDb) {
         job: job.clone(),
         policy,
         manifest,
+        digest: common::digest(1),
     };
 
     let mine = token(&db.url, "admin", Some("p1"));

@@ -313,6 +313,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 on_both_backends!(
+    attachments_are_found_by_subject_and_by_both_tag_schemes,
     imported_images_keep_their_real_age,
     forged_notifications_change_nothing_until_the_registry_agrees,
     an_import_records_tags_manifests_and_the_registrys_sizes_once,
@@ -1819,6 +1820,143 @@ async fn imported_images_keep_their_real_age(db: &TestDb) {
             .is_empty()
     );
 
+    // Rebuilt from the log, the read models say the same.
+    let before = store.read_model_rows().await.unwrap();
+    store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
+}
+
+/// An image with the three kinds of attachment a registry without the referrers API holds,
+/// written as their tools write them: a cosign signature tagged `sha256-<hex>.sig`, an SBOM
+/// (an untagged manifest with `subject` and `artifactType`) and the OCI referrers tag
+/// schema's index tagged `sha256-<hex>` listing it. After an import, the image's manifest
+/// lists all three, each once, with how it is attached, and `filter[artifact_type]` keeps
+/// the SBOM.
+async fn attachments_are_found_by_subject_and_by_both_tag_schemes(db: &TestDb) {
+    let reg = Registry::start().await;
+    let (app, app_body) = reg.image("team/app", "v1", OCI_MANIFEST, &["app"]).await;
+    let hex = app.strip_prefix("sha256:").unwrap().to_owned();
+    let (sig, _) = reg
+        .image(
+            "team/app",
+            &format!("sha256-{hex}.sig"),
+            OCI_MANIFEST,
+            &["signature"],
+        )
+        .await;
+    let empty = reg.blob("team/app", b"{}").await;
+    let sbom_layer = reg.blob("team/app", b"an sbom").await;
+    let sbom_type = "application/spdx+json";
+    let sbom = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": sbom_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": sbom_type, "digest": sbom_layer, "size": 7}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": app, "size": app_body.len()},
+    })
+    .to_string();
+    let sbom_digest = sha256(sbom.as_bytes());
+    reg.manifest("team/app", &sbom_digest, OCI_MANIFEST, sbom.as_bytes())
+        .await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(),
+                       "artifactType": sbom_type}],
+    })
+    .to_string();
+    let index_digest = reg
+        .manifest(
+            "team/app",
+            &format!("sha256-{hex}"),
+            OCI_INDEX,
+            index.as_bytes(),
+        )
+        .await;
+
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let image = fx.image(&ns, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "all"]);
+    let j = import(
+        &server,
+        &image,
+        json!({"registry": reg.base, "repository": "team/app"}),
+    )
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let url = |query: &str| {
+        format!(
+            "{}/v1/images/{image}/manifests/{app}/referrers{query}",
+            server.base
+        )
+    };
+    let (status, body) = call(Method::GET, &url(""), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut found: Vec<(String, String)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["digest"].as_str().unwrap().to_owned(),
+                r["attached_by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    let mut expected = vec![
+        (sig.clone(), "cosign_tag".to_owned()),
+        (sbom_digest.clone(), "subject".to_owned()),
+        (index_digest.clone(), "referrers_tag".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(found, expected, "{body}");
+    let (_, only) = call(
+        Method::GET,
+        &url(&format!(
+            "?filter[artifact_type]={}",
+            sbom_type.replace('+', "%2B")
+        )),
+        None,
+    )
+    .await;
+    let only: Vec<&str> = only["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(only, [sbom_digest.as_str()]);
+    // The signature itself has none; a digest the image lacks is 404.
+    let (status, none) = call(
+        Method::GET,
+        &format!(
+            "{}/v1/images/{image}/manifests/{sig}/referrers",
+            server.base
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, none["data"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{none}"
+    );
+    let (status, _) = call(
+        Method::GET,
+        &format!(
+            "{}/v1/images/{image}/manifests/{}/referrers",
+            server.base,
+            common::digest(9)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
     // Rebuilt from the log, the read models say the same.
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();

@@ -38,6 +38,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/images/{id}/tasks", post(image_task))
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}/build-log", get(build_log))
+        .route(
+            "/v1/images/{id}/manifests/{digest}/referrers",
+            get(referrers),
+        )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1047,6 +1051,79 @@ async fn prune_task(
         project_id: Some(namespace.project_id),
     };
     accepted(state, sub, StatusCode::ACCEPTED).await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReferrerParams {
+    /// Only attachments of this artifact type.
+    #[serde(rename = "filter[artifact_type]")]
+    #[param(rename = "filter[artifact_type]")]
+    filter_artifact_type: Option<String>,
+}
+
+/// A manifest attached to another: a signature, an SBOM, an attestation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Referrer {
+    digest: String,
+    media_type: String,
+    artifact_type: Option<String>,
+    /// How it is attached: `subject` (OCI 1.1), `cosign_tag` (`sha256-<hex>.sig|.att|.sbom`),
+    /// `referrers_tag` (the OCI referrers tag schema's index, `sha256-<hex>`) or
+    /// `referrers_index` (listed by that index).
+    attached_by: String,
+    /// The tag that attaches it, for the two tag schemes.
+    tag: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/v1/images/{id}/manifests/{digest}/referrers", tag = "jobs",
+    params(("id" = String, Path), ("digest" = String, Path), ReferrerParams),
+    summary = "The manifests attached to a manifest of the image (images-view)",
+    responses((status = 401, description = "No valid token"), (status = 403, description = "The token lacks the capability"), (status = 200, description = "Its attachments", body = Data<Vec<Referrer>>), (status = 404, description = "No such image or manifest")),
+    security(("token" = []), ("bearer" = []))
+)]
+pub(crate) async fn referrers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, digest)): Path<(String, String)>,
+    Params(q): Params<ReferrerParams>,
+) -> Result<Response, ApiError> {
+    let p = principal(&state, &headers, Capability::ImagesView).await?;
+    visible_image(&state, &p, &id).await?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "404.manifest",
+            "Not found",
+            format!("image {id} has no manifest {digest}"),
+        )
+    };
+    if crate::domain::validate::digest("digest", &digest).is_err()
+        || !state
+            .store()
+            .has_manifest(&id, &digest)
+            .await
+            .map_err(internal)?
+    {
+        return Err(missing());
+    }
+    let rows = state
+        .store()
+        .referrers(&id, &digest, q.filter_artifact_type.as_deref())
+        .await
+        .map_err(internal)?;
+    let list: Vec<Referrer> = rows
+        .into_iter()
+        .map(|r| Referrer {
+            digest: r.digest,
+            media_type: r.media_type,
+            artifact_type: r.artifact_type,
+            attached_by: r.attached_by,
+            tag: r.tag,
+        })
+        .collect();
+    Ok(data(StatusCode::OK, list))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

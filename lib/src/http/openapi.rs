@@ -45,6 +45,7 @@ use super::{archives, backends, cycle, hooks, policies, scaleway, yandex};
         cycle::image_task,
         cycle::create_image,
         cycle::build_log,
+        cycle::referrers,
         policies::list_policies,
         policies::create_policy,
         policies::get_policy,

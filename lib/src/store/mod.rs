@@ -493,6 +493,22 @@ impl Store {
         dispatch!(self, s => s.last_job_key(prefix).await)
     }
 
+    /// The manifests of image `image_id` attached to its manifest `digest`, each once, with
+    /// how (see [`rows::ReferrerRow`]); only those of `artifact_type`, when given.
+    pub async fn referrers(
+        &self,
+        image_id: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<rows::ReferrerRow>, StoreError> {
+        dispatch!(self, s => s.referrers(image_id, digest, artifact_type).await)
+    }
+
+    /// Whether image `image_id` has manifest `digest`.
+    pub async fn has_manifest(&self, image_id: &str, digest: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.has_manifest(image_id, digest).await)
+    }
+
     /// Namespace `namespace_id`'s image named `name`.
     pub async fn image_by_name(
         &self,

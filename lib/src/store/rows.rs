@@ -90,6 +90,23 @@ pub struct ManifestRow {
     pub seq: i64,
     /// Its layers, packed for prune planning ([`super::plans::pack_layers`]).
     pub layers_packed: String,
+    /// The digest of the manifest it is attached to (OCI 1.1 `subject`).
+    pub subject: Option<String>,
+    pub artifact_type: Option<String>,
+}
+
+/// A manifest attached to another (a signature, an SBOM, an attestation), and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReferrerRow {
+    pub digest: String,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    /// `subject` (its OCI 1.1 subject names the manifest), `cosign_tag` (tagged
+    /// `sha256-<hex>.sig|.att|.sbom`), `referrers_tag` (the OCI referrers tag schema's index,
+    /// tagged `sha256-<hex>`) or `referrers_index` (listed by that index).
+    pub attached_by: String,
+    /// The tag that attaches it, for the two tag schemes.
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -403,6 +420,8 @@ pub fn materialize<'a>(
                 created_at: m.created_at.clone(),
                 seq: m.seq,
                 layers_packed: super::plans::pack_layers(&r.layers),
+                subject: r.subject.clone(),
+                artifact_type: r.artifact_type.clone(),
             });
             for (idx, layer) in r.layers.iter().enumerate() {
                 rows.manifest_layers.push(ManifestLayerRow {

@@ -799,7 +799,8 @@ async fn record_manifests(
     for chunk in run.chunks(MANIFESTS_PER_STATEMENT) {
         let mut insert = QueryBuilder::<Db>::new(
             "INSERT INTO manifests (image_id, digest, media_type, platform, config_digest, \
-             config_size, config_media_type, blobs_size, created_at, seq, layers_packed) ",
+             config_size, config_media_type, blobs_size, created_at, seq, layers_packed, \
+             subject, artifact_type) ",
         );
         insert.push_values(chunk, |mut row, (m, position)| {
             row.push_bind(image_id.to_owned())
@@ -813,7 +814,9 @@ async fn record_manifests(
                 // The image's creation time, when the manifest says; else now.
                 .push_bind(m.created.clone().unwrap_or_else(|| at.to_owned()))
                 .push_bind(*position)
-                .push_bind(crate::store::plans::pack_layers(&m.layers));
+                .push_bind(crate::store::plans::pack_layers(&m.layers))
+                .push_bind(m.subject.clone())
+                .push_bind(m.artifact_type.clone());
         });
         insert.build().execute(&mut *conn).await?;
     }

@@ -11,7 +11,8 @@ const IMAGE_COLUMNS: &str = "id, namespace_id, region, project_id, organization_
     visibility, status, size, created_at, updated_at, version";
 const TAG_COLUMNS: &str = "id, image_id, name, digest, created_at, updated_at, pushed_version";
 const MANIFEST_COLUMNS: &str = "image_id, digest, media_type, platform, config_digest, \
-    config_size, config_media_type, blobs_size, created_at, seq, layers_packed";
+    config_size, config_media_type, blobs_size, created_at, seq, layers_packed, subject, \
+    artifact_type";
 const MANIFEST_LAYER_COLUMNS: &str = "image_id, manifest_digest, idx, digest, size, media_type";
 const MANIFEST_CHILD_COLUMNS: &str = "image_id, parent_digest, idx, child_digest";
 const IMAGE_BLOB_COLUMNS: &str = "image_id, digest, size, refs";
@@ -28,6 +29,10 @@ const JOB_DESCRIPTOR_COLUMNS: &str = "id, kind, state, caption, creator, input, 
 
 const POLICY_COLUMNS: &str = "id, name, namespace_id, body, enabled, schedule, timezone, \
     last_run_job_id, created_at, updated_at, version";
+
+/// A row of [`SqlStore::referrers`]' query: digest, media type, artifact type, how it is
+/// attached, the tag that attaches it.
+type ReferrerTuple = (String, String, Option<String>, String, Option<String>);
 
 fn policy_row(r: &DbRow) -> Result<PolicyRow, sqlx::Error> {
     Ok(PolicyRow {
@@ -106,6 +111,8 @@ fn manifest_row(r: &DbRow) -> Result<ManifestRow, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         seq: r.try_get("seq")?,
         layers_packed: r.try_get("layers_packed")?,
+        subject: r.try_get("subject")?,
+        artifact_type: r.try_get("artifact_type")?,
     })
 }
 
@@ -347,6 +354,76 @@ impl SqlStore {
     }
 
     /// Namespace `namespace_id`'s image named `name` (the unique key of the pair).
+    /// The manifests of image `image_id` attached to its manifest `digest` (see
+    /// [`ReferrerRow`]): by their `subject` (indexed), by a tag of cosign's scheme or of the
+    /// OCI referrers tag schema (by the tags' unique name index), and the manifests that
+    /// schema's index lists. Each once, the first way found; `artifact_type` filters.
+    pub async fn referrers(
+        &self,
+        image_id: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<crate::store::rows::ReferrerRow>, StoreError> {
+        // The tag schemes name sha256 digests only; others are found by subject alone.
+        let fallback = digest
+            .strip_prefix("sha256:")
+            .map(|hex| format!("sha256-{hex}"))
+            .unwrap_or_default();
+        let rows: Vec<ReferrerTuple> = sqlx::query_as(
+            "SELECT m.digest, m.media_type, m.artifact_type, 'subject', CAST(NULL AS TEXT) \
+             FROM manifests m WHERE m.image_id = $1 AND m.subject = $2 \
+             UNION ALL \
+             SELECT m.digest, m.media_type, m.artifact_type, \
+                    CASE WHEN t.name = $3 THEN 'referrers_tag' ELSE 'cosign_tag' END, t.name \
+             FROM tags t JOIN manifests m ON m.image_id = t.image_id AND m.digest = t.digest \
+             WHERE t.image_id = $1 AND t.name IN ($3, $4, $5, $6) \
+             UNION ALL \
+             SELECT m.digest, m.media_type, m.artifact_type, 'referrers_index', \
+                    CAST(NULL AS TEXT) \
+             FROM tags t JOIN manifest_children c \
+                  ON c.image_id = t.image_id AND c.parent_digest = t.digest \
+             JOIN manifests m ON m.image_id = c.image_id AND m.digest = c.child_digest \
+             WHERE t.image_id = $1 AND t.name = $3",
+        )
+        .bind(image_id)
+        .bind(digest)
+        .bind(&fallback)
+        .bind(format!("{fallback}.sig"))
+        .bind(format!("{fallback}.att"))
+        .bind(format!("{fallback}.sbom"))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(rows
+            .into_iter()
+            .filter(|r| !fallback.is_empty() || r.3 == "subject")
+            .filter(|r| artifact_type.is_none_or(|a| r.2.as_deref() == Some(a)))
+            .filter(|r| seen.insert(r.0.clone()))
+            .map(
+                |(digest, media_type, artifact_type, attached_by, tag)| {
+                    crate::store::rows::ReferrerRow {
+                        digest,
+                        media_type,
+                        artifact_type,
+                        attached_by,
+                        tag,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// Whether image `image_id` has manifest `digest`.
+    pub async fn has_manifest(&self, image_id: &str, digest: &str) -> Result<bool, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM manifests WHERE image_id = $1 AND digest = $2")
+                .bind(image_id)
+                .bind(digest)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n > 0)
+    }
+
     pub async fn image_by_name(
         &self,
         namespace_id: &str,
