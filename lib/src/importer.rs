@@ -247,17 +247,11 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
             }
         }
     }
-    let top = manifests.last_mut().expect("the top manifest");
-    if top.created.is_none() && !top.children.is_empty() {
-        let children = top.children.clone();
-        let newest = manifests
-            .iter()
-            .filter(|m| children.contains(&m.digest))
-            .filter_map(|m| m.created.clone())
-            .max();
-        if let Some(top) = manifests.last_mut() {
-            top.created = newest;
-        }
+    // The children come first in `manifests`, the index last.
+    if let Some((top, children)) = manifests.split_last_mut()
+        && top.created.is_none()
+    {
+        top.created = children.iter().filter_map(|m| m.created.clone()).max();
     }
     Ok(Verified {
         named,
@@ -289,9 +283,8 @@ async fn config_created(
         .bytes()
         .await
         .map_err(|e| Failed::Transient(format!("config {digest} of {named}: {e}")))?;
-    let now = chrono::Utc::now();
-    let created = crate::oci::config_created(&bytes, now);
-    let ignored = created.is_none() && has_created(&bytes);
+    let (created, stated) = crate::oci::config_created(&bytes, chrono::Utc::now());
+    let ignored = created.is_none() && stated;
     if ignored {
         tracing::warn!(
             manifest = named,
@@ -301,14 +294,6 @@ async fn config_created(
         );
     }
     Ok((created, ignored))
-}
-
-/// Whether a config states a `created` time at all.
-fn has_created(config: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(config)
-        .ok()
-        .and_then(|v| v.get("created").cloned())
-        .is_some_and(|c| !c.is_null())
 }
 
 /// Records several verified manifests, each with the tag to point at it (if any), into

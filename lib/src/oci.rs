@@ -1108,15 +1108,18 @@ pub fn creation_time(text: &str, now: chrono::DateTime<chrono::Utc>) -> Option<S
     (t >= earliest && t <= now + chrono::Duration::days(1)).then(|| crate::domain::format_time(t))
 }
 
-/// The `created` time an image's config states, checked as [`creation_time`] does; `None`
-/// when the config has none, or one outside the sane range.
-pub fn config_created(config: &[u8], now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+/// What an image's config says of its creation: the time, checked as [`creation_time`]
+/// does, and whether it stated one at all (a stated time that is refused is reported).
+pub fn config_created(config: &[u8], now: chrono::DateTime<chrono::Utc>) -> (Option<String>, bool) {
     #[derive(Deserialize)]
     struct Config {
         created: Option<String>,
     }
-    let c: Config = serde_json::from_slice(config).ok()?;
-    creation_time(c.created.as_deref()?, now)
+    let stated = serde_json::from_slice::<Config>(config)
+        .ok()
+        .and_then(|c| c.created);
+    let created = stated.as_deref().and_then(|t| creation_time(t, now));
+    (created, stated.is_some())
 }
 
 /// The event recording `fetched` (parsed as `parsed`), reached through an index with
@@ -1244,8 +1247,16 @@ mod tests {
         assert_eq!(creation_time("1989-12-31T23:59:59Z", now), None);
         assert_eq!(creation_time("2199-01-01T00:00:00Z", now), None);
         assert_eq!(creation_time("yesterday", now), None);
-        assert!(config_created(br#"{"created":"2024-01-05T10:00:00Z"}"#, now).is_some());
-        assert_eq!(config_created(br#"{"architecture":"amd64"}"#, now), None);
+        let (created, stated) = config_created(br#"{"created":"2024-01-05T10:00:00Z"}"#, now);
+        assert!(created.is_some() && stated);
+        assert_eq!(
+            config_created(br#"{"architecture":"amd64"}"#, now),
+            (None, false)
+        );
+        assert_eq!(
+            config_created(br#"{"created":"1970-01-01T00:00:00Z"}"#, now),
+            (None, true)
+        );
     }
 
     #[test]

@@ -196,11 +196,7 @@ fn token_mac(key: &[u8], query: &ManifestQuery, seq: i64) -> Hmac<Sha256> {
 /// A page token: the last row's `seq` and its tag (see [`token_mac`]).
 fn page_token(key: &[u8], query: &ManifestQuery, seq: i64) -> String {
     let tag = token_mac(key, query, seq).finalize().into_bytes();
-    let hex: String = tag[..TAG_BYTES]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{seq}.{hex}")
+    format!("{seq}.{}", crate::domain::token::to_hex(&tag[..TAG_BYTES]))
 }
 
 /// The position a token this listing issued points at; any other token is refused.
@@ -211,14 +207,8 @@ fn parse_page_token(key: &[u8], query: &ManifestQuery, token: &str) -> Result<i6
     }
     let (seq, hex) = token.split_once('.').ok_or_else(bad)?;
     let seq: i64 = seq.parse().map_err(|_| bad())?;
-    let tag: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .filter(|t: &Vec<u8>| t.len() == TAG_BYTES)
+    let tag = crate::domain::token::from_hex(hex)
+        .filter(|t| t.len() == TAG_BYTES)
         .ok_or_else(bad)?;
     token_mac(key, query, seq)
         .verify_truncated_left(&tag)

@@ -537,25 +537,17 @@ impl Store {
     /// UUIDs from the operating system's generator, 244 random bits), stored in the database
     /// so every process of the deployment shares it.
     pub async fn server_key(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let candidate: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+        use crate::domain::token::{from_hex, to_hex};
+        let random: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
             .iter()
             .flat_map(|u| u.into_bytes())
-            .map(|b| format!("{b:02x}"))
             .collect();
-        let hex = dispatch!(self, s => s.server_key(name, &candidate).await)?;
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .filter(|k| k.len() == 32)
-            .ok_or_else(|| {
-                StoreError::Database(sqlx::Error::Decode(
-                    format!("server key {name} is not 32 bytes of hex").into(),
-                ))
-            })
+        let hex = dispatch!(self, s => s.server_key(name, &to_hex(&random)).await)?;
+        from_hex(&hex).filter(|k| k.len() == 32).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("server key {name} is not 32 bytes of hex").into(),
+            ))
+        })
     }
 
     /// Job `job_id`'s stored plan, if it has one.

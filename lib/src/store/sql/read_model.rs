@@ -393,10 +393,10 @@ impl SqlStore {
         .bind(format!("{fallback}.sbom"))
         .fetch_all(&self.pool)
         .await?;
+        // (Without a sha256 digest the tag names are empty or start with '.': no tag has one.)
         let mut seen = std::collections::HashSet::new();
         Ok(rows
             .into_iter()
-            .filter(|r| !fallback.is_empty() || r.3 == "subject")
             .filter(|r| artifact_type.is_none_or(|a| r.2.as_deref() == Some(a)))
             .filter(|r| seen.insert(r.0.clone()))
             .map(
