@@ -1505,8 +1505,13 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
                 tag: Some(format!("a{attempt}-t{idx}")),
                 digest: digest(idx as u64),
                 pushed_version: Some(idx + 1),
-                reason: Reason::KeepLast,
+                reason: if idx % 2 == 0 {
+                    Reason::KeepLast
+                } else {
+                    Reason::AttachmentOf
+                },
                 bytes: 0,
+                subject: (idx % 2 == 1).then(|| digest(idx as u64 - 1)),
             })
             .collect()
     };

@@ -117,7 +117,7 @@ fn select_images(
         if plan.deletions() == 0 {
             continue;
         }
-        let item = |kind, reason, digest| PlanItem {
+        let item = |kind, reason, digest, subject: Option<&str>| PlanItem {
             idx: 0,
             image_id: image.id.clone(),
             image_name: image.name.clone(),
@@ -127,19 +127,20 @@ fn select_images(
             pushed_version: None,
             reason,
             bytes: 0,
+            subject: subject.map(str::to_owned),
         };
         let mut items = Vec::with_capacity(plan.deletions());
         for t in plan.tags {
             items.push(PlanItem {
                 tag: Some(t.name.to_owned()),
                 pushed_version: Some(t.pushed_version),
-                ..item(ItemKind::Tag, t.reason, t.digest.to_owned())
+                ..item(ItemKind::Tag, t.reason, t.digest.to_owned(), t.subject)
             });
         }
         for m in plan.manifests {
             items.push(PlanItem {
                 bytes: m.bytes,
-                ..item(ItemKind::Manifest, m.reason, m.digest.to_owned())
+                ..item(ItemKind::Manifest, m.reason, m.digest.to_owned(), m.subject)
             });
         }
         out.push(items);

@@ -161,6 +161,28 @@ impl Image {
             .any(|m| m.recorded.children.iter().any(|c| c == digest))
     }
 
+    /// The manifests attached to `digest` (design §11): those naming it as their `subject`,
+    /// and those a tag of cosign's scheme or of the referrers tag schema names it on.
+    pub fn attachments(&self, digest: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .manifests
+            .values()
+            .filter(|m| m.recorded.subject.as_deref() == Some(digest))
+            .map(|m| m.recorded.digest.clone())
+            .collect();
+        if let Some(hex) = digest.strip_prefix("sha256:") {
+            for suffix in ["", ".sig", ".att", ".sbom"] {
+                if let Some(t) = self.tags.get(&format!("sha256-{hex}{suffix}"))
+                    && t.digest != digest
+                    && !out.contains(&t.digest)
+                {
+                    out.push(t.digest.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Whether any tag points at `digest`.
     pub fn is_tagged(&self, digest: &str) -> bool {
         self.tags.values().any(|t| t.digest == digest)
@@ -509,13 +531,14 @@ impl Plan {
         }
     }
 
-    /// Deletes `digest` and then each of its children that nothing else keeps (no tag, no
-    /// other index).
+    /// Deletes `digest`, then each of its children that nothing else keeps (no tag, no
+    /// other index), then its attachments with their tags, at any depth: they belong to it.
     fn delete_manifest(&mut self, digest: &str) {
         let Some(m) = self.state.manifests.get(digest) else {
             return;
         };
         let children = m.recorded.children.clone();
+        let attachments = self.state.attachments(digest);
         self.emit(DomainEvent::ManifestDeleted(ManifestDeleted {
             digest: digest.to_owned(),
         }));
@@ -525,6 +548,16 @@ impl Plan {
                 && !self.state.is_tagged(&child)
             {
                 self.delete_manifest(&child);
+            }
+        }
+        // A referrer a referrers-schema index lists goes with that index, after it.
+        let (listed, alone): (Vec<String>, Vec<String>) = attachments
+            .into_iter()
+            .partition(|a| self.state.is_child(a));
+        for a in alone.into_iter().chain(listed) {
+            self.untag(&a);
+            if !self.state.is_child(&a) {
+                self.delete_manifest(&a);
             }
         }
     }
@@ -850,6 +883,76 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    /// A manifest attached to `subject` by its `subject` field.
+    fn referrer(n: u32, subject: u32) -> ManifestRecorded {
+        ManifestRecorded {
+            subject: Some(digest(subject)),
+            artifact_type: Some("application/spdx+json".into()),
+            ..manifest(n, &[(n + 500, 3)])
+        }
+    }
+
+    /// The tag of `subject`'s digest in a scheme (`""` is the referrers tag schema).
+    fn scheme(subject: u32, suffix: &str) -> String {
+        format!("{}{suffix}", digest(subject).replace(':', "-"))
+    }
+
+    /// Image 1 tagged `v1`, with a cosign signature (2), an SBOM by subject (3) listed by a
+    /// referrers-schema index (4), and a signature of the SBOM (5); image 6 tagged `v2`.
+    fn attached() -> Given {
+        given()
+            .record(manifest(1, &[(100, 1)]))
+            .tag("v1", 1)
+            .record(manifest(2, &[(101, 1)]))
+            .tag(&scheme(1, ".sig"), 2)
+            .record(referrer(3, 1))
+            .record(index(4, &[3]))
+            .tag(&scheme(1, ""), 4)
+            .record(manifest(5, &[(102, 1)]))
+            .tag(&scheme(3, ".sig"), 5)
+            .record(manifest(6, &[(103, 1)]))
+            .tag("v2", 6)
+    }
+
+    #[test]
+    fn deleting_a_tag_deletes_its_manifests_attachments_at_any_depth_in_one_decision() {
+        let mut g = attached();
+        let events = g.when(delete_tag("v1", false)).unwrap();
+        let mut gone = deleted(&events);
+        gone.sort();
+        let mut expected: Vec<String> =
+            (1..=5).map(|n| format!("manifest {}", digest(n))).collect();
+        expected.extend(["tag v1".to_owned()]);
+        expected.extend(
+            [scheme(1, ".sig"), scheme(1, ""), scheme(3, ".sig")].map(|t| format!("tag {t}")),
+        );
+        expected.sort();
+        assert_eq!(gone, expected);
+        assert_eq!(g.0.tags.keys().collect::<Vec<_>>(), ["v2"]);
+        assert_eq!(g.0.manifests.keys().collect::<Vec<_>>(), [&digest(6)]);
+        assert_eq!(g.0.size, 11, "only v2's config and layer remain");
+        // The same through DeleteManifest and an image's tags deleted in bulk.
+        for cmd in [
+            ImageCommand::DeleteManifest { digest: digest(1) },
+            ImageCommand::DeleteTags {
+                names: vec!["v1".into()],
+            },
+        ] {
+            let mut g = attached();
+            g.when(cmd).unwrap();
+            assert_eq!(g.0.manifests.keys().collect::<Vec<_>>(), [&digest(6)]);
+        }
+    }
+
+    #[test]
+    fn deleting_an_attachment_leaves_its_subject() {
+        let mut g = attached();
+        g.when(delete_tag(&scheme(1, ".sig"), false)).unwrap();
+        assert!(g.0.manifests.contains_key(&digest(1)));
+        assert!(!g.0.manifests.contains_key(&digest(2)));
+        assert_eq!(g.0.manifests.len(), 5);
     }
 
     #[test]

@@ -15,8 +15,15 @@
 //!    with `untagged`, also when no tag points to it and it was recorded before
 //!    `now - older_than`. A manifest an index lists is deleted only once every index
 //!    listing it is, and then goes with them.
-//! 5. Never deleted: a manifest a kept tag points to, and any child (at any depth) of such a
-//!    manifest.
+//! 5. Never deleted: a manifest a kept tag points to, and any child or attachment (at any
+//!    depth) of such a manifest.
+//! 6. **Attachments** (design §11) follow their subject: a manifest whose `subject` is
+//!    another manifest of the image, or one tagged `sha256-<hex>.sig|.att|.sbom` (cosign) or
+//!    `sha256-<hex>` (the OCI referrers tag schema) naming one. Their tags are never
+//!    candidates and count toward no `keep_last`; they are deleted, with their tags and at
+//!    any depth, when every manifest they are attached to is (`attachment_of`). An
+//!    attachment whose subject is not in the image is an orphan, and goes by the `untagged`
+//!    rule (`orphan_attachment`), as does a scheme tag naming a digest the image lacks.
 //!
 //! The bytes a deletion frees are those of the blobs no remaining manifest of the image
 //! references; each such blob is counted once, against the first deleted manifest (by
@@ -146,6 +153,8 @@ pub struct TagState<'a> {
 pub struct ManifestState<'a> {
     pub digest: &'a str,
     pub recorded_at: DateTime<Utc>,
+    /// The manifest it names as its OCI 1.1 `subject`, if any.
+    pub subject: Option<&'a str>,
     /// The manifests an index lists; empty for an image manifest.
     pub children: Vec<&'a str>,
     /// Its distinct blobs, `(digest, size)`.
@@ -175,6 +184,10 @@ pub enum Reason {
     Untagged,
     /// A child of a deleted index that no remaining index lists.
     ChildOfDeleted,
+    /// An attachment (signature, SBOM, attestation, referrers index) of a deleted manifest.
+    AttachmentOf,
+    /// An attachment whose subject is not in the image, by the `untagged` rule.
+    OrphanAttachment,
 }
 
 impl Reason {
@@ -187,17 +200,21 @@ impl Reason {
             Reason::TagsDeleted => "tags_deleted",
             Reason::Untagged => "untagged",
             Reason::ChildOfDeleted => "child_of_deleted",
+            Reason::AttachmentOf => "attachment_of",
+            Reason::OrphanAttachment => "orphan_attachment",
         }
     }
 
     /// Every reason (the names [`Reason::parse`] knows).
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 8] = [
         Reason::TagPattern,
         Reason::KeepLast,
         Reason::OlderThan,
         Reason::TagsDeleted,
         Reason::Untagged,
         Reason::ChildOfDeleted,
+        Reason::AttachmentOf,
+        Reason::OrphanAttachment,
     ];
 
     /// The reason named `name` (see [`Reason::as_str`]).
@@ -212,6 +229,8 @@ pub struct PlannedTag<'a> {
     pub digest: &'a str,
     pub pushed_version: i64,
     pub reason: Reason,
+    /// For `attachment_of`, the manifest it is attached to.
+    pub subject: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +239,8 @@ pub struct PlannedManifest<'a> {
     pub reason: Reason,
     /// Bytes of blobs only this deletion frees.
     pub bytes: i64,
+    /// For `attachment_of`, the manifest it is attached to.
+    pub subject: Option<&'a str>,
 }
 
 /// What the rules delete from one image, tags by name and manifests by digest.
@@ -239,13 +260,150 @@ impl ImagePlan<'_> {
     }
 }
 
+/// The digest hex a tag name of cosign's scheme (`sha256-<hex>.sig`, `.att`, `.sbom`) or of
+/// the OCI 1.1 referrers tag schema (`sha256-<hex>`) names, for 64 lowercase hex digits;
+/// `None` for any other name, which is an ordinary tag (design §11).
+pub fn scheme_hex(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("sha256-")?;
+    let (hex, suffix) = rest.split_at_checked(64)?;
+    let hex_ok = hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (hex_ok && matches!(suffix, "" | ".sig" | ".att" | ".sbom")).then_some(hex)
+}
+
+/// The digest a tag of one of the attachment schemes names (see [`scheme_hex`]).
+pub fn scheme_subject(name: &str) -> Option<String> {
+    scheme_hex(name).map(|hex| format!("sha256:{hex}"))
+}
+
+/// How one image's manifests hang together (design §11): which manifests each is attached
+/// to, which indexes list it, and the orphans (attached to a digest the image lacks).
+struct Relations<'a, 'm> {
+    manifests: HashMap<&'a str, &'m ManifestState<'a>>,
+    /// Per tag of the image (in its order): the digest it attaches its manifest to, when its
+    /// name is of a scheme and that digest is another manifest of the image.
+    tag_subject: Vec<Option<&'a str>>,
+    /// Tags of a scheme whose digest is not in the image.
+    orphan_tags: HashSet<&'a str>,
+    /// Per attachment, the manifests it is attached to (by `subject` or by a scheme tag).
+    subjects: HashMap<&'a str, Vec<&'a str>>,
+    /// Per manifest, what it goes with: the indexes listing it and what it is attached to.
+    owners: HashMap<&'a str, Vec<&'a str>>,
+    /// The reverse of `owners`: per manifest, the manifests that go with it.
+    dependents: HashMap<&'a str, Vec<&'a str>>,
+    /// Attachments whose subject is not in the image (by `subject`, or tagged only by
+    /// orphan scheme tags).
+    orphans: HashSet<&'a str>,
+}
+
+impl<'a, 'm> Relations<'a, 'm> {
+    fn of(image: &'m ImageState<'a>) -> Self {
+        let manifests: HashMap<&str, &ManifestState<'a>> =
+            image.manifests.iter().map(|m| (m.digest, m)).collect();
+        let mut subjects: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut orphans = HashSet::new();
+        for m in &image.manifests {
+            match m.subject {
+                Some(s) if s != m.digest && manifests.contains_key(s) => {
+                    subjects.entry(m.digest).or_default().push(s)
+                }
+                Some(_) => {
+                    orphans.insert(m.digest);
+                }
+                None => {}
+            }
+        }
+        let mut named = String::with_capacity(71);
+        let mut tag_subject = Vec::with_capacity(image.tags.len());
+        let mut orphan_tags = HashSet::new();
+        let mut orphan_tagged: Vec<&str> = Vec::new();
+        for t in &image.tags {
+            let Some(hex) = scheme_hex(t.name) else {
+                tag_subject.push(None);
+                continue;
+            };
+            named.clear();
+            named.push_str("sha256:");
+            named.push_str(hex);
+            match manifests.get_key_value(named.as_str()) {
+                Some((&s, _)) if s != t.digest && manifests.contains_key(t.digest) => {
+                    let list = subjects.entry(t.digest).or_default();
+                    if !list.contains(&s) {
+                        list.push(s);
+                    }
+                    tag_subject.push(Some(s));
+                }
+                _ => {
+                    orphan_tags.insert(t.name);
+                    orphan_tagged.push(t.digest);
+                    tag_subject.push(None);
+                }
+            }
+        }
+        // A manifest tagged only by orphan scheme tags is an orphan attachment; one any
+        // other tag names is not.
+        let ordinary: HashSet<&str> = image
+            .tags
+            .iter()
+            .filter(|t| !orphan_tags.contains(t.name))
+            .map(|t| t.digest)
+            .collect();
+        orphans.extend(orphan_tagged.into_iter().filter(|d| !ordinary.contains(d)));
+        orphans.retain(|d| !subjects.contains_key(d));
+
+        let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
+        for m in &image.manifests {
+            for &c in &m.children {
+                if manifests.contains_key(c) {
+                    owners.entry(c).or_default().push(m.digest);
+                }
+            }
+        }
+        for (&a, ss) in &subjects {
+            owners.entry(a).or_default().extend(ss.iter().copied());
+        }
+        let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (&c, os) in &owners {
+            for &o in os {
+                dependents.entry(o).or_default().push(c);
+            }
+        }
+        Relations {
+            manifests,
+            tag_subject,
+            orphan_tags,
+            subjects,
+            owners,
+            dependents,
+            orphans,
+        }
+    }
+
+    /// The first manifest `digest` is attached to, if it is an attachment.
+    fn subject(&self, digest: &str) -> Option<&'a str> {
+        self.subjects.get(digest).map(|s| s[0])
+    }
+}
+
 /// Selects what `rules` delete from `image` at time `now`.
 pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> ImagePlan<'a> {
     let cutoff = rules.older_than.map(|d| now - d);
+    let old = |at: DateTime<Utc>| cutoff.is_none_or(|c| at < c);
+    let rel = Relations::of(image);
+    // A tag of an attachment is no candidate: it goes with what it belongs to.
+    let ordinary = |i: usize, t: &TagState<'a>| {
+        rel.tag_subject[i].is_none()
+            && !rel.orphan_tags.contains(t.name)
+            && !rel.subjects.contains_key(t.digest)
+    };
     // 1–3: tags.
     let mut candidates: Vec<&TagState<'a>> = image
         .tags
         .iter()
+        .enumerate()
+        .filter(|(i, t)| ordinary(*i, t))
+        .map(|(_, t)| t)
         .filter(|t| rules.tag_pattern.is_match(t.name))
         .filter(|t| {
             !rules
@@ -264,79 +422,111 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
         (None, 0) => Reason::TagPattern,
         (None, _) => Reason::KeepLast,
     };
+    let planned = |t: &TagState<'a>, reason, subject| PlannedTag {
+        name: t.name,
+        digest: t.digest,
+        pushed_version: t.pushed_version,
+        reason,
+        subject,
+    };
     let mut tags: Vec<PlannedTag> = candidates
         .into_iter()
         .skip(rules.keep_last)
-        .filter(|t| cutoff.is_none_or(|c| t.pushed_at < c))
-        .map(|t| PlannedTag {
-            name: t.name,
-            digest: t.digest,
-            pushed_version: t.pushed_version,
-            reason,
-        })
+        .filter(|t| old(t.pushed_at))
+        .map(|t| planned(t, reason, None))
         .collect();
-    tags.sort_by(|a, b| a.name.cmp(b.name));
-    let deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name).collect();
+    // Orphan scheme tags go by the untagged rule.
+    if rules.untagged {
+        tags.extend(
+            image
+                .tags
+                .iter()
+                .filter(|t| rel.orphan_tags.contains(t.name) && old(t.pushed_at))
+                .map(|t| planned(t, Reason::OrphanAttachment, None)),
+        );
+    }
+    let mut deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name).collect();
 
-    // 4–5: manifests.
-    let manifests: HashMap<&str, &ManifestState<'a>> =
-        image.manifests.iter().map(|m| (m.digest, m)).collect();
+    // 4–5: manifests. Kept: what a remaining tag of its own points at, with its children
+    // and attachments at any depth.
     let mut protected: HashSet<&str> = HashSet::new();
     let mut stack: Vec<&str> = image
         .tags
         .iter()
-        .filter(|t| !deleted_tags.contains(t.name))
-        .map(|t| t.digest)
+        .enumerate()
+        .filter(|(i, t)| {
+            !deleted_tags.contains(t.name)
+                && rel.tag_subject[*i].is_none()
+                && !rel.subjects.contains_key(t.digest)
+        })
+        .map(|(_, t)| t.digest)
         .collect();
     while let Some(digest) = stack.pop() {
         if protected.insert(digest)
-            && let Some(m) = manifests.get(digest)
+            && let Some(ds) = rel.dependents.get(digest)
         {
-            stack.extend(m.children.iter().copied());
+            stack.extend(ds.iter().copied());
         }
     }
     let tagged: HashSet<&str> = image.tags.iter().map(|t| t.digest).collect();
-    let mut parents: HashMap<&str, Vec<&str>> = HashMap::new();
-    for m in &image.manifests {
-        for c in &m.children {
-            parents.entry(c).or_default().push(m.digest);
-        }
-    }
-    // Manifests no index lists: by their tags, or by the untagged rule.
+    // What nothing else owns: by its tags, or by the untagged rule.
     let mut deleted: HashMap<&'a str, Reason> = HashMap::new();
+    let mut freed: Vec<&'a str> = Vec::new();
     for m in &image.manifests {
         let digest = m.digest;
-        if protected.contains(digest) || parents.contains_key(digest) {
+        if protected.contains(digest) || rel.owners.contains_key(digest) {
             continue;
         }
-        if tagged.contains(digest) {
+        let orphan = rel.orphans.contains(digest);
+        let reason = if tagged.contains(digest) {
             // Not protected, so every tag pointing here is deleted.
-            deleted.insert(digest, Reason::TagsDeleted);
-        } else if rules.untagged && cutoff.is_none_or(|c| m.recorded_at < c) {
-            deleted.insert(digest, Reason::Untagged);
+            Some(Reason::TagsDeleted)
+        } else if rules.untagged && old(m.recorded_at) {
+            Some(Reason::Untagged)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let reason = if orphan {
+                Reason::OrphanAttachment
+            } else {
+                reason
+            };
+            deleted.insert(digest, reason);
+            freed.push(digest);
         }
     }
-    // Listed manifests, once every index listing them is deleted (nested indexes included).
-    loop {
-        let freed: Vec<&str> = parents
-            .iter()
-            .filter(|(c, _)| manifests.contains_key(*c))
-            .filter(|(c, _)| !deleted.contains_key(*c) && !protected.contains(*c))
-            .filter(|(_, ps)| ps.iter().all(|p| deleted.contains_key(p)))
-            .map(|(c, _)| *c)
-            .collect();
-        if freed.is_empty() {
-            break;
-        }
-        for c in freed {
-            let reason = if tagged.contains(c) {
+    // What goes with them: an index's children no remaining index lists, and attachments
+    // whose subjects all go (nested indexes and attachments of attachments included).
+    while let Some(owner) = freed.pop() {
+        for &c in rel.dependents.get(owner).into_iter().flatten() {
+            if deleted.contains_key(c)
+                || protected.contains(c)
+                || !rel.owners[c].iter().all(|o| deleted.contains_key(o))
+            {
+                continue;
+            }
+            let reason = if rel.subjects.contains_key(c) {
+                Reason::AttachmentOf
+            } else if rel.orphans.contains(c) {
+                Reason::OrphanAttachment
+            } else if tagged.contains(c) {
                 Reason::TagsDeleted
             } else {
                 Reason::ChildOfDeleted
             };
             deleted.insert(c, reason);
+            freed.push(c);
         }
     }
+    // The tags of deleted attachments go with them.
+    for (i, t) in image.tags.iter().enumerate() {
+        if deleted.get(t.digest) == Some(&Reason::AttachmentOf) && deleted_tags.insert(t.name) {
+            let subject = rel.tag_subject[i].or_else(|| rel.subject(t.digest));
+            tags.push(planned(t, Reason::AttachmentOf, subject));
+        }
+    }
+    tags.sort_by(|a, b| a.name.cmp(b.name));
 
     // Bytes: blobs no remaining manifest holds, each once.
     let remaining: HashSet<&str> = image
@@ -351,7 +541,7 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
     let manifests = deleted
         .into_iter()
         .map(|(digest, reason)| {
-            let bytes = manifests[digest]
+            let bytes = rel.manifests[digest]
                 .blobs
                 .iter()
                 .filter(|(d, _)| !remaining.contains(d) && counted.insert(d))
@@ -361,6 +551,9 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
                 digest,
                 reason,
                 bytes,
+                subject: (reason == Reason::AttachmentOf)
+                    .then(|| rel.subject(digest))
+                    .flatten(),
             }
         })
         .collect();

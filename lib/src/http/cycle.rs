@@ -1156,7 +1156,8 @@ pub struct PlanPage {
     bytes: i64,
     created_at: String,
     /// `{idx, image_id, image_name, kind: tag|manifest, tag, digest, pushed_version, reason,
-    /// bytes}`, in plan order.
+    /// bytes, subject}`, in plan order; `subject` is the digest an `attachment_of` item is
+    /// attached to (null otherwise).
     #[schema(value_type = Vec<Object>)]
     items: Vec<PlanItem>,
 }

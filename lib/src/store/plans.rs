@@ -118,14 +118,14 @@ pub fn unpack_image<'a>(
         let (head, layers) = record
             .split_once(';')
             .ok_or_else(|| format!("manifest record {record:?} has no layer list"))?;
-        let (digest, recorded_at, config) = match head.split(' ').count() {
-            2 => {
-                let [digest, recorded_at] = fields("manifest", head)?;
-                (digest, recorded_at, None)
+        let (digest, recorded_at, subject, config) = match head.split(' ').count() {
+            3 => {
+                let [digest, recorded_at, subject] = fields("manifest", head)?;
+                (digest, recorded_at, subject, None)
             }
             _ => {
-                let [digest, recorded_at, config, size] = fields("manifest", head)?;
-                (digest, recorded_at, Some((config, size)))
+                let [digest, recorded_at, subject, config, size] = fields("manifest", head)?;
+                (digest, recorded_at, subject, Some((config, size)))
             }
         };
         let mut blobs = Vec::new();
@@ -137,6 +137,7 @@ pub fn unpack_image<'a>(
         state.manifests.push(ManifestState {
             digest,
             recorded_at: time(recorded_at)?,
+            subject: (subject != "-").then_some(subject),
             children: Vec::new(),
             blobs,
         });
@@ -188,6 +189,8 @@ pub struct PlanItem {
     pub pushed_version: Option<i64>,
     /// The rule that chose it (`keep_last`, `older_than`, `untagged`…).
     pub reason: Reason,
+    /// For `attachment_of`, the manifest it is attached to.
+    pub subject: Option<String>,
     /// Bytes only this deletion frees (manifests; 0 for tags).
     pub bytes: i64,
 }
@@ -232,7 +235,7 @@ mod tests {
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
         });
         let manifests = format!(
-            "sha256:aa {T} sha256:c1 15;{},sha256:ix {T};,sha256:bb {T};",
+            "sha256:aa {T} - sha256:c1 15;{},sha256:ix {T} -;,sha256:bb {T} sha256:aa;",
             pack_layers(&layers)
         );
         let children = "sha256:ix sha256:bb,sha256:ix sha256:aa";
@@ -252,6 +255,8 @@ mod tests {
         assert!(state.manifests[1].blobs.is_empty());
         assert_eq!(state.manifests[1].children, ["sha256:bb", "sha256:aa"]);
         assert!(state.manifests[2].blobs.is_empty());
+        assert_eq!(state.manifests[0].subject, None);
+        assert_eq!(state.manifests[2].subject, Some("sha256:aa"));
     }
 
     #[test]
@@ -260,7 +265,7 @@ mod tests {
             id: "img-7".into(),
             name: "app".into(),
             tags: tags.into(),
-            manifests: format!("sha256:aa {T};"),
+            manifests: format!("sha256:aa {T} -;"),
             children: String::new(),
         };
         let good = image(&format!("v1 sha256:aa {T} 7"));
@@ -290,16 +295,16 @@ mod tests {
     fn a_record_of_the_wrong_shape_is_an_error_naming_it() {
         let e = unpack_image(&format!("v1 sha256:aa {T}"), "", "").unwrap_err();
         assert!(e.contains("tag record") && e.contains("too few"), "{e}");
-        let e = unpack_image("", &format!("sha256:aa {T} sha256:c1;"), "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T} - sha256:c1;"), "").unwrap_err();
         assert!(
             e.contains("manifest record") && e.contains("too few"),
             "{e}"
         );
-        let e = unpack_image("", &format!("sha256:aa {T}"), "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T} -"), "").unwrap_err();
         assert!(e.contains("no layer list"), "{e}");
-        let e = unpack_image("", &format!("sha256:aa {T};sha256:l1"), "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T} -;sha256:l1"), "").unwrap_err();
         assert!(e.contains("sha256:l1 has no size"), "{e}");
-        let e = unpack_image("", &format!("sha256:aa {T};sha256:l1 big"), "").unwrap_err();
+        let e = unpack_image("", &format!("sha256:aa {T} -;sha256:l1 big"), "").unwrap_err();
         assert!(e.contains("not a number"), "{e}");
         let e = unpack_image(&format!("v1 sha256:aa {T} 7 x"), "", "").unwrap_err();
         assert!(e.contains("too many"), "{e}");

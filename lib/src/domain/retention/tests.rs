@@ -23,6 +23,7 @@ impl Given {
         self.0.manifests.push(ManifestState {
             digest,
             recorded_at: days_ago(age),
+            subject: None,
             children: vec![],
             blobs: blobs.to_vec(),
         });
@@ -34,6 +35,7 @@ impl Given {
         self.0.manifests.push(ManifestState {
             digest,
             recorded_at: days_ago(age),
+            subject: None,
             children: children.to_vec(),
             blobs: vec![],
         });
@@ -340,4 +342,233 @@ fn a_reason_is_stored_under_its_serde_name_and_read_back() {
         assert_eq!(Reason::parse(reason.as_str()), Some(reason));
     }
     assert_eq!(Reason::parse("keep-last"), None);
+}
+
+// Attachments (design §11). The tag schemes name real digests, so these images use them.
+
+/// A sha256 digest of 64 `c`s, and the tag names of both schemes for it.
+fn sha(c: char) -> &'static str {
+    Box::leak(format!("sha256:{}", c.to_string().repeat(64)).into_boxed_str())
+}
+
+fn scheme_tag(subject: &str, suffix: &str) -> &'static str {
+    let hex = subject.strip_prefix("sha256:").unwrap();
+    Box::leak(format!("sha256-{hex}{suffix}").into_boxed_str())
+}
+
+impl Given {
+    /// An artifact attached by its `subject` field, untagged, recorded `age` days ago.
+    fn attached(
+        mut self,
+        digest: &'static str,
+        subject: &'static str,
+        age: i64,
+        bytes: i64,
+    ) -> Self {
+        let blob = Box::leak(format!("blob-of-{digest}").into_boxed_str());
+        self.0.manifests.push(ManifestState {
+            digest,
+            recorded_at: days_ago(age),
+            subject: Some(subject),
+            children: vec![],
+            blobs: vec![(blob, bytes)],
+        });
+        self
+    }
+
+    /// A cosign signature of `subject`: manifest `digest` tagged `sha256-<hex>.sig`.
+    fn signed(self, subject: &'static str, digest: &'static str, age: i64) -> Self {
+        let blob = Box::leak(format!("sig-of-{subject}").into_boxed_str());
+        self.manifest(digest, age, &[(blob, 1)])
+            .tag(scheme_tag(subject, ".sig"), digest, age)
+    }
+}
+
+/// Release tags v8, v9, v10, built 9, 6 and 3 months ago (pushed in that order of age),
+/// each signed in cosign's scheme a day ago; v10 carries an SBOM by `subject`, listed by a
+/// referrers-schema index tagged `sha256-<v10 hex>`.
+fn signed_releases() -> Given {
+    let (v8, v9, v10) = (sha('8'), sha('9'), sha('a'));
+    Given::default()
+        .manifest(v8, 270, &[("l8", 800)])
+        .tag("v8", v8, 270)
+        .manifest(v9, 180, &[("l9", 900)])
+        .tag("v9", v9, 180)
+        .manifest(v10, 90, &[("l10", 1000)])
+        .tag("v10", v10, 90)
+        .signed(v8, sha('b'), 1)
+        .signed(v9, sha('c'), 1)
+        .signed(v10, sha('d'), 1)
+        .attached(sha('e'), v10, 1, 50)
+        .index(sha('f'), 1, &[sha('e')])
+        .tag(scheme_tag(v10, ""), sha('f'), 1)
+}
+
+#[test]
+fn attachments_are_no_candidates_and_go_with_their_subject() {
+    let (v8, v9) = (sha('8'), sha('9'));
+    let expected_tags = ["v8", "v9", scheme_tag(v8, ".sig"), scheme_tag(v9, ".sig")];
+    let mut expected_tags = expected_tags.to_vec();
+    expected_tags.sort();
+    for spec in [
+        serde_json::json!({"tag_pattern": ".*", "keep_last": 1, "untagged": true}),
+        serde_json::json!({"tag_pattern": "^v", "keep_last": 1}),
+    ] {
+        let plan = signed_releases().when(rules(spec.clone()));
+        // The signatures, pushed last, would be "the last 1" if they counted.
+        assert_eq!(tags(&plan), expected_tags, "{spec}");
+        assert_eq!(manifests(&plan), [v8, v9, sha('b'), sha('c')], "{spec}");
+        for t in &plan.tags {
+            match t.name {
+                "v8" | "v9" => assert_eq!((t.reason, t.subject), (Reason::KeepLast, None)),
+                sig => {
+                    let subject = if sig.contains("88") { v8 } else { v9 };
+                    assert_eq!((t.reason, t.subject), (Reason::AttachmentOf, Some(subject)));
+                }
+            }
+        }
+        let sig8 = plan
+            .manifests
+            .iter()
+            .find(|m| m.digest == sha('b'))
+            .unwrap();
+        assert_eq!(
+            (sig8.reason, sig8.subject),
+            (Reason::AttachmentOf, Some(v8))
+        );
+        // Bytes freed count the signatures' blobs.
+        assert_eq!(plan.bytes(), 800 + 900 + 1 + 1);
+    }
+}
+
+#[test]
+fn deleting_a_subject_takes_attachments_at_any_depth() {
+    let v10 = sha('a');
+    // A signature of the SBOM, and an attestation of that signature.
+    let given = signed_releases()
+        .signed(sha('e'), sha('1'), 1)
+        .attached(sha('2'), sha('1'), 1, 7);
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "^v10$"})));
+    assert_eq!(
+        tags(&plan)[..],
+        [
+            scheme_tag(v10, ""),
+            scheme_tag(v10, ".sig"),
+            scheme_tag(sha('e'), ".sig"),
+            "v10"
+        ]
+    );
+    let mut expected = vec![v10, sha('d'), sha('e'), sha('f'), sha('1'), sha('2')];
+    expected.sort();
+    assert_eq!(manifests(&plan), expected);
+    let subject_of = |d: &str| {
+        plan.manifests
+            .iter()
+            .find(|m| m.digest == d)
+            .unwrap()
+            .subject
+    };
+    assert_eq!(subject_of(sha('e')), Some(v10));
+    assert_eq!(subject_of(sha('1')), Some(sha('e')));
+    assert_eq!(subject_of(sha('2')), Some(sha('1')));
+    assert_eq!(
+        subject_of(sha('f')),
+        Some(v10),
+        "the referrers index goes as v10's"
+    );
+    assert_eq!(plan.bytes(), 1000 + 1 + 50 + 1 + 7);
+}
+
+#[test]
+fn untagged_never_takes_an_attachment_whose_subject_remains() {
+    // An untagged subject that stays (untagged without older_than would take it, so the
+    // rule is off) keeps its SBOM; a kept release keeps its untagged SBOM under `untagged`.
+    let plan = signed_releases().when(rules(
+        serde_json::json!({"tag_pattern": "^nothing$", "untagged": true}),
+    ));
+    assert_eq!(plan.deletions(), 0, "{plan:?}");
+    let given = Given::default()
+        .manifest(sha('1'), 90, &[("l1", 1)])
+        .attached(sha('2'), sha('1'), 90, 5);
+    assert_eq!(given.when(rules(serde_json::json!({}))).deletions(), 0);
+}
+
+#[test]
+fn a_kept_index_keeps_its_childrens_attachments_and_a_deleted_one_takes_them() {
+    let given = Given::default()
+        .manifest(sha('1'), 90, &[("amd64", 10)])
+        .index(sha('2'), 90, &[sha('1')])
+        .tag("v1", sha('2'), 90)
+        .signed(sha('1'), sha('3'), 1);
+    assert_eq!(
+        given
+            .when(rules(serde_json::json!({"tag_pattern": "^x"})))
+            .deletions(),
+        0
+    );
+    let plan = given.when(rules(serde_json::json!({"tag_pattern": "^v1$"})));
+    assert_eq!(manifests(&plan), [sha('1'), sha('2'), sha('3')]);
+    assert_eq!(plan.bytes(), 11);
+}
+
+#[test]
+fn orphan_attachments_go_by_the_untagged_rule_only() {
+    // A signature of a digest the image lacks, and an SBOM whose subject is gone.
+    let given = Given::default()
+        .manifest(sha('1'), 90, &[("l1", 1)])
+        .tag("v1", sha('1'), 90)
+        .signed(sha('9'), sha('2'), 60)
+        .attached(sha('3'), sha('8'), 60, 4);
+    assert_eq!(
+        given
+            .when(rules(serde_json::json!({"tag_pattern": "^x"})))
+            .deletions(),
+        0
+    );
+    let plan = given.when(rules(
+        serde_json::json!({"tag_pattern": "^x", "untagged": true}),
+    ));
+    assert_eq!(tags(&plan), [scheme_tag(sha('9'), ".sig")]);
+    assert_eq!(manifests(&plan), [sha('2'), sha('3')]);
+    assert!(
+        plan.tags
+            .iter()
+            .all(|t| t.reason == Reason::OrphanAttachment)
+    );
+    assert!(
+        plan.manifests
+            .iter()
+            .all(|m| m.reason == Reason::OrphanAttachment)
+    );
+    // older_than spares recent orphans as it spares recent untagged manifests.
+    let plan = given.when(rules(
+        serde_json::json!({"tag_pattern": "^x", "untagged": true, "older_than": "90d"}),
+    ));
+    assert_eq!(plan.deletions(), 0);
+}
+
+#[test]
+fn a_tag_that_only_looks_like_a_scheme_is_an_ordinary_tag() {
+    for name in [
+        "sha256-abc.sig",
+        "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.sig",
+    ] {
+        assert_eq!(scheme_hex(name), None, "{name}");
+    }
+    assert_eq!(
+        scheme_hex(scheme_tag(sha('1'), ".sig")),
+        Some(&sha('1')[7..])
+    );
+    assert_eq!(
+        scheme_hex(&format!("{}.tar", scheme_tag(sha('1'), ""))),
+        None
+    );
+    let given = Given::default()
+        .manifest(sha('1'), 90, &[("l1", 1)])
+        .tag("v1", sha('1'), 90)
+        .manifest(sha('2'), 10, &[("l2", 1)])
+        .tag("sha256-abc.sig", sha('2'), 10);
+    let plan = given.when(rules(serde_json::json!({"keep_last": 1})));
+    // It counts toward keep_last, as the newest push.
+    assert_eq!(tags(&plan), ["v1"]);
 }

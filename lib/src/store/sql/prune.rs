@@ -4,23 +4,25 @@
 use crate::domain::retention::Reason;
 use crate::store::plans::{ItemKind, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage};
 
-const PLAN_ITEM_COLUMNS: &str =
-    "job_id, idx, image_id, image_name, kind, tag, digest, pushed_version, reason, bytes";
+const PLAN_ITEM_COLUMNS: &str = "job_id, idx, image_id, image_name, kind, tag, digest, \
+    pushed_version, reason, bytes, subject";
 const PLAN_ITEM_INSERT_COLUMNS: &str = "job_id, attempt, idx, image_id, image_name, kind, tag, \
-    digest, pushed_version, reason, bytes";
+    digest, pushed_version, reason, bytes, subject";
 
 /// A page of a namespace's images (`$1`), those not in status `$2` named after `$3`, each
 /// with its tags, manifests (with their layers) and index children packed as text: records
 /// separated by `,`, fields by a space (neither occurs in a tag name, a digest, a stored time
-/// or a number). Tag: `name digest pushed_at pushed_version`; manifest: `digest recorded_at`
-/// and, with a config, `config_digest config_size`, then `;` and its `layers_packed` (see
+/// or a number). Tag: `name digest pushed_at pushed_version`; manifest: `digest recorded_at
+/// subject` (`-` for none) and, with a config, `config_digest config_size`, then `;` and its
+/// `layers_packed` (see
 /// [`crate::store::plans::pack_layers`]); child: `parent_digest child_digest`, in list order.
 /// `string_agg` and `concat_ws` (which skips NULLs) are PostgreSQL's and, since 3.44,
 /// SQLite's.
 const SNAPSHOT_SQL: &str = "SELECT i.id, i.name, \
      (SELECT string_agg(concat_ws(' ', t.name, t.digest, t.updated_at, t.pushed_version), ',') \
         FROM tags t WHERE t.image_id = i.id), \
-     (SELECT string_agg(concat_ws(' ', m.digest, m.created_at, m.config_digest, m.config_size) \
+     (SELECT string_agg(concat_ws(' ', m.digest, m.created_at, COALESCE(m.subject, '-'), \
+        m.config_digest, m.config_size) \
         || ';' || m.layers_packed, ',') FROM manifests m WHERE m.image_id = i.id), \
      (SELECT string_agg(concat_ws(' ', c.parent_digest, c.child_digest), ',' ORDER BY c.idx) \
         FROM manifest_children c WHERE c.image_id = i.id) \
@@ -326,6 +328,7 @@ impl SqlStore {
                     pushed_version: r.try_get("pushed_version")?,
                     reason: Reason::parse(&reason).ok_or_else(|| named("reason", reason))?,
                     bytes: r.try_get("bytes")?,
+                    subject: r.try_get("subject")?,
                 })
             })
             .collect()
