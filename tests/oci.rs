@@ -313,6 +313,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 on_both_backends!(
+    signed_releases_are_pruned_with_their_attachments_and_nothing_else,
     attachments_are_found_by_subject_and_by_both_tag_schemes,
     imported_images_keep_their_real_age,
     forged_notifications_change_nothing_until_the_registry_agrees,
@@ -1826,6 +1827,107 @@ async fn imported_images_keep_their_real_age(db: &TestDb) {
     assert_eq!(store.read_model_rows().await.unwrap(), before);
 }
 
+/// Pushes to `repo` an SBOM of `subject` (bytes `subject_body`) as a client writes one to a
+/// registry without the referrers API: an untagged manifest with `subject` and
+/// `artifactType`, and the referrers tag schema's index, tagged `sha256-<hex>`, listing it.
+/// Returns the SBOM's and the index's digests.
+async fn attach_sbom(
+    reg: &Registry,
+    repo: &str,
+    subject: &str,
+    subject_body: &[u8],
+) -> (String, String) {
+    let empty = reg.blob(repo, b"{}").await;
+    let content = format!("an sbom of {subject}");
+    let sbom_layer = reg.blob(repo, content.as_bytes()).await;
+    let sbom_type = "application/spdx+json";
+    let sbom = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": sbom_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": sbom_type, "digest": sbom_layer, "size": content.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+    })
+    .to_string();
+    let sbom_digest = sha256(sbom.as_bytes());
+    reg.manifest(repo, &sbom_digest, OCI_MANIFEST, sbom.as_bytes())
+        .await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(),
+                       "artifactType": sbom_type}],
+    })
+    .to_string();
+    let hex = subject.strip_prefix("sha256:").unwrap();
+    let index_digest = reg
+        .manifest(repo, &format!("sha256-{hex}"), OCI_INDEX, index.as_bytes())
+        .await;
+    (sbom_digest, index_digest)
+}
+
+/// Signs `subject` in `repo` as `cosign sign` does by default: a manifest whose layer is the
+/// simple-signing payload naming the digest (its signature in an annotation), with cosign's
+/// config (created at year 1, which an import ignores), tagged `sha256-<hex>.sig`. Returns
+/// the signature manifest's digest and bytes.
+async fn cosign_sign(reg: &Registry, repo: &str, subject: &str) -> (String, Vec<u8>) {
+    let payload =
+        json!({"critical": {"identity": {"docker-reference": format!("127.0.0.1/{repo}")},
+                                      "image": {"docker-manifest-digest": subject},
+                                      "type": "cosign container image signature"},
+                         "optional": null})
+        .to_string();
+    let layer = reg.blob(repo, payload.as_bytes()).await;
+    let config = json!({"architecture": "", "created": "0001-01-01T00:00:00Z", "os": "",
+                        "rootfs": {"type": "layers", "diff_ids": [layer]}, "config": {}})
+    .to_string();
+    let config_digest = reg.blob(repo, config.as_bytes()).await;
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": layer, "size": payload.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQDfake"}}],
+    })
+    .to_string()
+    .into_bytes();
+    let hex = subject.strip_prefix("sha256:").unwrap();
+    let digest = reg
+        .manifest(repo, &format!("sha256-{hex}.sig"), OCI_MANIFEST, &body)
+        .await;
+    (digest, body)
+}
+
+/// Runs prune `policy` (a dry run or not) and waits for it; the finished job and its plan's
+/// items.
+async fn run_prune(server: &Server, policy: Value, dry_run: bool) -> (Value, Vec<Value>) {
+    let (status, body) = call(
+        Method::POST,
+        &format!("{}/v1/images/tasks", server.base),
+        Some(json!({"action": "prune", "contents": {"policy": policy, "dry_run": dry_run}})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["job"]["id"].as_str().unwrap().to_owned();
+    let j = wait_for(server, &id, Duration::from_secs(60), |j| {
+        matches!(state(j), "completed" | "error")
+    })
+    .await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let (status, plan) = call(
+        Method::GET,
+        &format!("{}/v1/jobs/{id}/plan?page[size]=1000", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{plan}");
+    let items = plan["data"]["items"].as_array().unwrap().clone();
+    (j, items)
+}
+
 /// An image with the three kinds of attachment a registry without the referrers API holds,
 /// written as their tools write them: a cosign signature tagged `sha256-<hex>.sig`, an SBOM
 /// (an untagged manifest with `subject` and `artifactType`) and the OCI referrers tag
@@ -1844,37 +1946,8 @@ async fn attachments_are_found_by_subject_and_by_both_tag_schemes(db: &TestDb) {
             &["signature"],
         )
         .await;
-    let empty = reg.blob("team/app", b"{}").await;
-    let sbom_layer = reg.blob("team/app", b"an sbom").await;
     let sbom_type = "application/spdx+json";
-    let sbom = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": sbom_type,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
-        "layers": [{"mediaType": sbom_type, "digest": sbom_layer, "size": 7}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": app, "size": app_body.len()},
-    })
-    .to_string();
-    let sbom_digest = sha256(sbom.as_bytes());
-    reg.manifest("team/app", &sbom_digest, OCI_MANIFEST, sbom.as_bytes())
-        .await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "digest": sbom_digest, "size": sbom.len(),
-                       "artifactType": sbom_type}],
-    })
-    .to_string();
-    let index_digest = reg
-        .manifest(
-            "team/app",
-            &format!("sha256-{hex}"),
-            OCI_INDEX,
-            index.as_bytes(),
-        )
-        .await;
-
+    let (sbom_digest, index_digest) = attach_sbom(&reg, "team/app", &app, &app_body).await;
     let store = db.store().await;
     let fx = Fixture::new(store.clone());
     let ns = fx.namespace("team").await;
@@ -1958,6 +2031,175 @@ async fn attachments_are_found_by_subject_and_by_both_tag_schemes(db: &TestDb) {
     .await;
     assert_eq!(status, 404);
     // Rebuilt from the log, the read models say the same.
+    let before = store.read_model_rows().await.unwrap();
+    store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
+}
+
+/// The retention-truth scenario (design §11), on a real registry: tags v8, v9, v10 built
+/// 2024-01, -02, -03 and pushed v10 first, each signed as cosign does, v10 carrying an SBOM
+/// by `subject` with the referrers tag schema's index. Imported into a namespace linked to a
+/// backend registry, "keep the last 1" of every tag (with `untagged`) and of the `v` tags
+/// both plan to delete exactly v8, v9 and their signatures (the signatures `attachment_of`
+/// their images) and keep v10 with its signature, SBOM and index; the bytes freed and the
+/// image's size count the attachments; the real run leaves exactly that in the read models
+/// and in the backend (over its HTTP API); a rebuild reproduces the read models.
+async fn signed_releases_are_pruned_with_their_attachments_and_nothing_else(db: &TestDb) {
+    let source = Registry::start().await;
+    let backend = Registry::start().await;
+    let repo = "team/app";
+    let mut built = std::collections::BTreeMap::new();
+    for (tag, at) in [
+        ("v10", "2024-03-05T10:00:00Z"),
+        ("v8", "2024-01-05T10:00:00Z"),
+        ("v9", "2024-02-05T10:00:00Z"),
+    ] {
+        built.insert(tag, built_at(&source, repo, tag, at, None).await);
+    }
+    let body_of = |digest: &str| {
+        let client = Client::new(&source.base, Credentials::Anonymous, 4).unwrap();
+        let digest = digest.to_owned();
+        async move { client.manifest(repo, &digest).await.unwrap().body }
+    };
+    let mut signature = std::collections::BTreeMap::new();
+    let mut bodies = std::collections::BTreeMap::new();
+    for (tag, digest) in &built {
+        bodies.insert(digest.clone(), body_of(digest).await);
+        let (sig, sig_body) = cosign_sign(&source, repo, digest).await;
+        bodies.insert(sig.clone(), sig_body);
+        signature.insert(*tag, sig);
+    }
+    let v10 = built["v10"].clone();
+    let (sbom, index) = attach_sbom(&source, repo, &v10, &bodies[&v10]).await;
+    bodies.insert(sbom.clone(), body_of(&sbom).await);
+    let hex = |d: &str| d.strip_prefix("sha256:").unwrap().to_owned();
+
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "all"]);
+    let (status, body) = link(&server, &ns, &backend.base, "mirror").await;
+    assert_eq!(status, 200, "{body}");
+    let j = import_new(&server, &ns, "app", &source.base, repo).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let app = j["tasks"][0]["input"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // What goes: v8 and v9 with their signatures; the rest stays.
+    let gone_manifests: std::collections::BTreeSet<String> = [
+        built["v8"].clone(),
+        built["v9"].clone(),
+        signature["v8"].clone(),
+        signature["v9"].clone(),
+    ]
+    .into();
+    let sig_tag = |tag: &str| format!("sha256-{}.sig", hex(&built[tag]));
+    let gone_tags: std::collections::BTreeSet<String> =
+        ["v8".into(), "v9".into(), sig_tag("v8"), sig_tag("v9")].into();
+    let kept: Vec<&[u8]> = [&v10, &signature["v10"], &sbom]
+        .iter()
+        .map(|d| bodies[*d].as_slice())
+        .collect();
+    let all: Vec<&[u8]> = bodies.values().map(Vec::as_slice).collect();
+    let freed = expected_size(&all) - expected_size(&kept);
+
+    let policies = [
+        json!({"tag_pattern": ".*", "keep_last": 1, "untagged": true}),
+        json!({"tag_pattern": "^v", "keep_last": 1}),
+    ];
+    for rules in &policies {
+        let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": rules});
+        let (j, items) = run_prune(&server, policy, true).await;
+        let of_kind = |kind: &str| -> std::collections::BTreeSet<String> {
+            items
+                .iter()
+                .filter(|i| i["kind"] == kind)
+                .map(|i| {
+                    i[if kind == "tag" { "tag" } else { "digest" }]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(of_kind("tag"), gone_tags, "{rules}: {items:?}");
+        assert_eq!(of_kind("manifest"), gone_manifests, "{rules}: {items:?}");
+        for tag in ["v8", "v9"] {
+            let item = |key: &str, value: &str| {
+                items
+                    .iter()
+                    .find(|i| i[key] == value)
+                    .unwrap_or_else(|| panic!("{value}"))
+            };
+            for sig in [item("tag", &sig_tag(tag)), item("digest", &signature[tag])] {
+                assert_eq!(sig["reason"], "attachment_of", "{sig}");
+                assert_eq!(sig["subject"], built[tag].as_str(), "{sig}");
+            }
+        }
+        assert_eq!(j["output"]["planned"]["bytes"], freed, "{rules}: {j}");
+    }
+
+    // The real run, in the metadata and at the backend.
+    let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": policies[0]});
+    let (j, _) = run_prune(&server, policy, false).await;
+    assert_eq!(j["output"]["manifests_deleted"], 4, "{j}");
+    assert_eq!(j["output"]["backend"]["manifests_deleted"], 4, "{j}");
+    let rows = store.read_model_rows().await.unwrap();
+    let tags: std::collections::BTreeSet<&str> = rows
+        .tags
+        .iter()
+        .filter(|t| t.image_id == app)
+        .map(|t| t.name.as_str())
+        .collect();
+    let (v10_index, v10_sig) = (format!("sha256-{}", hex(&v10)), sig_tag("v10"));
+    let expected_tags: std::collections::BTreeSet<&str> =
+        ["v10", v10_sig.as_str(), v10_index.as_str()]
+            .into_iter()
+            .collect();
+    assert_eq!(tags, expected_tags);
+    let manifests: std::collections::BTreeSet<&str> = rows
+        .manifests
+        .iter()
+        .filter(|m| m.image_id == app)
+        .map(|m| m.digest.as_str())
+        .collect();
+    let expected_manifests: std::collections::BTreeSet<&str> = [
+        v10.as_str(),
+        signature["v10"].as_str(),
+        sbom.as_str(),
+        index.as_str(),
+    ]
+    .into();
+    assert_eq!(manifests, expected_manifests);
+    let (_, image) = call(
+        Method::GET,
+        &format!("{}/registry/v1/regions/fr-par/images/{app}", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(image["size"], expected_size(&kept), "{image}");
+
+    let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
+    for digest in bodies.keys().chain([&index]) {
+        let there = pull.manifest("mirror/app", digest).await;
+        if gone_manifests.contains(digest) {
+            assert!(
+                matches!(there, Err(OciError::NotFound { .. })),
+                "{digest}: {there:?}"
+            );
+        } else {
+            assert_eq!(there.unwrap().digest, *digest, "kept at the backend");
+        }
+    }
+    let mut backend_tags = pull.tags("mirror/app").await.unwrap();
+    backend_tags.sort();
+    let mut expected: Vec<String> = expected_tags.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(backend_tags, expected);
+
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();
     assert_eq!(store.read_model_rows().await.unwrap(), before);
