@@ -1948,6 +1948,12 @@ async fn attachments_are_found_by_subject_and_by_both_tag_schemes(db: &TestDb) {
         .await;
     let sbom_type = "application/spdx+json";
     let (sbom_digest, index_digest) = attach_sbom(&reg, "team/app", &app, &app_body).await;
+    // A signature of a manifest the repository lacks (another tool deleted it): an orphan.
+    let missing = common::digest(9);
+    let orphan_tag = format!("sha256-{}.sig", missing.strip_prefix("sha256:").unwrap());
+    let (orphan, _) = reg
+        .image("team/app", &orphan_tag, OCI_MANIFEST, &["stray signature"])
+        .await;
     let store = db.store().await;
     let fx = Fixture::new(store.clone());
     let ns = fx.namespace("team").await;
@@ -2030,6 +2036,38 @@ async fn attachments_are_found_by_subject_and_by_both_tag_schemes(db: &TestDb) {
     )
     .await;
     assert_eq!(status, 404);
+
+    // The manifest listing says what each manifest is attached to, and which is an orphan.
+    let (status, list) = call(
+        Method::GET,
+        &format!(
+            "{}/container-registry/v1/images?repositoryName=team/app",
+            server.base
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let attached: std::collections::BTreeMap<String, Value> = list["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let digest = m["digest"].as_str().unwrap().to_owned();
+            (digest, m.get("attachedTo").cloned().unwrap_or(Value::Null))
+        })
+        .collect();
+    let to = |digest: &str, by: &str, orphan: bool| json!({"digest": digest, "by": by, "orphan": orphan});
+    let expected: std::collections::BTreeMap<String, Value> = [
+        (app.clone(), Value::Null),
+        (sig.clone(), to(&app, "cosign_tag", false)),
+        (sbom_digest.clone(), to(&app, "subject", false)),
+        (index_digest.clone(), to(&app, "referrers_tag", false)),
+        (orphan.clone(), to(&missing, "cosign_tag", true)),
+    ]
+    .into();
+    assert_eq!(attached, expected, "{list}");
+
     // Rebuilt from the log, the read models say the same.
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();
@@ -2140,11 +2178,100 @@ async fn signed_releases_are_pruned_with_their_attachments_and_nothing_else(db: 
             }
         }
         assert_eq!(j["output"]["planned"]["bytes"], freed, "{rules}: {j}");
+
+        // The dry run also says what it keeps, and why: v10 as the last one, with what is
+        // attached to it.
+        let (status, plan) = call(
+            Method::GET,
+            &format!(
+                "{}/v1/jobs/{}/plan?filter[decision]=keep",
+                server.base,
+                j["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{plan}");
+        let data = &plan["data"];
+        assert_eq!(
+            (
+                &data["decision"],
+                &data["kept_tags"],
+                &data["kept_manifests"]
+            ),
+            (&json!("keep"), &json!(3), &json!(4)),
+            "{plan}"
+        );
+        assert_eq!(plan["meta"]["total"], 7, "{plan}");
+        assert_eq!(
+            j["output"]["kept"],
+            json!({"tags": 3, "manifests": 4}),
+            "{j}"
+        );
+        let kept: std::collections::BTreeSet<(String, String, String, Option<String>)> =
+            data["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    let key = if i["kind"] == "tag" { "tag" } else { "digest" };
+                    let field = |k: &str| i[k].as_str().unwrap().to_owned();
+                    let subject = i["subject"].as_str().map(str::to_owned);
+                    (field("kind"), field(key), field("reason"), subject)
+                })
+                .collect();
+        let v10_attached = Some(v10.clone());
+        let expected: std::collections::BTreeSet<(String, String, String, Option<String>)> = [
+            ("tag", "v10".to_owned(), "keep_last", None),
+            ("tag", sig_tag("v10"), "attachment_of", v10_attached.clone()),
+            (
+                "tag",
+                format!("sha256-{}", hex(&v10)),
+                "attachment_of",
+                v10_attached.clone(),
+            ),
+            ("manifest", v10.clone(), "kept_tag", None),
+            (
+                "manifest",
+                signature["v10"].clone(),
+                "attachment_of",
+                v10_attached.clone(),
+            ),
+            (
+                "manifest",
+                sbom.clone(),
+                "attachment_of",
+                v10_attached.clone(),
+            ),
+            (
+                "manifest",
+                index.clone(),
+                "attachment_of",
+                v10_attached.clone(),
+            ),
+        ]
+        .into_iter()
+        .map(|(kind, name, reason, subject)| (kind.into(), name, reason.into(), subject))
+        .collect();
+        assert_eq!(kept, expected, "{rules}: {plan}");
     }
 
     // The real run, in the metadata and at the backend.
     let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": policies[0]});
     let (j, _) = run_prune(&server, policy, false).await;
+    // A real run's plan lists only its deletions.
+    let (status, body) = call(
+        Method::GET,
+        &format!(
+            "{}/v1/jobs/{}/plan?filter[decision]=keep",
+            server.base,
+            j["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("only its deletions"), "{body}");
     assert_eq!(j["output"]["manifests_deleted"], 4, "{j}");
     assert_eq!(j["output"]["backend"]["manifests_deleted"], 4, "{j}");
     let rows = store.read_model_rows().await.unwrap();

@@ -88,11 +88,17 @@ async fn finished(server: &Server, id: &str) -> Value {
 
 /// Every item of job `id`'s plan, read `size` at a time; checks the pages add up.
 async fn plan_items(server: &Server, id: &str, size: usize) -> (Value, Vec<Value>) {
+    plan_pages(server, id, size, "").await
+}
+
+/// Every item of job `id`'s plan under `filter` (query parameters to add), read `size` at a
+/// time; checks the pages add up.
+async fn plan_pages(server: &Server, id: &str, size: usize, filter: &str) -> (Value, Vec<Value>) {
     let mut items = Vec::new();
     let mut header = Value::Null;
     for page in 1.. {
         let url = format!(
-            "{}/v1/jobs/{id}/plan?page[number]={page}&page[size]={size}",
+            "{}/v1/jobs/{id}/plan?page[number]={page}&page[size]={size}{filter}",
             server.base
         );
         let (status, body) = call(Method::GET, &url, None).await;
@@ -151,6 +157,35 @@ async fn a_dry_run_and_a_real_run_delete_exactly_the_planned_set(db: &TestDb) {
         reasons,
         BTreeSet::from(["keep_last", "tags_deleted", "untagged"])
     );
+    // It lists what it keeps, each with its rule, paged as the deletions are: everything of
+    // the covered images that does not go (`other` is not covered).
+    let (kept_header, kept) = plan_pages(&server, &dry, 2, "&filter[decision]=keep").await;
+    assert_eq!(
+        (&kept_header["kept_tags"], &kept_header["kept_manifests"]),
+        (&json!(5), &json!(4)),
+        "{kept_header}"
+    );
+    let kept: BTreeSet<(String, &str)> = kept
+        .iter()
+        .map(|i| (key(i), i["reason"].as_str().unwrap()))
+        .collect();
+    let expected: BTreeSet<(String, &str)> = [
+        ("\"app\" tag \"latest\"".to_owned(), "not_matched"),
+        ("\"app\" tag \"v4\"".to_owned(), "keep_last"),
+        ("\"app\" tag \"v5\"".to_owned(), "keep_last"),
+        ("\"api-gw\" tag \"v2\"".to_owned(), "keep_last"),
+        ("\"api-gw\" tag \"v3\"".to_owned(), "keep_last"),
+    ]
+    .into_iter()
+    .chain([4, 5].map(|n| (format!("\"app\" manifest \"{}\"", digest(n)), "kept_tag")))
+    .chain([12, 13].map(|n| (format!("\"api-gw\" manifest \"{}\"", digest(n)), "kept_tag")))
+    .collect();
+    assert_eq!(kept, expected);
+    let url = format!("{}/v1/jobs/{dry}/plan?filter[decision]=maybe", server.base);
+    let (status, body) = call(Method::GET, &url, None).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["source"], "/filter[decision]", "{body}");
+
     // A dry run deletes nothing.
     assert_eq!(fx.tag_names(&t.app).await.len(), 6);
     assert_eq!(fx.image_size(&t.app).await, 6 * 110);
@@ -202,9 +237,9 @@ async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
     };
     let compiled = Policy::compile(&input.policy).unwrap();
     let snapshot = store.prune_snapshot(&t.ns).await.unwrap();
-    let (header, images) = make_plan(&id, &input, &compiled, &snapshot, Utc::now()).unwrap();
-    let items: Vec<_> = images.into_iter().flatten().collect();
-    assert!(store.save_plan(&header, &items).await.unwrap());
+    let plan = make_plan(&id, &input, &compiled, &snapshot, Utc::now()).unwrap();
+    let items: Vec<_> = plan.images.into_iter().flatten().collect();
+    assert!(store.save_plan(&plan.header, &items, &[]).await.unwrap());
     assert!(items.iter().any(|i| i.tag.as_deref() == Some("v2")));
 
     // After the plan: v2 is pushed again (moved to manifest 5), and a new tag points at the
@@ -244,7 +279,7 @@ async fn a_tag_moved_after_planning_survives_the_run(db: &TestDb) {
     // v1 and v3 went; v2 (moved) and manifest 3 (tagged again) were skipped.
     assert_eq!(out["tags_deleted"], 3, "v1, v3 and api-gw's v1: {out}");
     assert_eq!(out["skipped"], 2, "{out}");
-    assert_eq!(out["planned"]["position"], header.position);
+    assert_eq!(out["planned"]["position"], plan.header.position);
     // Manifest 3 stays (hotfix); 1, 2 (untagged once v2 moved, as planned) and 6 went.
     assert_eq!(
         fx.image_size(&t.app).await,

@@ -1481,8 +1481,9 @@ async fn prune_policies_follow_their_streams_and_survive_rebuild(store: Store) {
 }
 
 async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
+    use layerline_core::domain::retention::KeepReason;
     use layerline_core::domain::retention::Reason;
-    use layerline_core::store::plans::{ItemKind, PlanHeader, PlanItem};
+    use layerline_core::store::plans::{ItemKind, KeptItem, PlanHeader, PlanItem};
     let header = |attempt: i64, tags: i64| PlanHeader {
         job_id: "j1".into(),
         position: 10 * attempt,
@@ -1494,6 +1495,23 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
         manifests: 0,
         bytes: 0,
         created_at: "2026-11-23T00:00:00.000000Z".into(),
+        kept_tags: Some(2 * attempt + 1),
+        kept_manifests: Some(0),
+    };
+    // Each attempt keeps `2 * attempt + 1` tags.
+    let kept = |attempt: i64| -> Vec<KeptItem> {
+        (0..2 * attempt + 1)
+            .map(|idx| KeptItem {
+                idx,
+                image_id: "i1".into(),
+                image_name: "app".into(),
+                kind: ItemKind::Tag,
+                tag: Some(format!("a{attempt}-kept{idx}")),
+                digest: digest(1000 + idx as u64),
+                reason: KeepReason::ALL[idx as usize % KeepReason::ALL.len()],
+                subject: (idx == 1).then(|| digest(1)),
+            })
+            .collect()
     };
     let items = |attempt: i64, n: i64| -> Vec<PlanItem> {
         (0..n)
@@ -1518,11 +1536,16 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
     // Two attempts plan (a takeover): the first summary stored makes the plan.
     assert!(
         store
-            .save_plan(&header(1, 12_000), &items(1, 12_000))
+            .save_plan(&header(1, 12_000), &items(1, 12_000), &kept(1))
             .await
             .unwrap()
     );
-    assert!(!store.save_plan(&header(2, 3), &items(2, 3)).await.unwrap());
+    assert!(
+        !store
+            .save_plan(&header(2, 3), &items(2, 3), &kept(2))
+            .await
+            .unwrap()
+    );
     let plan = store.plan("j1").await.unwrap().unwrap();
     assert_eq!((plan.attempt, plan.tags, plan.position), (1, 12_000, 10));
     let page = store.plan_items("j1", 11_998, 10).await.unwrap();
@@ -1534,8 +1557,12 @@ async fn a_job_keeps_the_first_plan_stored_and_only_its_items(store: Store) {
         all.iter()
             .all(|i| i.tag.as_deref().unwrap().starts_with("a1-"))
     );
+    // What the plan keeps is the winning attempt's too, read back as stored.
+    assert_eq!((plan.kept_tags, plan.kept_manifests), (Some(3), Some(0)));
+    assert_eq!(store.plan_keeps("j1", 0, 10).await.unwrap(), kept(1));
     assert!(store.plan("j2").await.unwrap().is_none());
     assert!(store.plan_items("j2", 0, 10).await.unwrap().is_empty());
+    assert!(store.plan_keeps("j2", 0, 10).await.unwrap().is_empty());
 }
 
 /// On PostgreSQL a snapshot's pages are read by two connections sharing one exported
@@ -1879,13 +1906,13 @@ async fn a_plan_made_while_reading_equals_the_plan_of_the_whole_snapshot(store: 
     let policy = Arc::new(Policy::compile(&input.policy).unwrap());
     let now = chrono::Utc::now();
 
-    let (header, images) = plan_from_store(f.store(), "job", &input, policy.clone(), now)
+    let plan = plan_from_store(f.store(), "job", &input, policy.clone(), now)
         .await
         .unwrap();
     let snapshot = f.store().prune_snapshot(&ns).await.unwrap();
-    let (whole_header, whole_images) = make_plan("job", &input, &policy, &snapshot, now).unwrap();
-    assert_eq!(header, whole_header);
-    assert_eq!(images, whole_images);
+    let whole = make_plan("job", &input, &policy, &snapshot, now).unwrap();
+    assert_eq!(plan, whole);
+    let (header, images) = (plan.header, plan.images);
     assert!(
         images
             .iter()

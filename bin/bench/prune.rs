@@ -38,6 +38,10 @@ pub struct PruneArgs {
     /// In-process planning runs (the median is reported).
     #[arg(long, default_value_t = 3)]
     plans: usize,
+    /// Sign every tag's manifest as cosign does: a signature manifest of its own (a config
+    /// and a layer) tagged `sha256-<hex>.sig`, which goes with its subject.
+    #[arg(long)]
+    signed: bool,
 }
 
 /// Images seeded per bulk write (bounds the memory the seeding holds).
@@ -90,7 +94,7 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let mut planned = 0;
     for _ in 0..args.plans.max(1) {
         let t = Instant::now();
-        let (header, items) = plan_from_store(
+        let plan = plan_from_store(
             &store,
             "bench",
             &ours_input,
@@ -99,15 +103,15 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
         )
         .await?;
         plans.push(t.elapsed().as_secs_f64());
-        planned = header.tags;
-        drop(items);
+        planned = plan.header.tags;
+        drop(plan);
         let t = Instant::now();
         let snapshot = store.prune_snapshot(&ours).await?;
         reads.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let (_, items) = make_plan("bench", &ours_input, &policy, &snapshot, chrono::Utc::now())?;
+        let plan = make_plan("bench", &ours_input, &policy, &snapshot, chrono::Utc::now())?;
         selections.push(t.elapsed().as_secs_f64());
-        drop(items);
+        drop(plan);
         drop(snapshot);
     }
     let (plan, _) = quantiles(&mut plans);
@@ -129,7 +133,9 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let plain_input = input(&plain)?;
     let plain_policy = std::sync::Arc::new(Policy::compile(&plain_input.policy)?);
     let now = chrono::Utc::now();
-    let (_, images) = plan_from_store(&store, "bench", &plain_input, plain_policy, now).await?;
+    let images = plan_from_store(&store, "bench", &plain_input, plain_policy, now)
+        .await?
+        .images;
     let plain_tags = images
         .iter()
         .flatten()
@@ -141,10 +147,15 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
     let plain_rate = plain_tags as f64 / plain_secs;
 
     println!(
-        "backend: {:?}; policy keeps the last {} of {} tags per image",
+        "backend: {:?}; policy keeps the last {} of {} tags per image{}",
         store.backend(),
         args.keep,
-        args.tags
+        args.tags,
+        if args.signed {
+            ", every tag signed (its signature tag and manifest go with it)"
+        } else {
+            ""
+        }
     );
     println!("| step | seconds | rate |");
     println!("|---|---|---|");
@@ -173,7 +184,8 @@ pub async fn run(args: &PruneArgs, url: &str, max_connections: u32) -> anyhow::R
 }
 
 /// A namespace of `args.images` images, each with `args.tags` tags `v0…` on manifests of
-/// their own (a config and two layers, every blob the image's own); returns its id. With
+/// their own (a config and two layers, every blob the image's own), each signed with
+/// `args.signed`; returns its id. With
 /// `events`, the event streams are written too; the read models always are.
 async fn seed(store: &Store, name: &str, args: &PruneArgs, events: bool) -> anyhow::Result<String> {
     let at = format_time(chrono::Utc::now());
@@ -223,6 +235,26 @@ async fn seed(store: &Store, name: &str, args: &PruneArgs, events: bool) -> anyh
                     tag_id: uuid::Uuid::now_v7().to_string(),
                     name: format!("v{t}"),
                     digest: sha(1, t),
+                    pushed_at: None,
+                }));
+            }
+            for t in (0..args.tags as u64).filter(|_| args.signed) {
+                list.push(DomainEvent::ManifestRecorded(ManifestRecorded {
+                    digest: sha(5, t),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    platform: None,
+                    config: Some(blob(sha(6, t), 250)),
+                    layers: vec![blob(sha(7, t), 300)],
+                    children: vec![],
+                    created: None,
+                    subject: None,
+                    artifact_type: None,
+                }));
+                let subject = sha(1, t);
+                list.push(DomainEvent::TagPushed(TagPushed {
+                    tag_id: uuid::Uuid::now_v7().to_string(),
+                    name: format!("{}.sig", subject.replace(':', "-")),
+                    digest: sha(5, t),
                     pushed_at: None,
                 }));
             }

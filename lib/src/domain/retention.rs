@@ -25,6 +25,10 @@
 //!    attachment whose subject is not in the image is an orphan, and goes by the `untagged`
 //!    rule (`orphan_attachment`), as does a scheme tag naming a digest the image lacks.
 //!
+//! A dry run also says what it keeps and why ([`explain`]): each kept tag and manifest with
+//! the [`KeepReason`] that spared it, so a reviewer sees the whole image, not only its
+//! deletions.
+//!
 //! The bytes a deletion frees are those of the blobs no remaining manifest of the image
 //! references; each such blob is counted once, against the first deleted manifest (by
 //! digest) that held it.
@@ -223,6 +227,87 @@ impl Reason {
     }
 }
 
+/// The rule that kept an item (see [`explain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepReason {
+    /// A tag `tag_pattern` does not match: no candidate.
+    NotMatched,
+    /// A tag `keep_tag_pattern` matches.
+    KeepTagPattern,
+    /// A candidate among the `keep_last` most recently pushed.
+    KeepLast,
+    /// A tag pushed, or an untagged manifest recorded, after the `older_than` cut-off.
+    NewerThan,
+    /// An attachment (or its tag) of a kept manifest.
+    AttachmentOf,
+    /// A manifest a kept tag points to.
+    KeptTag,
+    /// A manifest a kept index lists.
+    ChildOfKept,
+    /// A manifest no tag points to, kept because the rules do not set `untagged`.
+    UntaggedNotSet,
+}
+
+impl KeepReason {
+    /// Its name as plans store it and the API shows it (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepReason::NotMatched => "not_matched",
+            KeepReason::KeepTagPattern => "keep_tag_pattern",
+            KeepReason::KeepLast => "keep_last",
+            KeepReason::NewerThan => "newer_than",
+            KeepReason::AttachmentOf => "attachment_of",
+            KeepReason::KeptTag => "kept_tag",
+            KeepReason::ChildOfKept => "child_of_kept",
+            KeepReason::UntaggedNotSet => "untagged_not_set",
+        }
+    }
+
+    /// Every reason (the names [`KeepReason::parse`] knows).
+    pub const ALL: [KeepReason; 8] = [
+        KeepReason::NotMatched,
+        KeepReason::KeepTagPattern,
+        KeepReason::KeepLast,
+        KeepReason::NewerThan,
+        KeepReason::AttachmentOf,
+        KeepReason::KeptTag,
+        KeepReason::ChildOfKept,
+        KeepReason::UntaggedNotSet,
+    ];
+
+    /// The reason named `name` (see [`KeepReason::as_str`]).
+    pub fn parse(name: &str) -> Option<KeepReason> {
+        KeepReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// A tag the rules keep, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptTag<'a> {
+    pub name: &'a str,
+    pub digest: &'a str,
+    pub reason: KeepReason,
+    /// For `attachment_of`, the manifest its manifest is attached to.
+    pub subject: Option<&'a str>,
+}
+
+/// A manifest the rules keep, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptManifest<'a> {
+    pub digest: &'a str,
+    pub reason: KeepReason,
+    /// For `attachment_of`, the kept manifest it is attached to.
+    pub subject: Option<&'a str>,
+}
+
+/// What the rules keep of one image (see [`explain`]): tags by name, manifests by digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept<'a> {
+    pub tags: Vec<KeptTag<'a>>,
+    pub manifests: Vec<KeptManifest<'a>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTag<'a> {
     pub name: &'a str,
@@ -388,6 +473,25 @@ impl<'a, 'm> Relations<'a, 'm> {
 
 /// Selects what `rules` delete from `image` at time `now`.
 pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> ImagePlan<'a> {
+    choose(rules, image, now, false).0
+}
+
+/// [`select`], and what the rules keep of the image, each item with the rule that kept it:
+/// every tag and manifest of the image is in exactly one of the two.
+pub fn explain<'a>(
+    rules: &Rules,
+    image: &ImageState<'a>,
+    now: DateTime<Utc>,
+) -> (ImagePlan<'a>, Kept<'a>) {
+    choose(rules, image, now, true)
+}
+
+fn choose<'a>(
+    rules: &Rules,
+    image: &ImageState<'a>,
+    now: DateTime<Utc>,
+    keeps: bool,
+) -> (ImagePlan<'a>, Kept<'a>) {
     let cutoff = rules.older_than.map(|d| now - d);
     let old = |at: DateTime<Utc>| cutoff.is_none_or(|c| at < c);
     let rel = Relations::of(image);
@@ -428,6 +532,15 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
         pushed_version: t.pushed_version,
         reason,
         subject,
+    };
+    // The candidates `keep_last` spares, when the keeps are wanted.
+    let last_kept: HashSet<&str> = match keeps {
+        true => candidates
+            .iter()
+            .take(rules.keep_last)
+            .map(|t| t.name)
+            .collect(),
+        false => HashSet::new(),
     };
     let mut tags: Vec<PlannedTag> = candidates
         .into_iter()
@@ -528,6 +641,11 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
     }
     tags.sort_by(|a, b| a.name.cmp(b.name));
 
+    let kept = match keeps {
+        true => kept(rules, image, &rel, &deleted_tags, &deleted, &last_kept),
+        false => Kept::default(),
+    };
+
     // Bytes: blobs no remaining manifest holds, each once.
     let remaining: HashSet<&str> = image
         .manifests
@@ -557,7 +675,86 @@ pub fn select<'a>(rules: &Rules, image: &ImageState<'a>, now: DateTime<Utc>) -> 
             }
         })
         .collect();
-    ImagePlan { tags, manifests }
+    (ImagePlan { tags, manifests }, kept)
+}
+
+/// Why each tag and manifest that selection did not delete stays.
+fn kept<'a>(
+    rules: &Rules,
+    image: &ImageState<'a>,
+    rel: &Relations<'a, '_>,
+    deleted_tags: &HashSet<&'a str>,
+    deleted: &HashMap<&'a str, Reason>,
+    last_kept: &HashSet<&str>,
+) -> Kept<'a> {
+    let unowned = |rule_untagged: bool| match rule_untagged {
+        true => KeepReason::NewerThan,
+        false => KeepReason::UntaggedNotSet,
+    };
+    let mut out = Kept::default();
+    let mut by_kept_tag: HashSet<&str> = HashSet::new();
+    for (i, t) in image.tags.iter().enumerate() {
+        if deleted_tags.contains(t.name) {
+            continue;
+        }
+        let subject = rel.tag_subject[i].or_else(|| rel.subject(t.digest));
+        let reason = if subject.is_some() {
+            KeepReason::AttachmentOf
+        } else if rel.orphan_tags.contains(t.name) {
+            unowned(rules.untagged)
+        } else if !rules.tag_pattern.is_match(t.name) {
+            KeepReason::NotMatched
+        } else if rules
+            .keep_tag_pattern
+            .as_ref()
+            .is_some_and(|k| k.is_match(t.name))
+        {
+            KeepReason::KeepTagPattern
+        } else if last_kept.contains(t.name) {
+            KeepReason::KeepLast
+        } else {
+            KeepReason::NewerThan
+        };
+        if subject.is_none() {
+            by_kept_tag.insert(t.digest);
+        }
+        out.tags.push(KeptTag {
+            name: t.name,
+            digest: t.digest,
+            reason,
+            subject,
+        });
+    }
+    out.tags.sort_by(|a, b| a.name.cmp(b.name));
+    for m in &image.manifests {
+        if deleted.contains_key(m.digest) {
+            continue;
+        }
+        let subjects = rel.subjects.get(m.digest);
+        // Attached to what remains (the first remaining subject, else the first).
+        let subject = subjects.map(|ss| {
+            ss.iter()
+                .copied()
+                .find(|s| !deleted.contains_key(s))
+                .unwrap_or(ss[0])
+        });
+        let reason = if subject.is_some() {
+            KeepReason::AttachmentOf
+        } else if by_kept_tag.contains(m.digest) {
+            KeepReason::KeptTag
+        } else if rel.owners.contains_key(m.digest) {
+            KeepReason::ChildOfKept
+        } else {
+            unowned(rules.untagged)
+        };
+        out.manifests.push(KeptManifest {
+            digest: m.digest,
+            reason,
+            subject,
+        });
+    }
+    out.manifests.sort_unstable_by_key(|m| m.digest);
+    out
 }
 
 /// The run's guard: more deletions planned than `max_deletions` stops the run before it

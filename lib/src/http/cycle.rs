@@ -20,7 +20,7 @@ use crate::domain::source::{CatalogImport, CredentialsRef, ImportInput, Source};
 use crate::domain::token::Capability;
 use crate::jobs::{MAX_IDEMPOTENCY_KEY, Mark, Submission, submit};
 use crate::service::ServiceError;
-use crate::store::plans::PlanItem;
+use crate::store::plans::{KeptItem, PlanItem};
 use crate::store::rows::{JobDescriptorRow, NamespaceRow};
 use crate::store::{JobQuery, JobSort, Metadata, ReadModels};
 
@@ -1136,6 +1136,11 @@ pub struct PlanParams {
     #[serde(rename = "page[size]")]
     #[param(rename = "page[size]")]
     page_size: Option<String>,
+    /// `delete` (the default): the planned deletions; `keep`: what the plan keeps, each with
+    /// the rule that kept it (dry runs only).
+    #[serde(rename = "filter[decision]")]
+    #[param(rename = "filter[decision]")]
+    filter_decision: Option<String>,
 }
 
 const MAX_PLAN_PAGE: i64 = 1_000;
@@ -1155,11 +1160,28 @@ pub struct PlanPage {
     /// Bytes the planned deletions free.
     bytes: i64,
     created_at: String,
-    /// `{idx, image_id, image_name, kind: tag|manifest, tag, digest, pushed_version, reason,
-    /// bytes, subject}`, in plan order; `subject` is the digest an `attachment_of` item is
-    /// attached to (null otherwise).
+    /// Tags and manifests the plan keeps, when it lists them (a dry run's plan does; null
+    /// for a real run's).
+    kept_tags: Option<i64>,
+    kept_manifests: Option<i64>,
+    /// Which items this page lists: `delete` or `keep` (`filter[decision]`).
+    decision: &'static str,
+    /// Deletions: `{idx, image_id, image_name, kind: tag|manifest, tag, digest,
+    /// pushed_version, reason, bytes, subject}`, in plan order; `subject` is the digest an
+    /// `attachment_of` item is attached to (null otherwise). Keeps: `{idx, image_id,
+    /// image_name, kind, tag, digest, reason, subject}`, the reason one of `not_matched`,
+    /// `keep_tag_pattern`, `keep_last`, `newer_than`, `attachment_of`, `kept_tag`,
+    /// `child_of_kept`, `untagged_not_set`.
     #[schema(value_type = Vec<Object>)]
-    items: Vec<PlanItem>,
+    items: PlanItems,
+}
+
+/// A page of a plan's deletions or of its keeps.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum PlanItems {
+    Delete(Vec<PlanItem>),
+    Keep(Vec<KeptItem>),
 }
 
 #[utoipa::path(
@@ -1177,6 +1199,16 @@ pub(crate) async fn job_plan(
     let p = principal(&state, &headers, Capability::JobsView).await?;
     let size = number("page[size]", q.page_size.as_deref(), 100, MAX_PLAN_PAGE)?;
     let page = number("page[number]", q.page_number.as_deref(), 1, 1_000_000)?;
+    let keeps = match q.filter_decision.as_deref() {
+        None | Some("delete") => false,
+        Some("keep") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "filter[decision]",
+                format!("{other:?} is neither delete nor keep"),
+            ));
+        }
+    };
     visible_job(&state, &p, &id).await?;
     let Some(header) = state.store().plan(&id).await.map_err(internal)? else {
         return Err(ApiError::new(
@@ -1186,12 +1218,29 @@ pub(crate) async fn job_plan(
             format!("job {id} has no plan (not a prune job, or not planned yet)"),
         ));
     };
-    let items = state
-        .store()
-        .plan_items(&id, (page - 1) * size, size)
-        .await
-        .map_err(internal)?;
-    let total = header.tags + header.manifests;
+    let from = (page - 1) * size;
+    let (total, items) = match (keeps, header.kept_tags, header.kept_manifests) {
+        (false, _, _) => {
+            let items = state.store().plan_items(&id, from, size).await;
+            (
+                header.tags + header.manifests,
+                PlanItems::Delete(items.map_err(internal)?),
+            )
+        }
+        (true, Some(tags), Some(manifests)) => {
+            let items = state.store().plan_keeps(&id, from, size).await;
+            (tags + manifests, PlanItems::Keep(items.map_err(internal)?))
+        }
+        (true, _, _) => {
+            return Err(ApiError::invalid(
+                "filter[decision]",
+                format!(
+                    "job {id}'s plan lists only its deletions: a dry run's plan lists what \
+                     it keeps"
+                ),
+            ));
+        }
+    };
     let plan = PlanPage {
         job_id: header.job_id,
         position: header.position,
@@ -1202,6 +1251,9 @@ pub(crate) async fn job_plan(
         manifests: header.manifests,
         bytes: header.bytes,
         created_at: header.created_at,
+        kept_tags: header.kept_tags,
+        kept_manifests: header.kept_manifests,
+        decision: if keeps { "keep" } else { "delete" },
         items,
     };
     Ok((

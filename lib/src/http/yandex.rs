@@ -251,6 +251,21 @@ pub struct ImageBody {
     layers: Vec<BlobBody>,
     tags: Vec<String>,
     created_at: String,
+    /// Ours, beside the reference's fields: for an attachment (a signature, an SBOM, a
+    /// referrers index), the manifest it belongs to; absent for any other manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attached_to: Option<AttachedToBody>,
+}
+
+/// The manifest an attachment belongs to.
+#[derive(Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedToBody {
+    digest: String,
+    /// `subject`, `cosign_tag` or `referrers_tag`: what makes it an attachment.
+    by: String,
+    /// The repository has no such manifest (prune's `untagged` rule deletes orphans).
+    orphan: bool,
 }
 
 impl ImageBody {
@@ -272,6 +287,11 @@ impl ImageBody {
                 .collect(),
             tags: v.tags.clone(),
             created_at: m.created_at.clone(),
+            attached_to: v.attached_to.as_ref().map(|a| AttachedToBody {
+                digest: a.digest.clone(),
+                by: a.by.to_owned(),
+                orphan: a.orphan,
+            }),
         }
     }
 }

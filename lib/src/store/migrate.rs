@@ -21,8 +21,8 @@ macro_rules! migrations {
     };
 }
 
-pub const SQLITE: &[Migration] = migrations!("sqlite": (1, "0001_event_log"), (2, "0002_read_models"), (3, "0003_api"), (4, "0004_jobs"), (5, "0005_prune_plans"), (6, "0006_prune_policies"), (7, "0007_hook_events"), (8, "0008_queue_statistics"), (9, "0009_manifest_layers_packed"), (10, "0010_job_project"), (11, "0011_server_keys"), (12, "0012_manifest_subject"), (13, "0013_plan_item_subject"));
-pub const POSTGRES: &[Migration] = migrations!("postgres": (1, "0001_event_log"), (2, "0002_read_models"), (3, "0003_api"), (4, "0004_jobs"), (5, "0005_prune_plans"), (6, "0006_prune_policies"), (7, "0007_hook_events"), (8, "0008_queue_statistics"), (9, "0009_manifest_layers_packed"), (10, "0010_job_project"), (11, "0011_server_keys"), (12, "0012_manifest_subject"), (13, "0013_plan_item_subject"));
+pub const SQLITE: &[Migration] = migrations!("sqlite": (1, "0001_event_log"), (2, "0002_read_models"), (3, "0003_api"), (4, "0004_jobs"), (5, "0005_prune_plans"), (6, "0006_prune_policies"), (7, "0007_hook_events"), (8, "0008_queue_statistics"), (9, "0009_manifest_layers_packed"), (10, "0010_job_project"), (11, "0011_server_keys"), (12, "0012_manifest_subject"), (13, "0013_plan_item_subject"), (14, "0014_plan_keeps"));
+pub const POSTGRES: &[Migration] = migrations!("postgres": (1, "0001_event_log"), (2, "0002_read_models"), (3, "0003_api"), (4, "0004_jobs"), (5, "0005_prune_plans"), (6, "0006_prune_policies"), (7, "0007_hook_events"), (8, "0008_queue_statistics"), (9, "0009_manifest_layers_packed"), (10, "0010_job_project"), (11, "0011_server_keys"), (12, "0012_manifest_subject"), (13, "0013_plan_item_subject"), (14, "0014_plan_keeps"));
 
 pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS layerline_migrations (\
     version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

@@ -435,17 +435,19 @@ impl Store {
         dispatch!(self, s => s.prune_snapshot_with(namespace_id, on_page).await)
     }
 
-    /// Stores a prune job's plan with its items unless it has one; whether this stored it.
+    /// Stores a prune job's plan with its items (and what it keeps, when it lists that)
+    /// unless it has one; whether this stored it.
     pub async fn save_plan<'a, I>(
         &self,
         header: &plans::PlanHeader,
         items: I,
+        kept: &[plans::KeptItem],
     ) -> Result<bool, StoreError>
     where
         I: IntoIterator<Item = &'a plans::PlanItem>,
         I::IntoIter: Send,
     {
-        dispatch!(self, s => s.save_plan(header, items).await)
+        dispatch!(self, s => s.save_plan(header, items, kept).await)
     }
 
     /// Prune policy `id`'s read model row.
@@ -563,6 +565,16 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<plans::PlanItem>, StoreError> {
         dispatch!(self, s => s.plan_items(job_id, from, limit).await)
+    }
+
+    /// Items `from..from + limit` of what job `job_id`'s plan keeps, in plan order.
+    pub async fn plan_keeps(
+        &self,
+        job_id: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<plans::KeptItem>, StoreError> {
+        dispatch!(self, s => s.plan_keeps(job_id, from, limit).await)
     }
 }
 
@@ -814,6 +826,20 @@ pub struct ManifestView {
     pub project_id: String,
     pub layers: Vec<rows::ManifestLayerRow>,
     pub tags: Vec<String>,
+    /// What the manifest is attached to, if it is an attachment (design §11).
+    pub attached_to: Option<AttachedTo>,
+}
+
+/// The manifest an attachment belongs to, how it says so, and whether the image has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTo {
+    pub digest: String,
+    /// `subject` (its OCI 1.1 field), `cosign_tag` (`sha256-<hex>.sig|.att|.sbom`) or
+    /// `referrers_tag` (`sha256-<hex>`).
+    pub by: &'static str,
+    /// The image has no such manifest: the attachment is an orphan, which prune's
+    /// `untagged` rule deletes.
+    pub orphan: bool,
 }
 
 /// Why a manifest cursor could not be followed.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Blob;
 use crate::domain::parse_time;
-use crate::domain::retention::{ImageState, ManifestState, Reason, TagState};
+use crate::domain::retention::{ImageState, KeepReason, ManifestState, Reason, TagState};
 use crate::store::StoreError;
 
 /// The images of one namespace with their tags and manifests, read in one transaction, and
@@ -171,6 +171,10 @@ pub struct PlanHeader {
     pub manifests: i64,
     pub bytes: i64,
     pub created_at: String,
+    /// Tags and manifests the plan keeps, when it lists them (a dry run's does); `None`
+    /// for a plan that lists only its deletions.
+    pub kept_tags: Option<i64>,
+    pub kept_manifests: Option<i64>,
 }
 
 /// One planned deletion: a tag (`kind` `tag`, with its name and the version that last
@@ -193,6 +197,21 @@ pub struct PlanItem {
     pub subject: Option<String>,
     /// Bytes only this deletion frees (manifests; 0 for tags).
     pub bytes: i64,
+}
+
+/// One tag or manifest a dry run's plan keeps, with the rule that kept it; numbered by `idx`
+/// in plan order, apart from the deletions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptItem {
+    pub idx: i64,
+    pub image_id: Arc<str>,
+    pub image_name: Arc<str>,
+    pub kind: ItemKind,
+    pub tag: Option<String>,
+    pub digest: String,
+    pub reason: KeepReason,
+    /// For `attachment_of`, the kept manifest it is attached to.
+    pub subject: Option<String>,
 }
 
 /// What a plan item deletes.

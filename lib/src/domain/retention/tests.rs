@@ -572,3 +572,127 @@ fn a_tag_that_only_looks_like_a_scheme_is_an_ordinary_tag() {
     // It counts toward keep_last, as the newest push.
     assert_eq!(tags(&plan), ["v1"]);
 }
+
+// What a plan keeps (`explain`).
+
+impl Given {
+    fn explained(&self, rules: RulesSpec) -> (ImagePlan<'static>, Kept<'static>) {
+        let rules = Rules::compile(&rules).expect("valid rules");
+        explain(&rules, &self.0, now())
+    }
+}
+
+/// Every tag and manifest of `given` is either deleted or kept under `spec`, never both.
+fn assert_partition(given: &Given, spec: serde_json::Value) {
+    let (plan, kept) = given.explained(rules(spec.clone()));
+    assert_eq!(plan, given.when(rules(spec.clone())), "{spec}");
+    let mut all_tags: Vec<&str> = tags(&plan);
+    all_tags.extend(kept.tags.iter().map(|t| t.name));
+    all_tags.sort();
+    let mut expected: Vec<&str> = given.0.tags.iter().map(|t| t.name).collect();
+    expected.sort();
+    assert_eq!(all_tags, expected, "{spec}");
+    let mut all_manifests: Vec<&str> = manifests(&plan);
+    all_manifests.extend(kept.manifests.iter().map(|m| m.digest));
+    all_manifests.sort();
+    let mut expected: Vec<&str> = given.0.manifests.iter().map(|m| m.digest).collect();
+    expected.sort();
+    assert_eq!(all_manifests, expected, "{spec}");
+}
+
+#[test]
+fn a_plan_says_which_rule_kept_each_tag() {
+    let given = five_versions()
+        .manifest("mx", 90, &[("lx", 1)])
+        .tag("latest", "mx", 90)
+        .manifest("mk", 90, &[("lk", 1)])
+        .tag("v0-keep", "mk", 90);
+    let spec = serde_json::json!({
+        "tag_pattern": "^v", "keep_tag_pattern": "keep", "keep_last": 1, "older_than": "25d"
+    });
+    let (plan, kept) = given.explained(rules(spec.clone()));
+    // v5 (10 days) is the last one; v4 (20 days) is newer than the cut-off.
+    assert_eq!(tags(&plan), ["v1", "v2", "v3"]);
+    let why: Vec<(&str, KeepReason)> = kept.tags.iter().map(|t| (t.name, t.reason)).collect();
+    assert_eq!(
+        why,
+        [
+            ("latest", KeepReason::NotMatched),
+            ("v0-keep", KeepReason::KeepTagPattern),
+            ("v4", KeepReason::NewerThan),
+            ("v5", KeepReason::KeepLast),
+        ]
+    );
+    let why: Vec<(&str, KeepReason)> = kept
+        .manifests
+        .iter()
+        .map(|m| (m.digest, m.reason))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            ("m4", KeepReason::KeptTag),
+            ("m5", KeepReason::KeptTag),
+            ("mk", KeepReason::KeptTag),
+            ("mx", KeepReason::KeptTag),
+        ]
+    );
+    assert_partition(&given, spec);
+}
+
+#[test]
+fn a_plan_says_what_it_keeps_of_attachments_indexes_and_untagged_manifests() {
+    let v10 = sha('a');
+    let given = signed_releases()
+        .manifest(sha('1'), 90, &[("amd64", 10)])
+        .index(sha('2'), 90, &[sha('1')])
+        .tag("multi", sha('2'), 90)
+        .manifest(sha('3'), 2, &[("fresh", 3)])
+        .manifest(sha('4'), 200, &[("stale", 4)]);
+    let spec = serde_json::json!({"tag_pattern": "^v", "keep_last": 1});
+    let (plan, kept) = given.explained(rules(spec.clone()));
+    assert_eq!(manifests(&plan), [sha('8'), sha('9'), sha('b'), sha('c')]);
+    let tag = |name: &str| kept.tags.iter().find(|t| t.name == name).unwrap();
+    assert_eq!(tag("v10").reason, KeepReason::KeepLast);
+    assert_eq!(tag("multi").reason, KeepReason::NotMatched);
+    for name in [scheme_tag(v10, ".sig"), scheme_tag(v10, "")] {
+        assert_eq!(
+            (tag(name).reason, tag(name).subject),
+            (KeepReason::AttachmentOf, Some(v10)),
+            "{name}"
+        );
+    }
+    let manifest = |d: &str| {
+        let m = kept.manifests.iter().find(|m| m.digest == d).unwrap();
+        (m.reason, m.subject)
+    };
+    assert_eq!(manifest(v10), (KeepReason::KeptTag, None));
+    assert_eq!(manifest(sha('d')), (KeepReason::AttachmentOf, Some(v10)));
+    assert_eq!(manifest(sha('e')), (KeepReason::AttachmentOf, Some(v10)));
+    assert_eq!(manifest(sha('f')), (KeepReason::AttachmentOf, Some(v10)));
+    assert_eq!(manifest(sha('1')), (KeepReason::ChildOfKept, None));
+    assert_eq!(manifest(sha('3')), (KeepReason::UntaggedNotSet, None));
+    assert_eq!(manifest(sha('4')), (KeepReason::UntaggedNotSet, None));
+    assert_partition(&given, spec);
+
+    // With `untagged` and a cut-off, the stale one goes and the fresh one is newer than it.
+    let spec = serde_json::json!({"tag_pattern": "^v", "untagged": true, "older_than": "30d"});
+    let (plan, kept) = given.explained(rules(spec.clone()));
+    assert!(manifests(&plan).contains(&sha('4')));
+    let fresh = kept
+        .manifests
+        .iter()
+        .find(|m| m.digest == sha('3'))
+        .unwrap();
+    assert_eq!(fresh.reason, KeepReason::NewerThan);
+    assert_partition(&given, spec);
+}
+
+#[test]
+fn a_keep_reason_is_stored_under_its_serde_name_and_read_back() {
+    for reason in KeepReason::ALL {
+        assert_eq!(serde_json::json!(reason), reason.as_str());
+        assert_eq!(KeepReason::parse(reason.as_str()), Some(reason));
+    }
+    assert_eq!(KeepReason::parse("tag_pattern"), None);
+}

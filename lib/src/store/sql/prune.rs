@@ -1,13 +1,17 @@
 // Prune plans: the snapshot a plan is made from, and the stored plan. Included by
 // `backend.rs` once per backend.
 
-use crate::domain::retention::Reason;
-use crate::store::plans::{ItemKind, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage};
+use crate::domain::retention::{KeepReason, Reason};
+use crate::store::plans::{
+    ItemKind, KeptItem, OnPage, PlanHeader, PlanItem, Snapshot, SnapshotImage,
+};
 
 const PLAN_ITEM_COLUMNS: &str = "job_id, idx, image_id, image_name, kind, tag, digest, \
     pushed_version, reason, bytes, subject";
 const PLAN_ITEM_INSERT_COLUMNS: &str = "job_id, attempt, idx, image_id, image_name, kind, tag, \
     digest, pushed_version, reason, bytes, subject";
+const PLAN_KEEP_COLUMNS: &str = "job_id, attempt, idx, image_id, image_name, kind, tag, digest, \
+    reason, subject";
 
 /// A page of a namespace's images (`$1`), those not in status `$2` named after `$3`, each
 /// with its tags, manifests (with their layers) and index children packed as text: records
@@ -197,10 +201,16 @@ impl SqlStore {
     }
 
     /// Stores job `header.job_id`'s plan, made by attempt `header.attempt`, unless the job
-    /// has one; returns whether this call stored it. The items go first, a few thousand per
-    /// transaction, so a large plan never holds the write lock for long; the summary row goes
-    /// last and makes them the plan (items of an attempt that lost the race are deleted).
-    pub async fn save_plan<'a, I>(&self, header: &PlanHeader, items: I) -> Result<bool, StoreError>
+    /// has one; returns whether this call stored it. The items (and what the plan keeps) go
+    /// first, a few thousand per transaction, so a large plan never holds the write lock for
+    /// long; the summary row goes last and makes them the plan (items of an attempt that
+    /// lost the race are deleted).
+    pub async fn save_plan<'a, I>(
+        &self,
+        header: &PlanHeader,
+        items: I,
+        kept: &[KeptItem],
+    ) -> Result<bool, StoreError>
     where
         I: IntoIterator<Item = &'a PlanItem>,
         I::IntoIter: Send,
@@ -208,34 +218,16 @@ impl SqlStore {
         if self.plan(&header.job_id).await?.is_some() {
             return Ok(false);
         }
-        let sql = format!(
-            "{} WHERE TRUE ON CONFLICT (job_id, attempt, idx) DO NOTHING",
-            bulk_insert_sql("prune_plan_items", PLAN_ITEM_INSERT_COLUMNS)
-        );
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            let rows: Vec<serde_json::Value> = items
-                .by_ref()
-                .take(ROWS_PER_INSERT)
-                .map(|item| {
-                    let mut row = serde_json::to_value(item).unwrap_or_default();
-                    row["job_id"] = header.job_id.clone().into();
-                    row["attempt"] = header.attempt.into();
-                    row
-                })
-                .collect();
-            let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(serde_json::Value::Array(rows).to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        }
+        self.insert_rows(header, "prune_plan_items", PLAN_ITEM_INSERT_COLUMNS, items)
+            .await?;
+        self.insert_rows(header, "prune_plan_keeps", PLAN_KEEP_COLUMNS, kept)
+            .await?;
         let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
         let inserted = sqlx::query(
             "INSERT INTO prune_plans (job_id, position, policy_id, policy_version, attempt, \
-             images, tags, manifests, bytes, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (job_id) DO NOTHING",
+             images, tags, manifests, bytes, created_at, kept_tags, kept_manifests) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (job_id) DO NOTHING",
         )
         .bind(&header.job_id)
         .bind(header.position)
@@ -247,25 +239,71 @@ impl SqlStore {
         .bind(header.manifests)
         .bind(header.bytes)
         .bind(&header.created_at)
+        .bind(header.kept_tags)
+        .bind(header.kept_manifests)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         tx.commit().await?;
         if inserted == 0 {
             // Another attempt's plan won: ours is not the plan.
-            sqlx::query("DELETE FROM prune_plan_items WHERE job_id = $1 AND attempt = $2")
-                .bind(&header.job_id)
-                .bind(header.attempt)
-                .execute(&self.write)
-                .await?;
+            for table in ["prune_plan_items", "prune_plan_keeps"] {
+                let sql = format!("DELETE FROM {table} WHERE job_id = $1 AND attempt = $2");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&header.job_id)
+                    .bind(header.attempt)
+                    .execute(&self.write)
+                    .await?;
+            }
         }
         Ok(inserted > 0)
+    }
+
+    /// Inserts `rows` (serialised, with `header`'s job and attempt) into plan table `table`,
+    /// a few thousand per transaction; a row already there stays.
+    async fn insert_rows<'a, T, I>(
+        &self,
+        header: &PlanHeader,
+        table: &str,
+        columns: &str,
+        rows: I,
+    ) -> Result<(), StoreError>
+    where
+        T: serde::Serialize + 'a,
+        I: IntoIterator<Item = &'a T>,
+        I::IntoIter: Send,
+    {
+        let sql = format!(
+            "{} WHERE TRUE ON CONFLICT (job_id, attempt, idx) DO NOTHING",
+            bulk_insert_sql(table, columns)
+        );
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let batch: Vec<serde_json::Value> = rows
+                .by_ref()
+                .take(ROWS_PER_INSERT)
+                .map(|item| {
+                    let mut row = serde_json::to_value(item).unwrap_or_default();
+                    row["job_id"] = header.job_id.clone().into();
+                    row["attempt"] = header.attempt.into();
+                    row
+                })
+                .collect();
+            let mut tx = self.write.begin_with(BEGIN_WRITE).await?;
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(serde_json::Value::Array(batch).to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     pub async fn plan(&self, job_id: &str) -> Result<Option<PlanHeader>, StoreError> {
         let row = sqlx::query(
             "SELECT job_id, position, policy_id, policy_version, attempt, images, tags, \
-             manifests, bytes, created_at FROM prune_plans WHERE job_id = $1",
+             manifests, bytes, created_at, kept_tags, kept_manifests \
+             FROM prune_plans WHERE job_id = $1",
         )
         .bind(job_id)
         .fetch_optional(&self.pool)
@@ -282,6 +320,8 @@ impl SqlStore {
             manifests: r.try_get("manifests")?,
             bytes: r.try_get("bytes")?,
             created_at: r.try_get("created_at")?,
+            kept_tags: r.try_get("kept_tags")?,
+            kept_manifests: r.try_get("kept_manifests")?,
         }))
     }
 
@@ -304,30 +344,56 @@ impl SqlStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        let named = |column: &str, name: String| {
-            StoreError::unreadable(format!("plan item {column} {name:?} is unknown"))
-        };
-        // Items come image by image: consecutive items share their image's id and name.
-        let mut image: Option<(std::sync::Arc<str>, std::sync::Arc<str>)> = None;
+        let mut image = SharedImage::default();
         rows.iter()
             .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                let reason: String = r.try_get("reason")?;
-                let (id, name): (&str, &str) = (r.try_get("image_id")?, r.try_get("image_name")?);
-                let (image_id, image_name) = match &image {
-                    Some((i, n)) if **i == *id && **n == *name => (i.clone(), n.clone()),
-                    _ => image.insert((id.into(), name.into())).clone(),
-                };
+                let (image_id, image_name) = image.of(r)?;
                 Ok(PlanItem {
                     idx: r.try_get("idx")?,
                     image_id,
                     image_name,
-                    kind: ItemKind::parse(&kind).ok_or_else(|| named("kind", kind))?,
+                    kind: parsed(r, "kind", ItemKind::parse)?,
                     tag: r.try_get("tag")?,
                     digest: r.try_get("digest")?,
                     pushed_version: r.try_get("pushed_version")?,
-                    reason: Reason::parse(&reason).ok_or_else(|| named("reason", reason))?,
+                    reason: parsed(r, "reason", Reason::parse)?,
                     bytes: r.try_get("bytes")?,
+                    subject: r.try_get("subject")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Items `from..from + limit` of what job `job_id`'s plan keeps (the attempt its summary
+    /// names), in plan order.
+    pub async fn plan_keeps(
+        &self,
+        job_id: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<KeptItem>, StoreError> {
+        let sql = "SELECT idx, image_id, image_name, kind, tag, digest, reason, subject \
+                   FROM prune_plan_keeps WHERE job_id = $1 \
+                   AND attempt = (SELECT attempt FROM prune_plans WHERE job_id = $1) \
+                   AND idx >= $2 ORDER BY idx LIMIT $3";
+        let rows = sqlx::query(sql)
+            .bind(job_id)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut image = SharedImage::default();
+        rows.iter()
+            .map(|r| {
+                let (image_id, image_name) = image.of(r)?;
+                Ok(KeptItem {
+                    idx: r.try_get("idx")?,
+                    image_id,
+                    image_name,
+                    kind: parsed(r, "kind", ItemKind::parse)?,
+                    tag: r.try_get("tag")?,
+                    digest: r.try_get("digest")?,
+                    reason: parsed(r, "reason", KeepReason::parse)?,
                     subject: r.try_get("subject")?,
                 })
             })
@@ -392,5 +458,33 @@ impl SqlStore {
         .bind(pattern)
         .fetch_optional(&self.pool)
         .await?)
+    }
+}
+
+/// A plan row's `column`, read by `parse`; a name it does not know is an error naming it.
+fn parsed<T>(
+    row: &<Db as sqlx::Database>::Row,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, StoreError> {
+    let name: String = row.try_get(column)?;
+    parse(&name).ok_or_else(|| StoreError::unreadable(format!("plan {column} {name:?} is unknown")))
+}
+
+/// Plan rows come image by image: consecutive rows share their image's id and name.
+#[derive(Default)]
+struct SharedImage(Option<(std::sync::Arc<str>, std::sync::Arc<str>)>);
+
+impl SharedImage {
+    /// The id and name of `row`'s image, shared with the row before when it is the same.
+    fn of(
+        &mut self,
+        row: &<Db as sqlx::Database>::Row,
+    ) -> Result<(std::sync::Arc<str>, std::sync::Arc<str>), StoreError> {
+        let (id, name): (&str, &str) = (row.try_get("image_id")?, row.try_get("image_name")?);
+        Ok(match &self.0 {
+            Some((i, n)) if **i == *id && **n == *name => (i.clone(), n.clone()),
+            _ => self.0.insert((id.into(), name.into())).clone(),
+        })
     }
 }
