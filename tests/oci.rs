@@ -302,6 +302,156 @@ async fn busy_answers_are_retried_after_the_time_the_registry_asks() {
     );
 }
 
+/// A front for a real registry adding what CNCF distribution 2.8 lacks, the OCI 1.1
+/// referrers API: `GET /v2/<name>/referrers/<digest>` answers from what the test registered
+/// with [`Front::refer`], one descriptor per page with a `Link` to the next (so a client must
+/// follow the pages); every other request goes to the registry untouched. A stand-in only for
+/// that one endpoint: manifests and blobs are the real registry's.
+mod referrers_api {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+    use axum::response::{IntoResponse, Response};
+
+    use super::*;
+
+    type Known = Arc<Mutex<HashMap<String, Vec<serde_json::Value>>>>;
+
+    pub struct Front {
+        pub base: String,
+        known: Known,
+    }
+
+    impl Front {
+        /// Serves on a free loopback port in front of the registry at `registry`.
+        pub async fn start(registry: &str) -> Front {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let known = Known::default();
+            let app = Router::new()
+                .fallback(handle)
+                .with_state((registry.to_owned(), known.clone()));
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Front { base, known }
+        }
+
+        /// Lists `descriptor` among the referrers of `subject`.
+        pub fn refer(&self, subject: &str, descriptor: serde_json::Value) {
+            let mut known = self.known.lock().unwrap();
+            known
+                .entry(subject.to_owned())
+                .or_default()
+                .push(descriptor);
+        }
+    }
+
+    async fn handle(
+        State((registry, known)): State<(String, Known)>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+    ) -> Response {
+        let path = uri.path().to_owned();
+        if let Some((_, digest)) = path
+            .strip_prefix("/v2/")
+            .and_then(|p| p.rsplit_once("/referrers/"))
+        {
+            let page: usize = uri
+                .query()
+                .and_then(|q| q.strip_prefix("page="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let listed = known
+                .lock()
+                .unwrap()
+                .get(digest)
+                .cloned()
+                .unwrap_or_default();
+            let body = json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": listed.get(page).into_iter().collect::<Vec<_>>(),
+            });
+            let mut res = ([(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
+            if page + 1 < listed.len() {
+                let next = format!("<{path}?page={}>; rel=\"next\"", page + 1);
+                res.headers_mut()
+                    .insert(header::LINK, next.parse().unwrap());
+            }
+            return res;
+        }
+        let target = format!(
+            "{registry}{}",
+            uri.path_and_query().map_or("", |p| p.as_str())
+        );
+        let mut req = reqwest::Client::new().request(method, target);
+        for name in [header::ACCEPT, header::AUTHORIZATION] {
+            if let Some(v) = headers.get(&name) {
+                req = req.header(name, v);
+            }
+        }
+        let Ok(res) = req.send().await else {
+            return StatusCode::BAD_GATEWAY.into_response();
+        };
+        let mut out = Response::builder().status(res.status());
+        for name in [
+            "content-type",
+            "docker-content-digest",
+            "link",
+            "content-length",
+        ] {
+            if let Some(v) = res.headers().get(name) {
+                out = out.header(name, v);
+            }
+        }
+        let body = res.bytes().await.unwrap_or_default();
+        out.body(axum::body::Body::from(body)).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_are_read_page_by_page_and_a_registry_without_the_api_is_asked_once() {
+    let reg = Registry::start().await;
+    let (app, app_body) = reg.image("team/app", "v1", OCI_MANIFEST, &["app"]).await;
+    // CNCF distribution 2.8 has no referrers API: it answers 404, and is not asked again.
+    let plain = Client::new(&reg.base, Credentials::Anonymous, 2).unwrap();
+    assert_eq!(plain.referrers("team/app", &app).await.unwrap(), None);
+    assert_eq!(plain.referrers("team/app", &app).await.unwrap(), None);
+
+    let front = referrers_api::Front::start(&reg.base).await;
+    let mut listed = Vec::new();
+    for kind in ["application/spdx+json", "application/vnd.in-toto+json"] {
+        let (digest, _, d) = push_referrer(&reg, "team/app", &app, &app_body, kind).await;
+        front.refer(&app, d);
+        listed.push(digest);
+    }
+    let client = Client::new(&front.base, Credentials::Anonymous, 2).unwrap();
+    assert_eq!(
+        client.referrers("team/app", &app).await.unwrap(),
+        Some(listed),
+        "both pages"
+    );
+    assert_eq!(
+        client.referrers("team/app", &listed_none()).await.unwrap(),
+        Some(vec![])
+    );
+    // A listed "digest" that is not one is refused, naming the manifest.
+    front.refer(&app, json!({"digest": "v1"}));
+    let err = client.referrers("team/app", &app).await.unwrap_err();
+    assert!(
+        matches!(&err, OciError::BadManifest { reference, .. } if reference.contains(&app)),
+        "{err:?}"
+    );
+}
+
+/// A digest nothing refers to.
+fn listed_none() -> String {
+    sha256(b"nothing refers to this")
+}
+
 // ---------------------------------------------------------------------------------------
 // Import jobs, through the real binary
 
@@ -313,6 +463,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 on_both_backends!(
+    attachments_listed_by_the_referrers_api_are_imported_mirrored_and_pruned,
     signed_releases_are_pruned_with_their_attachments_and_nothing_else,
     attachments_are_found_by_subject_and_by_both_tag_schemes,
     imported_images_keep_their_real_age,
@@ -2326,6 +2477,170 @@ async fn signed_releases_are_pruned_with_their_attachments_and_nothing_else(db: 
     let mut expected: Vec<String> = expected_tags.iter().map(|t| t.to_string()).collect();
     expected.sort();
     assert_eq!(backend_tags, expected);
+
+    let before = store.read_model_rows().await.unwrap();
+    store.rebuild(&|_, _| {}).await.unwrap();
+    assert_eq!(store.read_model_rows().await.unwrap(), before);
+}
+
+/// Pushes to `repo` an artifact of `artifact_type` attached to `subject` (its bytes
+/// `subject_body`) by its `subject` field alone, untagged, as a client writes one to a
+/// registry with the referrers API; returns its digest, bytes and its descriptor as the
+/// referrers API lists it.
+async fn push_referrer(
+    reg: &Registry,
+    repo: &str,
+    subject: &str,
+    subject_body: &[u8],
+    artifact_type: &str,
+) -> (String, Vec<u8>, Value) {
+    let empty = reg.blob(repo, b"{}").await;
+    let content = format!("{artifact_type} of {subject}");
+    let layer = reg.blob(repo, content.as_bytes()).await;
+    let body = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": artifact_type, "digest": layer, "size": content.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_body.len()},
+    })
+    .to_string()
+    .into_bytes();
+    let digest = sha256(&body);
+    reg.manifest(repo, &digest, OCI_MANIFEST, &body).await;
+    let descriptor = json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": body.len(),
+                            "artifactType": artifact_type});
+    (digest, body, descriptor)
+}
+
+/// Attachments only the OCI 1.1 referrers API lists (no tag names them), through a stand-in
+/// for that API in front of a real registry (CNCF distribution 2.8 has none; see
+/// [`referrers_api`]): v1 has an SBOM and an attestation, listed on two pages, and the SBOM
+/// has a signature of its own. An import into a namespace linked to a backend records all
+/// three with their subjects and mirrors them after their subjects; the referrers endpoint
+/// shows them; a prune of v1 plans them as `attachment_of` (the signature of the SBOM's
+/// subject is the SBOM) and bytes freed count them; the real run removes them from the read
+/// models and the backend, leaving v2 whole; a rebuild reproduces the read models.
+async fn attachments_listed_by_the_referrers_api_are_imported_mirrored_and_pruned(db: &TestDb) {
+    let source = Registry::start().await;
+    let backend = Registry::start().await;
+    let front = referrers_api::Front::start(&source.base).await;
+    let repo = "team/app";
+    let (v1, v1_body) = source.image(repo, "v1", OCI_MANIFEST, &["one"]).await;
+    let (v2, v2_body) = source.image(repo, "v2", OCI_MANIFEST, &["two"]).await;
+    let (sbom, sbom_body, d) =
+        push_referrer(&source, repo, &v1, &v1_body, "application/spdx+json").await;
+    front.refer(&v1, d);
+    let (att, att_body, d) =
+        push_referrer(&source, repo, &v1, &v1_body, "application/vnd.in-toto+json").await;
+    front.refer(&v1, d);
+    let sig_type = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    let (sig, sig_body, d) = push_referrer(&source, repo, &sbom, &sbom_body, sig_type).await;
+    front.refer(&sbom, d);
+
+    let store = db.store().await;
+    let fx = Fixture::new(store.clone());
+    let ns = fx.namespace("team").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::on_database(&db.url, dir.path(), &["--role", "all"]);
+    let (status, body) = link(&server, &ns, &backend.base, "mirror").await;
+    assert_eq!(status, 200, "{body}");
+    let j = import_new(&server, &ns, "app", &front.base, repo).await;
+    assert_eq!(state(&j), "completed", "{j}");
+    let app = j["tasks"][0]["input"]["image_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Recorded with their subjects: what the referrers endpoint lists.
+    let referrers = |digest: String| {
+        let url = format!(
+            "{}/v1/images/{app}/manifests/{digest}/referrers",
+            server.base
+        );
+        async move {
+            let (status, body) = call(Method::GET, &url, None).await;
+            assert_eq!(status, 200, "{body}");
+            let mut found: Vec<(String, String)> = body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let field = |k: &str| r[k].as_str().unwrap().to_owned();
+                    (field("digest"), field("attached_by"))
+                })
+                .collect();
+            found.sort();
+            found
+        }
+    };
+    let mut expected = vec![
+        (sbom.clone(), "subject".to_owned()),
+        (att.clone(), "subject".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(referrers(v1.clone()).await, expected);
+    assert_eq!(
+        referrers(sbom.clone()).await,
+        [(sig.clone(), "subject".to_owned())]
+    );
+    // Mirrored: the backend serves every one of them by digest.
+    let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
+    for digest in [&v1, &v2, &sbom, &att, &sig] {
+        let there = pull.manifest("mirror/app", digest).await;
+        assert!(there.is_ok(), "{digest} at the backend: {there:?}");
+    }
+
+    // A prune of v1 takes its attachments, the SBOM's signature with them.
+    let policy = json!({"namespace_id": ns, "image_names": ["app"],
+                        "rules": {"tag_pattern": "^v1$"}});
+    let (j, items) = run_prune(&server, policy.clone(), true).await;
+    let planned: std::collections::BTreeMap<String, (String, Value)> = items
+        .iter()
+        .filter(|i| i["kind"] == "manifest")
+        .map(|i| {
+            let digest = i["digest"].as_str().unwrap().to_owned();
+            (
+                digest,
+                (
+                    i["reason"].as_str().unwrap().to_owned(),
+                    i["subject"].clone(),
+                ),
+            )
+        })
+        .collect();
+    let expected: std::collections::BTreeMap<String, (String, Value)> = [
+        (v1.clone(), ("tags_deleted".to_owned(), Value::Null)),
+        (sbom.clone(), ("attachment_of".to_owned(), json!(v1))),
+        (att.clone(), ("attachment_of".to_owned(), json!(v1))),
+        (sig.clone(), ("attachment_of".to_owned(), json!(sbom))),
+    ]
+    .into();
+    assert_eq!(planned, expected, "{items:?}");
+    let everything: Vec<&[u8]> = vec![&v1_body, &v2_body, &sbom_body, &att_body, &sig_body];
+    let freed = expected_size(&everything) - expected_size(&[&v2_body]);
+    assert_eq!(j["output"]["planned"]["bytes"], freed, "{j}");
+
+    let (j, _) = run_prune(&server, policy, false).await;
+    assert_eq!(j["output"]["manifests_deleted"], 4, "{j}");
+    assert_eq!(j["output"]["backend"]["manifests_deleted"], 4, "{j}");
+    let rows = store.read_model_rows().await.unwrap();
+    let manifests: Vec<&str> = rows
+        .manifests
+        .iter()
+        .filter(|m| m.image_id == app)
+        .map(|m| m.digest.as_str())
+        .collect();
+    assert_eq!(manifests, [v2.as_str()]);
+    for digest in [&v1, &sbom, &att, &sig] {
+        let gone = pull.manifest("mirror/app", digest).await;
+        assert!(
+            matches!(gone, Err(OciError::NotFound { .. })),
+            "{digest}: {gone:?}"
+        );
+    }
+    assert!(pull.manifest("mirror/app", &v2).await.is_ok());
 
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();

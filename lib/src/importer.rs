@@ -207,7 +207,9 @@ pub struct Verified {
 }
 
 /// Fetches manifest `reference` (a tag or a digest) of `repo` and, for an index, each child;
-/// every one verified against its digest. Nothing is recorded.
+/// then, where the source has the OCI 1.1 referrers API, every manifest attached to those
+/// (and to the attachments, at any depth). Every one is verified against its digest; nothing
+/// is recorded.
 pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verified, Failed> {
     let named = if reference.starts_with("sha256:") {
         format!("{repo}@{reference}")
@@ -215,25 +217,8 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
         format!("{repo}:{reference}")
     };
     let top = client.manifest(repo, reference).await?;
-    let parsed = parse(&named, &top)?;
-    let (mut manifests, mut fetched) = (Vec::new(), Vec::new());
-    if let Parsed::Index { children } = &parsed {
-        for (digest, platform) in children {
-            let child_ref = format!("{repo}@{digest}");
-            let child = client.manifest(repo, digest).await?;
-            let child_parsed = parse(&child_ref, &child)?;
-            if matches!(child_parsed, Parsed::Index { .. }) {
-                return Err(Failed::Permanent(format!(
-                    "manifest {child_ref}: an index inside an index is not supported"
-                )));
-            }
-            manifests.push(recorded(&child, child_parsed, platform.clone()));
-            fetched.push(child);
-        }
-    }
     let digest = top.digest.clone();
-    manifests.push(recorded(&top, parsed, None));
-    fetched.push(top);
+    let (mut manifests, mut fetched) = tree(client, repo, &named, top).await?;
     // An image's age: its annotation (already read), else its config's `created`; an index
     // without an annotation is as old as its newest child.
     let mut ages_ignored = Vec::new();
@@ -253,6 +238,37 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
     {
         top.created = children.iter().filter_map(|m| m.created.clone()).max();
     }
+    // Attachments after what they are attached to, so a copy pushes a subject first. Their
+    // age is their subject's business: their configs are not read (cosign's says year 1).
+    let mut seen: std::collections::HashSet<String> =
+        fetched.iter().map(|f| f.digest.clone()).collect();
+    let mut asking: Vec<String> = fetched.iter().map(|f| f.digest.clone()).collect();
+    while let Some(subject) = asking.pop() {
+        let Some(referrers) = client.referrers(repo, &subject).await? else {
+            // No referrers API: the tag schemes, which a tag walk sees, say the rest.
+            break;
+        };
+        for referrer in referrers {
+            if !seen.insert(referrer.clone()) {
+                continue;
+            }
+            if seen.len() > crate::oci::MAX_REFERRERS {
+                return Err(Failed::Permanent(format!(
+                    "{named}: more than {} manifests attached",
+                    crate::oci::MAX_REFERRERS
+                )));
+            }
+            let at = format!("{repo}@{referrer}");
+            let attachment = client.manifest(repo, &referrer).await?;
+            let (more, more_fetched) = tree(client, repo, &at, attachment).await?;
+            for f in &more_fetched {
+                seen.insert(f.digest.clone());
+                asking.push(f.digest.clone());
+            }
+            manifests.extend(more);
+            fetched.extend(more_fetched);
+        }
+    }
     Ok(Verified {
         named,
         manifests,
@@ -260,6 +276,36 @@ pub async fn fetch(client: &Client, repo: &str, reference: &str) -> Result<Verif
         digest,
         ages_ignored,
     })
+}
+
+/// The manifests to record of fetched manifest `top` (named `named`): for an index, each
+/// child (fetched and verified) first, then the index; with the manifests as fetched, in the
+/// same order.
+async fn tree(
+    client: &Client,
+    repo: &str,
+    named: &str,
+    top: Fetched,
+) -> Result<(Vec<crate::domain::event::ManifestRecorded>, Vec<Fetched>), Failed> {
+    let parsed = parse(named, &top)?;
+    let (mut manifests, mut fetched) = (Vec::new(), Vec::new());
+    if let Parsed::Index { children } = &parsed {
+        for (digest, platform) in children {
+            let child_ref = format!("{repo}@{digest}");
+            let child = client.manifest(repo, digest).await?;
+            let child_parsed = parse(&child_ref, &child)?;
+            if matches!(child_parsed, Parsed::Index { .. }) {
+                return Err(Failed::Permanent(format!(
+                    "manifest {child_ref}: an index inside an index is not supported"
+                )));
+            }
+            manifests.push(recorded(&child, child_parsed, platform.clone()));
+            fetched.push(child);
+        }
+    }
+    manifests.push(recorded(&top, parsed, None));
+    fetched.push(top);
+    Ok((manifests, fetched))
 }
 
 /// Largest image config read for its creation time, in bytes.
@@ -475,7 +521,8 @@ pub async fn push_manifests(
             count += 1;
         }
     }
-    if let (Some(tag), Some(top)) = (tag, v.fetched.last()) {
+    let top = v.fetched.iter().find(|f| f.digest == v.digest);
+    if let (Some(tag), Some(top)) = (tag, top) {
         backend
             .put_manifest(target_repo, tag, &top.media_type, &top.body)
             .await?;

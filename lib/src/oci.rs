@@ -39,6 +39,9 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest manifest accepted (CNCF distribution refuses to store larger ones).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Most referrers read of one manifest (an import of a tag reads those of each manifest it
+/// records, and theirs).
+pub const MAX_REFERRERS: usize = 1_000;
 /// Entries asked for per catalog or tag list page.
 pub const PAGE: usize = 100;
 /// Environment variable naming a PEM file of CA certificates trusted for registries, besides
@@ -134,6 +137,8 @@ pub struct Client {
     /// The registry answered a `Basic` challenge: later requests send the credentials
     /// straight away.
     basic: Arc<std::sync::atomic::AtomicBool>,
+    /// The registry answered that it has no referrers API: it is not asked again.
+    no_referrers: Arc<std::sync::atomic::AtomicBool>,
     in_flight: Arc<Semaphore>,
     /// Retries of a 429/5xx/transport failure.
     retries: u32,
@@ -161,6 +166,7 @@ impl Client {
             token_host: None,
             token: Arc::new(Mutex::new(None)),
             basic: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            no_referrers: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             in_flight: Arc::new(Semaphore::new(concurrency.max(1))),
             retries: 4,
             page: PAGE,
@@ -251,6 +257,64 @@ impl Client {
             out.extend(page.tags.unwrap_or_default());
         }
         Ok(out)
+    }
+
+    /// The digests of the manifests attached to manifest `digest` of `repository`, as the
+    /// OCI 1.1 referrers API lists them (an index, paged by `Link`); `None` when the registry
+    /// has no referrers API (it answers 404, or 400/405 for a path it does not route), which
+    /// is what CNCF distribution 2.8 does; a registry with the API never answers 404 to it
+    /// (OCI distribution 1.1), so this client asks no more once it has. At most
+    /// [`MAX_REFERRERS`] are read.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<String>>, OciError> {
+        #[derive(Deserialize)]
+        struct Descriptor {
+            digest: String,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.no_referrers.load(Relaxed) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut next = Some(format!("/v2/{repository}/referrers/{digest}"));
+        while let Some(path) = next.take() {
+            let res = match self.get(&path, Some(OCI_INDEX)).await {
+                Err(OciError::Status {
+                    status: 404 | 405, ..
+                }) if out.is_empty() => {
+                    self.no_referrers.store(true, Relaxed);
+                    return Ok(None);
+                }
+                other => other?,
+            };
+            next = next_link(&res);
+            let page: Page = json(res, &path).await?;
+            for d in page.manifests {
+                let hex = d.digest.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(OciError::BadManifest {
+                        reference: format!("{repository}@{digest}"),
+                        reason: format!("its referrers list {:?}, not a sha256 digest", d.digest),
+                    });
+                }
+                out.push(d.digest);
+            }
+            if out.len() > MAX_REFERRERS {
+                return Err(OciError::BadManifest {
+                    reference: format!("{repository}@{digest}"),
+                    reason: format!("more than {MAX_REFERRERS} referrers"),
+                });
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Manifest `reference` (a tag or a digest) of `repository`, verified against its digest.
