@@ -2514,30 +2514,49 @@ async fn push_referrer(
     (digest, body, descriptor)
 }
 
-/// Attachments only the OCI 1.1 referrers API lists (no tag names them), through a stand-in
-/// for that API in front of a real registry (CNCF distribution 2.8 has none; see
-/// [`referrers_api`]): v1 has an SBOM and an attestation, listed on two pages, and the SBOM
-/// has a signature of its own. An import into a namespace linked to a backend records all
-/// three with their subjects and mirrors them after their subjects; the referrers endpoint
-/// shows them; a prune of v1 plans them as `attachment_of` (the signature of the SBOM's
-/// subject is the SBOM) and bytes freed count them; the real run removes them from the read
-/// models and the backend, leaving v2 whole; a rebuild reproduces the read models.
+/// The retention-truth scenario with attachments only the OCI 1.1 referrers API lists (no
+/// tag names them), through a stand-in for that API in front of a real registry (CNCF
+/// distribution 2.8 has none; see [`referrers_api`]): v8, v9, v10 built 2024-01, -02, -03 and
+/// pushed v10 first, each signed by `subject`; v10 carries an SBOM, which is signed too (a
+/// signature of the SBOM), v10's two referrers listed on two pages. Imported into a
+/// namespace linked to a backend, every attachment is recorded with its subject and
+/// mirrored; both policies plan to delete exactly v8, v9 and their signatures (bytes freed
+/// counted from the registry's manifests) and keep v10 with its signature, SBOM and the
+/// SBOM's signature, saying why; the real run leaves exactly that in the read models and the
+/// backend; a rebuild reproduces the read models.
 async fn attachments_listed_by_the_referrers_api_are_imported_mirrored_and_pruned(db: &TestDb) {
     let source = Registry::start().await;
     let backend = Registry::start().await;
     let front = referrers_api::Front::start(&source.base).await;
     let repo = "team/app";
-    let (v1, v1_body) = source.image(repo, "v1", OCI_MANIFEST, &["one"]).await;
-    let (v2, v2_body) = source.image(repo, "v2", OCI_MANIFEST, &["two"]).await;
-    let (sbom, sbom_body, d) =
-        push_referrer(&source, repo, &v1, &v1_body, "application/spdx+json").await;
-    front.refer(&v1, d);
-    let (att, att_body, d) =
-        push_referrer(&source, repo, &v1, &v1_body, "application/vnd.in-toto+json").await;
-    front.refer(&v1, d);
     let sig_type = "application/vnd.dev.cosign.artifact.sig.v1+json";
-    let (sig, sig_body, d) = push_referrer(&source, repo, &sbom, &sbom_body, sig_type).await;
+    let mut bodies = std::collections::BTreeMap::new();
+    let mut built = std::collections::BTreeMap::new();
+    let mut signature = std::collections::BTreeMap::new();
+    for (tag, at) in [
+        ("v10", "2024-03-05T10:00:00Z"),
+        ("v8", "2024-01-05T10:00:00Z"),
+        ("v9", "2024-02-05T10:00:00Z"),
+    ] {
+        let digest = built_at(&source, repo, tag, at, None).await;
+        let client = Client::new(&source.base, Credentials::Anonymous, 4).unwrap();
+        let body = client.manifest(repo, &digest).await.unwrap().body;
+        let (sig, sig_body, d) = push_referrer(&source, repo, &digest, &body, sig_type).await;
+        front.refer(&digest, d);
+        bodies.insert(digest.clone(), body);
+        bodies.insert(sig.clone(), sig_body);
+        built.insert(tag, digest);
+        signature.insert(tag, sig);
+    }
+    let v10 = built["v10"].clone();
+    let (sbom, sbom_body, d) =
+        push_referrer(&source, repo, &v10, &bodies[&v10], "application/spdx+json").await;
+    front.refer(&v10, d);
+    let (sbom_sig, sbom_sig_body, d) =
+        push_referrer(&source, repo, &sbom, &sbom_body, sig_type).await;
     front.refer(&sbom, d);
+    bodies.insert(sbom.clone(), sbom_body);
+    bodies.insert(sbom_sig.clone(), sbom_sig_body);
 
     let store = db.store().await;
     let fx = Fixture::new(store.clone());
@@ -2575,72 +2594,160 @@ async fn attachments_listed_by_the_referrers_api_are_imported_mirrored_and_prune
             found
         }
     };
-    let mut expected = vec![
-        (sbom.clone(), "subject".to_owned()),
-        (att.clone(), "subject".to_owned()),
-    ];
-    expected.sort();
-    assert_eq!(referrers(v1.clone()).await, expected);
+    let by_subject = |ds: &[&String]| {
+        let mut v: Vec<(String, String)> = ds
+            .iter()
+            .map(|d| ((*d).clone(), "subject".to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
     assert_eq!(
-        referrers(sbom.clone()).await,
-        [(sig.clone(), "subject".to_owned())]
+        referrers(v10.clone()).await,
+        by_subject(&[&signature["v10"], &sbom])
+    );
+    assert_eq!(referrers(sbom.clone()).await, by_subject(&[&sbom_sig]));
+    assert_eq!(
+        referrers(built["v8"].clone()).await,
+        by_subject(&[&signature["v8"]])
     );
     // Mirrored: the backend serves every one of them by digest.
     let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
-    for digest in [&v1, &v2, &sbom, &att, &sig] {
+    for digest in bodies.keys() {
         let there = pull.manifest("mirror/app", digest).await;
         assert!(there.is_ok(), "{digest} at the backend: {there:?}");
     }
 
-    // A prune of v1 takes its attachments, the SBOM's signature with them.
-    let policy = json!({"namespace_id": ns, "image_names": ["app"],
-                        "rules": {"tag_pattern": "^v1$"}});
-    let (j, items) = run_prune(&server, policy.clone(), true).await;
-    let planned: std::collections::BTreeMap<String, (String, Value)> = items
+    let gone: std::collections::BTreeSet<&str> = [
+        &built["v8"],
+        &built["v9"],
+        &signature["v8"],
+        &signature["v9"],
+    ]
+    .map(String::as_str)
+    .into();
+    let kept: Vec<&[u8]> = bodies
         .iter()
-        .filter(|i| i["kind"] == "manifest")
-        .map(|i| {
-            let digest = i["digest"].as_str().unwrap().to_owned();
+        .filter(|(d, _)| !gone.contains(d.as_str()))
+        .map(|(_, b)| b.as_slice())
+        .collect();
+    let all: Vec<&[u8]> = bodies.values().map(Vec::as_slice).collect();
+    let freed = expected_size(&all) - expected_size(&kept);
+    let policies = [
+        json!({"tag_pattern": ".*", "keep_last": 1, "untagged": true}),
+        json!({"tag_pattern": "^v", "keep_last": 1}),
+    ];
+    for rules in &policies {
+        let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": rules});
+        let (j, items) = run_prune(&server, policy, true).await;
+        let tags: std::collections::BTreeSet<&str> = items
+            .iter()
+            .filter(|i| i["kind"] == "tag")
+            .map(|i| i["tag"].as_str().unwrap())
+            .collect();
+        assert_eq!(tags, ["v8", "v9"].into(), "{rules}: {items:?}");
+        let planned: std::collections::BTreeMap<&str, (&str, Value)> = items
+            .iter()
+            .filter(|i| i["kind"] == "manifest")
+            .map(|i| {
+                let why = (i["reason"].as_str().unwrap(), i["subject"].clone());
+                (i["digest"].as_str().unwrap(), why)
+            })
+            .collect();
+        let expected: std::collections::BTreeMap<&str, (&str, Value)> = [
+            (built["v8"].as_str(), ("tags_deleted", Value::Null)),
+            (built["v9"].as_str(), ("tags_deleted", Value::Null)),
             (
-                digest,
-                (
+                signature["v8"].as_str(),
+                ("attachment_of", json!(built["v8"])),
+            ),
+            (
+                signature["v9"].as_str(),
+                ("attachment_of", json!(built["v9"])),
+            ),
+        ]
+        .into();
+        assert_eq!(planned, expected, "{rules}: {items:?}");
+        assert_eq!(j["output"]["planned"]["bytes"], freed, "{rules}: {j}");
+        // What it keeps, and why.
+        let url = format!(
+            "{}/v1/jobs/{}/plan?filter[decision]=keep",
+            server.base,
+            j["id"].as_str().unwrap()
+        );
+        let (status, plan) = call(Method::GET, &url, None).await;
+        assert_eq!(status, 200, "{plan}");
+        let kept: std::collections::BTreeMap<String, (String, Value)> = plan["data"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let name = i[if i["kind"] == "tag" { "tag" } else { "digest" }].clone();
+                let why = (
                     i["reason"].as_str().unwrap().to_owned(),
                     i["subject"].clone(),
-                ),
-            )
-        })
-        .collect();
-    let expected: std::collections::BTreeMap<String, (String, Value)> = [
-        (v1.clone(), ("tags_deleted".to_owned(), Value::Null)),
-        (sbom.clone(), ("attachment_of".to_owned(), json!(v1))),
-        (att.clone(), ("attachment_of".to_owned(), json!(v1))),
-        (sig.clone(), ("attachment_of".to_owned(), json!(sbom))),
-    ]
-    .into();
-    assert_eq!(planned, expected, "{items:?}");
-    let everything: Vec<&[u8]> = vec![&v1_body, &v2_body, &sbom_body, &att_body, &sig_body];
-    let freed = expected_size(&everything) - expected_size(&[&v2_body]);
-    assert_eq!(j["output"]["planned"]["bytes"], freed, "{j}");
+                );
+                (name.as_str().unwrap().to_owned(), why)
+            })
+            .collect();
+        let because = |reason: &str, subject: Value| (reason.to_owned(), subject);
+        let expected: std::collections::BTreeMap<String, (String, Value)> = [
+            ("v10".to_owned(), because("keep_last", Value::Null)),
+            (v10.clone(), because("kept_tag", Value::Null)),
+            (
+                signature["v10"].clone(),
+                because("attachment_of", json!(v10)),
+            ),
+            (sbom.clone(), because("attachment_of", json!(v10))),
+            (sbom_sig.clone(), because("attachment_of", json!(sbom))),
+        ]
+        .into();
+        assert_eq!(kept, expected, "{rules}: {plan}");
+    }
 
+    // The real run, in the read models and at the backend.
+    let policy = json!({"namespace_id": ns, "image_names": ["app"], "rules": policies[0]});
     let (j, _) = run_prune(&server, policy, false).await;
     assert_eq!(j["output"]["manifests_deleted"], 4, "{j}");
     assert_eq!(j["output"]["backend"]["manifests_deleted"], 4, "{j}");
     let rows = store.read_model_rows().await.unwrap();
-    let manifests: Vec<&str> = rows
+    let left: std::collections::BTreeSet<&str> = rows
         .manifests
         .iter()
         .filter(|m| m.image_id == app)
         .map(|m| m.digest.as_str())
         .collect();
-    assert_eq!(manifests, [v2.as_str()]);
-    for digest in [&v1, &sbom, &att, &sig] {
-        let gone = pull.manifest("mirror/app", digest).await;
-        assert!(
-            matches!(gone, Err(OciError::NotFound { .. })),
-            "{digest}: {gone:?}"
-        );
+    let expected: std::collections::BTreeSet<&str> = bodies
+        .keys()
+        .map(String::as_str)
+        .filter(|d| !gone.contains(d))
+        .collect();
+    assert_eq!(left, expected);
+    let tags: Vec<&str> = rows
+        .tags
+        .iter()
+        .filter(|t| t.image_id == app)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(tags, ["v10"]);
+    let (_, image) = call(
+        Method::GET,
+        &format!("{}/registry/v1/regions/fr-par/images/{app}", server.base),
+        None,
+    )
+    .await;
+    assert_eq!(image["size"], expected_size(&kept), "{image}");
+    for digest in bodies.keys() {
+        let there = pull.manifest("mirror/app", digest).await;
+        if gone.contains(digest.as_str()) {
+            assert!(
+                matches!(there, Err(OciError::NotFound { .. })),
+                "{digest}: {there:?}"
+            );
+        } else {
+            assert!(there.is_ok(), "{digest} kept at the backend: {there:?}");
+        }
     }
-    assert!(pull.manifest("mirror/app", &v2).await.is_ok());
 
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();

@@ -33,7 +33,7 @@
 //! references; each such blob is counted once, against the first deleted manifest (by
 //! digest) that held it.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use chrono::{DateTime, Duration, Utc};
 use regex::{Regex, RegexBuilder};
@@ -362,48 +362,98 @@ pub fn scheme_subject(name: &str) -> Option<String> {
     scheme_hex(name).map(|hex| format!("sha256:{hex}"))
 }
 
-/// How one image's manifests hang together (design §11): which manifests each is attached
-/// to, which indexes list it, and the orphans (attached to a digest the image lacks).
-struct Relations<'a, 'm> {
-    manifests: HashMap<&'a str, &'m ManifestState<'a>>,
-    /// Per tag of the image (in its order): the digest it attaches its manifest to, when its
-    /// name is of a scheme and that digest is another manifest of the image.
-    tag_subject: Vec<Option<&'a str>>,
-    /// Tags of a scheme whose digest is not in the image.
-    orphan_tags: HashSet<&'a str>,
-    /// Per attachment, the manifests it is attached to (by `subject` or by a scheme tag).
-    subjects: HashMap<&'a str, Vec<&'a str>>,
-    /// Per manifest, what it goes with: the indexes listing it and what it is attached to.
-    owners: HashMap<&'a str, Vec<&'a str>>,
-    /// The reverse of `owners`: per manifest, the manifests that go with it.
-    dependents: HashMap<&'a str, Vec<&'a str>>,
-    /// Attachments whose subject is not in the image (by `subject`, or tagged only by
-    /// orphan scheme tags).
-    orphans: HashSet<&'a str>,
+/// Edges from manifests to manifests (by their index in the image), grouped by where they
+/// start, each group in the order the edges were found and without repeats.
+struct Edges {
+    start: Vec<usize>,
+    to: Vec<usize>,
 }
 
-impl<'a, 'm> Relations<'a, 'm> {
-    fn of(image: &'m ImageState<'a>) -> Self {
-        let manifests: HashMap<&str, &ManifestState<'a>> =
-            image.manifests.iter().map(|m| (m.digest, m)).collect();
-        let mut subjects: HashMap<&str, Vec<&str>> = HashMap::new();
-        let mut orphans = HashSet::new();
-        for m in &image.manifests {
-            match m.subject {
-                Some(s) if s != m.digest && manifests.contains_key(s) => {
-                    subjects.entry(m.digest).or_default().push(s)
-                }
-                Some(_) => {
-                    orphans.insert(m.digest);
-                }
+impl Edges {
+    fn new(n: usize, mut pairs: Vec<(usize, usize)>) -> Edges {
+        // Stable: each group keeps the order its edges were found in.
+        pairs.sort_by_key(|&(from, _)| from);
+        let mut start = vec![0; n + 1];
+        let mut to = Vec::with_capacity(pairs.len());
+        let mut group = 0;
+        let mut last = None;
+        for (from, target) in pairs {
+            if last != Some(from) {
+                group = to.len();
+                last = Some(from);
+            }
+            if !to[group..].contains(&target) {
+                to.push(target);
+                start[from + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        Edges { start, to }
+    }
+
+    fn of(&self, from: usize) -> &[usize] {
+        &self.to[self.start[from]..self.start[from + 1]]
+    }
+
+    fn any(&self, from: usize) -> bool {
+        self.start[from] < self.start[from + 1]
+    }
+}
+
+/// How one image's manifests hang together (design §11): which manifests each is attached
+/// to, which indexes list it, and the orphans (attached to a digest the image lacks).
+/// Manifests are named by their index in the image, so that selection hashes each digest
+/// once, here, rather than at every step.
+struct Relations {
+    /// Per tag (in the image's order): the index of the manifest it points at.
+    tag_manifest: Vec<Option<usize>>,
+    /// Per tag: the manifest its name attaches its manifest to, when its name is of a scheme
+    /// and that digest is another manifest of the image.
+    tag_subject: Vec<Option<usize>>,
+    /// Per tag: of a scheme, naming a digest the image lacks.
+    orphan_tag: Vec<bool>,
+    /// Per attachment, the manifests it is attached to (by `subject` or by a scheme tag).
+    subjects: Edges,
+    /// Per manifest, what it goes with: the indexes listing it and what it is attached to.
+    owners: Edges,
+    /// The reverse of `owners`: per manifest, the manifests that go with it.
+    dependents: Edges,
+    /// Per manifest: an attachment whose subject is not in the image (by `subject`, or
+    /// tagged only by orphan scheme tags).
+    orphan: Vec<bool>,
+    /// Per manifest: some tag points at it.
+    tagged: Vec<bool>,
+}
+
+impl Relations {
+    fn of(image: &ImageState<'_>) -> Self {
+        let n = image.manifests.len();
+        let at: HashMap<&str, usize> = image
+            .manifests
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.digest, i))
+            .collect();
+        let mut attached: Vec<(usize, usize)> = Vec::new();
+        let mut orphan = vec![false; n];
+        for (i, m) in image.manifests.iter().enumerate() {
+            match m.subject.map(|s| (s, at.get(s))) {
+                Some((s, Some(&j))) if s != m.digest => attached.push((i, j)),
+                Some(_) => orphan[i] = true,
                 None => {}
             }
         }
         let mut named = String::with_capacity(71);
-        let mut tag_subject = Vec::with_capacity(image.tags.len());
-        let mut orphan_tags = HashSet::new();
-        let mut orphan_tagged: Vec<&str> = Vec::new();
-        for t in &image.tags {
+        let tags = image.tags.len();
+        let mut tag_manifest = Vec::with_capacity(tags);
+        let mut tag_subject = Vec::with_capacity(tags);
+        let mut orphan_tag = vec![false; tags];
+        let mut tagged = vec![false; n];
+        for (k, t) in image.tags.iter().enumerate() {
+            let own = at.get(t.digest).copied();
+            tag_manifest.push(own);
             let Some(hex) = scheme_hex(t.name) else {
                 tag_subject.push(None);
                 continue;
@@ -411,63 +461,76 @@ impl<'a, 'm> Relations<'a, 'm> {
             named.clear();
             named.push_str("sha256:");
             named.push_str(hex);
-            match manifests.get_key_value(named.as_str()) {
-                Some((&s, _)) if s != t.digest && manifests.contains_key(t.digest) => {
-                    let list = subjects.entry(t.digest).or_default();
-                    if !list.contains(&s) {
-                        list.push(s);
-                    }
+            match (at.get(named.as_str()), own) {
+                (Some(&s), Some(own)) if s != own => {
+                    attached.push((own, s));
                     tag_subject.push(Some(s));
                 }
                 _ => {
-                    orphan_tags.insert(t.name);
-                    orphan_tagged.push(t.digest);
+                    orphan_tag[k] = true;
                     tag_subject.push(None);
                 }
             }
         }
         // A manifest tagged only by orphan scheme tags is an orphan attachment; one any
         // other tag names is not.
-        let ordinary: HashSet<&str> = image
-            .tags
-            .iter()
-            .filter(|t| !orphan_tags.contains(t.name))
-            .map(|t| t.digest)
-            .collect();
-        orphans.extend(orphan_tagged.into_iter().filter(|d| !ordinary.contains(d)));
-        orphans.retain(|d| !subjects.contains_key(d));
+        let mut ordinary_tagged = vec![false; n];
+        for (k, own) in tag_manifest.iter().enumerate() {
+            if let Some(own) = *own {
+                tagged[own] = true;
+                ordinary_tagged[own] |= !orphan_tag[k];
+            }
+        }
+        for (k, own) in tag_manifest.iter().enumerate() {
+            if let (true, Some(own)) = (orphan_tag[k], *own)
+                && !ordinary_tagged[own]
+            {
+                orphan[own] = true;
+            }
+        }
+        let subjects = Edges::new(n, attached);
+        for (i, o) in orphan.iter_mut().enumerate() {
+            *o &= !subjects.any(i);
+        }
 
-        let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
-        for m in &image.manifests {
-            for &c in &m.children {
-                if manifests.contains_key(c) {
-                    owners.entry(c).or_default().push(m.digest);
+        let mut owned: Vec<(usize, usize)> = Vec::new();
+        for (i, m) in image.manifests.iter().enumerate() {
+            for c in &m.children {
+                if let Some(&c) = at.get(c) {
+                    owned.push((c, i));
                 }
             }
         }
-        for (&a, ss) in &subjects {
-            owners.entry(a).or_default().extend(ss.iter().copied());
+        for a in 0..n {
+            owned.extend(subjects.of(a).iter().map(|&s| (a, s)));
         }
-        let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (&c, os) in &owners {
-            for &o in os {
-                dependents.entry(o).or_default().push(c);
-            }
-        }
+        let dependents = Edges::new(n, owned.iter().map(|&(c, o)| (o, c)).collect());
+        let owners = Edges::new(n, owned);
         Relations {
-            manifests,
+            tag_manifest,
             tag_subject,
-            orphan_tags,
+            orphan_tag,
             subjects,
             owners,
             dependents,
-            orphans,
+            orphan,
+            tagged,
         }
     }
 
-    /// The first manifest `digest` is attached to, if it is an attachment.
-    fn subject(&self, digest: &str) -> Option<&'a str> {
-        self.subjects.get(digest).map(|s| s[0])
+    /// Whether manifest `m` is an attachment.
+    fn attachment(&self, m: usize) -> bool {
+        self.subjects.any(m)
+    }
+
+    /// The first manifest `m` is attached to, if it is an attachment.
+    fn subject(&self, m: usize) -> Option<usize> {
+        self.subjects.of(m).first().copied()
+    }
+
+    /// Whether tag `k` belongs to an attachment: no candidate, it goes with its subject.
+    fn attachment_tag(&self, k: usize) -> bool {
+        self.tag_subject[k].is_some() || self.tag_manifest[k].is_some_and(|m| self.attachment(m))
     }
 }
 
@@ -495,28 +558,20 @@ fn choose<'a>(
     let cutoff = rules.older_than.map(|d| now - d);
     let old = |at: DateTime<Utc>| cutoff.is_none_or(|c| at < c);
     let rel = Relations::of(image);
-    // A tag of an attachment is no candidate: it goes with what it belongs to.
-    let ordinary = |i: usize, t: &TagState<'a>| {
-        rel.tag_subject[i].is_none()
-            && !rel.orphan_tags.contains(t.name)
-            && !rel.subjects.contains_key(t.digest)
-    };
-    // 1–3: tags.
-    let mut candidates: Vec<&TagState<'a>> = image
-        .tags
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| ordinary(*i, t))
-        .map(|(_, t)| t)
-        .filter(|t| rules.tag_pattern.is_match(t.name))
-        .filter(|t| {
+    let digest = |m: usize| image.manifests[m].digest;
+    // 1–3: tags. A tag of an attachment is no candidate: it goes with what it belongs to.
+    let mut candidates: Vec<usize> = (0..image.tags.len())
+        .filter(|&k| !rel.attachment_tag(k) && !rel.orphan_tag[k])
+        .filter(|&k| rules.tag_pattern.is_match(image.tags[k].name))
+        .filter(|&k| {
             !rules
                 .keep_tag_pattern
                 .as_ref()
-                .is_some_and(|k| k.is_match(t.name))
+                .is_some_and(|p| p.is_match(image.tags[k].name))
         })
         .collect();
-    candidates.sort_by(|a, b| {
+    candidates.sort_by(|&a, &b| {
+        let (a, b) = (&image.tags[a], &image.tags[b]);
         (b.pushed_at, b.pushed_version)
             .cmp(&(a.pushed_at, a.pushed_version))
             .then_with(|| a.name.cmp(b.name))
@@ -526,72 +581,63 @@ fn choose<'a>(
         (None, 0) => Reason::TagPattern,
         (None, _) => Reason::KeepLast,
     };
-    let planned = |t: &TagState<'a>, reason, subject| PlannedTag {
-        name: t.name,
-        digest: t.digest,
-        pushed_version: t.pushed_version,
-        reason,
-        subject,
+    let planned = |k: usize, reason, subject: Option<usize>| {
+        let t = &image.tags[k];
+        PlannedTag {
+            name: t.name,
+            digest: t.digest,
+            pushed_version: t.pushed_version,
+            reason,
+            subject: subject.map(digest),
+        }
     };
     // The candidates `keep_last` spares, when the keeps are wanted.
-    let last_kept: HashSet<&str> = match keeps {
-        true => candidates
-            .iter()
-            .take(rules.keep_last)
-            .map(|t| t.name)
-            .collect(),
-        false => HashSet::new(),
-    };
-    let mut tags: Vec<PlannedTag> = candidates
-        .into_iter()
-        .skip(rules.keep_last)
-        .filter(|t| old(t.pushed_at))
-        .map(|t| planned(t, reason, None))
-        .collect();
+    let mut last_kept = vec![false; if keeps { image.tags.len() } else { 0 }];
+    if keeps {
+        for &k in candidates.iter().take(rules.keep_last) {
+            last_kept[k] = true;
+        }
+    }
+    let mut deleted_tag = vec![false; image.tags.len()];
+    let mut tags: Vec<PlannedTag> = Vec::new();
+    for &k in candidates.iter().skip(rules.keep_last) {
+        if old(image.tags[k].pushed_at) {
+            deleted_tag[k] = true;
+            tags.push(planned(k, reason, None));
+        }
+    }
     // Orphan scheme tags go by the untagged rule.
     if rules.untagged {
-        tags.extend(
-            image
-                .tags
-                .iter()
-                .filter(|t| rel.orphan_tags.contains(t.name) && old(t.pushed_at))
-                .map(|t| planned(t, Reason::OrphanAttachment, None)),
-        );
+        for (k, t) in image.tags.iter().enumerate() {
+            if rel.orphan_tag[k] && old(t.pushed_at) {
+                deleted_tag[k] = true;
+                tags.push(planned(k, Reason::OrphanAttachment, None));
+            }
+        }
     }
-    let mut deleted_tags: HashSet<&str> = tags.iter().map(|t| t.name).collect();
 
     // 4–5: manifests. Kept: what a remaining tag of its own points at, with its children
     // and attachments at any depth.
-    let mut protected: HashSet<&str> = HashSet::new();
-    let mut stack: Vec<&str> = image
-        .tags
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| {
-            !deleted_tags.contains(t.name)
-                && rel.tag_subject[*i].is_none()
-                && !rel.subjects.contains_key(t.digest)
-        })
-        .map(|(_, t)| t.digest)
+    let n = image.manifests.len();
+    let mut protected = vec![false; n];
+    let mut stack: Vec<usize> = (0..image.tags.len())
+        .filter(|&k| !deleted_tag[k] && !rel.attachment_tag(k))
+        .filter_map(|k| rel.tag_manifest[k])
         .collect();
-    while let Some(digest) = stack.pop() {
-        if protected.insert(digest)
-            && let Some(ds) = rel.dependents.get(digest)
-        {
-            stack.extend(ds.iter().copied());
+    while let Some(m) = stack.pop() {
+        if !protected[m] {
+            protected[m] = true;
+            stack.extend(rel.dependents.of(m));
         }
     }
-    let tagged: HashSet<&str> = image.tags.iter().map(|t| t.digest).collect();
     // What nothing else owns: by its tags, or by the untagged rule.
-    let mut deleted: HashMap<&'a str, Reason> = HashMap::new();
-    let mut freed: Vec<&'a str> = Vec::new();
-    for m in &image.manifests {
-        let digest = m.digest;
-        if protected.contains(digest) || rel.owners.contains_key(digest) {
+    let mut deleted: Vec<Option<Reason>> = vec![None; n];
+    let mut freed: Vec<usize> = Vec::new();
+    for (i, m) in image.manifests.iter().enumerate() {
+        if protected[i] || rel.owners.any(i) {
             continue;
         }
-        let orphan = rel.orphans.contains(digest);
-        let reason = if tagged.contains(digest) {
+        let reason = if rel.tagged[i] {
             // Not protected, so every tag pointing here is deleted.
             Some(Reason::TagsDeleted)
         } else if rules.untagged && old(m.recorded_at) {
@@ -600,49 +646,50 @@ fn choose<'a>(
             None
         };
         if let Some(reason) = reason {
-            let reason = if orphan {
-                Reason::OrphanAttachment
-            } else {
-                reason
-            };
-            deleted.insert(digest, reason);
-            freed.push(digest);
+            deleted[i] = Some(match rel.orphan[i] {
+                true => Reason::OrphanAttachment,
+                false => reason,
+            });
+            freed.push(i);
         }
     }
     // What goes with them: an index's children no remaining index lists, and attachments
     // whose subjects all go (nested indexes and attachments of attachments included).
     while let Some(owner) = freed.pop() {
-        for &c in rel.dependents.get(owner).into_iter().flatten() {
-            if deleted.contains_key(c)
-                || protected.contains(c)
-                || !rel.owners[c].iter().all(|o| deleted.contains_key(o))
+        for &c in rel.dependents.of(owner) {
+            if deleted[c].is_some()
+                || protected[c]
+                || !rel.owners.of(c).iter().all(|&o| deleted[o].is_some())
             {
                 continue;
             }
-            let reason = if rel.subjects.contains_key(c) {
+            deleted[c] = Some(if rel.attachment(c) {
                 Reason::AttachmentOf
-            } else if rel.orphans.contains(c) {
+            } else if rel.orphan[c] {
                 Reason::OrphanAttachment
-            } else if tagged.contains(c) {
+            } else if rel.tagged[c] {
                 Reason::TagsDeleted
             } else {
                 Reason::ChildOfDeleted
-            };
-            deleted.insert(c, reason);
+            });
             freed.push(c);
         }
     }
     // The tags of deleted attachments go with them.
-    for (i, t) in image.tags.iter().enumerate() {
-        if deleted.get(t.digest) == Some(&Reason::AttachmentOf) && deleted_tags.insert(t.name) {
-            let subject = rel.tag_subject[i].or_else(|| rel.subject(t.digest));
-            tags.push(planned(t, Reason::AttachmentOf, subject));
+    for (k, own) in rel.tag_manifest.iter().enumerate() {
+        let Some(m) = *own else {
+            continue;
+        };
+        if deleted[m] == Some(Reason::AttachmentOf) && !deleted_tag[k] {
+            deleted_tag[k] = true;
+            let subject = rel.tag_subject[k].or_else(|| rel.subject(m));
+            tags.push(planned(k, Reason::AttachmentOf, subject));
         }
     }
     tags.sort_by(|a, b| a.name.cmp(b.name));
 
     let kept = match keeps {
-        true => kept(rules, image, &rel, &deleted_tags, &deleted, &last_kept),
+        true => kept(rules, image, &rel, &deleted_tag, &deleted, &last_kept),
         false => Kept::default(),
     };
 
@@ -650,27 +697,32 @@ fn choose<'a>(
     let remaining: HashSet<&str> = image
         .manifests
         .iter()
-        .filter(|m| !deleted.contains_key(m.digest))
-        .flat_map(|m| m.blobs.iter().map(|(d, _)| *d))
+        .zip(&deleted)
+        .filter(|(_, d)| d.is_none())
+        .flat_map(|(m, _)| m.blobs.iter().map(|(d, _)| *d))
         .collect();
     let mut counted: HashSet<&str> = HashSet::new();
-    let mut deleted: Vec<(&'a str, Reason)> = deleted.into_iter().collect();
-    deleted.sort_unstable_by_key(|(digest, _)| *digest);
-    let manifests = deleted
+    let mut gone: Vec<(usize, Reason)> = deleted
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .collect();
+    gone.sort_unstable_by_key(|&(i, _)| digest(i));
+    let manifests = gone
         .into_iter()
-        .map(|(digest, reason)| {
-            let bytes = rel.manifests[digest]
+        .map(|(i, reason)| {
+            let bytes = image.manifests[i]
                 .blobs
                 .iter()
                 .filter(|(d, _)| !remaining.contains(d) && counted.insert(d))
                 .map(|(_, size)| size)
                 .sum();
             PlannedManifest {
-                digest,
+                digest: digest(i),
                 reason,
                 bytes,
                 subject: (reason == Reason::AttachmentOf)
-                    .then(|| rel.subject(digest))
+                    .then(|| rel.subject(i).map(digest))
                     .flatten(),
             }
         })
@@ -682,67 +734,68 @@ fn choose<'a>(
 fn kept<'a>(
     rules: &Rules,
     image: &ImageState<'a>,
-    rel: &Relations<'a, '_>,
-    deleted_tags: &HashSet<&'a str>,
-    deleted: &HashMap<&'a str, Reason>,
-    last_kept: &HashSet<&str>,
+    rel: &Relations,
+    deleted_tag: &[bool],
+    deleted: &[Option<Reason>],
+    last_kept: &[bool],
 ) -> Kept<'a> {
+    let digest = |m: usize| image.manifests[m].digest;
     let unowned = |rule_untagged: bool| match rule_untagged {
         true => KeepReason::NewerThan,
         false => KeepReason::UntaggedNotSet,
     };
     let mut out = Kept::default();
-    let mut by_kept_tag: HashSet<&str> = HashSet::new();
-    for (i, t) in image.tags.iter().enumerate() {
-        if deleted_tags.contains(t.name) {
+    let mut by_kept_tag = vec![false; image.manifests.len()];
+    for (k, t) in image.tags.iter().enumerate() {
+        if deleted_tag[k] {
             continue;
         }
-        let subject = rel.tag_subject[i].or_else(|| rel.subject(t.digest));
+        let subject =
+            rel.tag_subject[k].or_else(|| rel.tag_manifest[k].and_then(|m| rel.subject(m)));
         let reason = if subject.is_some() {
             KeepReason::AttachmentOf
-        } else if rel.orphan_tags.contains(t.name) {
+        } else if rel.orphan_tag[k] {
             unowned(rules.untagged)
         } else if !rules.tag_pattern.is_match(t.name) {
             KeepReason::NotMatched
         } else if rules
             .keep_tag_pattern
             .as_ref()
-            .is_some_and(|k| k.is_match(t.name))
+            .is_some_and(|p| p.is_match(t.name))
         {
             KeepReason::KeepTagPattern
-        } else if last_kept.contains(t.name) {
+        } else if last_kept[k] {
             KeepReason::KeepLast
         } else {
             KeepReason::NewerThan
         };
-        if subject.is_none() {
-            by_kept_tag.insert(t.digest);
+        if let (None, Some(m)) = (subject, rel.tag_manifest[k]) {
+            by_kept_tag[m] = true;
         }
         out.tags.push(KeptTag {
             name: t.name,
             digest: t.digest,
             reason,
-            subject,
+            subject: subject.map(digest),
         });
     }
     out.tags.sort_by(|a, b| a.name.cmp(b.name));
-    for m in &image.manifests {
-        if deleted.contains_key(m.digest) {
+    for (i, m) in image.manifests.iter().enumerate() {
+        if deleted[i].is_some() {
             continue;
         }
-        let subjects = rel.subjects.get(m.digest);
+        let subjects = rel.subjects.of(i);
         // Attached to what remains (the first remaining subject, else the first).
-        let subject = subjects.map(|ss| {
-            ss.iter()
-                .copied()
-                .find(|s| !deleted.contains_key(s))
-                .unwrap_or(ss[0])
-        });
+        let subject = subjects
+            .iter()
+            .copied()
+            .find(|&s| deleted[s].is_none())
+            .or(subjects.first().copied());
         let reason = if subject.is_some() {
             KeepReason::AttachmentOf
-        } else if by_kept_tag.contains(m.digest) {
+        } else if by_kept_tag[i] {
             KeepReason::KeptTag
-        } else if rel.owners.contains_key(m.digest) {
+        } else if rel.owners.any(i) {
             KeepReason::ChildOfKept
         } else {
             unowned(rules.untagged)
@@ -750,7 +803,7 @@ fn kept<'a>(
         out.manifests.push(KeptManifest {
             digest: m.digest,
             reason,
-            subject,
+            subject: subject.map(digest),
         });
     }
     out.manifests.sort_unstable_by_key(|m| m.digest);
