@@ -2477,6 +2477,12 @@ async fn signed_releases_are_pruned_with_their_attachments_and_nothing_else(db: 
     let mut expected: Vec<String> = expected_tags.iter().map(|t| t.to_string()).collect();
     expected.sort();
     assert_eq!(backend_tags, expected);
+    // The backend's referrers tag holds the source's own index, copied whole.
+    let fallback = format!("sha256-{}", hex(&v10));
+    assert_eq!(
+        pull.resolve("mirror/app", &fallback).await.unwrap(),
+        Some(index.clone())
+    );
 
     let before = store.read_model_rows().await.unwrap();
     store.rebuild(&|_, _| {}).await.unwrap();
@@ -2519,8 +2525,9 @@ async fn push_referrer(
 /// distribution 2.8 has none; see [`referrers_api`]): v8, v9, v10 built 2024-01, -02, -03 and
 /// pushed v10 first, each signed by `subject`; v10 carries an SBOM, which is signed too (a
 /// signature of the SBOM), v10's two referrers listed on two pages. Imported into a
-/// namespace linked to a backend, every attachment is recorded with its subject and
-/// mirrored; both policies plan to delete exactly v8, v9 and their signatures (bytes freed
+/// namespace linked to a backend (without the referrers API), every attachment is recorded
+/// with its subject and mirrored, listed there in its subject's referrers tag schema index;
+/// both policies plan to delete exactly v8, v9 and their signatures (bytes freed
 /// counted from the registry's manifests) and keep v10 with its signature, SBOM and the
 /// SBOM's signature, saying why; the real run leaves exactly that in the read models and the
 /// backend; a rebuild reproduces the read models.
@@ -2611,12 +2618,47 @@ async fn attachments_listed_by_the_referrers_api_are_imported_mirrored_and_prune
         referrers(built["v8"].clone()).await,
         by_subject(&[&signature["v8"]])
     );
-    // Mirrored: the backend serves every one of them by digest.
+    // Mirrored: the backend serves every one of them by digest; it has no referrers API, so
+    // each subject's referrers are listed in its referrers tag schema index there too.
     let pull = Client::new(&backend.base, Credentials::Anonymous, 4).unwrap();
     for digest in bodies.keys() {
         let there = pull.manifest("mirror/app", digest).await;
         assert!(there.is_ok(), "{digest} at the backend: {there:?}");
     }
+    let listed = |subject: String| {
+        let pull = pull.clone();
+        async move {
+            let tag = format!("sha256-{}", subject.strip_prefix("sha256:").unwrap());
+            let index = pull.manifest("mirror/app", &tag).await?;
+            let index: Value = serde_json::from_slice(&index.body).unwrap();
+            assert_eq!(index["mediaType"], OCI_INDEX, "{index}");
+            let mut found: Vec<(String, String)> = index["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    let field = |k: &str| d[k].as_str().unwrap().to_owned();
+                    (field("digest"), field("artifactType"))
+                })
+                .collect();
+            found.sort();
+            Ok::<_, OciError>(found)
+        }
+    };
+    let mut expected = vec![
+        (signature["v10"].clone(), sig_type.to_owned()),
+        (sbom.clone(), "application/spdx+json".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(listed(v10.clone()).await.unwrap(), expected);
+    assert_eq!(
+        listed(sbom.clone()).await.unwrap(),
+        [(sbom_sig.clone(), sig_type.to_owned())]
+    );
+    assert_eq!(
+        listed(built["v8"].clone()).await.unwrap(),
+        [(signature["v8"].clone(), sig_type.to_owned())]
+    );
 
     let gone: std::collections::BTreeSet<&str> = [
         &built["v8"],
@@ -2737,6 +2779,16 @@ async fn attachments_listed_by_the_referrers_api_are_imported_mirrored_and_prune
     )
     .await;
     assert_eq!(image["size"], expected_size(&kept), "{image}");
+    // The referrers indexes of what went, went with it; v10's and the SBOM's stay.
+    for tag in ["v8", "v9"] {
+        let index = listed(built[tag].clone()).await;
+        assert!(
+            matches!(index, Err(OciError::NotFound { .. })),
+            "{tag}: {index:?}"
+        );
+    }
+    assert_eq!(listed(v10.clone()).await.unwrap().len(), 2);
+    assert_eq!(listed(sbom.clone()).await.unwrap().len(), 1);
     for digest in bodies.keys() {
         let there = pull.manifest("mirror/app", digest).await;
         if gone.contains(digest.as_str()) {

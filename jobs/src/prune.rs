@@ -16,7 +16,7 @@ use layerline_core::domain::format_time;
 use layerline_core::domain::image::ImageCommand;
 use layerline_core::domain::policy::{Policy, PruneInput};
 use layerline_core::domain::retention::{self, GuardExceeded, Kept, check_guard, select};
-use layerline_core::importer::Failed;
+use layerline_core::importer::{Failed, fallback_tag};
 use layerline_core::metric;
 use layerline_core::oci::Client;
 use layerline_core::service::Registry;
@@ -288,21 +288,34 @@ async fn prune_image(
         appended
     };
     // Every manifest this job deleted, again on a rerun (one already gone is not an error),
-    // so a crash between the two leaves nothing behind.
+    // so a crash between the two leaves nothing behind; and the referrers index a copy wrote
+    // there for it (a backend without the referrers API), which lists only what went with it.
     let mut at_backend = 0;
     if let Some((client, repository)) = &target {
+        let failed = |e: layerline_core::oci::OciError| match Failed::from(e) {
+            Failed::Transient(m) => Failure::Transient(m),
+            Failed::Permanent(m) => {
+                Failure::Permanent(format!("deleting from the backend {repository}: {m}"))
+            }
+        };
         for e in &events {
             if let DomainEvent::ManifestDeleted(m) = e {
                 client
                     .delete_manifest(repository, &m.digest)
                     .await
-                    .map_err(|e| match Failed::from(e) {
-                        Failed::Transient(m) => Failure::Transient(m),
-                        Failed::Permanent(m) => Failure::Permanent(format!(
-                            "deleting from the backend {repository}: {m}"
-                        )),
-                    })?;
+                    .map_err(failed)?;
                 at_backend += 1;
+                let fallback = fallback_tag(&m.digest);
+                if let Some(index) = client
+                    .resolve(repository, &fallback)
+                    .await
+                    .map_err(failed)?
+                {
+                    client
+                        .delete_manifest(repository, &index)
+                        .await
+                        .map_err(failed)?;
+                }
             }
         }
     }

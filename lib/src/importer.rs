@@ -504,6 +504,12 @@ pub async fn copy(
 
 /// Pushes `v`'s manifests by digest (children first) unless `pushed` holds them, then `tag`
 /// (when given) to the top one; returns how many manifests it pushed.
+///
+/// A manifest with a `subject` pushed to a registry without the referrers API (it does not
+/// answer `OCI-Subject`) is also listed, as OCI distribution 1.1 asks of a client, in the
+/// index the referrers tag schema names `sha256-<subject hex>` there, so clients find it at
+/// the backend as they did at the source; unless `tag` is that very index, copied whole from
+/// a source that kept one.
 pub async fn push_manifests(
     backend: &Client,
     target_repo: &str,
@@ -512,14 +518,35 @@ pub async fn push_manifests(
     pushed: &mut std::collections::HashSet<String>,
 ) -> Result<u64, OciError> {
     let mut count = 0;
-    for f in &v.fetched {
-        if !pushed.contains(&f.digest) {
-            backend
-                .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
-                .await?;
-            pushed.insert(f.digest.clone());
-            count += 1;
+    // Per subject, the descriptors its fallback index must list.
+    let mut unlisted: Vec<(&str, serde_json::Value)> = Vec::new();
+    for (f, m) in v.fetched.iter().zip(&v.manifests) {
+        if pushed.contains(&f.digest) {
+            continue;
         }
+        let processed = backend
+            .put_manifest(target_repo, &f.digest, &f.media_type, &f.body)
+            .await?;
+        pushed.insert(f.digest.clone());
+        count += 1;
+        if let (false, Some(subject)) = (processed, m.subject.as_deref())
+            && tag != Some(fallback_tag(subject).as_str())
+        {
+            unlisted.push((subject, referrer_descriptor(f)));
+        }
+    }
+    let mut subjects: Vec<&str> = Vec::new();
+    for (s, _) in &unlisted {
+        if !subjects.contains(s) {
+            subjects.push(s);
+        }
+    }
+    for subject in subjects {
+        let listed = unlisted
+            .iter()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, d)| d);
+        list_referrers(backend, target_repo, subject, listed).await?;
     }
     let top = v.fetched.iter().find(|f| f.digest == v.digest);
     if let (Some(tag), Some(top)) = (tag, top) {
@@ -528,6 +555,80 @@ pub async fn push_manifests(
             .await?;
     }
     Ok(count)
+}
+
+/// The tag the OCI referrers tag schema gives the index of `subject`'s referrers.
+pub fn fallback_tag(subject: &str) -> String {
+    subject.replacen(':', "-", 1)
+}
+
+/// The descriptor of referrer `f` as a referrers list holds it: its media type, digest and
+/// size, its `artifactType` (else its config's media type) and its annotations.
+fn referrer_descriptor(f: &Fetched) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_slice(&f.body).unwrap_or_default();
+    let mut d = serde_json::json!({
+        "mediaType": f.media_type,
+        "digest": f.digest,
+        "size": f.body.len(),
+    });
+    let artifact_type = body
+        .get("artifactType")
+        .or_else(|| body.get("config").and_then(|c| c.get("mediaType")));
+    if let Some(t) = artifact_type {
+        d["artifactType"] = t.clone();
+    }
+    if let Some(a) = body.get("annotations") {
+        d["annotations"] = a.clone();
+    }
+    d
+}
+
+/// Adds `descriptors` (those it lacks) to `subject`'s referrers tag schema index in
+/// `repository` at `backend`, starting an empty one when there is none. Anything but an OCI
+/// index under that tag is an error naming it. The index it replaces stays, untagged: it may
+/// be one the metadata records (copied from a source), which only a prune may delete.
+async fn list_referrers(
+    backend: &Client,
+    repository: &str,
+    subject: &str,
+    descriptors: impl Iterator<Item = &serde_json::Value>,
+) -> Result<(), OciError> {
+    let tag = fallback_tag(subject);
+    let mut index = match backend.manifest(repository, &tag).await {
+        Ok(found) => {
+            let index: serde_json::Value = serde_json::from_slice(&found.body).unwrap_or_default();
+            if index["mediaType"] != crate::oci::OCI_INDEX || !index["manifests"].is_array() {
+                return Err(OciError::BadManifest {
+                    reference: format!("{repository}:{tag}"),
+                    reason: "the referrers tag schema's tag holds something else than an \
+                             OCI index"
+                        .to_owned(),
+                });
+            }
+            index
+        }
+        Err(OciError::NotFound { .. }) => {
+            serde_json::json!({"schemaVersion": 2, "mediaType": crate::oci::OCI_INDEX,
+                               "manifests": []})
+        }
+        Err(e) => return Err(e),
+    };
+    let list = index["manifests"].as_array_mut().expect("checked");
+    let mut added = false;
+    for d in descriptors {
+        if !list.iter().any(|l| l["digest"] == d["digest"]) {
+            list.push(d.clone());
+            added = true;
+        }
+    }
+    if !added {
+        return Ok(());
+    }
+    let body = index.to_string().into_bytes();
+    backend
+        .put_manifest(repository, &tag, crate::oci::OCI_INDEX, &body)
+        .await?;
+    Ok(())
 }
 
 /// Streams blob `digest` from `source` to `backend`, trying again (from the start) when a

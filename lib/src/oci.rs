@@ -517,13 +517,16 @@ impl Client {
     }
 
     /// Puts manifest `body` of `media_type` under `reference` (a tag or its digest).
+    /// Pushes manifest `body` (of `media_type`) as `reference` (its digest or a tag) of
+    /// `repository`; returns whether the registry says it processed the manifest's `subject`
+    /// (its `OCI-Subject` answer, which only a registry with the referrers API gives).
     pub async fn put_manifest(
         &self,
         repository: &str,
         reference: &str,
         media_type: &str,
         body: &[u8],
-    ) -> Result<(), OciError> {
+    ) -> Result<bool, OciError> {
         let path = format!("/v2/{repository}/manifests/{reference}");
         let upload = Upload {
             content_type: media_type.to_owned(),
@@ -531,9 +534,10 @@ impl Client {
             bytes: Some(body.to_vec()),
             stream: std::sync::Mutex::new(None),
         };
-        self.send_with(reqwest::Method::PUT, &path, None, Some(&upload))
-            .await
-            .map(drop)
+        let res = self
+            .send_with(reqwest::Method::PUT, &path, None, Some(&upload))
+            .await?;
+        Ok(res.headers().contains_key("oci-subject"))
     }
 
     /// Sends a request, fetching a bearer token when challenged and retrying 429/5xx and
