@@ -263,7 +263,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .migrate()
         .await
         .context("migrating the job queue tables")?;
-    bootstrap_token(&store).await?;
+    let first_token = bootstrap_token(&store).await?;
     let prometheus = metrics_recorder()?;
     metric::describe();
 
@@ -286,6 +286,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(role = ?settings.role, metrics = %metrics_local, database = %redact(&settings.database_url), "serving");
     // Plain lines on stdout say where we listen (useful with `--listen 127.0.0.1:0`); the
     // metrics line comes last.
+    if let Some(secret) = first_token {
+        let api = match &listener {
+            Some(l) => l.local_addr()?.to_string(),
+            None => settings.listen.to_string(),
+        };
+        println!(
+            "No token existed, so this created an admin token. Its secret is shown this once, \
+             never again:\n\n    export LAYERLINE_TOKEN={secret}\n\nThen, for example:\n\n    \
+             curl -H \"X-Auth-Token: $LAYERLINE_TOKEN\" \
+             http://{api}/registry/v1/regions/{region}/namespaces\n    \
+             layerline token create --name ci --capabilities images-view   # more tokens\n",
+            region = settings.regions.first().map_or("fr-par", String::as_str),
+        );
+    }
     if let Some(listener) = &listener {
         println!("listening on http://{}", listener.local_addr()?);
     }
@@ -381,10 +395,23 @@ fn metrics_recorder() -> anyhow::Result<metrics_exporter_prometheus::PrometheusH
         .context("installing the metrics recorder")
 }
 
-/// Creates the admin token `LAYERLINE_BOOTSTRAP_TOKEN` names (a UUID), once.
-async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
+/// Creates the admin token `LAYERLINE_BOOTSTRAP_TOKEN` names (a UUID), once. Without it, on
+/// a deployment that has no token yet, creates a first admin token and returns its secret,
+/// for `serve` to show once: the only time it exists outside the process.
+async fn bootstrap_token(store: &Store) -> anyhow::Result<Option<String>> {
+    let meta = Metadata {
+        actor: Some("bootstrap".to_owned()),
+        ..Metadata::default()
+    };
     let Ok(value) = std::env::var("LAYERLINE_BOOTSTRAP_TOKEN") else {
-        return Ok(());
+        let created = Registry::new(store.clone())
+            .create_first_token(&meta)
+            .await?;
+        if let Some(token) = &created {
+            // The id only: the secret is never logged.
+            tracing::info!(token_id = %token.id, "created the first admin token");
+        }
+        return Ok(created.map(|t| t.secret));
     };
     // Tokens are accepted only in the spelling they were made with, the canonical one.
     let secret = uuid::Uuid::parse_str(value.trim())
@@ -394,10 +421,6 @@ async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
             "LAYERLINE_BOOTSTRAP_TOKEN must be a UUID in lowercase with hyphens \
              (as /proc/sys/kernel/random/uuid prints one)",
         )?;
-    let meta = Metadata {
-        actor: Some("bootstrap".to_owned()),
-        ..Metadata::default()
-    };
     let created = Registry::new(store.clone())
         .create_token(
             "bootstrap",
@@ -410,7 +433,7 @@ async fn bootstrap_token(store: &Store) -> anyhow::Result<()> {
     if let Some(token) = created {
         tracing::info!(token_id = %token.id, "created the bootstrap admin token");
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is

@@ -29,8 +29,9 @@ async fn serve_creates_its_sqlite_database_in_a_fresh_directory_and_becomes_read
     let scrape = reqwest::get(&server.metrics).await.unwrap();
     assert_eq!(scrape.status().as_u16(), 200);
     let text = scrape.text().await.unwrap();
+    // One event: the first admin token this start created.
     assert!(
-        text.contains("layerline_event_log_head_position 0"),
+        text.contains("layerline_event_log_head_position 1"),
         "{text}"
     );
     let on_api = reqwest::get(format!("{}/metrics", server.base))
@@ -38,6 +39,82 @@ async fn serve_creates_its_sqlite_database_in_a_fresh_directory_and_becomes_read
         .unwrap();
     assert_eq!(on_api.status().as_u16(), 404);
     assert!(server.terminate(), "clean exit on SIGTERM");
+}
+
+/// The first start of a deployment with no token configured creates one admin token and
+/// shows its secret once, on stdout and never in the log; the secret works; later starts show
+/// none, and the token still works.
+#[tokio::test]
+async fn a_first_start_creates_an_admin_token_and_shows_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = |dir: &std::path::Path| {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        std::process::Stdio::from(file)
+    };
+    let namespaces = |base: &str, secret: &str| {
+        let url = format!("{base}/registry/v1/regions/fr-par/namespaces");
+        let secret = secret.to_owned();
+        async move {
+            let res = reqwest::Client::new()
+                .get(url)
+                .header("X-Auth-Token", secret)
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    let server = Server::start_logging_to(dir.path(), &[], &[], log(dir.path()));
+    let secret = server
+        .first_token
+        .clone()
+        .expect("shown at the first start");
+    assert_eq!(namespaces(&server.base, &secret).await, 200);
+    let other = "6f1c2a3b-4d5e-4f60-8a7b-000000000000";
+    assert_eq!(namespaces(&server.base, other).await, 401);
+    assert!(server.terminate());
+
+    let again = Server::start_logging_to(dir.path(), &[], &[], log(dir.path()));
+    assert_eq!(again.first_token, None, "shown once only");
+    assert_eq!(namespaces(&again.base, &secret).await, 200);
+    assert!(again.terminate());
+    let logged = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(logged.contains("created the first admin token"), "{logged}");
+    assert!(!logged.contains(&secret), "the secret is never logged");
+}
+
+/// With `LAYERLINE_BOOTSTRAP_TOKEN` set, or a token made before the first start, no first
+/// token is made.
+#[tokio::test]
+async fn no_first_token_when_one_is_configured_or_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = [("LAYERLINE_BOOTSTRAP_TOKEN", common::ADMIN)];
+    let server = Server::start_with_env(dir.path(), &[], &bootstrap);
+    assert_eq!(server.first_token, None);
+    assert!(server.terminate());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--capabilities",
+            "images-view",
+        ])
+        .env_remove("LAYERLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let server = Server::start(dir.path(), &[]);
+    assert_eq!(server.first_token, None);
+    assert!(server.terminate());
 }
 
 #[tokio::test]

@@ -178,6 +178,39 @@ pub struct NewToken {
 }
 
 impl<S: EventStore + ReadModels> Registry<S> {
+    /// On a deployment that has no token at all, creates the first one: an admin token with a
+    /// random secret, under one fixed id, so that of processes starting at once on an empty
+    /// database exactly one creates it, and none ever again. `None` when any token exists.
+    pub async fn create_first_token(
+        &self,
+        meta: &Metadata,
+    ) -> Result<Option<NewToken>, ServiceError> {
+        if self
+            .store()
+            .any_token()
+            .await
+            .map_err(ServiceError::Store)?
+        {
+            return Ok(None);
+        }
+        let secret = uuid::Uuid::new_v4().to_string();
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b"layerline first admin token");
+        let cmd = CreateToken {
+            name: "first-admin".to_owned(),
+            secret_hash: hash_secret(&secret),
+            capabilities: vec!["admin".to_owned()],
+            project_id: None,
+        };
+        match self.execute::<Token>(&id.to_string(), cmd, meta).await {
+            Ok(_) => Ok(Some(NewToken {
+                id: id.to_string(),
+                secret,
+            })),
+            Err(ServiceError::Domain(DomainError::AlreadyExists { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates a token. `secret` is a UUID chosen by the caller (the bootstrap token) or, when
     /// `None`, a random UUID v4. Only its hash is recorded. A bootstrap secret always maps to
     /// the same token id, so creating it again is a no-op (`Ok(None)`).

@@ -134,7 +134,12 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub metrics: String,
+    /// The secret of the admin token a first start created and showed, if it did.
+    pub first_token: Option<String>,
 }
+
+/// How `serve` shows the secret of the first admin token it created.
+const FIRST_TOKEN: &str = "    export LAYERLINE_TOKEN=";
 
 impl Server {
     pub fn start(dir: &Path, args: &[&str]) -> Server {
@@ -183,7 +188,7 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                for prefix in ["listening on ", "metrics on "] {
+                for prefix in [FIRST_TOKEN, "listening on ", "metrics on "] {
                     if let Some(url) = line.strip_prefix(prefix) {
                         let _ = tx.send((prefix, url.to_owned()));
                     }
@@ -192,20 +197,22 @@ impl Server {
         });
         // The API line comes first, unless the process runs no API (`--role worker`); the
         // metrics line always comes, last.
-        let mut base = String::new();
+        let (mut base, mut first_token) = (String::new(), None);
         let metrics = loop {
-            let (prefix, url) = rx
+            let (prefix, text) = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the server announced its addresses");
             match prefix {
-                "listening on " => base = url,
-                _ => break url,
+                FIRST_TOKEN => first_token = Some(text),
+                "listening on " => base = text,
+                _ => break text,
             }
         };
         Server {
             child,
             base,
             metrics,
+            first_token,
         }
     }
 

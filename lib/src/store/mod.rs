@@ -255,6 +255,9 @@ pub trait ReadModels: Send + Sync {
         query: &JobQuery,
     ) -> impl Future<Output = Result<Page<rows::JobDescriptorRow>, StoreError>> + Send;
 
+    /// Whether any token exists (revoked ones included).
+    fn any_token(&self) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// The token whose secret hashes to `secret_hash`.
     fn token_by_hash(
         &self,
@@ -677,6 +680,10 @@ impl ReadModels for Store {
         query: &JobQuery,
     ) -> Result<Page<rows::JobDescriptorRow>, StoreError> {
         dispatch!(self, s => s.list_jobs(query).await)
+    }
+
+    async fn any_token(&self) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.any_token().await)
     }
 
     async fn token_by_hash(

@@ -537,6 +537,13 @@ impl SqlStore {
         Ok(Page { items, total_count })
     }
 
+    pub async fn any_token(&self) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM api_tokens LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn token_by_hash(
         &self,
         secret_hash: &str,
