@@ -170,8 +170,11 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAYERLINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -179,8 +182,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs the command; a failure is one line on stderr (the error and its causes, never a
+/// backtrace, whatever `RUST_BACKTRACE` says: it is the user's error or the world's, not a
+/// crash) and exit code 1. Usage errors are clap's: exit code 2.
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => Err(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The causes, outermost first; one its outer message already repeats is left out.
+            let mut line = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    let sep = if line.is_empty() { "" } else { ": " };
+                    line = format!("{line}{sep}{cause}");
+                }
+            }
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli)?;
     init_logging(settings.log_format);

@@ -85,6 +85,54 @@ async fn a_first_start_creates_an_admin_token_and_shows_it_once() {
     let logged = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
     assert!(logged.contains("created the first admin token"), "{logged}");
     assert!(!logged.contains(&secret), "the secret is never logged");
+    assert!(
+        !logged.contains('\x1b'),
+        "no colour codes in a log file: {logged}"
+    );
+}
+
+/// A failure the user can act on is one line naming it, exit code 1, and no backtrace even
+/// with `RUST_BACKTRACE=1`.
+#[test]
+fn a_failure_is_one_line_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["migrate", "--database-url", "mysql://nobody@127.0.0.1/x"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains("mysql://"),
+        "names what was wrong: {stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    // A PostgreSQL server nobody listens for: the cause, not a pool's timeout.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:1"),
+        "names the database: {stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("refused"),
+        "says why: {stderr}"
+    );
+    assert!(!stderr.contains("timed out"), "{stderr}");
 }
 
 /// With `LAYERLINE_BOOTSTRAP_TOKEN` set, or a token made before the first start, no first

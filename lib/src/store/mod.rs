@@ -349,6 +349,16 @@ impl Store {
                 Ok(Store::Sqlite(backend::sqlite::SqlStore::new(pool, write)))
             }
             Backend::Postgres => {
+                // One connection first, on its own: a server that cannot be reached is then
+                // its own error (refused, unknown host, bad password) at once, where the pool
+                // would wait out its acquire timeout and say only that it timed out.
+                {
+                    use sqlx::Connection;
+                    sqlx::postgres::PgConnection::connect(url)
+                        .await?
+                        .close()
+                        .await?;
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(BUSY_TIMEOUT)
