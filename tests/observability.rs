@@ -1,7 +1,8 @@
 //! Observability end to end: the real binary runs a workload (API requests, an import from a
 //! real `docker-registry`, a prune, a failing job, a scheduled policy); then its `/metrics` is
 //! checked with `promtool`, against every dashboard in `dashboards/`, and through a real
-//! Prometheus; and its JSON log is searched by job id and by request id.
+//! Prometheus evaluating the alert rules of `dashboards/alerts.yml`; and its JSON log is
+//! searched by job id and by request id.
 //!
 //! `promtool` and `prometheus` come from Debian's `prometheus` package (`.ci/run` installs
 //! it); without them these tests are skipped with a message, except in CI.
@@ -416,7 +417,49 @@ async fn a_workloads_exposition_passes_promtool_and_has_every_dashboard_metric()
             "{name} uses metrics the service does not export: {missing:?}"
         );
     }
+    // And the alert rules.
+    let used = metric_names(&alert_rules());
+    assert!(used.len() >= 6, "{used:?}");
+    let missing: Vec<_> = used.difference(&families).collect();
+    assert!(
+        missing.is_empty(),
+        "alerts.yml uses metrics the service does not export: {missing:?}"
+    );
     assert!(server.terminate());
+}
+
+/// The text of `dashboards/alerts.yml`.
+fn alert_rules() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/alerts.yml");
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The alert rules are valid, and promtool's unit tests of them (`alerts.test.yml`: each
+/// alert fires on the series that should raise it, not before its `for`, not on healthy
+/// series) pass.
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    if !have("promtool") {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A Prometheus of its own on a free loopback port, scraping `target` every second.
@@ -430,10 +473,12 @@ impl Prometheus {
     async fn start(target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        std::fs::write(dir.path().join("alerts.yml"), alert_rules()).unwrap();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: ['alerts.yml']\n\
                  scrape_configs:\n  - job_name: layerline\n    static_configs:\n      \
                  - targets: ['{target}']\n"
             ),
@@ -586,6 +631,34 @@ async fn a_real_prometheus_answers_every_dashboard_expression() {
             ),
             _ => {}
         }
+    }
+
+    // The alert rules, evaluated by this Prometheus on this service: the failed import raises
+    // LayerlineJobsFailing and nothing else fires; every rule evaluates without error.
+    prometheus
+        .wait_for(r#"ALERTS{alertname="LayerlineJobsFailing",kind="import",alertstate="firing"}"#)
+        .await;
+    let firing: BTreeSet<String> = prometheus
+        .query(r#"ALERTS{alertstate="firing"}"#)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a["metric"]["alertname"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(firing, BTreeSet::from(["LayerlineJobsFailing".to_owned()]));
+    let rules: Value = reqwest::get(format!("{}/api/v1/rules", prometheus.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rules = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rules.len(), 8, "{rules:?}");
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
     }
     assert!(server.terminate());
 }
