@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 #[derive(Parser, Debug)]
 #[command(
     name = "layerline",
-    version,
+    version = layerline_core::VERSION,
     about = "Event-sourced control plane for container registries",
     long_about = "Layerline records every change to namespaces, images, tags, manifests and \
                   layers in an append-only event log and serves listings and sizes from read \

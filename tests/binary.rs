@@ -91,6 +91,41 @@ async fn a_first_start_creates_an_admin_token_and_shows_it_once() {
     );
 }
 
+/// `--version` and the build-info metric name the commit the binary was built from.
+#[tokio::test]
+async fn the_version_names_its_commit() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8(head.stdout).unwrap().trim().to_owned();
+    assert_eq!(head.len(), 12, "the tests run in a git checkout");
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.starts_with(&format!(
+            "layerline {} (commit {head}, ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let text = reqwest::get(&server.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("layerline_build_info{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(info.contains(&format!("commit=\"{head}\"")), "{info}");
+    assert!(server.terminate());
+}
+
 /// A failure the user can act on is one line naming it, exit code 1, and no backtrace even
 /// with `RUST_BACKTRACE=1`.
 #[test]

@@ -81,7 +81,7 @@ pub const TAGS: &str = "layerline_tags";
 pub const STORED_BYTES: &str = "layerline_stored_bytes";
 /// Gauge: 1 when the last scrape could read the database, else 0.
 pub const DATABASE_UP: &str = "layerline_database_up";
-/// Gauge, label `version`: always 1.
+/// Gauge, labels `version`, `commit` and `commit_date`: always 1.
 pub const BUILD_INFO: &str = "layerline_build_info";
 
 /// Buckets of [`HTTP_DURATION`], in seconds.
@@ -193,9 +193,18 @@ pub fn describe() {
         DATABASE_UP,
         "Whether the last scrape could read the database (1) or not (0)."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version is in its label.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version, commit and commit date are its labels."
+    );
 
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => crate::COMMIT,
+        "commit_date" => crate::COMMIT_DATE,
+    )
+    .set(1.0);
     for kind in JobKind::ALL {
         let kind = kind.as_str();
         metrics::counter!(JOBS_SUBMITTED, "kind" => kind).absolute(0);
