@@ -10,12 +10,17 @@ use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
-    /// Base URL of a running `layerline serve`.
-    #[arg(long, env = "LAYERLINE_URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of a running `layerline serve` (before or after the subcommand).
+    #[arg(
+        long,
+        env = "LAYERLINE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
-    /// API token (needs jobs-view; images-manage to cancel).
-    #[arg(long, env = "LAYERLINE_TOKEN", hide_env_values = true)]
-    token: String,
+    /// API token (needs jobs-view; images-manage to cancel), before or after the subcommand.
+    #[arg(long, env = "LAYERLINE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: JobsCommand,
 }
@@ -219,7 +224,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.url, args.token);
+    // Optional to clap only because an argument global to the subcommands cannot be required.
+    let token = args
+        .token
+        .context("the API needs a token: --token or LAYERLINE_TOKEN")?;
+    let api = Api::new(&args.url, token);
     match args.command {
         JobsCommand::List { state, kind, limit } => {
             let mut query = vec![("page[size]", limit.to_string())];

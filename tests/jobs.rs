@@ -88,6 +88,26 @@ async fn the_jobs_command_lists_shows_watches_and_cancels() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // --url and --token may come after the subcommand too; without a token it says so.
+    let out = tokio::process::Command::new(common::BIN)
+        .args(["jobs", "list", "--state", "cancelled"])
+        .args(["--url", &server.base, "--token", ADMIN])
+        .env_remove("LAYERLINE_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), listed);
+    let out = tokio::process::Command::new(common::BIN)
+        .args(["jobs", "list", "--url", &server.base])
+        .env_remove("LAYERLINE_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--token or LAYERLINE_TOKEN"), "{stderr}");
 }
 
 async fn submit_probe(server: &Server, input: Value) -> String {
