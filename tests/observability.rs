@@ -402,12 +402,26 @@ async fn a_workloads_exposition_passes_promtool_and_has_every_dashboard_metric()
             BTreeSet::from([json!("${datasource}").to_string()]),
             "{name}: every panel and target uses the variable"
         );
+        // An environment variable (the scrape job), and every series of every query in it,
+        // so that two deployments scraped by one Prometheus do not mix.
+        assert!(
+            vars.iter().any(|v| v["name"] == "job"
+                && v["type"] == "query"
+                && v["query"]["query"] == "label_values(layerline_build_info, job)"),
+            "{name} has a job variable"
+        );
         let mut used = BTreeSet::new();
         for (title, exprs) in panels(&board) {
             assert!(!exprs.is_empty(), "{name}: {title} has no query");
             for e in &exprs {
                 let names = metric_names(e);
                 assert!(!names.is_empty(), "{name}: {title}: no metric in {e}");
+                let selectors = e.matches("layerline_").count();
+                let scoped = e.matches("{job=~\"$job\"").count();
+                assert_eq!(
+                    selectors, scoped,
+                    "{name}: {title}: a series not in $job: {e}"
+                );
                 used.extend(names);
             }
         }
@@ -554,9 +568,11 @@ impl Drop for Prometheus {
     }
 }
 
-/// A dashboard expression as Grafana would send it for a short recent range.
+/// A dashboard expression as Grafana would send it for a short recent range, with the
+/// environment variable set to the scrape job of the test's Prometheus.
 fn as_sent(expr: &str) -> String {
-    expr.replace("$__rate_interval", "1m")
+    expr.replace("$job", "layerline")
+        .replace("$__rate_interval", "1m")
         .replace("$__interval", "15s")
         .replace("$__range", "10m")
 }
