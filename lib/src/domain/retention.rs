@@ -362,6 +362,64 @@ pub fn scheme_subject(name: &str) -> Option<String> {
     scheme_hex(name).map(|hex| format!("sha256:{hex}"))
 }
 
+/// The manifest an attachment belongs to, how it says so, and whether the image has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedTo {
+    pub digest: String,
+    /// `subject` (its OCI 1.1 field), `cosign_tag` (`sha256-<hex>.sig|.att|.sbom`) or
+    /// `referrers_tag` (`sha256-<hex>`).
+    pub by: &'static str,
+    /// The image has no such manifest: the attachment is an orphan, which the `untagged`
+    /// rule deletes.
+    pub orphan: bool,
+}
+
+/// The digests manifest a names as what it is attached to, in the order [`attached_to`]
+/// tries them: its `subject`, then each of its `tags` of a scheme (with how).
+pub fn named_subjects(subject: Option<&str>, tags: &[String]) -> Vec<(String, &'static str)> {
+    let by_tags = tags.iter().filter_map(|t| {
+        // `sha256-` and 64 hex digits, without a suffix, is the referrers tag schema's.
+        let by = if t.len() == 71 {
+            "referrers_tag"
+        } else {
+            "cosign_tag"
+        };
+        scheme_subject(t).map(|s| (s, by))
+    });
+    subject
+        .map(|s| (s.to_owned(), "subject"))
+        .into_iter()
+        .chain(by_tags)
+        .collect()
+}
+
+/// What manifest `digest`, with `subject` and `tags`, is attached to, by the rules selection
+/// follows ([`Relations`], one manifest at a time): the first digest it names that is another
+/// manifest of the image (`has`); else an orphan when its `subject` names none, or when only
+/// scheme tags name it; else nothing.
+pub fn attached_to(
+    digest: &str,
+    subject: Option<&str>,
+    tags: &[String],
+    has: impl Fn(&str) -> bool,
+) -> Option<AttachedTo> {
+    let named = named_subjects(subject, tags);
+    if let Some((s, by)) = named.iter().find(|(s, _)| s != digest && has(s)) {
+        return Some(AttachedTo {
+            digest: s.clone(),
+            by,
+            orphan: false,
+        });
+    }
+    let only_scheme_tags = !tags.is_empty() && tags.iter().all(|t| scheme_hex(t).is_some());
+    let (s, by) = named.into_iter().next()?;
+    (subject.is_some() || only_scheme_tags).then_some(AttachedTo {
+        digest: s,
+        by,
+        orphan: true,
+    })
+}
+
 /// Edges from manifests to manifests (by their index in the image), grouped by where they
 /// start, each group in the order the edges were found and without repeats.
 struct Edges {

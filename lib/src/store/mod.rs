@@ -844,19 +844,7 @@ pub struct ManifestView {
     pub layers: Vec<rows::ManifestLayerRow>,
     pub tags: Vec<String>,
     /// What the manifest is attached to, if it is an attachment (design §11).
-    pub attached_to: Option<AttachedTo>,
-}
-
-/// The manifest an attachment belongs to, how it says so, and whether the image has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachedTo {
-    pub digest: String,
-    /// `subject` (its OCI 1.1 field), `cosign_tag` (`sha256-<hex>.sig|.att|.sbom`) or
-    /// `referrers_tag` (`sha256-<hex>`).
-    pub by: &'static str,
-    /// The image has no such manifest: the attachment is an orphan, which prune's
-    /// `untagged` rule deletes.
-    pub orphan: bool,
+    pub attached_to: Option<crate::domain::retention::AttachedTo>,
 }
 
 /// Why a manifest cursor could not be followed.

@@ -696,3 +696,44 @@ fn a_keep_reason_is_stored_under_its_serde_name_and_read_back() {
     }
     assert_eq!(KeepReason::parse("tag_pattern"), None);
 }
+
+#[test]
+fn a_manifest_says_what_it_is_attached_to_as_selection_sees_it() {
+    let (v1, x) = (sha('1'), sha('2'));
+    let has = |d: &str| d == v1 || d == x;
+    let tags = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    // A subject the image lacks, but a signature tag naming v1: attached to v1, as the
+    // selection keeps it while v1 stays.
+    let sig = scheme_tag(v1, ".sig");
+    let seen = attached_to(x, Some(sha('9')), &tags(&[sig]), has).unwrap();
+    assert_eq!(
+        (seen.digest.as_str(), seen.by, seen.orphan),
+        (v1, "cosign_tag", false)
+    );
+    let given = Given::default()
+        .manifest(v1, 90, &[("l1", 1)])
+        .tag("v1", v1, 90)
+        .attached(x, sha('9'), 90, 5)
+        .tag(sig, x, 90);
+    let plan = given.when(rules(
+        serde_json::json!({"tag_pattern": "^x", "untagged": true}),
+    ));
+    assert_eq!(plan.deletions(), 0, "{plan:?}");
+    // Only names the image lacks: an orphan, by its subject or by scheme tags alone.
+    let missing = attached_to(x, Some(sha('9')), &[], has).unwrap();
+    assert_eq!(
+        (missing.digest.as_str(), missing.by, missing.orphan),
+        (sha('9'), "subject", true)
+    );
+    let stray = scheme_tag(sha('9'), "");
+    let by_tag = attached_to(x, None, &tags(&[stray]), has).unwrap();
+    assert_eq!((by_tag.by, by_tag.orphan), ("referrers_tag", true));
+    // An ordinary tag beside a stray scheme tag: no attachment at all; nor without names.
+    assert_eq!(attached_to(x, None, &tags(&[stray, "latest"]), has), None);
+    assert_eq!(attached_to(x, None, &tags(&["latest"]), has), None);
+    // Naming itself is no attachment.
+    assert_eq!(
+        attached_to(v1, None, &tags(&[scheme_tag(v1, ".sig")]), has).map(|a| a.orphan),
+        Some(true)
+    );
+}

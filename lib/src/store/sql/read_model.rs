@@ -567,7 +567,7 @@ impl SqlStore {
 }
 
 use crate::store::{
-    AttachedTo, CursorError, ImageQuery, ImageView, JobQuery, ManifestKey, ManifestQuery, ManifestView,
+    CursorError, ImageQuery, ImageView, JobQuery, ManifestKey, ManifestQuery, ManifestView,
     NamespaceQuery, Page, SortKey, TagQuery,
 };
 
@@ -887,40 +887,19 @@ impl SqlStore {
         Ok(views)
     }
 
-    /// Sets what each of `views` is attached to, by the rules prune follows: its `subject`,
-    /// else a tag of one of the two schemes naming another manifest of the image. A
-    /// `subject` the image lacks makes an orphan, as does a scheme tag naming a missing
-    /// digest on a manifest no ordinary tag names.
+    /// Sets what each of `views` is attached to, by the rules prune follows
+    /// ([`crate::domain::retention::attached_to`]), with one query for which of the digests
+    /// they name their images have.
     async fn attach(&self, views: &mut [ManifestView]) -> Result<(), StoreError> {
-        use crate::domain::retention::scheme_subject;
-        // Per view, its candidate subjects: (digest, by).
-        let candidates: Vec<Vec<(String, &'static str)>> = views
+        use crate::domain::retention::{attached_to, named_subjects};
+        let named: Vec<Vec<(String, &'static str)>> = views
             .iter()
-            .map(|v| {
-                let m = &v.manifest;
-                match &m.subject {
-                    Some(s) if *s != m.digest => vec![(s.clone(), "subject")],
-                    _ => v
-                        .tags
-                        .iter()
-                        .filter_map(|t| {
-                            // `sha256-` and 64 hex digits, without a suffix.
-                            let by = if t.len() == 71 {
-                                "referrers_tag"
-                            } else {
-                                "cosign_tag"
-                            };
-                            scheme_subject(t).map(|s| (s, by))
-                        })
-                        .filter(|(s, _)| *s != m.digest)
-                        .collect(),
-                }
-            })
+            .map(|v| named_subjects(v.manifest.subject.as_deref(), &v.tags))
             .collect();
         let keys: Vec<(&str, &str)> = views
             .iter()
-            .zip(&candidates)
-            .flat_map(|(v, c)| c.iter().map(|(s, _)| (v.manifest.image_id.as_str(), s.as_str())))
+            .zip(&named)
+            .flat_map(|(v, n)| n.iter().map(|(s, _)| (v.manifest.image_id.as_str(), s.as_str())))
             .collect();
         if keys.is_empty() {
             return Ok(());
@@ -931,25 +910,10 @@ impl SqlStore {
         for r in q.build().fetch_all(&self.pool).await? {
             present.insert((r.try_get("image_id")?, r.try_get("digest")?));
         }
-        for (v, candidates) in views.iter_mut().zip(candidates) {
-            let image = v.manifest.image_id.clone();
-            let has = |d: &String| present.contains(&(image.clone(), d.clone()));
-            let by_subject = candidates.first().is_some_and(|c| c.1 == "subject");
-            let found = candidates.iter().find(|(d, _)| has(d)).cloned();
-            let all_scheme = v.tags.iter().all(|t| scheme_subject(t).is_some());
-            v.attached_to = match (found, candidates.into_iter().next()) {
-                (Some((digest, by)), _) => Some(AttachedTo {
-                    digest,
-                    by,
-                    orphan: false,
-                }),
-                (None, Some((digest, by))) if by_subject || all_scheme => Some(AttachedTo {
-                    digest,
-                    by,
-                    orphan: true,
-                }),
-                _ => None,
-            };
+        for v in views.iter_mut() {
+            let m = &v.manifest;
+            let has = |d: &str| present.contains(&(m.image_id.clone(), d.to_owned()));
+            v.attached_to = attached_to(&m.digest, m.subject.as_deref(), &v.tags, has);
         }
         Ok(())
     }
