@@ -333,16 +333,8 @@ impl SqlStore {
         from: i64,
         limit: i64,
     ) -> Result<Vec<PlanItem>, StoreError> {
-        let sql = format!(
-            "SELECT {PLAN_ITEM_COLUMNS} FROM prune_plan_items WHERE job_id = $1 \
-             AND attempt = (SELECT attempt FROM prune_plans WHERE job_id = $1) \
-             AND idx >= $2 ORDER BY idx LIMIT $3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(job_id)
-            .bind(from)
-            .bind(limit)
-            .fetch_all(&self.pool)
+        let rows = self
+            .plan_rows("prune_plan_items", PLAN_ITEM_COLUMNS, job_id, from, limit)
             .await?;
         let mut image = SharedImage::default();
         rows.iter()
@@ -372,15 +364,8 @@ impl SqlStore {
         from: i64,
         limit: i64,
     ) -> Result<Vec<KeptItem>, StoreError> {
-        let sql = "SELECT idx, image_id, image_name, kind, tag, digest, reason, subject \
-                   FROM prune_plan_keeps WHERE job_id = $1 \
-                   AND attempt = (SELECT attempt FROM prune_plans WHERE job_id = $1) \
-                   AND idx >= $2 ORDER BY idx LIMIT $3";
-        let rows = sqlx::query(sql)
-            .bind(job_id)
-            .bind(from)
-            .bind(limit)
-            .fetch_all(&self.pool)
+        let rows = self
+            .plan_rows("prune_plan_keeps", PLAN_KEEP_COLUMNS, job_id, from, limit)
             .await?;
         let mut image = SharedImage::default();
         rows.iter()
@@ -398,6 +383,29 @@ impl SqlStore {
                 })
             })
             .collect()
+    }
+
+    /// Rows `from..from + limit` of plan table `table` (one of this module's), the attempt
+    /// job `job_id`'s summary names, in plan order.
+    async fn plan_rows(
+        &self,
+        table: &str,
+        columns: &str,
+        job_id: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<DbRow>, StoreError> {
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE job_id = $1 \
+             AND attempt = (SELECT attempt FROM prune_plans WHERE job_id = $1) \
+             AND idx >= $2 ORDER BY idx LIMIT $3"
+        );
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(job_id)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Whether registry notification event `id` was handled already.
@@ -463,7 +471,7 @@ impl SqlStore {
 
 /// A plan row's `column`, read by `parse`; a name it does not know is an error naming it.
 fn parsed<T>(
-    row: &<Db as sqlx::Database>::Row,
+    row: &DbRow,
     column: &str,
     parse: fn(&str) -> Option<T>,
 ) -> Result<T, StoreError> {
@@ -479,7 +487,7 @@ impl SharedImage {
     /// The id and name of `row`'s image, shared with the row before when it is the same.
     fn of(
         &mut self,
-        row: &<Db as sqlx::Database>::Row,
+        row: &DbRow,
     ) -> Result<(std::sync::Arc<str>, std::sync::Arc<str>), StoreError> {
         let (id, name): (&str, &str) = (row.try_get("image_id")?, row.try_get("image_name")?);
         Ok(match &self.0 {
