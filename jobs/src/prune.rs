@@ -272,6 +272,13 @@ async fn prune_image(
         .map(|i| (i.digest.clone(), i.bytes))
         .collect();
     let manifests = bytes.keys().cloned().collect();
+    // The manifests something planned here is attached to: only those can have a referrers
+    // index a copy wrote at the backend.
+    let subjects: std::collections::HashSet<&str> = list
+        .iter()
+        .filter(|i| i.kind == ItemKind::Manifest)
+        .filter_map(|i| i.subject.as_deref())
+        .collect();
     let cmd = ImageCommand::Prune { tags, manifests };
     let appended = match registry.image(&image_id, cmd, &meta).await {
         Ok(events) => events,
@@ -288,8 +295,9 @@ async fn prune_image(
         appended
     };
     // Every manifest this job deleted, again on a rerun (one already gone is not an error),
-    // so a crash between the two leaves nothing behind; and the referrers index a copy wrote
-    // there for it (a backend without the referrers API), which lists only what went with it.
+    // so a crash between the two leaves nothing behind; and, for one that had attachments, the
+    // referrers index a copy wrote there for it (a backend without the referrers API), which
+    // lists only what went with it.
     let mut at_backend = 0;
     if let Some((client, repository)) = &target {
         let failed = |e: layerline_core::oci::OciError| match Failed::from(e) {
@@ -305,6 +313,9 @@ async fn prune_image(
                     .await
                     .map_err(failed)?;
                 at_backend += 1;
+                if !subjects.contains(m.digest.as_str()) {
+                    continue;
+                }
                 let fallback = fallback_tag(&m.digest);
                 if let Some(index) = client
                     .resolve(repository, &fallback)
